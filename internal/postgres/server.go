@@ -1,0 +1,239 @@
+// Package postgres runs a local PostgreSQL server as a child process: find the
+// binaries, initdb a data directory, start, wait until ready, stop. Tests, `tally dev`
+// and the benchmark harness all start PostgreSQL through it.
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Superuser is the bootstrap superuser initdb creates in every data directory.
+const Superuser = "postgres"
+
+// readyTimeout bounds how long Start waits for the server to accept connections.
+const readyTimeout = 60 * time.Second
+
+// unprivilegedUser is the OS account PostgreSQL runs as when we are root, because
+// postgres refuses to run as root.
+const unprivilegedUser = "postgres"
+
+// FindBinDir locates the PostgreSQL server binaries: `pg_config --bindir` first, then
+// the newest /usr/lib/postgresql/*/bin that holds initdb and postgres.
+func FindBinDir() (string, error) {
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		dir := strings.TrimSpace(string(out))
+		if hasServerBinaries(dir) {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return majorOf(dirs[i]) > majorOf(dirs[j]) })
+	for _, dir := range dirs {
+		if hasServerBinaries(dir) {
+			return dir, nil
+		}
+	}
+	return "", errors.New("postgres: no PostgreSQL server binaries found (tried pg_config --bindir and /usr/lib/postgresql/*/bin); install the 'postgresql' package")
+}
+
+func majorOf(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+func hasServerBinaries(dir string) bool {
+	for _, name := range []string{"initdb", "postgres"} {
+		if st, err := os.Stat(filepath.Join(dir, name)); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+// Config describes one local server.
+type Config struct {
+	BinDir  string            // from FindBinDir when empty
+	DataDir string            // created by Init when it does not hold a cluster yet
+	Port    int               // a free loopback port is chosen when zero
+	Params  map[string]string // extra postgresql.conf settings, passed as -c name=value
+	LogFile string            // server log; DataDir/postgres.log when empty
+}
+
+// Server is a running PostgreSQL child process.
+type Server struct {
+	cfg  Config
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// Start initialises the data directory if needed and starts postgres on 127.0.0.1,
+// returning once it accepts connections.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.BinDir == "" {
+		dir, err := FindBinDir()
+		if err != nil {
+			return nil, err
+		}
+		cfg.BinDir = dir
+	}
+	if cfg.Port == 0 {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Port = port
+	}
+	if cfg.LogFile == "" {
+		cfg.LogFile = filepath.Join(cfg.DataDir, "postgres.log")
+	}
+	cred, err := processCredential()
+	if err != nil {
+		return nil, err
+	}
+	if err := initDataDir(ctx, cfg, cred); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open log: %w", err)
+	}
+	args := []string{"-D", cfg.DataDir, "-p", strconv.Itoa(cfg.Port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "fsync=on"}
+	keys := make([]string, 0, len(cfg.Params))
+	for k := range cfg.Params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "-c", k+"="+cfg.Params[k])
+	}
+	// Not bound to ctx: the caller stops the server with Stop, so it can shut down cleanly.
+	cmd := exec.Command(filepath.Join(cfg.BinDir, "postgres"), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("postgres: start: %w", err)
+	}
+	s := &Server{cfg: cfg, cmd: cmd, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); logf.Close() }()
+	if err := s.waitReady(ctx); err != nil {
+		_ = s.Stop()
+		return nil, fmt.Errorf("%w (log: %s)", err, cfg.LogFile)
+	}
+	return s, nil
+}
+
+func initDataDir(ctx context.Context, cfg Config, cred *syscall.Credential) error {
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "PG_VERSION")); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("postgres: create data dir: %w", err)
+	}
+	if cred != nil {
+		if err := os.Chown(cfg.DataDir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return fmt.Errorf("postgres: chown data dir: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(cfg.BinDir, "initdb"),
+		"-D", cfg.DataDir, "-U", Superuser, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("postgres: initdb %s: %w: %s", cfg.DataDir, err, out.String())
+	}
+	return nil
+}
+
+// processCredential returns the unprivileged account to run postgres as when this
+// process is root, and nil otherwise.
+func processCredential() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup(unprivilegedUser)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: running as root needs the %q OS user to run the server as: %w", unprivilegedUser, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+func (s *Server) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	for {
+		conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return fmt.Errorf("postgres: server exited during start: %v", err)
+		case <-ctx.Done():
+			return fmt.Errorf("postgres: not ready after %s: %w", readyTimeout, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Port is the loopback TCP port the server listens on.
+func (s *Server) Port() int { return s.cfg.Port }
+
+// DataDir is the server's data directory.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
+// DSN returns a connection string for the superuser to the named database.
+func (s *Server) DSN(database string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", Superuser, s.cfg.Port, database)
+}
+
+// Stop shuts the server down with a fast shutdown (SIGINT) and waits for it to exit.
+func (s *Server) Stop() error {
+	_ = s.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-s.done:
+		s.done <- err
+		return nil
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		return errors.New("postgres: server did not stop within 30s; killed")
+	}
+}
+
+// Wait returns when the server process exits.
+func (s *Server) Wait() error {
+	err := <-s.done
+	s.done <- err
+	return err
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("postgres: find free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,110 @@
+// Package ledger holds the domain of a double-entry ledger: accounts, assets, postings,
+// transactions and their entries, ids that carry their shard, and the stable error codes.
+// Storage lives in ledger/store, routing across shards in ledger/shardset, and the
+// HTTP API in ledger/httpapi.
+package ledger
+
+import (
+	"encoding/json"
+	"math"
+	"time"
+)
+
+// Limits on everything a caller sends.
+const (
+	MaxPostings       = 64   // postings in one transaction; tally.post_transaction checks the same
+	MaxMetadataBytes  = 4096 // metadata object, as JSON
+	MaxOwnerLength    = 200
+	MaxIdempotencyKey = 255
+	MaxCallerLength   = 200
+)
+
+// NoFloor is the floor of an account that may go negative without limit: the external
+// accounts through which money enters and leaves the ledger.
+const NoFloor int64 = math.MinInt64
+
+// Status is an account's lifecycle state.
+type Status string
+
+// Account states: active accounts move money; frozen ones move none until unfrozen;
+// closed ones never again.
+const (
+	StatusActive Status = "active"
+	StatusFrozen Status = "frozen"
+	StatusClosed Status = "closed"
+)
+
+// Kind tells customer accounts from the per-asset external account.
+type Kind string
+
+// Account kinds.
+const (
+	KindStandard Kind = "standard"
+	KindExternal Kind = "external"
+)
+
+// Asset is a currency or other unit, counted in integer minor units at a fixed scale.
+type Asset struct {
+	Code  string
+	Scale int
+	// ExternalAccounts holds the asset's external account on each shard, by shard index.
+	ExternalAccounts []AccountID
+}
+
+// Account is an account's identity and settings.
+type Account struct {
+	ID           AccountID
+	Kind         Kind
+	Owner        string
+	Asset        string
+	Scale        int
+	Status       Status
+	BalanceFloor int64 // NoFloor for none
+	Metadata     json.RawMessage
+	CreatedAt    time.Time
+}
+
+// Balance is an account's posted balance; Version counts the transactions that moved it.
+type Balance struct {
+	AccountID AccountID
+	Asset     string
+	Scale     int
+	Posted    int64
+	Version   int64
+}
+
+// Posting moves Amount (minor units, positive) of Asset from one account to another.
+type Posting struct {
+	From   AccountID
+	To     AccountID
+	Amount int64
+	Asset  string
+}
+
+// Transaction is an atomic set of postings.
+type Transaction struct {
+	ID        TransactionID
+	Postings  []Posting
+	Metadata  json.RawMessage
+	CreatedAt time.Time
+}
+
+// Entry is one leg of a posting as the journal holds it: a signed amount on one account,
+// and that account's balance just after it.
+type Entry struct {
+	ID            int64
+	TransactionID TransactionID
+	Posting       int
+	AccountID     AccountID
+	Asset         string
+	Amount        int64
+	BalanceAfter  int64
+	CreatedAt     time.Time
+}
+
+// Outcome is the recorded result of an idempotent request: exactly what was answered.
+type Outcome struct {
+	Status   int
+	Body     []byte
+	Replayed bool
+}

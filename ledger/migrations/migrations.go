@@ -1,0 +1,102 @@
+// Package migrations holds the ledger's versioned SQL schema, embedded in the binary,
+// and applies it with tern under tern's advisory lock, so concurrent and repeated runs
+// are safe.
+package migrations
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/tern/v2/migrate"
+)
+
+//go:embed sql/*.sql
+var files embed.FS
+
+// VersionTable is where the applied schema version is recorded.
+const VersionTable = "public.tally_schema_version"
+
+func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
+	m, err := migrate.NewMigrator(ctx, conn, VersionTable)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: new migrator: %w", err)
+	}
+	sub, err := fs.Sub(files, "sql")
+	if err != nil {
+		return nil, fmt.Errorf("migrations: embedded files: %w", err)
+	}
+	if err := m.LoadMigrations(sub); err != nil {
+		return nil, fmt.Errorf("migrations: load: %w", err)
+	}
+	return m, nil
+}
+
+// Latest is the schema version this binary brings.
+func Latest(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	m, err := newMigrator(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return int32(len(m.Migrations)), nil
+}
+
+// Apply migrates the database behind conn to the latest version and returns it.
+func Apply(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	m, err := newMigrator(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	if err := m.Migrate(ctx); err != nil {
+		return 0, fmt.Errorf("migrations: apply: %w", err)
+	}
+	v, err := m.GetCurrentVersion(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("migrations: read version: %w", err)
+	}
+	return v, nil
+}
+
+// CurrentVersion returns the applied schema version, 0 for an empty database.
+func CurrentVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	var v int32
+	err := conn.QueryRow(ctx, "SELECT version FROM "+VersionTable).Scan(&v)
+	if err != nil {
+		var exists bool
+		if qerr := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", VersionTable).Scan(&exists); qerr == nil && !exists {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("migrations: read version: %w", err)
+	}
+	return v, nil
+}
+
+// ErrShardMismatch means the database already belongs to another shard.
+var ErrShardMismatch = errors.New("migrations: database belongs to a different shard")
+
+// SetShard records which shard this database is. It may be set once; setting the same
+// index again is a no-op, and a different index is ErrShardMismatch.
+func SetShard(ctx context.Context, conn *pgx.Conn, shard int) error {
+	var got int
+	err := conn.QueryRow(ctx, `
+		WITH ins AS (INSERT INTO tally.shard (shard_index) VALUES ($1) ON CONFLICT DO NOTHING RETURNING shard_index)
+		SELECT shard_index FROM ins UNION ALL SELECT shard_index FROM tally.shard LIMIT 1`, shard).Scan(&got)
+	if err != nil {
+		return fmt.Errorf("migrations: set shard %d: %w", shard, err)
+	}
+	if got != shard {
+		return fmt.Errorf("%w: it is shard %d, asked for %d", ErrShardMismatch, got, shard)
+	}
+	return nil
+}
+
+// GrantLogin makes the login role a member of tally_app, the role the service uses.
+func GrantLogin(ctx context.Context, conn *pgx.Conn, role string) error {
+	if _, err := conn.Exec(ctx, "GRANT tally_app TO "+pgx.Identifier{role}.Sanitize()); err != nil {
+		return fmt.Errorf("migrations: grant tally_app to %s: %w", role, err)
+	}
+	return nil
+}

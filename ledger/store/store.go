@@ -1,0 +1,347 @@
+// Package store is the ledger's PostgreSQL store for one shard. Every write is a single
+// statement calling a function from ledger/migrations, so each is one database round
+// trip and no row lock is ever held across the network.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tallyhq/tally/ledger"
+)
+
+// maxAttempts bounds retries of a statement that failed only because of a transient
+// conflict; idempotency keys make retrying a transfer safe.
+const maxAttempts = 3
+
+// Store reads and writes one shard's database.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// New returns a store over the pool; the caller owns and closes the pool.
+func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Pool returns the underlying connection pool, for health checks and metrics.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("store: ping: %w", err)
+	}
+	return nil
+}
+
+// Shard reads the shard index this database was migrated as.
+func (s *Store) Shard(ctx context.Context) (int, error) {
+	var shard int
+	if err := s.pool.QueryRow(ctx, "SELECT shard_index FROM tally.shard").Scan(&shard); err != nil {
+		return 0, fmt.Errorf("store: read shard index: %w", err)
+	}
+	return shard, nil
+}
+
+// RegisterAsset creates an asset with its external account (externalID) on this shard,
+// or returns the existing one; created reports which.
+func (s *Store) RegisterAsset(ctx context.Context, code string, scale int, externalID ledger.AccountID) (a ledger.Asset, external ledger.AccountID, created bool, err error) {
+	var ext [16]byte
+	err = s.pool.QueryRow(ctx, "SELECT code, scale, external_account_id, created FROM tally.register_asset($1, $2, $3)",
+		code, scale, [16]byte(externalID)).Scan(&a.Code, &a.Scale, &ext, &created)
+	if err != nil {
+		return a, external, false, wrap("register asset", err)
+	}
+	return a, ledger.AccountID(ext), created, nil
+}
+
+// Asset reads one asset and its external account on this shard.
+func (s *Store) Asset(ctx context.Context, code string) (ledger.Asset, ledger.AccountID, error) {
+	var a ledger.Asset
+	var ext [16]byte
+	err := s.pool.QueryRow(ctx, `
+		SELECT s.code, s.scale, x.id FROM tally.assets s
+		JOIN tally.accounts x ON x.asset = s.code AND x.kind = 'external'
+		WHERE s.code = $1`, code).Scan(&a.Code, &a.Scale, &ext)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, ledger.AccountID{}, ledger.Errorf(ledger.CodeAssetNotFound, "asset %s is not registered", code)
+	}
+	if err != nil {
+		return a, ledger.AccountID{}, wrap("read asset", err)
+	}
+	return a, ledger.AccountID(ext), nil
+}
+
+// AssetCodes lists the registered asset codes in order.
+func (s *Store) AssetCodes(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, "SELECT code FROM tally.assets ORDER BY code")
+	if err != nil {
+		return nil, wrap("list assets", err)
+	}
+	codes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, wrap("list assets", err)
+	}
+	return codes, nil
+}
+
+const accountColumns = "a.id, a.kind, a.owner, a.asset, a.scale, a.status, a.balance_floor, a.metadata, a.created_at"
+
+func scanAccount(row pgx.Row) (ledger.Account, error) {
+	var a ledger.Account
+	var id [16]byte
+	var kind, status string
+	var meta []byte
+	err := row.Scan(&id, &kind, &a.Owner, &a.Asset, &a.Scale, &status, &a.BalanceFloor, &meta, &a.CreatedAt)
+	a.ID, a.Kind, a.Status, a.Metadata = ledger.AccountID(id), ledger.Kind(kind), ledger.Status(status), json.RawMessage(meta)
+	return a, err
+}
+
+// CreateAccount inserts a standard account with its balance row. The account's asset
+// must be registered; its scale is taken from the asset.
+func (s *Store) CreateAccount(ctx context.Context, a ledger.Account) (ledger.Account, error) {
+	meta := a.Metadata
+	if len(meta) == 0 {
+		meta = json.RawMessage("{}")
+	}
+	row := s.pool.QueryRow(ctx, `
+		WITH a AS (
+			INSERT INTO tally.accounts (id, owner, asset, scale, balance_floor, metadata)
+			SELECT $1, $2, code, scale, $4, $5 FROM tally.assets WHERE code = $3
+			RETURNING *
+		), b AS (
+			INSERT INTO tally.balances (account_id, floor) SELECT id, balance_floor FROM a
+		)
+		SELECT `+accountColumns+` FROM a`, [16]byte(a.ID), a.Owner, a.Asset, a.BalanceFloor, []byte(meta))
+	created, err := scanAccount(row)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return created, ledger.Errorf(ledger.CodeAssetNotFound, "asset %s is not registered", a.Asset)
+	}
+	if err != nil {
+		return created, wrap("create account", err)
+	}
+	return created, nil
+}
+
+// Account reads one account.
+func (s *Store) Account(ctx context.Context, id ledger.AccountID) (ledger.Account, error) {
+	a, err := scanAccount(s.pool.QueryRow(ctx, "SELECT "+accountColumns+" FROM tally.accounts a WHERE a.id = $1", [16]byte(id)))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return a, ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+	}
+	if err != nil {
+		return a, wrap("read account", err)
+	}
+	return a, nil
+}
+
+// AccountsByOwner lists an owner's accounts in id order, starting after the given id
+// (the zero id starts at the beginning).
+func (s *Store) AccountsByOwner(ctx context.Context, owner string, after ledger.AccountID, limit int) ([]ledger.Account, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+accountColumns+` FROM tally.accounts a
+		WHERE a.owner = $1 AND a.id > $2 ORDER BY a.id LIMIT $3`, owner, [16]byte(after), limit)
+	if err != nil {
+		return nil, wrap("list accounts", err)
+	}
+	accounts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.Account, error) { return scanAccount(r) })
+	if err != nil {
+		return nil, wrap("list accounts", err)
+	}
+	return accounts, nil
+}
+
+// SetStatus moves an account to the given status (see tally.set_account_status).
+func (s *Store) SetStatus(ctx context.Context, id ledger.AccountID, status ledger.Status) (ledger.Account, error) {
+	var code string
+	if err := s.pool.QueryRow(ctx, "SELECT tally.set_account_status($1, $2)", [16]byte(id), string(status)).Scan(&code); err != nil {
+		return ledger.Account{}, wrap("set account status", err)
+	}
+	switch ledger.Code(code) {
+	case "":
+		return s.Account(ctx, id)
+	case ledger.CodeAccountNotFound:
+		return ledger.Account{}, ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+	case ledger.CodeAccountClosed:
+		return ledger.Account{}, ledger.Errorf(ledger.CodeAccountClosed, "account %s is closed; a closed account never changes status", id)
+	case ledger.CodeAccountNotEmpty:
+		return ledger.Account{}, ledger.Errorf(ledger.CodeAccountNotEmpty, "account %s must have a zero balance to close", id)
+	case ledger.CodeExternalAccountReadOnly:
+		return ledger.Account{}, ledger.Errorf(ledger.CodeExternalAccountReadOnly, "account %s is an external account", id)
+	default:
+		return ledger.Account{}, fmt.Errorf("store: set account status: unexpected code %q", code)
+	}
+}
+
+// Balance reads an account's posted balance from this database (the primary).
+func (s *Store) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
+	b := ledger.Balance{AccountID: id}
+	err := s.pool.QueryRow(ctx, `
+		SELECT a.asset, a.scale, b.posted, b.version FROM tally.balances b
+		JOIN tally.accounts a ON a.id = b.account_id WHERE b.account_id = $1`, [16]byte(id)).
+		Scan(&b.Asset, &b.Scale, &b.Posted, &b.Version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return b, ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+	}
+	if err != nil {
+		return b, wrap("read balance", err)
+	}
+	return b, nil
+}
+
+// Request is one idempotent transaction request as the store records it.
+type Request struct {
+	Caller      string
+	Key         string
+	Hash        [32]byte // SHA-256 of the canonical request
+	Transaction ledger.Transaction
+	Body        []byte // the success response, rendered in advance
+}
+
+// PostTransaction applies the transaction atomically, or records why not, in one round
+// trip; see tally.post_transaction. The returned outcome is what to answer.
+func (s *Store) PostTransaction(ctx context.Context, req Request) (ledger.Outcome, error) {
+	tx := req.Transaction
+	n := len(tx.Postings)
+	from, to := make([][16]byte, n), make([][16]byte, n)
+	amounts, assets := make([]int64, n), make([]string, n)
+	for i, p := range tx.Postings {
+		from[i], to[i], amounts[i], assets[i] = [16]byte(p.From), [16]byte(p.To), p.Amount, p.Asset
+	}
+	meta := tx.Metadata
+	if len(meta) == 0 {
+		meta = json.RawMessage("{}")
+	}
+	var out ledger.Outcome
+	var err error
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		var body string
+		err = s.pool.QueryRow(ctx, `SELECT status, body, replayed FROM tally.post_transaction($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			req.Caller, req.Key, req.Hash[:], [16]byte(tx.ID), tx.CreatedAt, []byte(meta),
+			from, to, amounts, assets, string(req.Body)).Scan(&out.Status, &body, &out.Replayed)
+		if err == nil {
+			out.Body = []byte(body)
+			return out, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	return out, wrap("post transaction", err)
+}
+
+// Transaction reads one transaction with its postings.
+func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledger.Transaction, error) {
+	tx := ledger.Transaction{ID: id}
+	var meta []byte
+	err := s.pool.QueryRow(ctx, "SELECT metadata, created_at FROM tally.transactions WHERE id = $1", [16]byte(id)).Scan(&meta, &tx.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return tx, ledger.Errorf(ledger.CodeTransactionNotFound, "transaction %s does not exist", id)
+	}
+	if err != nil {
+		return tx, wrap("read transaction", err)
+	}
+	tx.Metadata = meta
+	// Each posting is a debit leg (negative) and a credit leg (positive).
+	rows, err := s.pool.Query(ctx, `
+		SELECT d.account_id, c.account_id, c.amount, c.asset
+		FROM tally.entries d JOIN tally.entries c
+		  ON c.transaction_id = d.transaction_id AND c.posting = d.posting AND c.amount > 0
+		WHERE d.transaction_id = $1 AND d.amount < 0
+		ORDER BY d.posting`, [16]byte(id))
+	if err != nil {
+		return tx, wrap("read postings", err)
+	}
+	tx.Postings, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.Posting, error) {
+		var p ledger.Posting
+		var from, to [16]byte
+		err := r.Scan(&from, &to, &p.Amount, &p.Asset)
+		p.From, p.To = ledger.AccountID(from), ledger.AccountID(to)
+		return p, err
+	})
+	if err != nil {
+		return tx, wrap("read postings", err)
+	}
+	return tx, nil
+}
+
+// Entries lists an account's journal entries newest first, starting below the given
+// entry id (0 starts at the newest).
+func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
+	if _, err := s.Account(ctx, account); err != nil {
+		return nil, err
+	}
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, t.created_at
+		FROM tally.entries e JOIN tally.transactions t ON t.id = e.transaction_id
+		WHERE e.account_id = $1 AND e.id < $2
+		ORDER BY e.id DESC LIMIT $3`, [16]byte(account), before, limit)
+	if err != nil {
+		return nil, wrap("list entries", err)
+	}
+	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.Entry, error) {
+		var e ledger.Entry
+		var tx, acc [16]byte
+		err := r.Scan(&e.ID, &tx, &e.Posting, &acc, &e.Asset, &e.Amount, &e.BalanceAfter, &e.CreatedAt)
+		e.TransactionID, e.AccountID = ledger.TransactionID(tx), ledger.AccountID(acc)
+		return e, err
+	})
+	if err != nil {
+		return nil, wrap("list entries", err)
+	}
+	return entries, nil
+}
+
+// idempotencyCleanupBatch bounds how many records one cleanup statement deletes, so it
+// never holds many locks or runs long.
+const idempotencyCleanupBatch = 1000
+
+// DeleteExpiredIdempotencyKeys removes records older than the retention window and
+// returns how many it removed.
+func (s *Store) DeleteExpiredIdempotencyKeys(ctx context.Context, retention time.Duration) (int64, error) {
+	var total int64
+	for {
+		tag, err := s.pool.Exec(ctx, `
+			DELETE FROM tally.idempotency_keys WHERE (caller, key) IN (
+				SELECT caller, key FROM tally.idempotency_keys
+				WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)`,
+			retention.Seconds(), idempotencyCleanupBatch)
+		if err != nil {
+			return total, wrap("delete expired idempotency keys", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < idempotencyCleanupBatch {
+			return total, nil
+		}
+	}
+}
+
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	return pgconn.SafeToRetry(err)
+}
+
+// wrap adds the operation's name, and turns an unreachable database into CodeUnavailable
+// so the API answers 503 rather than 500.
+func wrap(op string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("store: %s: %w", op, err)
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) || pgconn.Timeout(err) || errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the database is unreachable"}, err)
+	}
+	return fmt.Errorf("store: %s: %w", op, err)
+}

@@ -1,0 +1,112 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Violation is one broken invariant found by Verify.
+type Violation struct {
+	Check  string // which invariant
+	Detail string // which rows, and how
+}
+
+// String renders a violation for people.
+func (v Violation) String() string { return v.Check + ": " + v.Detail }
+
+// maxViolationsPerCheck bounds the report: a broken ledger can have millions of bad rows.
+const maxViolationsPerCheck = 20
+
+// check is one invariant: a query returning one text row per violation.
+type check struct {
+	name  string
+	query string
+}
+
+// checks recompute everything from the journal. Each query returns a description of each
+// violation it finds; an empty result means the invariant holds.
+var checks = []check{
+	{"balance equals sum of entries", `
+		SELECT format('account %s: balance %s, entries sum to %s', b.account_id, b.posted, coalesce(e.total, 0))
+		FROM tally.balances b
+		LEFT JOIN (SELECT account_id, sum(amount) AS total FROM tally.entries GROUP BY account_id) e USING (account_id)
+		WHERE b.posted <> coalesce(e.total, 0)`},
+	{"balance version counts its transactions", `
+		SELECT format('account %s: version %s, %s transactions', b.account_id, b.version, coalesce(e.n, 0))
+		FROM tally.balances b
+		LEFT JOIN (SELECT account_id, count(DISTINCT transaction_id) AS n FROM tally.entries GROUP BY account_id) e USING (account_id)
+		WHERE b.version <> coalesce(e.n, 0)`},
+	{"running balances are consistent", `
+		SELECT format('entry %s of account %s: balance_after %s, running sum %s', id, account_id, balance_after, running)
+		FROM (SELECT id, account_id, balance_after,
+		             sum(amount) OVER (PARTITION BY account_id ORDER BY id) AS running
+		      FROM tally.entries) e
+		WHERE balance_after <> running`},
+	{"no balance below its floor", `
+		SELECT format('account %s: balance %s below floor %s', account_id, posted, floor)
+		FROM tally.balances WHERE posted < floor`},
+	{"balance floor matches account", `
+		SELECT format('account %s: balance floor %s, account floor %s', a.id, b.floor, a.balance_floor)
+		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE b.floor <> a.balance_floor`},
+	{"every account has a balance", `
+		SELECT format('account %s has no balance row', a.id)
+		FROM tally.accounts a LEFT JOIN tally.balances b ON b.account_id = a.id WHERE b.account_id IS NULL`},
+	{"transaction sums to zero per asset", `
+		SELECT format('transaction %s: %s sums to %s', transaction_id, asset, sum(amount))
+		FROM tally.entries GROUP BY transaction_id, asset HAVING sum(amount) <> 0`},
+	{"posting is one debit and one credit", `
+		SELECT format('transaction %s posting %s: %s legs summing to %s', transaction_id, posting, count(*), sum(amount))
+		FROM tally.entries GROUP BY transaction_id, posting
+		HAVING count(*) <> 2 OR sum(amount) <> 0 OR count(DISTINCT asset) <> 1`},
+	{"transaction has entries", `
+		SELECT format('transaction %s has no entries', t.id)
+		FROM tally.transactions t WHERE NOT EXISTS (SELECT 1 FROM tally.entries e WHERE e.transaction_id = t.id)`},
+	{"entry asset matches account", `
+		SELECT format('entry %s: asset %s on account %s holding %s', e.id, e.asset, e.account_id, a.asset)
+		FROM tally.entries e JOIN tally.accounts a ON a.id = e.account_id WHERE e.asset <> a.asset`},
+	{"money is conserved per asset", `
+		SELECT format('asset %s: balances sum to %s', a.asset, sum(b.posted))
+		FROM tally.balances b JOIN tally.accounts a ON a.id = b.account_id
+		GROUP BY a.asset HAVING sum(b.posted) <> 0`},
+	{"ids belong to this shard", `
+		SELECT format('%s %s belongs to shard %s, this is shard %s', what, id, tally.id_shard(id), s.shard_index)
+		FROM (SELECT 'account' AS what, id FROM tally.accounts UNION ALL SELECT 'transaction', id FROM tally.transactions) x
+		CROSS JOIN tally.shard s WHERE tally.id_shard(x.id) <> s.shard_index`},
+	{"closed accounts are empty", `
+		SELECT format('closed account %s holds %s', a.id, b.posted)
+		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed' AND b.posted <> 0`},
+}
+
+// Verify recomputes every balance from the journal and checks every invariant in one
+// repeatable-read snapshot, so a running ledger can be verified without stopping it.
+func (s *Store) Verify(ctx context.Context) ([]Violation, error) {
+	tx, err := s.pool.BeginTx(ctx, pgxTxReadOnlySnapshot)
+	if err != nil {
+		return nil, wrap("verify: begin", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	var found []Violation
+	for _, c := range checks {
+		rows, err := tx.Query(ctx, c.query+fmt.Sprintf(" LIMIT %d", maxViolationsPerCheck))
+		if err != nil {
+			return nil, wrap("verify: "+c.name, err)
+		}
+		for rows.Next() {
+			var detail string
+			if err := rows.Scan(&detail); err != nil {
+				rows.Close()
+				return nil, wrap("verify: "+c.name, err)
+			}
+			found = append(found, Violation{Check: c.name, Detail: detail})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, wrap("verify: "+c.name, err)
+		}
+	}
+	return found, nil
+}
+
+var pgxTxReadOnlySnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
