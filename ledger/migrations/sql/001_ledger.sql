@@ -235,6 +235,50 @@ $$;
 CREATE CONSTRAINT TRIGGER transactions_have_entries AFTER INSERT ON tally.transactions
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tally.check_transaction_has_entries();
 
+-- Each entry continues its account's running balance: balance_after is the previous
+-- entry's balance_after plus this amount. Earlier rows of the same INSERT are visible here,
+-- so a multi-row insert is checked row by row.
+CREATE FUNCTION tally.check_entry_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_prev bigint;
+BEGIN
+  SELECT e.balance_after INTO v_prev FROM tally.entries e
+  WHERE e.account_id = NEW.account_id ORDER BY e.id DESC LIMIT 1;
+  IF NEW.balance_after <> coalesce(v_prev, 0) + NEW.amount THEN
+    RAISE EXCEPTION 'tally: entry on account % has balance_after %, expected % + %',
+      NEW.account_id, NEW.balance_after, coalesce(v_prev, 0), NEW.amount
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER entries_continue_running_balance BEFORE INSERT ON tally.entries
+  FOR EACH ROW EXECUTE FUNCTION tally.check_entry_chain();
+
+-- A balance is always its account's last running balance in the journal, checked when the
+-- writing transaction commits: a balance cannot move without entries that explain it.
+CREATE FUNCTION tally.check_balance_matches_journal() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_posted bigint;
+  v_last   bigint;
+BEGIN
+  SELECT b.posted INTO v_posted FROM tally.balances b WHERE b.account_id = NEW.account_id;
+  SELECT e.balance_after INTO v_last FROM tally.entries e
+  WHERE e.account_id = NEW.account_id ORDER BY e.id DESC LIMIT 1;
+  IF v_posted <> coalesce(v_last, 0) THEN
+    RAISE EXCEPTION 'tally: balance of account % is %, the journal says %', NEW.account_id, v_posted, coalesce(v_last, 0)
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER balances_match_journal AFTER INSERT OR UPDATE ON tally.balances
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tally.check_balance_matches_journal();
+
 -- Idempotency records: the outcome of a request, keyed by (caller, key). The response is
 -- stored as the exact bytes sent, so a replay is byte-identical.
 CREATE TABLE tally.idempotency_keys (
