@@ -35,6 +35,7 @@ const (
 	CodeBalanceLimitExceeded    Code = "balance_limit_exceeded"
 	CodeCrossShardNotSupported  Code = "cross_shard_not_supported"
 	CodeExternalAccountReadOnly Code = "external_account_immutable"
+	CodeUnauthorized            Code = "unauthorized"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
 )
@@ -92,6 +93,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusUnprocessableEntity, "Transactions across shards are not supported"}
 	case CodeExternalAccountReadOnly:
 		return codeInfo{http.StatusConflict, "External accounts cannot be frozen or closed"}
+	case CodeUnauthorized:
+		return codeInfo{http.StatusUnauthorized, "Authentication required"}
 	case CodeUnavailable:
 		return codeInfo{http.StatusServiceUnavailable, "Service unavailable"}
 	default:

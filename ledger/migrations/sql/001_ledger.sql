@@ -293,6 +293,7 @@ CREATE TABLE tally.idempotency_keys (
 CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys (created_at);
 
 GRANT USAGE ON SCHEMA tally TO tally_app;
+GRANT SELECT ON public.tally_schema_version TO tally_app; -- the service checks it at start
 GRANT SELECT ON ALL TABLES IN SCHEMA tally TO tally_app;
 GRANT INSERT ON tally.assets, tally.accounts, tally.balances, tally.transactions, tally.entries TO tally_app;
 GRANT UPDATE (status) ON tally.accounts TO tally_app;

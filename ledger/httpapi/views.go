@@ -1,0 +1,113 @@
+package httpapi
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/money"
+)
+
+// Wire shapes. Amounts are decimal strings at the asset's scale; ids are strings.
+
+type assetView struct {
+	Code             string             `json:"code"`
+	Scale            int                `json:"scale"`
+	ExternalAccounts []ledger.AccountID `json:"external_accounts"`
+}
+
+func viewAsset(a ledger.Asset) assetView {
+	return assetView{Code: a.Code, Scale: a.Scale, ExternalAccounts: a.ExternalAccounts}
+}
+
+type accountView struct {
+	ID           ledger.AccountID `json:"id"`
+	Kind         ledger.Kind      `json:"kind"`
+	Owner        string           `json:"owner"`
+	Asset        string           `json:"asset"`
+	Scale        int              `json:"scale"`
+	Status       ledger.Status    `json:"status"`
+	BalanceFloor *string          `json:"balance_floor"` // null: no floor
+	Metadata     json.RawMessage  `json:"metadata"`
+	CreatedAt    time.Time        `json:"created_at"`
+}
+
+func viewAccount(a ledger.Account) (accountView, error) {
+	v := accountView{ID: a.ID, Kind: a.Kind, Owner: a.Owner, Asset: a.Asset, Scale: a.Scale, Status: a.Status, CreatedAt: a.CreatedAt.UTC()}
+	if a.BalanceFloor != ledger.NoFloor {
+		f := money.Format(a.BalanceFloor, a.Scale)
+		v.BalanceFloor = &f
+	}
+	meta, err := canonicalMetadata(a.Metadata)
+	v.Metadata = meta
+	return v, err
+}
+
+type balanceView struct {
+	AccountID ledger.AccountID `json:"account_id"`
+	Asset     string           `json:"asset"`
+	Balance   string           `json:"balance"`
+	Version   int64            `json:"version"`
+}
+
+type postingView struct {
+	FromAccount ledger.AccountID `json:"from_account"`
+	ToAccount   ledger.AccountID `json:"to_account"`
+	Amount      string           `json:"amount"`
+	Asset       string           `json:"asset"`
+}
+
+type transactionView struct {
+	ID        ledger.TransactionID `json:"id"`
+	Postings  []postingView        `json:"postings"`
+	Metadata  json.RawMessage      `json:"metadata"`
+	CreatedAt time.Time            `json:"created_at"`
+}
+
+type entryView struct {
+	ID            string               `json:"id"`
+	TransactionID ledger.TransactionID `json:"transaction_id"`
+	Posting       int                  `json:"posting"`
+	AccountID     ledger.AccountID     `json:"account_id"`
+	Asset         string               `json:"asset"`
+	Amount        string               `json:"amount"`
+	BalanceAfter  string               `json:"balance_after"`
+	CreatedAt     time.Time            `json:"created_at"`
+}
+
+type page[T any] struct {
+	Data       []T    `json:"data"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// Cursors are opaque to clients: base64url of the last key seen.
+func encodeCursor(key string) string { return base64.RawURLEncoding.EncodeToString([]byte(key)) }
+
+func decodeCursor(s string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) == 0 || len(b) > 64 {
+		return "", ledger.Errorf(ledger.CodeInvalidRequest, "cursor %q is not one this API issued", truncate(s))
+	}
+	return string(b), nil
+}
+
+func decodeEntryCursor(s string) (int64, error) {
+	key, err := decodeCursor(s)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(key, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, ledger.Errorf(ledger.CodeInvalidRequest, "cursor %q is not one this API issued", truncate(s))
+	}
+	return n, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}

@@ -1,0 +1,52 @@
+package server
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// poolCollector exports each shard's connection pool statistics at scrape time.
+type poolCollector struct {
+	stores                              []*store.Store
+	acquired, idle, total, max          *prometheus.Desc
+	acquires, emptyAcquires, acquireSec *prometheus.Desc
+}
+
+func newPoolCollector(stores []*store.Store) *poolCollector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("tally_db_pool_"+name, help, []string{"shard"}, nil)
+	}
+	return &poolCollector{
+		stores:        stores,
+		acquired:      d("acquired_conns", "Connections in use."),
+		idle:          d("idle_conns", "Idle connections."),
+		total:         d("total_conns", "Open connections."),
+		max:           d("max_conns", "Largest allowed number of connections."),
+		acquires:      d("acquires_total", "Connections acquired from the pool."),
+		emptyAcquires: d("empty_acquires_total", "Acquires that had to wait because no connection was idle."),
+		acquireSec:    d("acquire_wait_seconds_total", "Time spent waiting for a connection."),
+	}
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.acquired, c.idle, c.total, c.max, c.acquires, c.emptyAcquires, c.acquireSec} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, st := range c.stores {
+		s := st.Pool().Stat()
+		shard := strconv.Itoa(i)
+		ch <- prometheus.MustNewConstMetric(c.acquired, prometheus.GaugeValue, float64(s.AcquiredConns()), shard)
+		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(s.IdleConns()), shard)
+		ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(s.TotalConns()), shard)
+		ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, float64(s.MaxConns()), shard)
+		ch <- prometheus.MustNewConstMetric(c.acquires, prometheus.CounterValue, float64(s.AcquireCount()), shard)
+		ch <- prometheus.MustNewConstMetric(c.emptyAcquires, prometheus.CounterValue, float64(s.EmptyAcquireCount()), shard)
+		ch <- prometheus.MustNewConstMetric(c.acquireSec, prometheus.CounterValue, s.AcquireDuration().Seconds(), shard)
+	}
+}

@@ -1,0 +1,231 @@
+// Package server runs the ledger service: it opens a pool per shard, checks the schema,
+// serves the API and, on a separate port, metrics and health, and cleans up expired
+// idempotency records. `tally ledger serve` and `tally dev` both run it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/shardset"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// Defaults for Config.
+const (
+	DefaultListen               = "127.0.0.1:8080"
+	DefaultOpsListen            = "127.0.0.1:9090"
+	DefaultIdempotencyRetention = 24 * time.Hour
+	DefaultMaxConnsPerShard     = 16
+	cleanupInterval             = time.Minute
+	shutdownGrace               = 15 * time.Second
+	readyCheckTimeout           = 2 * time.Second
+)
+
+// Config is what the service needs.
+type Config struct {
+	Listen               string   // API address
+	OpsListen            string   // metrics, /healthz and /readyz
+	ShardDSNs            []string // one per shard, in shard order
+	TokensFile           string   // caller:token lines; empty leaves the API open
+	IdempotencyRetention time.Duration
+	MaxConnsPerShard     int32
+	Log                  *slog.Logger
+	// Ready, when set, receives the API's address once it is listening.
+	Ready chan<- string
+}
+
+func (c *Config) withDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.OpsListen == "" {
+		c.OpsListen = DefaultOpsListen
+	}
+	if c.IdempotencyRetention <= 0 {
+		c.IdempotencyRetention = DefaultIdempotencyRetention
+	}
+	if c.MaxConnsPerShard <= 0 {
+		c.MaxConnsPerShard = DefaultMaxConnsPerShard
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.withDefaults()
+	if len(cfg.ShardDSNs) == 0 {
+		return errors.New("server: no shard database given")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	stores := make([]*store.Store, len(cfg.ShardDSNs))
+	for i, dsn := range cfg.ShardDSNs {
+		pool, err := openPool(ctx, dsn, cfg.MaxConnsPerShard)
+		if err != nil {
+			return fmt.Errorf("server: shard %d: %w", i, err)
+		}
+		defer pool.Close()
+		if err := checkShard(ctx, pool, i); err != nil {
+			return fmt.Errorf("server: shard %d: %w", i, err)
+		}
+		stores[i] = store.New(pool)
+	}
+	reg.MustRegister(newPoolCollector(stores))
+	set, err := shardset.New(stores, time.Now)
+	if err != nil {
+		return err
+	}
+	var auth *httpapi.Authenticator
+	if cfg.TokensFile != "" {
+		f, err := os.Open(cfg.TokensFile)
+		if err != nil {
+			return fmt.Errorf("server: tokens: %w", err)
+		}
+		auth, err = httpapi.ParseTokens(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	} else {
+		cfg.Log.Warn("no tokens file: the API is open to anyone who can reach it, as caller " + httpapi.AnonymousCaller)
+	}
+	api := httpapi.New(set, auth, httpapi.NewMetrics(reg), cfg.Log)
+
+	apiLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("server: listen %s: %w", cfg.Listen, err)
+	}
+	opsLn, err := net.Listen("tcp", cfg.OpsListen)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("server: listen %s: %w", cfg.OpsListen, err)
+	}
+	apiSrv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	opsSrv := &http.Server{Handler: opsHandler(reg, stores), ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- apiSrv.Serve(apiLn) }()
+	go func() { errc <- opsSrv.Serve(opsLn) }()
+	cleanupCtx, stopCleanup := context.WithCancel(ctx)
+	defer stopCleanup()
+	go cleanupLoop(cleanupCtx, stores, cfg.IdempotencyRetention, cfg.Log)
+
+	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
+	if cfg.Ready != nil {
+		cfg.Ready <- apiLn.Addr().String()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	}
+	cfg.Log.Info("shutting down: draining requests")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	errAPI := apiSrv.Shutdown(shutdownCtx)
+	errOps := opsSrv.Shutdown(shutdownCtx)
+	return errors.Join(errAPI, errOps)
+}
+
+func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	cfg.MaxConns = maxConns
+	cfg.ConnConfig.RuntimeParams["application_name"] = "tally-ledger"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open pool: %w", err)
+	}
+	return pool, nil
+}
+
+// checkShard refuses to serve a database that is not migrated to this binary's schema or
+// that belongs to a different shard than its position in the shard list.
+func checkShard(ctx context.Context, pool *pgxpool.Pool, index int) error {
+	return pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		conn := c.Conn()
+		have, err := migrations.CurrentVersion(ctx, conn)
+		if err != nil {
+			return err
+		}
+		want, err := migrations.Latest(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if have != want {
+			return fmt.Errorf("schema version is %d, this binary needs %d: run tally migrate", have, want)
+		}
+		var shard int
+		if err := conn.QueryRow(ctx, "SELECT shard_index FROM tally.shard").Scan(&shard); errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("the database has no shard index: run tally migrate --shard %d", index)
+		} else if err != nil {
+			return fmt.Errorf("read shard index: %w", err)
+		}
+		if shard != index {
+			return fmt.Errorf("the database is shard %d but is listed as shard %d", shard, index)
+		}
+		return nil
+	})
+}
+
+func opsHandler(reg *prometheus.Registry, stores []*store.Store) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n")) //nolint:errcheck
+	})
+	// Ready only while every shard's primary answers: a ledger that cannot write to one
+	// of its shards should not receive traffic for it.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), readyCheckTimeout)
+		defer cancel()
+		for i, st := range stores {
+			if err := st.Ping(ctx); err != nil {
+				http.Error(w, fmt.Sprintf("shard %d: %v", i, err), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.Write([]byte("ok\n")) //nolint:errcheck
+	})
+	return mux
+}
+
+func cleanupLoop(ctx context.Context, stores []*store.Store, retention time.Duration, log *slog.Logger) {
+	t := time.NewTicker(cleanupInterval)
+	defer t.Stop()
+	for {
+		for i, st := range stores {
+			n, err := st.DeleteExpiredIdempotencyKeys(ctx, retention)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("idempotency cleanup failed", "shard", i, "err", err)
+			} else if n > 0 {
+				log.Info("expired idempotency records removed", "shard", i, "count", n)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

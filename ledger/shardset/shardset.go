@@ -1,0 +1,279 @@
+// Package shardset routes ledger operations to the shard stores that own them. An
+// account's shard is chosen when it is created and is carried in its id, so routing
+// needs no lookup; a transaction must keep all its accounts on one shard.
+package shardset
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// Set is the ledger over all its shards.
+type Set struct {
+	shards []*store.Store
+	now    func() time.Time
+
+	mu     sync.RWMutex
+	assets map[string]ledger.Asset // assets never change once registered, so caching is exact
+}
+
+// New returns a set over the shards, indexed by shard number.
+func New(shards []*store.Store, now func() time.Time) (*Set, error) {
+	if len(shards) == 0 || len(shards) > ledger.MaxShards {
+		return nil, fmt.Errorf("shardset: need 1 to %d shards, got %d", ledger.MaxShards, len(shards))
+	}
+	return &Set{shards: shards, now: now, assets: map[string]ledger.Asset{}}, nil
+}
+
+// Shards returns the stores, by shard index.
+func (s *Set) Shards() []*store.Store { return s.shards }
+
+func (s *Set) shard(i int) (*store.Store, error) {
+	if i < 0 || i >= len(s.shards) {
+		// An id naming a shard we do not have is an id we never issued.
+		return nil, ledger.Errorf(ledger.CodeAccountNotFound, "shard %d does not exist", i)
+	}
+	return s.shards[i], nil
+}
+
+// Placement picks the shard for a new account: a hash of the owner, so one owner's
+// accounts share a shard and can transact with each other.
+func (s *Set) Placement(owner string) int {
+	h := fnv.New32a()
+	h.Write([]byte(owner))
+	return int(h.Sum32() % uint32(len(s.shards)))
+}
+
+// RegisterAsset registers the asset on every shard, each with its own external account.
+// created is false when it existed everywhere already; a different scale is a conflict.
+func (s *Set) RegisterAsset(ctx context.Context, code string, scale int) (ledger.Asset, bool, error) {
+	asset := ledger.Asset{Code: code, Scale: scale, ExternalAccounts: make([]ledger.AccountID, len(s.shards))}
+	anyCreated := false
+	for i, st := range s.shards {
+		extID, err := ledger.NewAccountID(i)
+		if err != nil {
+			return asset, false, err
+		}
+		got, ext, created, err := st.RegisterAsset(ctx, code, scale, extID)
+		if err != nil {
+			return asset, false, fmt.Errorf("shardset: register %s on shard %d: %w", code, i, err)
+		}
+		if got.Scale != scale {
+			return asset, false, ledger.Errorf(ledger.CodeAssetScaleConflict, "asset %s exists with scale %d", code, got.Scale)
+		}
+		asset.ExternalAccounts[i] = ext
+		anyCreated = anyCreated || created
+	}
+	s.mu.Lock()
+	s.assets[code] = asset
+	s.mu.Unlock()
+	return asset, anyCreated, nil
+}
+
+// Asset returns a registered asset.
+func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
+	s.mu.RLock()
+	a, ok := s.assets[code]
+	s.mu.RUnlock()
+	if ok {
+		return a, nil
+	}
+	a = ledger.Asset{Code: code, ExternalAccounts: make([]ledger.AccountID, len(s.shards))}
+	for i, st := range s.shards {
+		got, ext, err := st.Asset(ctx, code)
+		if err != nil {
+			return a, err
+		}
+		if i > 0 && got.Scale != a.Scale {
+			return a, fmt.Errorf("shardset: asset %s has scale %d on shard 0 but %d on shard %d", code, a.Scale, got.Scale, i)
+		}
+		a.Scale, a.ExternalAccounts[i] = got.Scale, ext
+	}
+	s.mu.Lock()
+	s.assets[code] = a
+	s.mu.Unlock()
+	return a, nil
+}
+
+// Assets lists the registered assets in code order.
+func (s *Set) Assets(ctx context.Context) ([]ledger.Asset, error) {
+	codes, err := s.shards[0].AssetCodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	assets := make([]ledger.Asset, 0, len(codes))
+	for _, code := range codes {
+		a, err := s.Asset(ctx, code)
+		if err != nil {
+			return nil, err
+		}
+		assets = append(assets, a)
+	}
+	return assets, nil
+}
+
+// CreateAccount opens a standard account on the owner's shard.
+func (s *Set) CreateAccount(ctx context.Context, a ledger.Account) (ledger.Account, error) {
+	shard := s.Placement(a.Owner)
+	id, err := ledger.NewAccountID(shard)
+	if err != nil {
+		return a, err
+	}
+	a.ID = id
+	return s.shards[shard].CreateAccount(ctx, a)
+}
+
+// Account reads one account.
+func (s *Set) Account(ctx context.Context, id ledger.AccountID) (ledger.Account, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return ledger.Account{}, err
+	}
+	return st.Account(ctx, id)
+}
+
+// AccountsByOwner lists an owner's accounts in id order after the given id, from every
+// shard (an owner's accounts normally share one, but placement may change as shards are
+// added).
+func (s *Set) AccountsByOwner(ctx context.Context, owner string, after ledger.AccountID, limit int) ([]ledger.Account, error) {
+	var all []ledger.Account
+	for _, st := range s.shards {
+		got, err := st.AccountsByOwner(ctx, owner, after, limit)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, got...)
+	}
+	slices.SortFunc(all, func(a, b ledger.Account) int { return cmp.Compare(a.ID.String(), b.ID.String()) })
+	if len(all) > limit {
+		all = all[:limit]
+	}
+	return all, nil
+}
+
+// SetStatus freezes, unfreezes or closes an account.
+func (s *Set) SetStatus(ctx context.Context, id ledger.AccountID, status ledger.Status) (ledger.Account, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return ledger.Account{}, err
+	}
+	return st.SetStatus(ctx, id, status)
+}
+
+// Balance reads an account's balance from its shard's primary.
+func (s *Set) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return ledger.Balance{}, err
+	}
+	return st.Balance(ctx, id)
+}
+
+// Entries lists an account's entries newest first, below the given entry id.
+func (s *Set) Entries(ctx context.Context, id ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return nil, err
+	}
+	return st.Entries(ctx, id, before, limit)
+}
+
+// Transaction reads one transaction.
+func (s *Set) Transaction(ctx context.Context, id ledger.TransactionID) (ledger.Transaction, error) {
+	if id.Shard() >= len(s.shards) {
+		return ledger.Transaction{}, ledger.Errorf(ledger.CodeTransactionNotFound, "transaction %s does not exist", id)
+	}
+	return s.shards[id.Shard()].Transaction(ctx, id)
+}
+
+// Account refers to an account in a request: a concrete id, or the asset's external
+// account on the transaction's shard.
+type Account struct {
+	ID       ledger.AccountID
+	External bool
+}
+
+// PostingRequest is one posting as a caller asked for it.
+type PostingRequest struct {
+	From, To Account
+	Amount   int64
+	Asset    string
+}
+
+// TransactionRequest is an idempotent request to post a transaction.
+type TransactionRequest struct {
+	Caller   string
+	Key      string
+	Hash     [32]byte
+	Postings []PostingRequest
+	Metadata json.RawMessage
+}
+
+// Render turns the transaction about to be posted into the success response body.
+type Render func(context.Context, ledger.Transaction) ([]byte, error)
+
+// Post resolves the request to one shard and posts it there. This is the transfer path:
+// every transfer and transaction goes through here and then tally.post_transaction.
+func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (ledger.Outcome, error) {
+	shard := -1
+	for _, p := range req.Postings {
+		for _, a := range []Account{p.From, p.To} {
+			if a.External {
+				continue
+			}
+			if shard >= 0 && a.ID.Shard() != shard {
+				return ledger.Outcome{}, ledger.Errorf(ledger.CodeCrossShardNotSupported,
+					"accounts on shards %d and %d cannot be in one transaction yet", shard, a.ID.Shard())
+			}
+			shard = a.ID.Shard()
+		}
+	}
+	if shard < 0 {
+		return ledger.Outcome{}, ledger.Errorf(ledger.CodeInvalidRequest, "a transaction needs at least one account that is not external")
+	}
+	st, err := s.shard(shard)
+	if err != nil {
+		return ledger.Outcome{}, err
+	}
+	txID, err := ledger.NewTransactionID(shard)
+	if err != nil {
+		return ledger.Outcome{}, err
+	}
+	tx := ledger.Transaction{ID: txID, Metadata: req.Metadata, CreatedAt: s.now().UTC().Truncate(time.Microsecond)}
+	for _, p := range req.Postings {
+		from, err := s.resolve(ctx, p.From, p.Asset, shard)
+		if err != nil {
+			return ledger.Outcome{}, err
+		}
+		to, err := s.resolve(ctx, p.To, p.Asset, shard)
+		if err != nil {
+			return ledger.Outcome{}, err
+		}
+		tx.Postings = append(tx.Postings, ledger.Posting{From: from, To: to, Amount: p.Amount, Asset: p.Asset})
+	}
+	body, err := render(ctx, tx)
+	if err != nil {
+		return ledger.Outcome{}, fmt.Errorf("shardset: render response: %w", err)
+	}
+	return st.PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
+}
+
+func (s *Set) resolve(ctx context.Context, a Account, asset string, shard int) (ledger.AccountID, error) {
+	if !a.External {
+		return a.ID, nil
+	}
+	as, err := s.Asset(ctx, asset)
+	if err != nil {
+		return ledger.AccountID{}, err
+	}
+	return as.ExternalAccounts[shard], nil
+}
