@@ -193,3 +193,14 @@ func makeTemplate(srv *postgres.Server) error {
 	}
 	return migrations.GrantLogin(ctx, conn, AppRole)
 }
+
+// NewShardDB creates a fresh migrated database that is shard index instead of 0.
+func NewShardDB(t testing.TB, index int) *DB {
+	t.Helper()
+	db := NewDB(t)
+	conn := db.SuperConn(t)
+	if _, err := conn.Exec(context.Background(), "UPDATE tally.shard SET shard_index = $1", index); err != nil {
+		t.Fatalf("pgtest: set shard %d: %v", index, err)
+	}
+	return db
+}

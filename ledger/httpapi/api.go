@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -259,7 +260,10 @@ func (a *API) writeAccount(w http.ResponseWriter, status int, acc ledger.Account
 }
 
 func (a *API) listAccounts(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
+	q, err := query(r)
+	if err != nil {
+		return err
+	}
 	owner := q.Get("owner")
 	if owner == "" {
 		return ledger.Errorf(ledger.CodeInvalidRequest, "query parameter owner is required")
@@ -296,6 +300,15 @@ func (a *API) listAccounts(w http.ResponseWriter, r *http.Request) error {
 		p.Data = append(p.Data, v)
 	}
 	return writeJSON(w, http.StatusOK, p)
+}
+
+// query parses the query string strictly: a malformed one is an error, not ignored.
+func query(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, ledger.Errorf(ledger.CodeInvalidRequest, "malformed query string: %v", err)
+	}
+	return q, nil
 }
 
 func pageSize(s string) (int, error) {
@@ -360,7 +373,10 @@ func (a *API) listEntries(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
+	q, err := query(r)
+	if err != nil {
+		return err
+	}
 	limit, err := pageSize(q.Get("limit"))
 	if err != nil {
 		return err

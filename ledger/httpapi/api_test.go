@@ -1,0 +1,572 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/shardset"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+type client struct {
+	t     *testing.T
+	base  string
+	token string
+	set   *shardset.Set
+}
+
+// newClient serves the API over fresh databases, one per shard.
+func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
+	t.Helper()
+	stores := make([]*store.Store, shards)
+	for i := range stores {
+		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, 20))
+	}
+	set, err := shardset.New(stores, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httpapi.New(set, auth, httpapi.NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	return &client{t: t, base: srv.URL, set: set}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) code() ledger.Code {
+	var p ledger.Problem
+	_ = json.Unmarshal(r.body, &p)
+	return p.Code
+}
+
+func (r response) field(name string) string {
+	var m map[string]any
+	_ = json.Unmarshal(r.body, &m)
+	s, _ := m[name].(string)
+	return s
+}
+
+// do sends a request; headers are name, value pairs. JSON bodies get the JSON content type.
+func (c *client) do(method, path, body string, headers ...string) response {
+	c.t.Helper()
+	req, err := http.NewRequest(method, c.base+path, strings.NewReader(body))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" {
+			req.Header.Del(headers[i])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func (c *client) must(want int, r response) response {
+	c.t.Helper()
+	if r.status != want {
+		c.t.Fatalf("status %d, want %d: %s", r.status, want, r.body)
+	}
+	return r
+}
+
+func (c *client) asset(code string, scale int) {
+	c.t.Helper()
+	r := c.do("POST", "/v1/assets", fmt.Sprintf(`{"code":%q,"scale":%d}`, code, scale))
+	if r.status != 201 && r.status != 200 {
+		c.t.Fatalf("register %s: %d %s", code, r.status, r.body)
+	}
+}
+
+func (c *client) account(owner, asset string) string {
+	c.t.Helper()
+	return c.must(201, c.do("POST", "/v1/accounts", fmt.Sprintf(`{"owner":%q,"asset":%q}`, owner, asset))).field("id")
+}
+
+func (c *client) transfer(key, from, to, amount, asset string) response {
+	c.t.Helper()
+	return c.do("POST", "/v1/transfers", fmt.Sprintf(`{"from_account":%q,"to_account":%q,"amount":%q,"asset":%q}`, from, to, amount, asset), "Idempotency-Key", key)
+}
+
+func (c *client) balance(id string) string {
+	c.t.Helper()
+	return c.must(200, c.do("GET", "/v1/accounts/"+id+"/balance", "")).field("balance")
+}
+
+func TestAssets(t *testing.T) {
+	c := newClient(t, 1, nil)
+	r := c.must(201, c.do("POST", "/v1/assets", `{"code":"USD","scale":2}`))
+	var a struct {
+		Code             string
+		Scale            int
+		ExternalAccounts []string `json:"external_accounts"`
+	}
+	if err := json.Unmarshal(r.body, &a); err != nil || a.Code != "USD" || a.Scale != 2 || len(a.ExternalAccounts) != 1 {
+		t.Fatalf("asset: %s", r.body)
+	}
+	c.must(200, c.do("POST", "/v1/assets", `{"code":"USD","scale":2}`))
+	if r := c.do("POST", "/v1/assets", `{"code":"USD","scale":3}`); r.code() != ledger.CodeAssetScaleConflict || r.status != 409 {
+		t.Errorf("scale conflict: %d %s", r.status, r.body)
+	}
+	for _, body := range []string{`{"code":"usd","scale":2}`, `{"code":"USD"}`, `{"code":"USD","scale":19}`, `{"code":"U","scale":2}`} {
+		if r := c.do("POST", "/v1/assets", body); r.code() != ledger.CodeInvalidRequest {
+			t.Errorf("%s: %d %s", body, r.status, r.body)
+		}
+	}
+	c.must(200, c.do("GET", "/v1/assets/USD", ""))
+	if r := c.do("GET", "/v1/assets/EUR", ""); r.code() != ledger.CodeAssetNotFound || r.status != 404 {
+		t.Errorf("missing asset: %d %s", r.status, r.body)
+	}
+	if r := c.must(200, c.do("GET", "/v1/assets", "")); !bytes.Contains(r.body, []byte(`"USD"`)) {
+		t.Errorf("list: %s", r.body)
+	}
+}
+
+func TestAccountsEndpoints(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	r := c.must(201, c.do("POST", "/v1/accounts", `{"owner":"alice","asset":"USD","balance_floor":"-10.5","metadata":{"b":1,"a":"x"}}`))
+	id := r.field("id")
+	if r.field("balance_floor") != "-10.50" || r.field("status") != "active" || !bytes.Contains(r.body, []byte(`"metadata":{"a":"x","b":1}`)) {
+		t.Errorf("created account: %s", r.body)
+	}
+	if got := c.must(200, c.do("GET", "/v1/accounts/"+id, "")); got.field("id") != id {
+		t.Errorf("get: %s", got.body)
+	}
+	if b := c.balance(id); b != "0.00" {
+		t.Errorf("balance %s", b)
+	}
+	bad := map[string]ledger.Code{
+		`{"owner":"","asset":"USD"}`:                          ledger.CodeInvalidRequest,
+		`{"owner":"tally:x","asset":"USD"}`:                   ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","extra":1}`:               ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"EUR"}`:                         ledger.CodeAssetNotFound,
+		`{"owner":"a","asset":"USD","balance_floor":"5"}`:     ledger.CodeInvalidAmount,
+		`{"owner":"a","asset":"USD","balance_floor":"1.001"}`: ledger.CodeInvalidAmount,
+		`{"owner":"a","asset":"USD","metadata":[1]}`:          ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","metadata":"x"}`:          ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD"} {}`:                      ledger.CodeInvalidRequest,
+		`{"owner":"a",`:                                       ledger.CodeInvalidRequest,
+		`[]`:                                                  ledger.CodeInvalidRequest,
+		`{"owner":5,"asset":"USD"}`:                           ledger.CodeInvalidRequest,
+	}
+	for body, want := range bad {
+		if r := c.do("POST", "/v1/accounts", body); r.code() != want || r.status != want.Status() {
+			t.Errorf("%s: got %d %s, want %s", body, r.status, r.body, want)
+		}
+	}
+	if r := c.do("GET", "/v1/accounts/not-an-id", ""); r.code() != ledger.CodeInvalidID || r.status != 400 {
+		t.Errorf("bad id: %d %s", r.status, r.body)
+	}
+	missing, _ := ledger.NewAccountID(0)
+	if r := c.do("GET", "/v1/accounts/"+missing.String(), ""); r.code() != ledger.CodeAccountNotFound || r.status != 404 {
+		t.Errorf("missing: %d %s", r.status, r.body)
+	}
+	if r := c.do("GET", "/v1/accounts/"+missing.String()+"/balance", ""); r.code() != ledger.CodeAccountNotFound {
+		t.Errorf("missing balance: %d %s", r.status, r.body)
+	}
+	if r := c.do("GET", "/v1/accounts/"+missing.String()+"/entries", ""); r.code() != ledger.CodeAccountNotFound {
+		t.Errorf("missing entries: %d %s", r.status, r.body)
+	}
+	if r := c.do("POST", "/v1/accounts", `{"owner":"a","asset":"USD"}`, "Content-Type", "text/plain"); r.code() != ledger.CodeUnsupportedMediaType || r.status != 415 {
+		t.Errorf("media type: %d %s", r.status, r.body)
+	}
+	huge := `{"owner":"a","asset":"USD","metadata":{"x":"` + strings.Repeat("y", httpapi.MaxBodyBytes) + `"}}`
+	if r := c.do("POST", "/v1/accounts", huge); r.code() != ledger.CodeRequestTooLarge || r.status != 413 {
+		t.Errorf("too large: %d %.200s", r.status, r.body)
+	}
+	bigMeta := `{"owner":"a","asset":"USD","metadata":{"x":"` + strings.Repeat("y", ledger.MaxMetadataBytes) + `"}}`
+	if r := c.do("POST", "/v1/accounts", bigMeta); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("metadata too large: %d %.200s", r.status, r.body)
+	}
+}
+
+func TestAccountStatusEndpoints(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	a, b := c.account("alice", "USD"), c.account("bob", "USD")
+	c.must(201, c.transfer("d", "external", a, "10", "USD"))
+	if r := c.must(200, c.do("POST", "/v1/accounts/"+a+"/freeze", "")); r.field("status") != "frozen" {
+		t.Errorf("freeze: %s", r.body)
+	}
+	if r := c.transfer("t1", a, b, "1", "USD"); r.code() != ledger.CodeAccountFrozen || r.status != 422 {
+		t.Errorf("transfer from frozen: %d %s", r.status, r.body)
+	}
+	c.must(200, c.do("POST", "/v1/accounts/"+a+"/unfreeze", ""))
+	if r := c.do("POST", "/v1/accounts/"+a+"/close", ""); r.code() != ledger.CodeAccountNotEmpty || r.status != 409 {
+		t.Errorf("close non-empty: %d %s", r.status, r.body)
+	}
+	c.must(201, c.transfer("t2", a, "external", "10.00", "USD"))
+	c.must(200, c.do("POST", "/v1/accounts/"+a+"/close", ""))
+	if r := c.transfer("t3", b, a, "0.01", "USD"); r.code() != ledger.CodeAccountClosed {
+		t.Errorf("transfer to closed: %d %s", r.status, r.body)
+	}
+	if r := c.do("POST", "/v1/accounts/"+a+"/unfreeze", ""); r.code() != ledger.CodeAccountClosed {
+		t.Errorf("reopen closed: %d %s", r.status, r.body)
+	}
+	var asset struct {
+		ExternalAccounts []string `json:"external_accounts"`
+	}
+	_ = json.Unmarshal(c.must(200, c.do("GET", "/v1/assets/USD", "")).body, &asset)
+	if r := c.do("POST", "/v1/accounts/"+asset.ExternalAccounts[0]+"/freeze", ""); r.code() != ledger.CodeExternalAccountReadOnly {
+		t.Errorf("freeze external: %d %s", r.status, r.body)
+	}
+}
+
+func TestTransfersAndHistory(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	c.asset("EUR", 2)
+	a, b := c.account("alice", "USD"), c.account("bob", "USD")
+	eur := c.account("carol", "EUR")
+	dep := c.must(201, c.transfer("dep", "external", a, "100", "USD"))
+	if dep.header.Get("Content-Type") != "application/json" || dep.header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("headers: %v", dep.header)
+	}
+	pay := c.must(201, c.transfer("pay", a, b, "12.34", "USD"))
+	if c.balance(a) != "87.66" || c.balance(b) != "12.34" {
+		t.Errorf("balances %s %s", c.balance(a), c.balance(b))
+	}
+	got := c.must(200, c.do("GET", "/v1/transactions/"+pay.field("id"), ""))
+	if !bytes.Equal(got.body, pay.body) {
+		t.Errorf("GET transaction differs from POST response:\n%s\n%s", got.body, pay.body)
+	}
+
+	cases := []struct {
+		name, from, to, amount, asset string
+		want                          ledger.Code
+	}{
+		{"insufficient", b, a, "12.35", "USD", ledger.CodeInsufficientFunds},
+		{"same", a, a, "1", "USD", ledger.CodeSameAccount},
+		{"mismatch", a, eur, "1", "USD", ledger.CodeAssetMismatch},
+		{"missing", a, mustID(t), "1", "USD", ledger.CodeAccountNotFound},
+		{"bad id", a, "nope", "1", "USD", ledger.CodeInvalidID},
+		{"no to", a, "", "1", "USD", ledger.CodeInvalidRequest},
+		{"too many decimals", a, b, "1.001", "USD", ledger.CodeInvalidAmount},
+		{"zero", a, b, "0.00", "USD", ledger.CodeInvalidAmount},
+		{"negative", a, b, "-1", "USD", ledger.CodeInvalidAmount},
+		{"malformed", a, b, "1,5", "USD", ledger.CodeInvalidAmount},
+		{"unknown asset", a, b, "1", "GBP", ledger.CodeAssetNotFound},
+		{"both external", "external", "external", "1", "USD", ledger.CodeSameAccount},
+	}
+	for i, tt := range cases {
+		r := c.transfer(fmt.Sprintf("bad-%d", i), tt.from, tt.to, tt.amount, tt.asset)
+		if r.code() != tt.want || r.status != tt.want.Status() {
+			t.Errorf("%s: %d %s, want %s", tt.name, r.status, r.body, tt.want)
+		}
+		if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("%s: content type %q", tt.name, ct)
+		}
+	}
+	if r := c.do("POST", "/v1/transfers", `{"from_account":"external","to_account":"`+a+`","amount":5,"asset":"USD"}`, "Idempotency-Key", "num"); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("numeric amount: %d %s", r.status, r.body)
+	}
+	if r := c.do("POST", "/v1/transfers", `{"from_account":"external","to_account":"`+a+`","amount":"5","asset":"USD"}`); r.code() != ledger.CodeIdempotencyKeyRequired || r.status != 400 {
+		t.Errorf("no key: %d %s", r.status, r.body)
+	}
+	if r := c.transfer(strings.Repeat("k", 256), "external", a, "1", "USD"); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("long key: %d %s", r.status, r.body)
+	}
+	if c.balance(a) != "87.66" || c.balance(b) != "12.34" {
+		t.Errorf("rejections changed balances: %s %s", c.balance(a), c.balance(b))
+	}
+
+	// History, newest first, in pages of 2 with a cursor.
+	for i := range 3 {
+		c.must(201, c.transfer(fmt.Sprintf("more-%d", i), a, b, "1", "USD"))
+	}
+	var seen []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		r := c.must(200, c.do("GET", "/v1/accounts/"+a+"/entries?limit=2&cursor="+cursor, ""))
+		var p struct {
+			Data []struct {
+				ID, Amount, BalanceAfter string
+			}
+			NextCursor string `json:"next_cursor"`
+		}
+		if err := json.Unmarshal(r.body, &p); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range p.Data {
+			seen = append(seen, e.Amount)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		cursor = p.NextCursor
+	}
+	if strings.Join(seen, " ") != "-1.00 -1.00 -1.00 -12.34 100.00" {
+		t.Errorf("history: %v", seen)
+	}
+	for _, q := range []string{"?limit=0", "?limit=201", "?limit=x", "?cursor=%%%", "?cursor=eA"} {
+		if r := c.do("GET", "/v1/accounts/"+a+"/entries"+q, ""); r.code() != ledger.CodeInvalidRequest {
+			t.Errorf("entries%s: %d %s", q, r.status, r.body)
+		}
+	}
+	if r := c.do("GET", "/v1/transactions/"+mustID(t), ""); r.code() != ledger.CodeTransactionNotFound || r.status != 404 {
+		t.Errorf("missing transaction: %d %s", r.status, r.body)
+	}
+	if r := c.do("GET", "/v1/transactions/xyz", ""); r.code() != ledger.CodeInvalidID {
+		t.Errorf("bad transaction id: %d %s", r.status, r.body)
+	}
+}
+
+func mustID(t *testing.T) string {
+	id, err := ledger.NewAccountID(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+func TestTransactionsEndpoint(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	c.asset("JPY", 0)
+	a, b, d := c.account("alice", "USD"), c.account("bob", "USD"), c.account("dan", "JPY")
+	body := `{"postings":[
+		{"from_account":"external","to_account":"` + a + `","amount":"50","asset":"USD"},
+		{"from_account":"` + a + `","to_account":"` + b + `","amount":"20","asset":"USD"},
+		{"from_account":"external","to_account":"` + d + `","amount":"700","asset":"JPY"}],
+		"metadata":{"order":"o-1"}}`
+	r := c.must(201, c.do("POST", "/v1/transactions", body, "Idempotency-Key", "multi"))
+	if c.balance(a) != "30.00" || c.balance(b) != "20.00" || c.balance(d) != "700" {
+		t.Errorf("balances after multi-posting transaction: %s %s %s", c.balance(a), c.balance(b), c.balance(d))
+	}
+	if !bytes.Contains(r.body, []byte(`"metadata":{"order":"o-1"}`)) {
+		t.Errorf("metadata: %s", r.body)
+	}
+	// All or nothing: the second posting overdraws, so the first must not apply either.
+	body = `{"postings":[
+		{"from_account":"` + b + `","to_account":"` + a + `","amount":"5","asset":"USD"},
+		{"from_account":"` + b + `","to_account":"` + a + `","amount":"16","asset":"USD"}]}`
+	if r := c.do("POST", "/v1/transactions", body, "Idempotency-Key", "overdraw"); r.code() != ledger.CodeInsufficientFunds {
+		t.Errorf("overdraw: %d %s", r.status, r.body)
+	}
+	if c.balance(b) != "20.00" {
+		t.Errorf("a rejected transaction moved money: %s", c.balance(b))
+	}
+	if r := c.do("POST", "/v1/transactions", `{"postings":[]}`, "Idempotency-Key", "empty"); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("empty: %d %s", r.status, r.body)
+	}
+	many := `{"postings":[` + strings.TrimSuffix(strings.Repeat(`{"from_account":"`+a+`","to_account":"`+b+`","amount":"0.01","asset":"USD"},`, ledger.MaxPostings+1), ",") + `]}`
+	if r := c.do("POST", "/v1/transactions", many, "Idempotency-Key", "many"); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("too many postings: %d %s", r.status, r.body)
+	}
+	if r := c.do("POST", "/v1/transactions", `{"postings":[{"from_account":"`+a+`","to_account":"`+b+`","amount":"1","asset":"USD","memo":"x"}]}`, "Idempotency-Key", "unknown"); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("unknown posting field: %d %s", r.status, r.body)
+	}
+}
+
+func TestIdempotencyOverHTTP(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	a, b := c.account("alice", "USD"), c.account("bob", "USD")
+	c.must(201, c.transfer("dep", "external", a, "10", "USD"))
+	first := c.must(201, c.transfer("k", a, b, "1.5", "USD"))
+	// The same request, spelled differently, is the same request.
+	again := c.must(201, c.transfer("k", a, b, "1.50", "USD"))
+	if !bytes.Equal(first.body, again.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("replay: %s / %s, header %q", first.body, again.body, again.header.Get("Idempotent-Replayed"))
+	}
+	if r := c.transfer("k", a, b, "2", "USD"); r.code() != ledger.CodeIdempotencyKeyReused || r.status != 409 {
+		t.Errorf("reused key: %d %s", r.status, r.body)
+	}
+	// A transfer and a one-posting transaction are different requests.
+	if r := c.do("POST", "/v1/transactions", `{"postings":[{"from_account":"`+a+`","to_account":"`+b+`","amount":"1.5","asset":"USD"}]}`, "Idempotency-Key", "k"); r.code() != ledger.CodeIdempotencyKeyReused {
+		t.Errorf("key reused across endpoints: %d %s", r.status, r.body)
+	}
+	// A rejection replays as the same rejection.
+	rej := c.transfer("r", a, b, "100", "USD")
+	c.must(201, c.transfer("dep2", "external", a, "1000", "USD"))
+	if r := c.transfer("r", a, b, "100", "USD"); !bytes.Equal(r.body, rej.body) || r.status != 422 {
+		t.Errorf("rejection replay: %d %s", r.status, r.body)
+	}
+	if c.balance(b) != "1.50" {
+		t.Errorf("bob %s", c.balance(b))
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	auth, err := httpapi.ParseTokens(strings.NewReader("# callers\nshop:0123456789abcdef0123\nbank:fedcba9876543210fedc\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, 1, auth)
+	if r := c.do("GET", "/v1/assets", ""); r.code() != ledger.CodeUnauthorized || r.status != 401 {
+		t.Errorf("no token: %d %s", r.status, r.body)
+	}
+	c.token = "wrong-token-wrong-token"
+	if r := c.do("GET", "/v1/assets", ""); r.code() != ledger.CodeUnauthorized {
+		t.Errorf("bad token: %d %s", r.status, r.body)
+	}
+	c.token = "0123456789abcdef0123"
+	c.asset("USD", 2)
+	a, b := c.account("alice", "USD"), c.account("bob", "USD")
+	c.must(201, c.transfer("dep", "external", a, "10", "USD"))
+	c.must(201, c.transfer("k", a, b, "1", "USD"))
+	// Keys are per caller: the bank's "k" is not the shop's "k".
+	c.token = "fedcba9876543210fedc"
+	if r := c.must(201, c.transfer("k", a, b, "2", "USD")); r.header.Get("Idempotent-Replayed") != "" {
+		t.Error("another caller's key was replayed")
+	}
+	if c.balance(b) != "3.00" {
+		t.Errorf("bob %s", c.balance(b))
+	}
+	for _, bad := range []string{"", "nocolon\n", "x:short\n"} {
+		if _, err := httpapi.ParseTokens(strings.NewReader(bad)); err == nil {
+			t.Errorf("tokens %q accepted", bad)
+		}
+	}
+}
+
+func TestCrossShard(t *testing.T) {
+	c := newClient(t, 2, nil)
+	c.asset("USD", 2)
+	// Owners hash to shards; find one owner on each.
+	owners := map[int]string{}
+	for i := 0; len(owners) < 2; i++ {
+		o := fmt.Sprintf("owner-%d", i)
+		owners[c.set.Placement(o)] = o
+	}
+	a0, a1 := c.account(owners[0], "USD"), c.account(owners[1], "USD")
+	id0, _ := ledger.ParseAccountID(a0)
+	id1, _ := ledger.ParseAccountID(a1)
+	if id0.Shard() != 0 || id1.Shard() != 1 {
+		t.Fatalf("placement: %d %d", id0.Shard(), id1.Shard())
+	}
+	c.must(201, c.transfer("d0", "external", a0, "5", "USD"))
+	c.must(201, c.transfer("d1", "external", a1, "5", "USD"))
+	if r := c.transfer("x", a0, a1, "1", "USD"); r.code() != ledger.CodeCrossShardNotSupported || r.status != 422 {
+		t.Errorf("cross shard: %d %s", r.status, r.body)
+	}
+	if c.balance(a0) != "5.00" || c.balance(a1) != "5.00" {
+		t.Error("a cross-shard rejection moved money")
+	}
+	other := c.account(owners[1], "USD")
+	c.must(201, c.transfer("same", a1, other, "1", "USD"))
+	var list struct{ Data []struct{ ID string } }
+	_ = json.Unmarshal(c.must(200, c.do("GET", "/v1/accounts?owner="+owners[1], "")).body, &list)
+	if len(list.Data) != 2 {
+		t.Errorf("owner list: %+v", list)
+	}
+}
+
+func TestListAccountsPagination(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	want := map[string]bool{}
+	for range 5 {
+		want[c.account("paula", "USD")] = true
+	}
+	c.account("someone-else", "USD")
+	got := map[string]bool{}
+	cursor := ""
+	for range 4 {
+		r := c.must(200, c.do("GET", "/v1/accounts?owner=paula&limit=2&cursor="+cursor, ""))
+		var p struct {
+			Data       []struct{ ID, Owner string }
+			NextCursor string `json:"next_cursor"`
+		}
+		_ = json.Unmarshal(r.body, &p)
+		for _, a := range p.Data {
+			if got[a.ID] || a.Owner != "paula" {
+				t.Errorf("duplicate or foreign account %s %s", a.ID, a.Owner)
+			}
+			got[a.ID] = true
+		}
+		if cursor = p.NextCursor; cursor == "" {
+			break
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("listed %d accounts, want %d", len(got), len(want))
+	}
+	if r := c.do("GET", "/v1/accounts", ""); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("no owner: %d %s", r.status, r.body)
+	}
+}
+
+func TestRoutingProblems(t *testing.T) {
+	c := newClient(t, 1, nil)
+	if r := c.do("GET", "/v2/nothing", ""); r.code() != ledger.CodeNotFound || r.status != 404 {
+		t.Errorf("unknown path: %d %s", r.status, r.body)
+	}
+	if r := c.do("DELETE", "/v1/assets", ""); r.code() != ledger.CodeMethodNotAllowed || r.status != 405 {
+		t.Errorf("wrong method: %d %s", r.status, r.body)
+	}
+}
+
+func TestBalanceLimit(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("PTS", 0)
+	a := c.account("alice", "PTS")
+	c.must(201, c.transfer("max", "external", a, "9223372036854775807", "PTS"))
+	if r := c.transfer("over", "external", a, "1", "PTS"); r.code() != ledger.CodeBalanceLimitExceeded || r.status != 422 {
+		t.Errorf("overflow: %d %s", r.status, r.body)
+	}
+	if r := c.transfer("big", "external", a, "9223372036854775808", "PTS"); r.code() != ledger.CodeInvalidAmount {
+		t.Errorf("amount beyond int64: %d %s", r.status, r.body)
+	}
+}
+
+// TestDatabaseProblemsMatchGoCatalogue keeps the codes, statuses and titles that
+// tally.problem renders in SQL identical to the Go catalogue.
+func TestDatabaseProblemsMatchGoCatalogue(t *testing.T) {
+	conn := pgtest.NewDB(t).SuperConn(t)
+	for _, code := range []ledger.Code{
+		ledger.CodeAccountNotFound, ledger.CodeAccountFrozen, ledger.CodeAccountClosed, ledger.CodeAssetMismatch,
+		ledger.CodeSameAccount, ledger.CodeInsufficientFunds, ledger.CodeBalanceLimitExceeded, ledger.CodeIdempotencyKeyReused,
+	} {
+		var status int
+		var body string
+		if err := conn.QueryRow(context.Background(), "SELECT status, body FROM tally.problem($1, $2)", string(code), `detail "quoted"`).Scan(&status, &body); err != nil {
+			t.Fatalf("%s: %v", code, err)
+		}
+		want, _ := json.Marshal((&ledger.Error{Code: code, Detail: `detail "quoted"`}).Problem())
+		if body != string(want) || status != code.Status() {
+			t.Errorf("%s:\n sql %d %s\n go  %d %s", code, status, body, code.Status(), want)
+		}
+	}
+}

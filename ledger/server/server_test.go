@@ -1,0 +1,172 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tallyhq/tally/internal/cli"
+	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/ledger/server"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServeRunsTheDevScript serves the ledger as `tally dev` does and runs the curl
+// commands `tally dev` prints, exactly as printed.
+func TestServeRunsTheDevScript(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is needed (hack/ensure-deps.sh installs it)")
+	}
+	db := pgtest.NewDB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	ops := "127.0.0.1:" + freePort(t)
+	go func() {
+		done <- server.Run(ctx, server.Config{
+			Listen: "127.0.0.1:0", OpsListen: ops, ShardDSNs: []string{db.AppDSN()},
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
+		})
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("server stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("server not ready")
+	}
+
+	out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dev script: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{`"code":"USD"`, `"amount":"100.00"`, `"amount":"12.34"`, `"balance":"12.34"`, `"balance_after":"87.66"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("dev script output lacks %s:\n%s", want, text)
+		}
+	}
+	// Pasting it a second time works too (new accounts, no key clash).
+	if out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr)).CombinedOutput(); err != nil || strings.Contains(string(out), "problems/") {
+		t.Errorf("second run: %v\n%s", err, out)
+	}
+
+	if code, body := get(t, "http://"+ops+"/healthz"); code != 200 {
+		t.Errorf("healthz: %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+ops+"/readyz"); code != 200 {
+		t.Errorf("readyz: %d %s", code, body)
+	}
+	_, metrics := get(t, "http://"+ops+"/metrics")
+	for _, want := range []string{
+		`tally_transactions_total{code="",kind="transfer",outcome="applied"} 4`,
+		`tally_http_request_duration_seconds_bucket{route="POST /v1/transfers",status="201"`,
+		`tally_db_pool_max_conns{shard="0"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	violations, err := store.New(db.AppPool(t, 2)).Verify(context.Background())
+	if err != nil || len(violations) > 0 {
+		t.Errorf("verify: %v %v", err, violations)
+	}
+}
+
+// TestServeRefusesWrongDatabase checks the start-up guards: an unmigrated database and a
+// database listed under the wrong shard index are refused with a clear error.
+func TestServeRefusesWrongDatabase(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	empty := pgtest.NewEmptyDB(t)
+	err := server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", ShardDSNs: []string{empty.SuperDSN()}, Log: quiet})
+	if err == nil || !strings.Contains(err.Error(), "tally migrate") {
+		t.Errorf("unmigrated: %v", err)
+	}
+	shard1 := pgtest.NewShardDB(t, 1)
+	err = server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", ShardDSNs: []string{shard1.AppDSN()}, Log: quiet})
+	if err == nil || !strings.Contains(err.Error(), "is shard 1 but is listed as shard 0") {
+		t.Errorf("wrong shard: %v", err)
+	}
+}
+
+// TestMigrateAndVerifyCommands runs the CLI the way an operator's Job would.
+func TestMigrateAndVerifyCommands(t *testing.T) {
+	db := pgtest.NewEmptyDB(t)
+	var out strings.Builder
+	ctx := context.Background()
+	if code := cli.Run(ctx, []string{"migrate", "--database-url", db.SuperDSN(), "--shard", "0", "--grant-login", pgtest.AppRole}, &out, &out); code != 0 {
+		t.Fatalf("migrate: %d %s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "schema version") {
+		t.Errorf("migrate output: %s", out.String())
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"verify", "--database-url", db.AppDSN()}, &out, &out); code != 0 {
+		t.Fatalf("verify on a clean ledger: %d %s", code, out.String())
+	}
+	// Corrupt a balance behind the triggers' back; verify must fail and say which.
+	conn, err := pgx.Connect(ctx, db.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, stmt := range []string{
+		"SET session_replication_role = replica",
+		"INSERT INTO tally.assets (code, scale) VALUES ('USD', 2)",
+		"INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('01a20ccb-8be0-72d1-ad00-00342cb369ae', 'x', 'USD', 2)",
+		"INSERT INTO tally.balances (account_id, floor, posted) VALUES ('01a20ccb-8be0-72d1-ad00-00342cb369ae', 0, 500)",
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"verify", "--database-url", db.AppDSN()}, &out, &out); code != 1 {
+		t.Fatalf("verify on a corrupt ledger exited %d: %s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "01a20ccb-8be0-72d1-ad00-00342cb369ae: balance 500, entries sum to 0") {
+		t.Errorf("verify output: %s", out.String())
+	}
+	if code := cli.Run(ctx, []string{"migrate", "--database-url", db.SuperDSN(), "--shard", "1"}, &out, &out); code == 0 {
+		t.Error("migrate let a database change shard")
+	}
+	if code := cli.Run(ctx, []string{"no-such-command"}, &out, &out); code != 2 {
+		t.Errorf("unknown command exited %d", code)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	port, err := postgres.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.Itoa(port)
+}
