@@ -112,13 +112,8 @@ func prepareDevDatabase(ctx context.Context, pg *postgres.Server) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		return err
-	}
-	if err := migrations.SetShard(ctx, conn, 0); err != nil {
-		return err
-	}
-	return migrations.GrantLogin(ctx, conn, devAppRole)
+	_, err = migrations.Setup(ctx, conn, 0, devAppRole)
+	return err
 }
 
 // DevBanner is what `tally dev` prints once it serves: where things are, and curl

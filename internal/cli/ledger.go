@@ -57,19 +57,9 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	version, err := migrations.Apply(ctx, conn)
+	version, err := migrations.Setup(ctx, conn, *shard, *grant)
 	if err != nil {
 		return err
-	}
-	if *shard >= 0 {
-		if err := migrations.SetShard(ctx, conn, *shard); err != nil {
-			return err
-		}
-	}
-	if *grant != "" {
-		if err := migrations.GrantLogin(ctx, conn, *grant); err != nil {
-			return err
-		}
 	}
 	fmt.Fprintf(out, "schema version %d\n", version)
 	return nil

@@ -185,13 +185,8 @@ func makeTemplate(srv *postgres.Server) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		return err
-	}
-	if err := migrations.SetShard(ctx, conn, 0); err != nil {
-		return err
-	}
-	return migrations.GrantLogin(ctx, conn, AppRole)
+	_, err = migrations.Setup(ctx, conn, 0, AppRole)
+	return err
 }
 
 // NewShardDB creates a fresh migrated database that is shard index instead of 0.

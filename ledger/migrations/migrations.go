@@ -100,3 +100,24 @@ func GrantLogin(ctx context.Context, conn *pgx.Conn, role string) error {
 	}
 	return nil
 }
+
+// Setup applies the schema, records the shard index (skipped when shard < 0) and, when
+// login is not empty, lets that role log in as the service: everything `tally migrate`
+// does, in order.
+func Setup(ctx context.Context, conn *pgx.Conn, shard int, login string) (int32, error) {
+	version, err := Apply(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	if shard >= 0 {
+		if err := SetShard(ctx, conn, shard); err != nil {
+			return version, err
+		}
+	}
+	if login != "" {
+		if err := GrantLogin(ctx, conn, login); err != nil {
+			return version, err
+		}
+	}
+	return version, nil
+}

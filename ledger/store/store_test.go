@@ -16,13 +16,13 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // fixture is a fresh shard-0 database with USD registered.
 type fixture struct {
-	t        *testing.T
+	t        testing.TB
 	db       *pgtest.DB
 	store    *store.Store
 	external ledger.AccountID
 }
 
-func newFixture(t *testing.T, maxConns int32) *fixture {
+func newFixture(t testing.TB, maxConns int32) *fixture {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	s := store.New(db.AppPool(t, maxConns))
