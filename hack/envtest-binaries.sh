@@ -51,8 +51,8 @@ etcd_from_debian() {
   [[ -n $deb ]] || return 1
   dpkg-deb -x "$deb" "$work/x"
   local bin
-  bin=$(find "$work/x" -type f -name etcd | head -1)
-  [[ -n $bin ]] || return 1
+  bin=$work/x/usr/bin/etcd
+  [[ -x $bin ]] || return 1
   cp "$bin" "$OUT/etcd.tmp" && mv "$OUT/etcd.tmp" "$OUT/etcd"
 }
 

@@ -31,6 +31,8 @@ func commands() []command {
 		{"migrate", "apply the ledger schema to a shard database", runMigrate},
 		{"verify", "recompute every balance from the journal and check every invariant", runVerify},
 		{"dev", "run PostgreSQL and the ledger locally, on 127.0.0.1:8080", runDev},
+		{"manager", "run the Kubernetes operator (LedgerCluster and LedgerShard controllers)", runManager},
+		{"copy-binary", "copy this binary to a path (the PostgreSQL pods' init container)", runCopyBinary},
 	}
 }
 

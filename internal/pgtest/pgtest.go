@@ -37,10 +37,11 @@ var (
 
 // Main starts PostgreSQL, runs the tests, and stops it. Call it from TestMain.
 func Main(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(Run(m))
 }
 
-func run(m *testing.M) int {
+// Run is Main for a TestMain with more to set up and tear down: it returns the exit code.
+func Run(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "tally-pgtest-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)

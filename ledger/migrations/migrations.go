@@ -121,3 +121,13 @@ func Setup(ctx context.Context, conn *pgx.Conn, shard int, login string) (int32,
 	}
 	return version, nil
 }
+
+// Count is the number of migrations embedded in this binary: the schema version it
+// needs, known without a database.
+func Count() int32 {
+	names, err := fs.Glob(files, "sql/*.sql")
+	if err != nil {
+		panic(fmt.Sprintf("migrations: embedded files: %v", err)) // a broken build, not a runtime state
+	}
+	return int32(len(names))
+}

@@ -1,0 +1,100 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// LedgerClusterSpec is what a platform team declares.
+type LedgerClusterSpec struct {
+	// Shards is the number of PostgreSQL shards; `kubectl scale` changes it. Shards that
+	// hold accounts are never removed.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=64
+	Shards int32 `json:"shards"`
+
+	// Postgres describes every shard's PostgreSQL instances.
+	// +optional
+	Postgres PostgresSpec `json:"postgres,omitempty"`
+
+	// Ledger describes the ledger service in front of the shards.
+	// +optional
+	Ledger LedgerSpec `json:"ledger,omitempty"`
+}
+
+// LedgerSpec is the ledger service Deployment.
+type LedgerSpec struct {
+	// Replicas of the ledger service. Default: 2.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Image of the ledger service and of the migration Jobs. Default: the operator's own
+	// image, so the ledger and its schema match the operator's version.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// Resources of each ledger container.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// TokensSecret holds the API's bearer tokens as caller:token lines under the given
+	// key. Without it the API is open inside the cluster network.
+	// +optional
+	TokensSecret *corev1.SecretKeySelector `json:"tokensSecret,omitempty"`
+
+	// IdempotencyRetention is how long idempotency records are kept. Default: 24h.
+	// +optional
+	IdempotencyRetention *metav1.Duration `json:"idempotencyRetention,omitempty"`
+}
+
+// LedgerClusterStatus is what the operator observed.
+type LedgerClusterStatus struct {
+	// ObservedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Shards is how many LedgerShards exist (the scale subresource's status.replicas).
+	// +optional
+	Shards int32 `json:"shards,omitempty"`
+	// ReadyShards counts shards whose primary is ready and whose schema is current.
+	// +optional
+	ReadyShards int32 `json:"readyShards,omitempty"`
+	// Selector selects the ledger service pods, for the scale subresource.
+	// +optional
+	Selector string `json:"selector,omitempty"`
+	// Conditions: Ready, Progressing, Degraded, MigrationsApplied.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// LedgerCluster is a double-entry ledger on sharded, replicated PostgreSQL.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.shards,statuspath=.status.shards,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=lc,categories=tally
+// +kubebuilder:printcolumn:name="Shards",type=integer,JSONPath=`.spec.shards`
+// +kubebuilder:printcolumn:name="Ready Shards",type=integer,JSONPath=`.status.readyShards`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type LedgerCluster struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   LedgerClusterSpec   `json:"spec"`
+	Status LedgerClusterStatus `json:"status,omitempty"`
+}
+
+// LedgerClusterList is a list of LedgerClusters.
+// +kubebuilder:object:root=true
+type LedgerClusterList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []LedgerCluster `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&LedgerCluster{}, &LedgerClusterList{})
+}

@@ -1,0 +1,85 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// PostgresSpec describes the PostgreSQL instances of every shard. Unset fields take the
+// defaults documented on each; the operator resolves them and never writes them back.
+// +kubebuilder:validation:XValidation:rule="!has(self.synchronous) || !has(self.synchronous.number) || self.synchronous.number < (has(self.instances) ? self.instances : 3)",message="synchronous.number must be less than instances (3 when unset)"
+// +kubebuilder:validation:XValidation:rule="!has(self.synchronous) || !has(self.synchronous.dataDurability) || self.synchronous.dataDurability != 'required' || (has(self.instances) ? self.instances : 3) > 1",message="dataDurability required needs at least 2 instances"
+type PostgresSpec struct {
+	// Image is the PostgreSQL server image. Default: postgres:17.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// Instances per shard: one primary and instances-1 replicas. Default: 3.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=9
+	// +optional
+	Instances *int32 `json:"instances,omitempty"`
+
+	// Synchronous replication settings.
+	// +optional
+	Synchronous *SynchronousSpec `json:"synchronous,omitempty"`
+
+	// Storage for each instance's data directory.
+	// +optional
+	Storage *StorageSpec `json:"storage,omitempty"`
+
+	// Resources of each PostgreSQL container.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Parameters are PostgreSQL settings, from an allow-list; the operator owns the rest
+	// (replication, durability, listen addresses).
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k in ['max_connections', 'shared_buffers', 'work_mem', 'maintenance_work_mem', 'effective_cache_size', 'wal_compression', 'checkpoint_timeout', 'checkpoint_completion_target', 'max_wal_size', 'min_wal_size', 'random_page_cost', 'effective_io_concurrency', 'log_min_duration_statement', 'statement_timeout', 'idle_in_transaction_session_timeout', 'lock_timeout', 'log_statement', 'log_lock_waits', 'track_io_timing', 'autovacuum_vacuum_scale_factor', 'autovacuum_analyze_scale_factor', 'autovacuum_max_workers', 'autovacuum_naptime'])",message="only allow-listed PostgreSQL parameters may be set; see the LedgerCluster documentation"
+	// +optional
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
+// SynchronousMethod chooses how synchronous_standby_names counts standbys.
+// +kubebuilder:validation:Enum=any;first
+type SynchronousMethod string
+
+// Synchronous methods: ANY n (quorum) or FIRST n (priority).
+const (
+	SynchronousAny   SynchronousMethod = "any"
+	SynchronousFirst SynchronousMethod = "first"
+)
+
+// DataDurability says what happens when too few synchronous standbys are available.
+// +kubebuilder:validation:Enum=required;preferred
+type DataDurability string
+
+// With required, writes wait rather than be acknowledged without a synchronous copy;
+// with preferred, the primary drops to asynchronous replication to stay writable.
+const (
+	DurabilityRequired  DataDurability = "required"
+	DurabilityPreferred DataDurability = "preferred"
+)
+
+// SynchronousSpec sets synchronous replication. Defaults: method any, number 1,
+// dataDurability required.
+type SynchronousSpec struct {
+	// +optional
+	Method SynchronousMethod `json:"method,omitempty"`
+	// Number of synchronous standbys that must confirm each commit.
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	Number *int32 `json:"number,omitempty"`
+	// +optional
+	DataDurability DataDurability `json:"dataDurability,omitempty"`
+}
+
+// StorageSpec is the volume of each instance. Default size: 10Gi.
+type StorageSpec struct {
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+	// StorageClass of the volumes; cannot change once set.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="storageClass is immutable"
+	// +optional
+	StorageClass *string `json:"storageClass,omitempty"`
+}

@@ -1,0 +1,64 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/specs"
+)
+
+// countTimeout bounds one account count, so an unreachable shard cannot stall reconciles.
+const countTimeout = 5 * time.Second
+
+// AccountCounter counts the customer accounts a shard holds, for scale-down decisions.
+type AccountCounter struct {
+	// DSN returns a superuser connection string for the shard's primary.
+	DSN func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error)
+}
+
+// Count connects to the shard's primary and counts its standard (customer) accounts.
+func (a AccountCounter) Count(ctx context.Context, shard *v1alpha1.LedgerShard) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, countTimeout)
+	defer cancel()
+	dsn, err := a.DSN(ctx, shard)
+	if err != nil {
+		return 0, err
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, fmt.Errorf("count accounts of %s: connect: %w", shard.Name, err)
+	}
+	defer conn.Close(ctx)
+	var n int64
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM tally.accounts WHERE kind = 'standard'").Scan(&n); err != nil {
+		return 0, fmt.Errorf("count accounts of %s: %w", shard.Name, err)
+	}
+	return n, nil
+}
+
+// ServiceDSN reaches a shard through its -rw Service with the superuser Secret: how the
+// operator reaches shards when it runs inside the cluster.
+func ServiceDSN(c client.Client) func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error) {
+	return func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error) {
+		var secret corev1.Secret
+		if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretSuperuser(shard.Name)}, &secret); err != nil {
+			return "", fmt.Errorf("superuser secret of %s: %w", shard.Name, err)
+		}
+		u := url.URL{
+			Scheme: "postgres",
+			User:   url.UserPassword(string(secret.Data[corev1.BasicAuthUsernameKey]), string(secret.Data[corev1.BasicAuthPasswordKey])),
+			Host:   specs.ServiceRW(shard.Name) + "." + shard.Namespace + ".svc:" + strconv.Itoa(specs.PostgresPort),
+			Path:   "/" + specs.Database,
+		}
+		return u.String() + "?sslmode=prefer", nil
+	}
+}

@@ -1,0 +1,336 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/specs"
+	"github.com/tallyhq/tally/ledger/migrations"
+)
+
+// passwordLength of generated database passwords; alphanumeric, so they are safe inside
+// connection URLs.
+const passwordLength = 32
+
+// accountsRecount is how often a migrated shard's account count is refreshed in status.
+const accountsRecount = 5 * time.Minute
+
+// ShardReconciler makes a LedgerShard real: credentials, settings, services, one Pod and
+// PVC per instance, disruption budgets, and the schema migration Job.
+type ShardReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	// Accounts counts a migrated shard's accounts for its status; nil skips counting.
+	Accounts *AccountCounter
+}
+
+// shardState carries what the steps observed to the status update.
+type shardState struct {
+	primary        string
+	instances      []v1alpha1.InstanceStatus
+	primaryReady   bool
+	rolloutPending []string
+	schemaVersion  int32
+	migration      string // reason of MigrationsApplied
+	migrationMsg   string
+	accounts       *int64
+}
+
+// +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=pods;services;persistentvolumeclaims;configmaps;secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile is the shard's reconcile path, one named step after another.
+func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	shard := &v1alpha1.LedgerShard{}
+	if err := r.Get(ctx, req.NamespacedName, shard); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !shard.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // owner references take the children with it
+	}
+	st := &shardState{primary: shard.Status.CurrentPrimary, schemaVersion: shard.Status.SchemaVersion, accounts: shard.Status.Accounts}
+	if st.primary == "" {
+		st.primary = specs.InstanceName(shard.Name, 1) // a new shard bootstraps on its first instance
+	}
+	steps := []struct {
+		name string
+		run  func(context.Context, *v1alpha1.LedgerShard, *shardState) error
+	}{
+		{"secrets", r.reconcileSecrets},
+		{"config", r.reconcileConfig},
+		{"services", r.reconcileServices},
+		{"instances", r.reconcileInstances},
+		{"disruption budgets", r.reconcilePDBs},
+		{"migrations", r.reconcileMigrations},
+		{"accounts", r.reconcileAccounts},
+	}
+	for _, step := range steps {
+		if err := step.run(ctx, shard, st); err != nil {
+			return ctrl.Result{}, fmt.Errorf("shard %s: %s: %w", shard.Name, step.name, err)
+		}
+	}
+	return r.updateStatus(ctx, shard, st)
+}
+
+// reconcileSecrets creates the superuser, application and replication credentials once.
+// They are never re-applied: a new password under a running database would lock it out.
+func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	for _, s := range []struct{ name, user string }{
+		{specs.SecretSuperuser(shard.Name), specs.Superuser},
+		{specs.SecretApp(shard.Name), specs.AppUser},
+		{specs.SecretReplication(shard.Name), specs.Replicator},
+	} {
+		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: s.name}, &corev1.Secret{})
+		if err == nil {
+			continue
+		}
+		if !apierrors.IsNotFound(err) {
+			return err
+		}
+		if err := r.Create(ctx, specs.Secret(shard, s.name, s.user, newPassword()), client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "SecretCreated", "Create", "created credentials %s for %s", s.name, s.user)
+	}
+	return nil
+}
+
+// newPassword is 32 characters of base32 (about 160 random bits), safe in URLs.
+func newPassword() string { return (rand.Text() + rand.Text())[:passwordLength] }
+
+func (r *ShardReconciler) reconcileConfig(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	return apply(ctx, r.Client, specs.PostgresConfig(shard))
+}
+
+func (r *ShardReconciler) reconcileServices(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	for _, svc := range specs.Services(shard) {
+		if err := apply(ctx, r.Client, svc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconcileInstances makes one PVC and one Pod per instance. A pod whose spec changed is
+// left running and reported: replacing PostgreSQL pods is a rolling update that must go
+// replicas first, then a switchover, which belongs to the failover logic.
+func (r *ShardReconciler) reconcileInstances(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	pg := specs.ResolvePostgres(shard.Spec.Postgres)
+	for n := int32(1); n <= pg.Instances; n++ {
+		name := specs.InstanceName(shard.Name, n)
+		if err := apply(ctx, r.Client, specs.PVC(shard, name)); err != nil {
+			return err
+		}
+		role := v1alpha1.RoleReplica
+		if name == st.primary {
+			role = v1alpha1.RolePrimary
+		}
+		var pod corev1.Pod
+		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: name}, &pod)
+		switch {
+		case apierrors.IsNotFound(err):
+			if err := apply(ctx, r.Client, specs.Pod(shard, name, role)); err != nil {
+				return err
+			}
+			r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "InstanceCreated", "Create", "created instance %s as %s", name, role)
+		case err != nil:
+			return err
+		case pod.Annotations[specs.AnnotationSpecHash] == specs.PodSpecHash(shard, name):
+			if err := apply(ctx, r.Client, specs.Pod(shard, name, role)); err != nil {
+				return err
+			}
+		default:
+			st.rolloutPending = append(st.rolloutPending, name)
+		}
+		ready := err == nil && podReady(&pod)
+		st.instances = append(st.instances, v1alpha1.InstanceStatus{Name: name, Role: role, Ready: ready})
+		if name == st.primary {
+			st.primaryReady = ready
+		}
+	}
+	return nil
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func (r *ShardReconciler) reconcilePDBs(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	for _, pdb := range specs.PDBs(shard) {
+		if err := apply(ctx, r.Client, pdb); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconcileMigrations brings the shard's schema to the version this operator's binary
+// carries, with a Job once the primary is ready. A failed Job is reported, not replaced:
+// its backoff limit already retried it, and a hot loop would hide the cause.
+func (r *ShardReconciler) reconcileMigrations(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	want := migrations.Count()
+	if st.schemaVersion >= want {
+		st.migration = v1alpha1.ReasonMigrationsCurrent
+		return nil
+	}
+	if !st.primaryReady {
+		st.migration, st.migrationMsg = v1alpha1.ReasonPrimaryNotReady, "waiting for the primary to be ready"
+		return nil
+	}
+	var job batchv1.Job
+	err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.MigrationJobName(shard.Name, want)}, &job)
+	if apierrors.IsNotFound(err) {
+		if err := apply(ctx, r.Client, specs.MigrationJob(shard, want)); err != nil {
+			return err
+		}
+		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "migrating the schema to version %d", want)
+		st.migration, st.migrationMsg = v1alpha1.ReasonMigrationRunning, fmt.Sprintf("migrating to version %d", want)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case jobCondition(&job, batchv1.JobComplete):
+		st.schemaVersion = want
+		st.migration = v1alpha1.ReasonMigrationsCurrent
+		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "MigrationsApplied", "Migrate", "schema is at version %d", want)
+	case jobCondition(&job, batchv1.JobFailed):
+		st.migration = v1alpha1.ReasonMigrationFailed
+		st.migrationMsg = fmt.Sprintf("Job %s failed; see its pod logs, fix the cause, then delete the Job to retry", job.Name)
+		if c := meta.FindStatusCondition(shard.Status.Conditions, v1alpha1.ConditionMigrationsApplied); c == nil || c.Reason != v1alpha1.ReasonMigrationFailed {
+			r.Recorder.Eventf(shard, nil, corev1.EventTypeWarning, "MigrationFailed", "Migrate", "%s", st.migrationMsg)
+		}
+	default:
+		st.migration, st.migrationMsg = v1alpha1.ReasonMigrationRunning, fmt.Sprintf("migrating to version %d", want)
+	}
+	return nil
+}
+
+func jobCondition(job *batchv1.Job, t batchv1.JobConditionType) bool {
+	for _, c := range job.Status.Conditions {
+		if c.Type == t && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcileAccounts refreshes the informational account count of a migrated shard.
+func (r *ShardReconciler) reconcileAccounts(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	if r.Accounts == nil || st.migration != v1alpha1.ReasonMigrationsCurrent {
+		return nil
+	}
+	n, err := r.Accounts.Count(ctx, shard)
+	if err != nil {
+		log.FromContext(ctx).Info("could not count accounts", "shard", shard.Name, "err", err.Error())
+		st.accounts = nil
+		return nil
+	}
+	st.accounts = &n
+	return nil
+}
+
+func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) (ctrl.Result, error) {
+	s := shard.Status.DeepCopy()
+	s.ObservedGeneration = shard.Generation
+	s.CurrentPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.instances, st.schemaVersion, st.accounts
+	if s.TargetPrimary == "" {
+		s.TargetPrimary = st.primary
+	}
+	migrated := st.migration == v1alpha1.ReasonMigrationsCurrent
+	allReady := true
+	for _, in := range st.instances {
+		allReady = allReady && in.Ready
+	}
+	set := func(t string, ok bool, reason, msg string) {
+		status := metav1.ConditionFalse
+		if ok {
+			status = metav1.ConditionTrue
+		}
+		meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: shard.Generation})
+	}
+	if migrated {
+		set(v1alpha1.ConditionMigrationsApplied, true, v1alpha1.ReasonMigrationsCurrent, fmt.Sprintf("schema version %d", st.schemaVersion))
+	} else {
+		set(v1alpha1.ConditionMigrationsApplied, false, st.migration, st.migrationMsg)
+	}
+	switch {
+	case !st.primaryReady:
+		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonPrimaryNotReady, "instance "+st.primary+" is not ready")
+	case !migrated:
+		set(v1alpha1.ConditionReady, false, v1alpha1.ReasonWaitingForMigrations, st.migrationMsg)
+	default:
+		set(v1alpha1.ConditionReady, true, v1alpha1.ReasonReconciled, "primary ready, schema current")
+	}
+	switch {
+	case len(st.rolloutPending) > 0:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, fmt.Sprintf("instances %v run an outdated spec", st.rolloutPending))
+	case !allReady:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonInstancesNotReady, "not every instance is ready")
+	case !migrated:
+		set(v1alpha1.ConditionProgressing, true, st.migration, st.migrationMsg)
+	default:
+		set(v1alpha1.ConditionProgressing, false, v1alpha1.ReasonAsExpected, "")
+	}
+	if st.migration == v1alpha1.ReasonMigrationFailed {
+		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonMigrationFailed, st.migrationMsg)
+	} else {
+		set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonAsExpected, "")
+	}
+	result := ctrl.Result{}
+	if migrated && r.Accounts != nil {
+		result.RequeueAfter = accountsRecount
+	}
+	if equality.Semantic.DeepEqual(*s, shard.Status) {
+		return result, nil
+	}
+	shard.Status = *s
+	if err := r.Status().Update(ctx, shard); err != nil {
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{Requeue: true}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("shard %s: update status: %w", shard.Name, err)
+	}
+	return result, nil
+}
+
+// SetupWithManager registers the reconciler and what it watches.
+func (r *ShardReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Recorder == nil {
+		return errors.New("controllers: ShardReconciler needs a Recorder")
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.LedgerShard{}).
+		Owns(&corev1.Pod{}).Owns(&corev1.PersistentVolumeClaim{}).Owns(&corev1.Service{}).
+		Owns(&corev1.Secret{}).Owns(&corev1.ConfigMap{}).Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&batchv1.Job{}).
+		Named("ledgershard").
+		Complete(r)
+}

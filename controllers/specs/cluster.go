@@ -1,0 +1,126 @@
+package specs
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+)
+
+func ownerRef(name string, uid types.UID, kind string, controller *bool) metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: v1alpha1.GroupVersion.String(), Kind: kind, Name: name, UID: uid,
+		Controller: controller, BlockOwnerDeletion: controller}
+}
+
+func clusterOwner(c *v1alpha1.LedgerCluster) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(v1alpha1.GroupVersion.String()).WithKind("LedgerCluster").
+		WithName(c.Name).WithUID(c.UID).WithController(true).WithBlockOwnerDeletion(true)
+}
+
+// Shard builds the LedgerShard for one index of a cluster, as an unstructured apply
+// object: only the fields set here are owned, so defaults never appear in its spec.
+func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstructured.Unstructured, error) {
+	pg, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&c.Spec.Postgres)
+	if err != nil {
+		return nil, fmt.Errorf("specs: convert postgres spec: %w", err)
+	}
+	t := true
+	owner, err := runtime.DefaultUnstructuredConverter.ToUnstructured(ptrTo(ownerRef(c.Name, c.UID, "LedgerCluster", &t)))
+	if err != nil {
+		return nil, err
+	}
+	labels := map[string]any{}
+	for k, v := range ClusterLabels(c.Name, ComponentPostgres) {
+		labels[k] = v
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(),
+		"kind":       "LedgerShard",
+		"metadata": map[string]any{
+			"name": ShardName(c.Name, index), "namespace": c.Namespace,
+			"labels": labels, "ownerReferences": []any{owner},
+		},
+		"spec": map[string]any{
+			"cluster": c.Name, "index": int64(index), "image": ResolveLedger(c.Spec.Ledger, tallyImage).Image, "postgres": pg,
+		},
+	}}
+	return u, nil
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// ShardURLs is the ledger's shard map: one URL per shard, in index order, through each
+// shard's -rw service. Passwords come from environment variables the Deployment sets from
+// each shard's app Secret (Kubernetes expands $(VAR) in env values).
+func ShardURLs(c *v1alpha1.LedgerCluster, shards int32) string {
+	urls := make([]string, shards)
+	for i := range shards {
+		shard := ShardName(c.Name, i)
+		urls[i] = fmt.Sprintf("postgres://%s:$(SHARD%d_PASSWORD)@%s.%s.svc:%d/%s?sslmode=prefer",
+			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database)
+	}
+	return strings.Join(urls, ",")
+}
+
+// LedgerDeployment builds the ledger service over the first shards shards.
+func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
+	l := ResolveLedger(c.Spec.Ledger, operatorImage)
+	labels := ClusterLabels(c.Name, ComponentLedger)
+	env := make([]*corev1ac.EnvVarApplyConfiguration, 0, shards+1)
+	for i := range shards {
+		env = append(env, secretEnv(fmt.Sprintf("SHARD%d_PASSWORD", i), SecretApp(ShardName(c.Name, i)), corev1.BasicAuthPasswordKey))
+	}
+	env = append(env, corev1ac.EnvVar().WithName("TALLY_SHARD_URLS").WithValue(ShardURLs(c, shards)))
+	args := []string{"ledger", "serve",
+		"--listen=0.0.0.0:" + strconv.Itoa(APIPort), "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
+		"--idempotency-retention=" + l.IdempotencyRetention.Duration.String()}
+	container := corev1ac.Container().WithName("ledger").WithImage(l.Image).
+		WithCommand(TallyBinary).WithArgs(args...).WithEnv(env...).
+		WithPorts(corev1ac.ContainerPort().WithName("api").WithContainerPort(APIPort),
+			corev1ac.ContainerPort().WithName("metrics").WithContainerPort(OpsPort)).
+		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(5)).
+		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(10)).
+		WithSecurityContext(corev1ac.SecurityContext().WithAllowPrivilegeEscalation(false).WithReadOnlyRootFilesystem(true).
+			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
+	if l.Resources.Requests != nil {
+		container = container.WithResources(corev1ac.ResourceRequirements().WithRequests(l.Resources.Requests).WithLimits(l.Resources.Limits))
+	}
+	podSpec := corev1ac.PodSpec().
+		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532))
+	if l.TokensSecret != nil {
+		container = container.WithArgs("--tokens-file=/etc/tally/tokens/" + l.TokensSecret.Key).
+			WithVolumeMounts(corev1ac.VolumeMount().WithName("tokens").WithMountPath("/etc/tally/tokens").WithReadOnly(true))
+		podSpec = podSpec.WithVolumes(corev1ac.Volume().WithName("tokens").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(l.TokensSecret.Name)))
+	}
+	podSpec = podSpec.WithContainers(container)
+	return appsv1ac.Deployment(LedgerName(c.Name), c.Namespace).
+		WithLabels(labels).WithOwnerReferences(clusterOwner(c)).
+		WithSpec(appsv1ac.DeploymentSpec().WithReplicas(l.Replicas).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(LedgerSelector(c.Name))).
+			WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RollingUpdateDeploymentStrategyType)).
+			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(podSpec)))
+}
+
+// LedgerService exposes the API and the metrics port.
+func LedgerService(c *v1alpha1.LedgerCluster) *corev1ac.ServiceApplyConfiguration {
+	return corev1ac.Service(LedgerName(c.Name), c.Namespace).
+		WithLabels(ClusterLabels(c.Name, ComponentLedger)).WithOwnerReferences(clusterOwner(c)).
+		WithSpec(corev1ac.ServiceSpec().WithType(corev1.ServiceTypeClusterIP).WithSelector(LedgerSelector(c.Name)).
+			WithPorts(
+				corev1ac.ServicePort().WithName("api").WithPort(APIPort).WithTargetPort(intstr.FromString("api")),
+				corev1ac.ServicePort().WithName("metrics").WithPort(OpsPort).WithTargetPort(intstr.FromString("metrics")),
+			))
+}

@@ -1,0 +1,108 @@
+// Package specs builds the desired Kubernetes objects of a LedgerCluster and its shards.
+// Every function here is pure: the custom resource in, an apply configuration out. The
+// reconcilers in package controllers only apply what these return.
+package specs
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+)
+
+// Label keys the operator sets and selects on.
+const (
+	LabelName      = "app.kubernetes.io/name"
+	LabelInstance  = "app.kubernetes.io/instance"
+	LabelComponent = "app.kubernetes.io/component"
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	LabelCluster   = "ledger.tally.dev/cluster"
+	LabelShard     = "ledger.tally.dev/shard"
+	LabelPod       = "ledger.tally.dev/instance"
+	LabelRole      = "ledger.tally.dev/role"
+	LabelSchema    = "ledger.tally.dev/schema-version"
+
+	// AnnotationSpecHash records the hash of the desired pod spec a pod was made from.
+	AnnotationSpecHash = "ledger.tally.dev/spec-hash"
+)
+
+// Component values.
+const (
+	ComponentPostgres  = "postgres"
+	ComponentLedger    = "ledger"
+	ComponentMigration = "migration"
+)
+
+// Well-known names inside every shard database.
+const (
+	Database     = "tally"
+	AppUser      = "tally_service"
+	Superuser    = "postgres"
+	Replicator   = "streaming_replica"
+	PostgresPort = 5432
+	StatusPort   = 8000 // the instance manager's status API
+	APIPort      = 8080
+	OpsPort      = 9090
+)
+
+// ShardName names a cluster's shard with the given index.
+func ShardName(cluster string, index int32) string { return fmt.Sprintf("%s-%d", cluster, index) }
+
+// InstanceName names the n-th (from 1) instance of a shard; its Pod and PVC share it.
+func InstanceName(shard string, n int32) string { return fmt.Sprintf("%s-%d", shard, n) }
+
+// Service names of a shard: read-write (primary), read-only (replicas), any instance.
+func ServiceRW(shard string) string { return shard + "-rw" }
+
+// ServiceRO names the service of a shard's replicas.
+func ServiceRO(shard string) string { return shard + "-ro" }
+
+// ServiceR names the service of any instance of a shard.
+func ServiceR(shard string) string { return shard + "-r" }
+
+// Secret names of a shard.
+func SecretSuperuser(shard string) string { return shard + "-superuser" }
+
+// SecretApp names the secret of the ledger service's database login.
+func SecretApp(shard string) string { return shard + "-app" }
+
+// SecretReplication names the secret of the replication login.
+func SecretReplication(shard string) string { return shard + "-replication" }
+
+// ConfigName names the ConfigMap of a shard's PostgreSQL settings.
+func ConfigName(shard string) string { return shard + "-config" }
+
+// PDBPrimary names the disruption budget of a shard's primary.
+func PDBPrimary(shard string) string { return shard + "-primary" }
+
+// PDBReplicas names the disruption budget of a shard's replicas.
+func PDBReplicas(shard string) string { return shard + "-replicas" }
+
+// MigrationJobName names the Job that brings a shard to a schema version; a new version
+// is a new Job, so a finished Job is never re-run.
+func MigrationJobName(shard string, version int32) string {
+	return shard + "-migrate-v" + strconv.Itoa(int(version))
+}
+
+// LedgerName names the ledger service's Deployment and Service.
+func LedgerName(cluster string) string { return cluster + "-ledger" }
+
+// ClusterLabels are on every object of a cluster.
+func ClusterLabels(cluster, component string) map[string]string {
+	return map[string]string{
+		LabelName: "tally", LabelInstance: cluster, LabelComponent: component,
+		LabelManagedBy: "tally-operator", LabelCluster: cluster,
+	}
+}
+
+// ShardLabels are on every object of a shard.
+func ShardLabels(shard *v1alpha1.LedgerShard, component string) map[string]string {
+	l := ClusterLabels(shard.Spec.Cluster, component)
+	l[LabelShard] = shard.Name
+	return l
+}
+
+// LedgerSelector selects the ledger service pods.
+func LedgerSelector(cluster string) map[string]string {
+	return map[string]string{LabelCluster: cluster, LabelComponent: ComponentLedger}
+}

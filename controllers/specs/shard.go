@@ -1,0 +1,242 @@
+package specs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	batchv1ac "k8s.io/client-go/applyconfigurations/batch/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+)
+
+// Paths inside PostgreSQL pods.
+const (
+	DataMount       = "/var/lib/postgresql/data"
+	PGData          = DataMount + "/pgdata"
+	ControllerMount = "/controller" // the tally binary, copied in by the init container
+	ConfigMount     = "/etc/tally/postgres"
+	TallyBinary     = "/tally" // where the tally image keeps the binary
+)
+
+// migrationBackoffLimit bounds retries of a failing migration Job; after that the failure
+// is reported, not retried in a loop.
+const migrationBackoffLimit int32 = 3
+
+// migrationDeadlineSeconds bounds one migration Job.
+const migrationDeadlineSeconds int64 = 900
+
+// postgresUID is the uid of the postgres user in the official images.
+const postgresUID int64 = 999
+
+func shardOwner(shard *v1alpha1.LedgerShard) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(v1alpha1.GroupVersion.String()).WithKind("LedgerShard").
+		WithName(shard.Name).WithUID(shard.UID).WithController(true).WithBlockOwnerDeletion(true)
+}
+
+// Secret builds one of a shard's credentials. Secrets are created once with a generated
+// password and never re-applied, so a password never changes under a running database.
+func Secret(shard *v1alpha1.LedgerShard, name, username, password string) *corev1.Secret {
+	t := true
+	s := &corev1.Secret{
+		Type: corev1.SecretTypeBasicAuth,
+		StringData: map[string]string{
+			corev1.BasicAuthUsernameKey: username,
+			corev1.BasicAuthPasswordKey: password,
+		},
+	}
+	s.Name, s.Namespace, s.Labels = name, shard.Namespace, ShardLabels(shard, ComponentPostgres)
+	s.OwnerReferences = append(s.OwnerReferences, ownerRef(shard.Name, shard.UID, "LedgerShard", &t))
+	return s
+}
+
+// PostgresConfig renders the allow-listed parameters, sorted, as postgresql.conf lines.
+// The instance manager includes it; settings the operator owns come after and win.
+func PostgresConfig(shard *v1alpha1.LedgerShard) *corev1ac.ConfigMapApplyConfiguration {
+	pg := ResolvePostgres(shard.Spec.Postgres)
+	keys := make([]string, 0, len(pg.Parameters))
+	for k := range pg.Parameters {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(pg.Parameters[k], "'", "''"))
+	}
+	return corev1ac.ConfigMap(ConfigName(shard.Name), shard.Namespace).
+		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+		WithData(map[string]string{"custom.conf": b.String(), "synchronous": SynchronousStandbyRule(pg)})
+}
+
+// SynchronousStandbyRule is the method and count of synchronous_standby_names, such as
+// "ANY 1"; the instance manager adds the standby names it currently sees.
+func SynchronousStandbyRule(pg Postgres) string {
+	if pg.SyncNumber <= 0 {
+		return ""
+	}
+	return strings.ToUpper(string(pg.SyncMethod)) + " " + strconv.Itoa(int(pg.SyncNumber))
+}
+
+// Services builds a shard's three services: -rw selects the primary, -ro the replicas,
+// -r any instance. Role labels move on failover; services follow them.
+func Services(shard *v1alpha1.LedgerShard) []*corev1ac.ServiceApplyConfiguration {
+	base := map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres}
+	with := func(k, v string) map[string]string {
+		m := map[string]string{k: v}
+		for bk, bv := range base {
+			m[bk] = bv
+		}
+		return m
+	}
+	build := func(name string, selector map[string]string) *corev1ac.ServiceApplyConfiguration {
+		return corev1ac.Service(name, shard.Namespace).
+			WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+			WithSpec(corev1ac.ServiceSpec().WithType(corev1.ServiceTypeClusterIP).WithSelector(selector).
+				WithPorts(corev1ac.ServicePort().WithName("postgres").WithPort(PostgresPort).
+					WithTargetPort(intstr.FromString("postgres")).WithProtocol(corev1.ProtocolTCP)))
+	}
+	return []*corev1ac.ServiceApplyConfiguration{
+		build(ServiceRW(shard.Name), with(LabelRole, string(v1alpha1.RolePrimary))),
+		build(ServiceRO(shard.Name), with(LabelRole, string(v1alpha1.RoleReplica))),
+		build(ServiceR(shard.Name), base),
+	}
+}
+
+// PVC builds the data volume of one instance.
+func PVC(shard *v1alpha1.LedgerShard, instance string) *corev1ac.PersistentVolumeClaimApplyConfiguration {
+	pg := ResolvePostgres(shard.Spec.Postgres)
+	labels := ShardLabels(shard, ComponentPostgres)
+	labels[LabelPod] = instance
+	spec := corev1ac.PersistentVolumeClaimSpec().
+		WithAccessModes(corev1.ReadWriteOnce).
+		WithResources(corev1ac.VolumeResourceRequirements().WithRequests(corev1.ResourceList{corev1.ResourceStorage: pg.StorageSize}))
+	if pg.StorageClass != nil {
+		spec = spec.WithStorageClassName(*pg.StorageClass)
+	}
+	return corev1ac.PersistentVolumeClaim(instance, shard.Namespace).
+		WithLabels(labels).WithOwnerReferences(shardOwner(shard)).WithSpec(spec)
+}
+
+// Pod builds one PostgreSQL instance. The pod runs the tally instance manager as PID 1 in
+// the stock PostgreSQL image: an init container copies the tally binary from the tally
+// image into a shared volume, the CloudNativePG way, so any PostgreSQL image works.
+func Pod(shard *v1alpha1.LedgerShard, instance string, role v1alpha1.InstanceRole) *corev1ac.PodApplyConfiguration {
+	pg := ResolvePostgres(shard.Spec.Postgres)
+	spec := podSpec(shard, instance, pg)
+	labels := ShardLabels(shard, ComponentPostgres)
+	labels[LabelPod] = instance
+	labels[LabelRole] = string(role)
+	return corev1ac.Pod(instance, shard.Namespace).
+		WithLabels(labels).WithAnnotations(map[string]string{AnnotationSpecHash: PodSpecHash(shard, instance)}).
+		WithOwnerReferences(shardOwner(shard)).WithSpec(spec)
+}
+
+// PodSpecHash identifies the desired pod spec of an instance (everything but its role,
+// which moves on failover without a restart). A pod whose hash differs needs a rollout.
+func PodSpecHash(shard *v1alpha1.LedgerShard, instance string) string {
+	b, _ := json.Marshal(podSpec(shard, instance, ResolvePostgres(shard.Spec.Postgres)))
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func secretEnv(name, secret, key string) *corev1ac.EnvVarApplyConfiguration {
+	return corev1ac.EnvVar().WithName(name).WithValueFrom(corev1ac.EnvVarSource().
+		WithSecretKeyRef(corev1ac.SecretKeySelector().WithName(secret).WithKey(key)))
+}
+
+func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1ac.PodSpecApplyConfiguration {
+	res := corev1ac.ResourceRequirements()
+	if pg.Resources.Requests != nil {
+		res = res.WithRequests(pg.Resources.Requests)
+	}
+	if pg.Resources.Limits != nil {
+		res = res.WithLimits(pg.Resources.Limits)
+	}
+	probe := func(path string, period int32) *corev1ac.ProbeApplyConfiguration {
+		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("status"))).
+			WithPeriodSeconds(period).WithTimeoutSeconds(3)
+	}
+	return corev1ac.PodSpec().
+		WithHostname(instance).WithSubdomain(ServiceR(shard.Name)).
+		WithTerminationGracePeriodSeconds(60).
+		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(postgresUID).
+			WithRunAsGroup(postgresUID).WithFSGroup(postgresUID)).
+		WithInitContainers(corev1ac.Container().WithName("bootstrap").WithImage(shard.Spec.Image).
+			WithCommand(TallyBinary, "copy-binary", ControllerMount+"/tally").
+			WithVolumeMounts(corev1ac.VolumeMount().WithName("controller").WithMountPath(ControllerMount))).
+		WithContainers(corev1ac.Container().WithName("postgres").WithImage(pg.Image).
+			WithCommand(ControllerMount+"/tally", "instance", "run").
+			WithEnv(
+				corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
+				corev1ac.EnvVar().WithName("NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace"))),
+				corev1ac.EnvVar().WithName("TALLY_SHARD").WithValue(shard.Name),
+				corev1ac.EnvVar().WithName("TALLY_SHARD_INDEX").WithValue(strconv.Itoa(int(shard.Spec.Index))),
+				corev1ac.EnvVar().WithName("PGDATA").WithValue(PGData),
+				secretEnv("TALLY_SUPERUSER_PASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
+				secretEnv("TALLY_APP_PASSWORD", SecretApp(shard.Name), corev1.BasicAuthPasswordKey),
+				secretEnv("TALLY_REPLICATION_PASSWORD", SecretReplication(shard.Name), corev1.BasicAuthPasswordKey),
+			).
+			WithPorts(corev1ac.ContainerPort().WithName("postgres").WithContainerPort(PostgresPort),
+				corev1ac.ContainerPort().WithName("status").WithContainerPort(StatusPort)).
+			WithReadinessProbe(probe("/readyz", 5)).
+			WithLivenessProbe(probe("/healthz", 10).WithFailureThreshold(6)).
+			WithResources(res).
+			WithVolumeMounts(
+				corev1ac.VolumeMount().WithName("data").WithMountPath(DataMount),
+				corev1ac.VolumeMount().WithName("controller").WithMountPath(ControllerMount),
+				corev1ac.VolumeMount().WithName("config").WithMountPath(ConfigMount),
+			)).
+		WithVolumes(
+			corev1ac.Volume().WithName("data").WithPersistentVolumeClaim(corev1ac.PersistentVolumeClaimVolumeSource().WithClaimName(instance)),
+			corev1ac.Volume().WithName("controller").WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
+			corev1ac.Volume().WithName("config").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(ConfigName(shard.Name))),
+		)
+}
+
+// PDBs keeps voluntary disruptions (node drains) from taking the primary, or more than one
+// replica at a time. A shard of one instance gets only the primary's budget.
+func PDBs(shard *v1alpha1.LedgerShard) []*policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	pg := ResolvePostgres(shard.Spec.Postgres)
+	sel := func(role v1alpha1.InstanceRole) *metav1ac.LabelSelectorApplyConfiguration {
+		return metav1ac.LabelSelector().WithMatchLabels(map[string]string{LabelShard: shard.Name, LabelRole: string(role), LabelComponent: ComponentPostgres})
+	}
+	pdbs := []*policyv1ac.PodDisruptionBudgetApplyConfiguration{
+		policyv1ac.PodDisruptionBudget(PDBPrimary(shard.Name), shard.Namespace).
+			WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+			WithSpec(policyv1ac.PodDisruptionBudgetSpec().WithMinAvailable(intstr.FromInt32(1)).WithSelector(sel(v1alpha1.RolePrimary))),
+	}
+	if pg.Instances > 1 {
+		pdbs = append(pdbs, policyv1ac.PodDisruptionBudget(PDBReplicas(shard.Name), shard.Namespace).
+			WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+			WithSpec(policyv1ac.PodDisruptionBudgetSpec().WithMaxUnavailable(intstr.FromInt32(1)).WithSelector(sel(v1alpha1.RoleReplica))))
+	}
+	return pdbs
+}
+
+// MigrationJob runs `tally migrate` from the shard's tally image against its primary,
+// through the -rw service, as the schema owner.
+func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobApplyConfiguration {
+	labels := ShardLabels(shard, ComponentMigration)
+	labels[LabelSchema] = strconv.Itoa(int(version))
+	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?sslmode=prefer", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database)
+	return batchv1ac.Job(MigrationJobName(shard.Name, version), shard.Namespace).
+		WithLabels(labels).WithOwnerReferences(shardOwner(shard)).
+		WithSpec(batchv1ac.JobSpec().WithBackoffLimit(migrationBackoffLimit).WithActiveDeadlineSeconds(migrationDeadlineSeconds).
+			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(corev1ac.PodSpec().
+				WithRestartPolicy(corev1.RestartPolicyNever).
+				WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532)).
+				WithContainers(corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).
+					WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser).
+					WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
+						corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))))))
+}
