@@ -4,10 +4,15 @@ BIN           := bin/tally
 CACHE         ?= $(HOME)/.cache/tally
 TOOLS         := $(CACHE)/bin
 STATICCHECK   := $(TOOLS)/staticcheck
-STATICCHECK_VERSION := v0.8.2
+CONTROLLER_GEN := $(TOOLS)/controller-gen
+KUSTOMIZE     := $(TOOLS)/kustomize
+STATICCHECK_VERSION    := v0.8.2
+CONTROLLER_GEN_VERSION := v0.23.0
+KUSTOMIZE_VERSION      := v5.8.2
+IMAGE         ?= ghcr.io/tallyhq/tally:dev
 BENCH_TIME    ?= 10s
 
-.PHONY: all build test lint fmt dev bench fuzz deps clean
+.PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests check-generated e2e image clean
 
 all: build
 
@@ -17,12 +22,21 @@ build:
 deps:
 	hack/ensure-deps.sh
 
-## test: lint, then every test with the race detector, against real PostgreSQL.
-test: deps lint
-	$(GO) test -race -count=1 ./...
+## envtest: build (once) and cache kube-apiserver and etcd for the controller tests.
+envtest:
+	@hack/envtest-binaries.sh >/dev/null
+
+## test: lint, generated files current, manifests render, then every test with the race
+## detector against real PostgreSQL and a real kube-apiserver.
+test: deps lint check-generated envtest
+	KUBEBUILDER_ASSETS=$$(hack/envtest-binaries.sh) $(GO) test -race -count=1 ./...
 
 $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(CONTROLLER_GEN):
+	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+$(KUSTOMIZE):
+	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -32,6 +46,27 @@ lint: $(STATICCHECK)
 fmt:
 	gofmt -w .
 
+## generate: deepcopy functions of the API types.
+generate: $(CONTROLLER_GEN)
+	$(CONTROLLER_GEN) object paths=./api/...
+
+## manifests: CRDs and RBAC from the kubebuilder markers.
+manifests: $(CONTROLLER_GEN)
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=operator paths=./controllers/... output:rbac:artifacts:config=config/rbac
+
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
+
+## check-generated: fail if `make generate manifests` would change a committed file, and
+## check that the kustomizations render.
+check-generated: $(CONTROLLER_GEN) $(KUSTOMIZE)
+	@before=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
+	$(MAKE) --no-print-directory -s generate manifests >/dev/null; \
+	after=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
+	if [ "$$before" != "$$after" ]; then echo "generated files were stale: run make generate manifests and commit"; exit 1; fi
+	$(KUSTOMIZE) build config/default >/dev/null
+	$(KUSTOMIZE) build config/samples >/dev/null
+
 ## dev: PostgreSQL in .tally/dev and the ledger API on 127.0.0.1:8080.
 dev: deps build
 	$(BIN) dev
@@ -40,10 +75,19 @@ dev: deps build
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) ./ledger/...
 
-## fuzz: run each fuzzer for a while (the seeds also run in `make test`).
+## fuzz: run each fuzzer for a while (their seeds also run in `make test`).
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./ledger/money
 	$(GO) test -run '^$$' -fuzz FuzzDecodeTransfer -fuzztime 30s ./ledger/httpapi
+
+## image: the one container image (needs a container runtime).
+image:
+	docker build -t $(IMAGE) .
+
+## e2e: deploy the operator and a LedgerCluster to the cluster KUBECONFIG names, and check
+## it end to end. Build and load IMAGE first (for kind: make image && kind load docker-image $(IMAGE)).
+e2e: $(KUSTOMIZE)
+	IMAGE=$(IMAGE) KUSTOMIZE=$(KUSTOMIZE) hack/e2e.sh
 
 clean:
 	rm -rf bin

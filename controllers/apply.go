@@ -7,11 +7,15 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
+
+// conflictRetry is how soon a reconcile whose status write lost a race runs again.
+const conflictRetry = 200 * time.Millisecond
 
 // FieldOwner is the one field manager every object the operator writes is applied with.
 const FieldOwner = "tally-operator"

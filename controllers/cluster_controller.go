@@ -285,7 +285,7 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 	cluster.Status = *s
 	if err := r.Status().Update(ctx, cluster); err != nil {
 		if apierrors.IsConflict(err) {
-			return ctrl.Result{Requeue: true}, nil
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil // someone else wrote it; look again
 		}
 		return ctrl.Result{}, fmt.Errorf("cluster %s: update status: %w", cluster.Name, err)
 	}

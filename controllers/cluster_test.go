@@ -469,12 +469,22 @@ func TestFailedMigrationIsReported(t *testing.T) {
 func TestCELRejectsBadSpecs(t *testing.T) {
 	ns := newNamespace(t)
 	bad := map[string]func(*v1alpha1.LedgerCluster){
-		"zero shards":        func(c *v1alpha1.LedgerCluster) { c.Spec.Shards = 0 },
-		"zero instances":     func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(0) },
-		"sync >= instances":  func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Number: int32p(3)} },
-		"sync >= explicit":   func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(2); c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Number: int32p(2)} },
-		"required, alone":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(1); c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{DataDurability: v1alpha1.DurabilityRequired} },
-		"unknown method":     func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Method: "all"} },
+		"zero shards":    func(c *v1alpha1.LedgerCluster) { c.Spec.Shards = 0 },
+		"zero instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(0) },
+		"sync >= instances": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Number: int32p(3)}
+		},
+		"sync >= explicit": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Instances = int32p(2)
+			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Number: int32p(2)}
+		},
+		"required, alone": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Instances = int32p(1)
+			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{DataDurability: v1alpha1.DurabilityRequired}
+		},
+		"unknown method": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Method: "all"}
+		},
 		"forbidden param":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]string{"fsync": "off"} },
 		"negative replicas":  func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
 		"too many instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },

@@ -314,7 +314,7 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	shard.Status = *s
 	if err := r.Status().Update(ctx, shard); err != nil {
 		if apierrors.IsConflict(err) {
-			return ctrl.Result{Requeue: true}, nil
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil // someone else wrote it; look again
 		}
 		return ctrl.Result{}, fmt.Errorf("shard %s: update status: %w", shard.Name, err)
 	}

@@ -94,7 +94,3 @@ type LedgerClusterList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []LedgerCluster `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&LedgerCluster{}, &LedgerClusterList{})
-}

@@ -100,7 +100,3 @@ type LedgerShardList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []LedgerShard `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&LedgerShard{}, &LedgerShardList{})
-}

@@ -32,8 +32,13 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	pgPort := fs.Int("pg-port", devPGPort, "PostgreSQL port on 127.0.0.1")
 	listen := fs.String("listen", server.DefaultListen, "API address")
 	opsListen := fs.String("ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
+	printScript := fs.String("print-script", "", "only print the curl commands for the API at this host:port, and exit")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *printScript != "" {
+		fmt.Fprintln(out, DevCurlScript(*printScript))
+		return nil
 	}
 	dir, err := filepath.Abs(*dataDir)
 	if err != nil {

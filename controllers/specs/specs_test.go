@@ -1,0 +1,114 @@
+package specs
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func i32(v int32) *int32 { return &v }
+
+func TestResolvePostgres(t *testing.T) {
+	size := resource.MustParse("5Gi")
+	tests := []struct {
+		name string
+		in   v1alpha1.PostgresSpec
+		want func(Postgres) bool
+	}{
+		{"empty takes every default", v1alpha1.PostgresSpec{}, func(p Postgres) bool {
+			return p.Image == DefaultPostgresImage && p.Instances == 3 && p.SyncNumber == 1 && p.SyncMethod == v1alpha1.SynchronousAny &&
+				p.Durability == v1alpha1.DurabilityRequired && p.StorageSize.String() == "10Gi"
+		}},
+		{"single instance has no standby to wait for", v1alpha1.PostgresSpec{Instances: i32(1)}, func(p Postgres) bool { return p.SyncNumber == 0 }},
+		{"explicit values win", v1alpha1.PostgresSpec{Image: "pg:16", Instances: i32(5), Storage: &v1alpha1.StorageSpec{Size: &size},
+			Synchronous: &v1alpha1.SynchronousSpec{Method: v1alpha1.SynchronousFirst, Number: i32(2), DataDurability: v1alpha1.DurabilityPreferred}},
+			func(p Postgres) bool {
+				return p.Image == "pg:16" && p.Instances == 5 && p.SyncNumber == 2 && p.SyncMethod == v1alpha1.SynchronousFirst &&
+					p.Durability == v1alpha1.DurabilityPreferred && p.StorageSize.String() == "5Gi"
+			}},
+	}
+	for _, tt := range tests {
+		if got := ResolvePostgres(tt.in); !tt.want(got) {
+			t.Errorf("%s: %+v", tt.name, got)
+		}
+	}
+	if rule := SynchronousStandbyRule(ResolvePostgres(v1alpha1.PostgresSpec{})); rule != "ANY 1" {
+		t.Errorf("rule %q", rule)
+	}
+}
+
+func golden(t *testing.T, name string, v any) {
+	t.Helper()
+	got, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", name+".golden.json")
+	if *update {
+		if err := os.WriteFile(path, append(got, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./controllers/specs -update)", err)
+	}
+	if string(want) != string(got)+"\n" {
+		t.Errorf("%s differs from %s; if the change is intended, run go test ./controllers/specs -update\n%s", name, path, got)
+	}
+}
+
+func sampleShard() *v1alpha1.LedgerShard {
+	s := &v1alpha1.LedgerShard{ObjectMeta: metav1.ObjectMeta{Name: "pay-0", Namespace: "money", UID: "uid-shard"},
+		Spec: v1alpha1.LedgerShardSpec{Cluster: "pay", Index: 0, Image: "tally:1",
+			Postgres: v1alpha1.PostgresSpec{Parameters: map[string]string{"work_mem": "8MB", "max_connections": "150"}}}}
+	return s
+}
+
+func TestShardObjectsGolden(t *testing.T) {
+	s := sampleShard()
+	golden(t, "pod", Pod(s, "pay-0-1", v1alpha1.RolePrimary))
+	golden(t, "pvc", PVC(s, "pay-0-1"))
+	golden(t, "services", Services(s))
+	golden(t, "pdbs", PDBs(s))
+	golden(t, "config", PostgresConfig(s))
+	golden(t, "migration-job", MigrationJob(s, 2))
+	one := sampleShard()
+	one.Spec.Postgres.Instances = i32(1)
+	if n := len(PDBs(one)); n != 1 {
+		t.Errorf("a one-instance shard gets %d disruption budgets, want only the primary's", n)
+	}
+}
+
+func TestPodSpecHashIgnoresRole(t *testing.T) {
+	s := sampleShard()
+	h := PodSpecHash(s, "pay-0-1")
+	if h != PodSpecHash(s, "pay-0-1") || h == PodSpecHash(s, "pay-0-2") {
+		t.Error("hash must be stable per instance and differ between instances")
+	}
+	s.Spec.Postgres.Image = "postgres:18"
+	if PodSpecHash(s, "pay-0-1") == h {
+		t.Error("an image change must change the hash")
+	}
+}
+
+func TestClusterObjectsGolden(t *testing.T) {
+	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money", UID: "uid-cluster"},
+		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3)}}}
+	golden(t, "ledger-deployment", LedgerDeployment(c, 2, "tally:1"))
+	golden(t, "ledger-service", LedgerService(c))
+	shard, err := Shard(c, 1, "tally:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "ledgershard", shard.Object)
+}
