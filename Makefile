@@ -54,8 +54,10 @@ generate: $(CONTROLLER_GEN)
 manifests: $(CONTROLLER_GEN)
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=operator paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	cp config/crd/bases/*.yaml charts/tally/crds/
+	cp config/rbac/role.yaml charts/tally/files/role.yaml
 
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml charts/tally/crds charts/tally/files
 
 ## check-generated: fail if `make generate manifests` would change a committed file, and
 ## check that the kustomizations render.

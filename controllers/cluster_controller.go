@@ -37,6 +37,8 @@ type ClusterReconciler struct {
 	Image string
 	// Accounts counts a shard's accounts before it may be removed.
 	Accounts AccountCounter
+	// Metrics may be nil.
+	Metrics *Metrics
 }
 
 // clusterState carries what the steps observed to the status update.
@@ -278,6 +280,7 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 	default:
 		set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonAsExpected, "")
 	}
+	r.Metrics.observeCluster(cluster.Namespace, cluster.Name, s.Shards, s.ReadyShards, len(st.blocked) > 0)
 	result := ctrl.Result{RequeueAfter: st.requeue}
 	if equality.Semantic.DeepEqual(*s, cluster.Status) {
 		return result, nil

@@ -248,6 +248,12 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	waitCondition(t, ns, "books", v1alpha1.ConditionProgressing, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
 	waitCondition(t, ns, "books", v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
 	expectEvent(t, ns, "MigrationsApplied")
+	if v := metricValue(t, "tally_operator_cluster_ready_shards", ns); v != 1 {
+		t.Errorf("ready shards metric %v", v)
+	}
+	if v := metricValue(t, "tally_operator_migrations_total", ns); v < 2 { // started and succeeded
+		t.Errorf("migrations metric %v", v)
+	}
 
 	// Status follows spec changes: a new generation is observed.
 	var c v1alpha1.LedgerCluster
@@ -520,3 +526,26 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 type discardRecorder struct{}
 
 func (discardRecorder) Eventf(_, _ k8sObject, _, _, _, _ string, _ ...interface{}) {}
+
+// metricValue sums the operator's series of that name for one namespace.
+func metricValue(t *testing.T, name, ns string) float64 {
+	t.Helper()
+	families, err := operatorMetrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "namespace" && l.GetValue() == ns {
+					sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}

@@ -39,6 +39,8 @@ type ShardReconciler struct {
 	Recorder events.EventRecorder
 	// Accounts counts a migrated shard's accounts for its status; nil skips counting.
 	Accounts *AccountCounter
+	// Metrics may be nil.
+	Metrics *Metrics
 }
 
 // shardState carries what the steps observed to the status update.
@@ -210,6 +212,7 @@ func (r *ShardReconciler) reconcileMigrations(ctx context.Context, shard *v1alph
 			return err
 		}
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "migrating the schema to version %d", want)
+		r.Metrics.observeMigration(shard.Namespace, shard.Name, "started")
 		st.migration, st.migrationMsg = v1alpha1.ReasonMigrationRunning, fmt.Sprintf("migrating to version %d", want)
 		return nil
 	}
@@ -221,11 +224,13 @@ func (r *ShardReconciler) reconcileMigrations(ctx context.Context, shard *v1alph
 		st.schemaVersion = want
 		st.migration = v1alpha1.ReasonMigrationsCurrent
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "MigrationsApplied", "Migrate", "schema is at version %d", want)
+		r.Metrics.observeMigration(shard.Namespace, shard.Name, "succeeded")
 	case jobCondition(&job, batchv1.JobFailed):
 		st.migration = v1alpha1.ReasonMigrationFailed
 		st.migrationMsg = fmt.Sprintf("Job %s failed; see its pod logs, fix the cause, then delete the Job to retry", job.Name)
 		if c := meta.FindStatusCondition(shard.Status.Conditions, v1alpha1.ConditionMigrationsApplied); c == nil || c.Reason != v1alpha1.ReasonMigrationFailed {
 			r.Recorder.Eventf(shard, nil, corev1.EventTypeWarning, "MigrationFailed", "Migrate", "%s", st.migrationMsg)
+			r.Metrics.observeMigration(shard.Namespace, shard.Name, "failed")
 		}
 	default:
 		st.migration, st.migrationMsg = v1alpha1.ReasonMigrationRunning, fmt.Sprintf("migrating to version %d", want)

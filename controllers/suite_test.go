@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -32,10 +33,11 @@ const testImage = "registry.example/tally:test"
 // The control plane, a manager running both reconcilers, and the map from shard to a real
 // PostgreSQL database the account counter connects to, shared by the tests of this binary.
 var (
-	k8s       client.Client
-	scheme    = k8sruntime.NewScheme()
-	shardDSNs sync.Map // "namespace/shard" -> DSN
-	counter   = controllers.AccountCounter{DSN: func(_ context.Context, s *v1alpha1.LedgerShard) (string, error) {
+	k8s             client.Client
+	operatorMetrics = prometheus.NewRegistry()
+	scheme          = k8sruntime.NewScheme()
+	shardDSNs       sync.Map // "namespace/shard" -> DSN
+	counter         = controllers.AccountCounter{DSN: func(_ context.Context, s *v1alpha1.LedgerShard) (string, error) {
 		if dsn, ok := shardDSNs.Load(s.Namespace + "/" + s.Name); ok {
 			return dsn.(string), nil
 		}
@@ -88,7 +90,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "manager:", err)
 		return 1
 	}
-	if err := controllers.Setup(mgr, testImage, counter); err != nil {
+	if err := controllers.Setup(mgr, testImage, counter, operatorMetrics); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		return 1
 	}

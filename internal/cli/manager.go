@@ -11,6 +11,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
@@ -55,7 +56,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if err := controllers.Setup(mgr, *image, controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient())}); err != nil {
+	if err := controllers.Setup(mgr, *image, controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient())}, ctrlmetrics.Registry); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
