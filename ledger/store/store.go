@@ -203,36 +203,83 @@ type Request struct {
 	Body        []byte // the success response, rendered in advance
 }
 
-// PostTransaction applies the transaction atomically, or records why not, in one round
-// trip; see tally.post_transaction. The returned outcome is what to answer.
+// PostTransaction applies one request: a batch of one. See PostBatch.
 func (s *Store) PostTransaction(ctx context.Context, req Request) (ledger.Outcome, error) {
-	tx := req.Transaction
-	n := len(tx.Postings)
-	from, to := make([][16]byte, n), make([][16]byte, n)
-	amounts, assets := make([]int64, n), make([]string, n)
-	for i, p := range tx.Postings {
-		from[i], to[i], amounts[i], assets[i] = [16]byte(p.From), [16]byte(p.To), p.Amount, p.Asset
+	outs, err := s.PostBatch(ctx, []Request{req})
+	if err != nil {
+		return ledger.Outcome{}, err
 	}
-	meta := tx.Metadata
-	if len(meta) == 0 {
-		meta = json.RawMessage("{}")
+	return outs[0], nil
+}
+
+// PostBatch applies the requests in one database transaction and one round trip (see
+// tally.post_batch), and returns each request's own outcome, in order. Requests must have
+// distinct (caller, key). If it returns an error, nothing of the batch was applied.
+func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome, error) {
+	n := len(reqs)
+	callers, keys, hashes := make([]string, n), make([]string, n), make([][]byte, n)
+	ids, created, metas, bodies := make([][16]byte, n), make([]time.Time, n), make([][]byte, n), make([]string, n)
+	var reqIdx []int32
+	var from, to [][16]byte
+	var amounts []int64
+	var assets []string
+	for i, r := range reqs {
+		tx := r.Transaction
+		callers[i], keys[i], hashes[i] = r.Caller, r.Key, r.Hash[:]
+		ids[i], created[i], bodies[i] = [16]byte(tx.ID), tx.CreatedAt, string(r.Body)
+		metas[i] = tx.Metadata
+		if len(metas[i]) == 0 {
+			metas[i] = []byte("{}")
+		}
+		for _, p := range tx.Postings {
+			reqIdx = append(reqIdx, int32(i+1))
+			from, to = append(from, [16]byte(p.From)), append(to, [16]byte(p.To))
+			amounts, assets = append(amounts, p.Amount), append(assets, p.Asset)
+		}
 	}
-	var out ledger.Outcome
 	var err error
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		var body string
-		err = s.pool.QueryRow(ctx, `SELECT status, body, replayed FROM tally.post_transaction($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-			req.Caller, req.Key, req.Hash[:], [16]byte(tx.ID), tx.CreatedAt, []byte(meta),
-			from, to, amounts, assets, string(req.Body)).Scan(&out.Status, &body, &out.Replayed)
+		var outs []ledger.Outcome
+		outs, err = s.postBatchOnce(ctx, n, callers, keys, hashes, ids, created, metas, bodies, reqIdx, from, to, amounts, assets)
 		if err == nil {
-			out.Body = []byte(body)
-			return out, nil
+			return outs, nil
 		}
 		if !retryable(err) || ctx.Err() != nil {
 			break
 		}
 	}
-	return out, wrap("post transaction", err)
+	return nil, wrap("post batch", err)
+}
+
+func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) ([]ledger.Outcome, error) {
+	rows, err := s.pool.Query(ctx, `SELECT req, status, body, replayed FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	outs := make([]ledger.Outcome, n)
+	got := 0
+	for rows.Next() {
+		var idx int
+		var body string
+		var o ledger.Outcome
+		if err := rows.Scan(&idx, &o.Status, &body, &o.Replayed); err != nil {
+			return nil, err
+		}
+		if idx < 1 || idx > n {
+			return nil, fmt.Errorf("post_batch answered for request %d of %d", idx, n)
+		}
+		o.Body = []byte(body)
+		outs[idx-1] = o
+		got++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("post_batch answered %d of %d requests", got, n)
+	}
+	return outs, nil
 }
 
 // Transaction reads one transaction with its postings.

@@ -1,0 +1,256 @@
+-- post_batch: the one write path of the ledger. It applies a batch of transaction
+-- requests in one database transaction and one round trip, set-based: every account is
+-- locked once (ascending id, the global lock order), its balance carried in memory
+-- through the batch in arrival order, and written once; entries go in with one multi-row
+-- insert. Each request keeps its own outcome: a rejected request changes nothing and
+-- never changes its neighbours, and is judged exactly as if the requests ran one by one.
+-- A batch of one is the unbatched case.
+--
+-- Request i (1-based) is (p_callers[i], p_keys[i], p_hashes[i], p_ids[i], p_created[i],
+-- p_metadata[i], p_bodies[i]); postings are flattened, in request order, and p_req names
+-- each posting's request. The caller guarantees no (caller, key) appears twice in a batch.
+CREATE FUNCTION tally.post_batch(
+  p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamptz[],
+  p_metadata jsonb[], p_bodies text[],
+  p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[])
+RETURNS TABLE (req integer, status smallint, body text, replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  m          integer := cardinality(p_req);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  claimed    boolean[];
+  -- accounts, sorted by id, with their balance carried through the batch
+  a_ids      uuid[];
+  a_bal      bigint[];
+  a_floor    bigint[];
+  a_status   text[];
+  a_asset    text[];
+  a_touched  integer[];
+  -- rows to write
+  t_ids      uuid[] := '{}';
+  t_meta     jsonb[] := '{}';
+  t_created  timestamptz[] := '{}';
+  e_tx       uuid[] := '{}';
+  e_posting  smallint[] := '{}';
+  e_account  uuid[] := '{}';
+  e_asset    text[] := '{}';
+  e_amount   bigint[] := '{}';
+  e_after    bigint[] := '{}';
+  r_callers  text[] := '{}';
+  r_keys     text[] := '{}';
+  r_status   smallint[] := '{}';
+  r_body     text[] := '{}';
+  first_p    integer[];
+  last_p     integer[];
+  d_ids      uuid[];
+  d_delta    numeric[];
+  d_claimed  bigint[];
+  rec        record;
+  v_code     text;
+  v_detail   text;
+  v_f        integer;
+  v_t        integer;
+  v_x        integer;
+  v_p        integer;
+  v_new      numeric;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  -- Preconditions the service guarantees; here they are loud errors, never silent fixes.
+  IF n IS NULL OR n < 1 OR n > 1000
+     OR cardinality(p_keys) IS DISTINCT FROM n OR cardinality(p_hashes) IS DISTINCT FROM n
+     OR cardinality(p_ids) IS DISTINCT FROM n OR cardinality(p_created) IS DISTINCT FROM n
+     OR cardinality(p_metadata) IS DISTINCT FROM n OR cardinality(p_bodies) IS DISTINCT FROM n
+     OR m IS NULL OR cardinality(p_from) IS DISTINCT FROM m OR cardinality(p_to) IS DISTINCT FROM m
+     OR cardinality(p_amount) IS DISTINCT FROM m OR cardinality(p_asset) IS DISTINCT FROM m THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM unnest(p_req, p_from, p_to, p_amount, p_asset) u(r, f, t, a, s)
+             WHERE r IS NULL OR r < 1 OR r > n OR f IS NULL OR t IS NULL OR a IS NULL OR a <= 0 OR s IS NULL)
+     OR EXISTS (SELECT FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r HAVING count(*) > 64 OR max(i) - min(i) + 1 <> count(*))
+     OR (SELECT count(DISTINCT r) FROM unnest(p_req) r) <> n
+     OR (SELECT count(DISTINCT (c, k)) FROM unnest(p_callers, p_keys) u(c, k)) <> n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 64 contiguous postings per request, positive amounts, distinct keys'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  claimed := array_fill(false, ARRAY[n]);
+  SELECT array_agg(lo ORDER BY r), array_agg(hi ORDER BY r) INTO first_p, last_p
+  FROM (SELECT r, min(i) AS lo, max(i) AS hi FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r) x;
+
+  -- 1. Claim the idempotency keys, in (caller, key) order: every writer claims keys in
+  -- that one order and before any balance lock, so key waits cannot form a cycle either.
+  -- A key held by a concurrent, uncommitted batch makes us wait here for its outcome.
+  WITH ins AS (
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
+    SELECT c, k, h, 201, b FROM unnest(p_callers, p_keys, p_hashes, p_bodies) u(c, k, h, b) ORDER BY c, k
+    ON CONFLICT (caller, key) DO NOTHING
+    RETURNING caller, key)
+  SELECT array_agg(u.i) INTO d_claimed
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) JOIN ins ON ins.caller = u.c AND ins.key = u.k;
+  FOREACH v_x IN ARRAY coalesce(d_claimed, '{}') LOOP
+    claimed[v_x] := true;
+  END LOOP;
+
+  -- Requests whose key was already used replay its outcome, or are 409 if the request differs.
+  FOR rec IN
+    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body
+    FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
+    LEFT JOIN tally.idempotency_keys s ON s.caller = u.c AND s.key = u.k
+    WHERE NOT claimed[u.i]
+  LOOP
+    IF rec.same IS NULL THEN
+      RAISE EXCEPTION 'tally: idempotency record % vanished during the request', rec.k
+        USING ERRCODE = 'serialization_failure'; -- expired and cleaned up meanwhile: retry
+    ELSIF rec.same THEN
+      o_status[rec.i] := rec.status;
+      o_body[rec.i] := rec.body;
+      o_replayed[rec.i] := true;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('idempotency_key_reused',
+        format('Idempotency-Key %s was first used with a different request', to_json(rec.k)));
+      o_status[rec.i] := v_s;
+      o_body[rec.i] := v_b;
+    END IF;
+  END LOOP;
+
+  -- 2. Lock every balance row the claimed requests touch, once, in ascending account id
+  -- order: the one global lock order of every Tally writer, so deadlocks are impossible.
+  SELECT array_agg(l.account_id ORDER BY l.account_id), array_agg(l.posted ORDER BY l.account_id),
+         array_agg(l.floor ORDER BY l.account_id)
+  INTO a_ids, a_bal, a_floor
+  FROM (SELECT b.account_id, b.posted, b.floor FROM tally.balances b
+        WHERE b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+                               WHERE claimed[p_req[((j - 1) % m) + 1]])
+        ORDER BY b.account_id
+        FOR UPDATE) l;
+  a_ids := coalesce(a_ids, '{}');
+  a_touched := array_fill(0, ARRAY[greatest(cardinality(a_ids), 1)]);
+  -- Status and asset are read only now, in a statement whose snapshot starts after the
+  -- locks are held: freeze and close take the same lock first, so these cannot change
+  -- until we commit.
+  SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
+  FROM tally.accounts a WHERE a.id = ANY (a_ids);
+
+  -- 3. Judge each claimed request in arrival order against the balances as the requests
+  -- before it left them.
+  FOR i IN 1 .. n LOOP
+    CONTINUE WHEN NOT claimed[i];
+    v_code := NULL;
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := array_position(a_ids, p_from[p]);
+      v_t := array_position(a_ids, p_to[p]);
+      v_p := p - first_p[i];
+      IF v_f IS NULL OR v_t IS NULL THEN
+        v_code := 'account_not_found';
+        v_detail := format('account %s does not exist', CASE WHEN v_f IS NULL THEN p_from[p] ELSE p_to[p] END);
+      ELSIF v_f = v_t THEN
+        v_code := 'same_account';
+        v_detail := format('posting %s moves money from account %s to itself', v_p, p_from[p]);
+      ELSIF a_status[v_f] = 'closed' OR a_status[v_t] = 'closed' THEN
+        v_code := 'account_closed';
+        v_detail := format('account %s is closed', CASE WHEN a_status[v_f] = 'closed' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_status[v_f] = 'frozen' OR a_status[v_t] = 'frozen' THEN
+        v_code := 'account_frozen';
+        v_detail := format('account %s is frozen', CASE WHEN a_status[v_f] = 'frozen' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_asset[v_f] <> p_asset[p] OR a_asset[v_t] <> p_asset[p] THEN
+        v_code := 'asset_mismatch';
+        v_detail := format('posting %s is in %s but account %s holds %s', v_p, p_asset[p],
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN p_from[p] ELSE p_to[p] END,
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN a_asset[v_f] ELSE a_asset[v_t] END);
+      END IF;
+      EXIT WHEN v_code IS NOT NULL;
+    END LOOP;
+    IF v_code IS NULL THEN
+      -- funds: each account's net movement in this request, against its running balance
+      SELECT array_agg(x.id ORDER BY x.id), array_agg(x.delta ORDER BY x.id) INTO d_ids, d_delta
+      FROM (SELECT mv.id, sum(mv.delta) AS delta
+            FROM (SELECT p_from[p], -p_amount[p]::numeric FROM generate_series(first_p[i], last_p[i]) p
+                  UNION ALL
+                  SELECT p_to[p], p_amount[p]::numeric FROM generate_series(first_p[i], last_p[i]) p) mv(id, delta)
+            GROUP BY mv.id) x;
+      FOR k IN 1 .. cardinality(d_ids) LOOP
+        v_x := array_position(a_ids, d_ids[k]);
+        v_new := a_bal[v_x]::numeric + d_delta[k];
+        IF v_new < a_floor[v_x] THEN
+          v_code := 'insufficient_funds';
+        ELSIF v_new > 9223372036854775807 THEN
+          v_code := 'balance_limit_exceeded';
+        END IF;
+        IF v_code IS NOT NULL THEN
+          v_detail := format('account %s would go from %s to %s minor units', d_ids[k], a_bal[v_x], v_new);
+          EXIT;
+        END IF;
+      END LOOP;
+    END IF;
+
+    IF v_code IS NOT NULL THEN
+      SELECT * INTO v_s, v_b FROM tally.problem(v_code, v_detail);
+      o_status[i] := v_s;
+      o_body[i] := v_b;
+      r_callers := r_callers || p_callers[i];
+      r_keys := r_keys || p_keys[i];
+      r_status := r_status || o_status[i];
+      r_body := r_body || o_body[i];
+      CONTINUE;
+    END IF;
+
+    -- Apply: the entries carry each account's running balance, leg by leg.
+    t_ids := t_ids || p_ids[i];
+    t_meta := t_meta || coalesce(p_metadata[i], '{}');
+    t_created := t_created || p_created[i];
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := array_position(a_ids, p_from[p]);
+      v_t := array_position(a_ids, p_to[p]);
+      a_bal[v_f] := a_bal[v_f] - p_amount[p];
+      a_bal[v_t] := a_bal[v_t] + p_amount[p];
+      e_tx := e_tx || p_ids[i] || p_ids[i];
+      e_posting := e_posting || (p - first_p[i])::smallint || (p - first_p[i])::smallint;
+      e_account := e_account || p_from[p] || p_to[p];
+      e_asset := e_asset || p_asset[p] || p_asset[p];
+      e_amount := e_amount || -p_amount[p] || p_amount[p];
+      e_after := e_after || a_bal[v_f] || a_bal[v_t];
+    END LOOP;
+    FOREACH v_x IN ARRAY ARRAY(SELECT DISTINCT array_position(a_ids, x)
+                               FROM unnest(p_from[first_p[i]:last_p[i]] || p_to[first_p[i]:last_p[i]]) x) LOOP
+      a_touched[v_x] := a_touched[v_x] + 1;
+    END LOOP;
+    o_status[i] := 201;
+    o_body[i] := p_bodies[i];
+  END LOOP;
+
+  -- 4. Write: one insert per table, one update per balance row, one update for the
+  -- recorded rejections.
+  IF cardinality(t_ids) > 0 THEN
+    INSERT INTO tally.transactions (id, metadata, created_at)
+    SELECT * FROM unnest(t_ids, t_meta, t_created);
+    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
+    FROM unnest(e_tx, e_posting, e_account, e_asset, e_amount, e_after) WITH ORDINALITY
+         u(tx, posting, account, asset, amount, after, ord)
+    ORDER BY u.ord;
+    UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
+    FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
+    WHERE b.account_id = u.id AND u.touched > 0;
+  END IF;
+  IF cardinality(r_keys) > 0 THEN
+    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b
+    FROM unnest(r_callers, r_keys, r_status, r_body) u(c, key, s, b)
+    WHERE k.caller = u.c AND k.key = u.key;
+  END IF;
+
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
+END
+$$;
+
+-- One write path: the single-request function is gone; a batch of one replaces it.
+DROP FUNCTION tally.post_transaction(text, text, bytea, uuid, timestamptz, jsonb, uuid[], uuid[], bigint[], text[], text);
+
+GRANT EXECUTE ON FUNCTION tally.post_batch TO tally_app;
