@@ -17,6 +17,7 @@ import (
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
@@ -35,10 +36,18 @@ type client struct {
 func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 	t.Helper()
 	stores := make([]*store.Store, shards)
+	posters := make([]shardset.Poster, shards)
 	for i := range stores {
 		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, 20))
+		b, err := batcher.New(stores[i], batcher.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Start()
+		t.Cleanup(b.Stop)
+		posters[i] = b
 	}
-	set, err := shardset.New(stores, time.Now)
+	set, err := shardset.New(stores, posters, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/shardset"
@@ -44,6 +45,7 @@ type Config struct {
 	TokensFile           string   // caller:token lines; empty leaves the API open
 	IdempotencyRetention time.Duration
 	MaxConnsPerShard     int32
+	Batching             batcher.Config // zero takes the batcher's defaults
 	Log                  *slog.Logger
 	// Ready, when set, receives the API's address once it is listening.
 	Ready chan<- string
@@ -89,7 +91,17 @@ func Run(ctx context.Context, cfg Config) error {
 		stores[i] = store.New(pool)
 	}
 	reg.MustRegister(newPoolCollector(stores))
-	set, err := shardset.New(stores, time.Now)
+	posters := make([]shardset.Poster, len(stores))
+	for i, st := range stores {
+		b, err := batcher.New(st, cfg.Batching)
+		if err != nil {
+			return err
+		}
+		b.Start()
+		defer b.Stop() // after the API has drained: queued requests finish first
+		posters[i] = b
+	}
+	set, err := shardset.New(stores, posters, time.Now)
 	if err != nil {
 		return err
 	}

@@ -17,21 +17,37 @@ import (
 	"github.com/tallyhq/tally/ledger/store"
 )
 
+// Poster posts one transaction request to a shard: the shard's Store directly (one
+// database transaction per request), or a batcher in front of it.
+type Poster interface {
+	PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error)
+}
+
 // Set is the ledger over all its shards.
 type Set struct {
-	shards []*store.Store
-	now    func() time.Time
+	shards  []*store.Store
+	posters []Poster
+	now     func() time.Time
 
 	mu     sync.RWMutex
 	assets map[string]ledger.Asset // assets never change once registered, so caching is exact
 }
 
-// New returns a set over the shards, indexed by shard number.
-func New(shards []*store.Store, now func() time.Time) (*Set, error) {
+// New returns a set over the shards, indexed by shard number. Transactions go through
+// posters[i] for shard i; with nil posters, straight to the stores.
+func New(shards []*store.Store, posters []Poster, now func() time.Time) (*Set, error) {
 	if len(shards) == 0 || len(shards) > ledger.MaxShards {
 		return nil, fmt.Errorf("shardset: need 1 to %d shards, got %d", ledger.MaxShards, len(shards))
 	}
-	return &Set{shards: shards, now: now, assets: map[string]ledger.Asset{}}, nil
+	if posters == nil {
+		for _, st := range shards {
+			posters = append(posters, st)
+		}
+	}
+	if len(posters) != len(shards) {
+		return nil, fmt.Errorf("shardset: %d posters for %d shards", len(posters), len(shards))
+	}
+	return &Set{shards: shards, posters: posters, now: now, assets: map[string]ledger.Asset{}}, nil
 }
 
 // Shards returns the stores, by shard index.
@@ -240,8 +256,7 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	if shard < 0 {
 		return ledger.Outcome{}, ledger.Errorf(ledger.CodeInvalidRequest, "a transaction needs at least one account that is not external")
 	}
-	st, err := s.shard(shard)
-	if err != nil {
+	if _, err := s.shard(shard); err != nil {
 		return ledger.Outcome{}, err
 	}
 	txID, err := ledger.NewTransactionID(shard)
@@ -264,7 +279,7 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	if err != nil {
 		return ledger.Outcome{}, fmt.Errorf("shardset: render response: %w", err)
 	}
-	return st.PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
+	return s.posters[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
 }
 
 func (s *Set) resolve(ctx context.Context, a Account, asset string, shard int) (ledger.AccountID, error) {

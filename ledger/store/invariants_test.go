@@ -21,12 +21,19 @@ import (
 // TestConcurrentTransfersKeepInvariants runs 32 workers doing random transfers among 100
 // accounts, many of which overdraw, and then checks every invariant from the journal.
 func TestConcurrentTransfersKeepInvariants(t *testing.T) {
+	for _, mode := range posterModes {
+		t.Run(mode, func(t *testing.T) { testConcurrentTransfers(t, mode) })
+	}
+}
+
+func testConcurrentTransfers(t *testing.T, mode string) {
 	const (
 		workers  = 32
 		accounts = 100
 		duration = 3 * time.Second
 	)
 	f := newFixture(t, workers+4)
+	poster := f.poster(mode)
 	ids := make([]ledger.AccountID, accounts)
 	for i := range ids {
 		floor := int64(0)
@@ -61,7 +68,7 @@ func TestConcurrentTransfersKeepInvariants(t *testing.T) {
 						postings = append(postings, usd(ids[b], ids[c], 1+rng.Int64N(1000)))
 					}
 				}
-				out, err := f.store.PostTransaction(context.Background(), request(t, fmt.Sprintf("w%d-%d", w, n), postings...))
+				out, err := poster.PostTransaction(context.Background(), request(t, fmt.Sprintf("w%d-%d", w, n), postings...))
 				switch {
 				case err != nil:
 					failures.Store(err.Error(), true)
@@ -98,8 +105,15 @@ func TestConcurrentTransfersKeepInvariants(t *testing.T) {
 
 // TestConcurrentIdempotentRequestsApplyOnce sends one request 50 times at once.
 func TestConcurrentIdempotentRequestsApplyOnce(t *testing.T) {
+	for _, mode := range posterModes {
+		t.Run(mode, func(t *testing.T) { testConcurrentIdempotency(t, mode) })
+	}
+}
+
+func testConcurrentIdempotency(t *testing.T, mode string) {
 	const copies = 50
 	f := newFixture(t, copies)
+	poster := f.poster(mode)
 	alice, bob := f.account("alice", 0), f.account("bob", 0)
 	f.post("dep", usd(f.external, alice, 1000))
 	req := request(t, "same-key", usd(alice, bob, 300))
@@ -112,7 +126,7 @@ func TestConcurrentIdempotentRequestsApplyOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			outs[i], errs[i] = f.store.PostTransaction(context.Background(), req)
+			outs[i], errs[i] = poster.PostTransaction(context.Background(), req)
 		}()
 	}
 	close(start)
@@ -137,7 +151,7 @@ func TestConcurrentIdempotentRequestsApplyOnce(t *testing.T) {
 	}
 	changed := req
 	changed.Hash[0] ^= 1
-	out, err := f.store.PostTransaction(context.Background(), changed)
+	out, err := poster.PostTransaction(context.Background(), changed)
 	if err != nil || out.Status != 409 || problemCode(t, out) != ledger.CodeIdempotencyKeyReused {
 		t.Errorf("same key, different request: %v %d %s", err, out.Status, out.Body)
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
 )
 
@@ -35,6 +37,24 @@ func newFixture(t testing.TB, maxConns int32) *fixture {
 		t.Fatalf("register USD: %v created=%v", err, created)
 	}
 	return &fixture{t: t, db: db, store: s, external: ext}
+}
+
+// posterModes are the two ways transactions reach the store: one database transaction
+// per request, and coalesced into batches.
+var posterModes = []string{"direct", "batched"}
+
+func (f *fixture) poster(mode string) shardset.Poster {
+	f.t.Helper()
+	if mode == "direct" {
+		return f.store
+	}
+	b, err := batcher.New(f.store, batcher.Config{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	b.Start()
+	f.t.Cleanup(b.Stop)
+	return b
 }
 
 func (f *fixture) account(owner string, floor int64) ledger.AccountID {

@@ -1,0 +1,237 @@
+// Package batcher coalesces concurrent transaction requests for one shard into batches,
+// each posted with one call to tally.post_batch: one database transaction, one round
+// trip, one WAL flush for many requests. While one writer's batch commits, the next
+// requests queue up, so the busier the ledger, the fuller the batches.
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// Bounds of batching.
+const (
+	// DefaultWriters is how many batches of one shard may be in flight at once, each on
+	// its own connection: one collects while another commits.
+	DefaultWriters = 2
+	// DefaultMaxBatch bounds the requests in one database transaction: bigger batches
+	// amortise the commit further but hold their locks longer.
+	DefaultMaxBatch = 100
+	// DefaultLinger is how long a writer with a small batch waits for more requests
+	// before it commits; at low load it bounds the latency added.
+	DefaultLinger = 500 * time.Microsecond
+	// queueLength bounds requests waiting for a writer.
+	queueLength = 10000
+	// batchTimeout bounds one batch's round trip, so a hung database fails the batch
+	// instead of holding its callers forever.
+	batchTimeout = 30 * time.Second
+	// MaxWriters, MaxBatchLimit and MaxLinger bound the configuration.
+	MaxWriters    = 16
+	MaxBatchLimit = 1000
+	MaxLinger     = 50 * time.Millisecond
+)
+
+// ErrStopped is returned for requests submitted after the batcher stopped.
+var ErrStopped = errors.New("batcher: stopped")
+
+// Config tunes a Batcher; zero fields take the defaults.
+type Config struct {
+	Writers  int
+	MaxBatch int
+	Linger   time.Duration
+}
+
+func (c Config) resolve() (Config, error) {
+	if c.Writers == 0 {
+		c.Writers = DefaultWriters
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
+	if c.Writers < 1 || c.Writers > MaxWriters || c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit || c.Linger < 0 || c.Linger > MaxLinger {
+		return c, fmt.Errorf("batcher: writers must be 1..%d, max batch 1..%d, linger 0..%s; got %+v", MaxWriters, MaxBatchLimit, MaxLinger, c)
+	}
+	return c, nil
+}
+
+type result struct {
+	out ledger.Outcome
+	err error
+}
+
+type pending struct {
+	ctx  context.Context
+	req  store.Request
+	done chan result // buffered: the writer never blocks on a caller that went away
+}
+
+// Batcher posts one shard's requests in batches.
+type Batcher struct {
+	store *store.Store
+	cfg   Config
+	queue chan *pending
+
+	mu      sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+// New returns a batcher over the shard's store; Start it before submitting.
+func New(st *store.Store, cfg Config) (*Batcher, error) {
+	cfg, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return &Batcher{store: st, cfg: cfg, queue: make(chan *pending, queueLength)}, nil
+}
+
+// Start runs the writers until Stop.
+func (b *Batcher) Start() {
+	for range b.cfg.Writers {
+		b.wg.Add(1)
+		go b.write()
+	}
+}
+
+// Stop lets the queued requests finish, then stops the writers.
+func (b *Batcher) Stop() {
+	b.mu.Lock()
+	if !b.stopped {
+		b.stopped = true
+		close(b.queue)
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+// PostTransaction queues the request and returns its outcome once its batch committed.
+// An error means the request's batch did not commit: nothing of it was applied, and it is
+// safe to retry with the same idempotency key.
+func (b *Batcher) PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error) {
+	p := &pending{ctx: ctx, req: req, done: make(chan result, 1)}
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return ledger.Outcome{}, ErrStopped
+	}
+	select {
+	case b.queue <- p:
+	default:
+		b.mu.Unlock()
+		return ledger.Outcome{}, ledger.Errorf(ledger.CodeUnavailable, "the shard's write queue is full")
+	}
+	b.mu.Unlock()
+	select {
+	case r := <-p.done:
+		return r.out, r.err
+	case <-ctx.Done():
+		// If a writer already took it, its outcome is decided and recorded under the
+		// idempotency key: a retry replays it.
+		return ledger.Outcome{}, ctx.Err()
+	}
+}
+
+type idemKey struct{ caller, key string }
+
+// write is one writer: collect a batch, post it, answer everyone in it, repeat.
+func (b *Batcher) write() {
+	defer b.wg.Done()
+	var carry []*pending // requests held back because their key was already in a batch
+	for {
+		batch, next, ok := b.collect(carry)
+		carry = next
+		if len(batch) > 0 {
+			b.post(batch)
+		}
+		if !ok && len(carry) == 0 {
+			return
+		}
+	}
+}
+
+// collect takes the carried-over requests, then waits for one more if it has none, then
+// takes whatever is queued, lingering briefly while the batch is small. A second request
+// with a key already in the batch is carried over to the next batch, where it replays
+// the first one's committed outcome.
+func (b *Batcher) collect(carry []*pending) (batch, next []*pending, open bool) {
+	seen := make(map[idemKey]bool, b.cfg.MaxBatch)
+	add := func(p *pending) {
+		if p.ctx.Err() != nil {
+			p.done <- result{err: p.ctx.Err()} // never applied: the caller gave up first
+			return
+		}
+		k := idemKey{p.req.Caller, p.req.Key}
+		if seen[k] || len(batch) >= b.cfg.MaxBatch {
+			next = append(next, p)
+			return
+		}
+		seen[k] = true
+		batch = append(batch, p)
+	}
+	for _, p := range carry {
+		add(p)
+	}
+	open = true
+	if len(batch) == 0 && len(next) == 0 {
+		p, ok := <-b.queue
+		if !ok {
+			return nil, nil, false
+		}
+		add(p)
+	}
+	var linger <-chan time.Time
+	for len(batch) < b.cfg.MaxBatch && len(next) == 0 {
+		select {
+		case p, ok := <-b.queue:
+			if !ok {
+				return batch, next, false
+			}
+			add(p)
+			continue
+		default:
+		}
+		if linger == nil {
+			t := time.NewTimer(b.cfg.Linger)
+			defer t.Stop()
+			linger = t.C
+		}
+		select {
+		case p, ok := <-b.queue:
+			if !ok {
+				return batch, next, false
+			}
+			add(p)
+		case <-linger:
+			return batch, next, true
+		}
+	}
+	return batch, next, open
+}
+
+func (b *Batcher) post(batch []*pending) {
+	reqs := make([]store.Request, len(batch))
+	for i, p := range batch {
+		reqs[i] = p.req
+	}
+	// The batch is decided on its own context: once taken, it commits or fails as a
+	// whole, whatever happens to the callers' contexts.
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	outs, err := b.store.PostBatch(ctx, reqs)
+	for i, p := range batch {
+		if err != nil {
+			p.done <- result{err: err}
+		} else {
+			p.done <- result{out: outs[i]}
+		}
+	}
+}

@@ -1,0 +1,71 @@
+package batcher_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func setup(t *testing.T) (*store.Store, ledger.AccountID, ledger.AccountID) {
+	t.Helper()
+	st := store.New(pgtest.NewDB(t).AppPool(t, 4))
+	ext, _ := ledger.NewAccountID(0)
+	if _, _, _, err := st.RegisterAsset(context.Background(), "USD", 2, ext); err != nil {
+		t.Fatal(err)
+	}
+	acc, _ := ledger.NewAccountID(0)
+	if _, err := st.CreateAccount(context.Background(), ledger.Account{ID: acc, Owner: "a", Asset: "USD"}); err != nil {
+		t.Fatal(err)
+	}
+	return st, ext, acc
+}
+
+func deposit(t *testing.T, key string, ext, to ledger.AccountID) store.Request {
+	id, _ := ledger.NewTransactionID(0)
+	return store.Request{Caller: "c", Key: key, Hash: sha256.Sum256([]byte(key)), Body: []byte("{}"),
+		Transaction: ledger.Transaction{ID: id, CreatedAt: time.Now(), Postings: []ledger.Posting{{From: ext, To: to, Amount: 1, Asset: "USD"}}}}
+}
+
+func TestConfigBounds(t *testing.T) {
+	st, _, _ := setup(t)
+	for _, c := range []batcher.Config{{Writers: -1}, {Writers: 17}, {MaxBatch: 1001}, {Linger: time.Second}} {
+		if _, err := batcher.New(st, c); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+}
+
+// A request whose caller gave up before a writer took it is never applied.
+func TestCancelledRequestIsNotApplied(t *testing.T) {
+	st, ext, acc := setup(t)
+	b, err := batcher.New(st, batcher.Config{Writers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := b.PostTransaction(ctx, deposit(t, "gone", ext, acc)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	b.Start() // the writer now finds the cancelled request first
+	out, err := b.PostTransaction(context.Background(), deposit(t, "kept", ext, acc))
+	if err != nil || out.Status != 201 {
+		t.Fatalf("next request: %v %+v", err, out)
+	}
+	b.Stop()
+	if bal, _ := st.Balance(context.Background(), acc); bal.Posted != 1 {
+		t.Errorf("balance %d: the cancelled request was applied", bal.Posted)
+	}
+	if _, err := b.PostTransaction(context.Background(), deposit(t, "late", ext, acc)); !errors.Is(err, batcher.ErrStopped) {
+		t.Errorf("after stop: %v", err)
+	}
+}
