@@ -32,6 +32,7 @@ func commands() []command {
 		{"verify", "recompute every balance from the journal and check every invariant", runVerify},
 		{"dev", "run PostgreSQL and the ledger locally, on 127.0.0.1:8080", runDev},
 		{"manager", "run the Kubernetes operator (LedgerCluster and LedgerShard controllers)", runManager},
+		{"bench", "measure transfer and read throughput against a PostgreSQL it starts", runBench},
 		{"copy-binary", "copy this binary to a path (the PostgreSQL pods' init container)", runCopyBinary},
 	}
 }

@@ -1,0 +1,495 @@
+// Package bench is the throughput harness behind `tally bench` and `make bench`. It
+// starts its own PostgreSQL (as the tests do), seeds accounts, and drives transfers and
+// balance reads through the HTTP API and, separately, straight into the shard set, in
+// the scenarios uniform, hot, mixed and reads. In the same run it measures the reference
+// ceiling, one plpgsql call per transfer with no batching, and reports every result as a
+// ratio to it: machines here are noisy, so ratios within one run are what count.
+package bench
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/server"
+	"github.com/tallyhq/tally/ledger/shardset"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// Scenario names.
+const (
+	Uniform = "uniform" // random accounts among all
+	Hot     = "hot"     // every transfer touches one account
+	Mixed   = "mixed"   // 90% uniform, 10% hot
+	Reads   = "reads"   // balance reads of random accounts
+)
+
+// Modes: through the HTTP API, straight into the shard set (batched), and the ceiling.
+const (
+	ModeHTTP    = "http"
+	ModeStore   = "store"
+	ModeCeiling = "ceiling"
+)
+
+// Config is one harness run.
+type Config struct {
+	Duration  time.Duration
+	Clients   []int
+	Scenarios []string
+	Modes     []string // http and/or store; the ceiling always runs for transfer scenarios
+	Accounts  int
+	Out       io.Writer // the table
+	JSON      io.Writer // one JSON object per result
+}
+
+// Result is one measured scenario.
+type Result struct {
+	Scenario   string  `json:"scenario"`
+	Mode       string  `json:"mode"`
+	Clients    int     `json:"clients"`
+	Seconds    float64 `json:"seconds"`
+	Ops        int64   `json:"ops"`
+	PerSecond  float64 `json:"per_second"`
+	P50ms      float64 `json:"p50_ms"`
+	P90ms      float64 `json:"p90_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	Errors     int64   `json:"errors"`
+	Rejected   int64   `json:"rejected"`
+	Ratio      float64 `json:"ratio_to_ceiling,omitempty"`
+	HeapMB     float64 `json:"heap_mb"`
+	Violations int     `json:"invariant_violations"`
+}
+
+// fundingPerAccount is each account's starting balance in minor units: far more than a
+// run can move, so transfers are never refused for funds and every one is real work.
+const fundingPerAccount = 1_000_000_000_00
+
+// Run executes the harness and cleans up after itself.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	env, err := start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer env.close()
+	var results []Result
+	for _, scenario := range cfg.Scenarios {
+		for _, clients := range cfg.Clients {
+			modes := slices.Clone(cfg.Modes)
+			if scenario != Reads {
+				modes = append([]string{ModeCeiling}, modes...)
+			}
+			var ceiling float64
+			for _, mode := range modes {
+				r, err := env.run(ctx, scenario, mode, clients, cfg.Duration)
+				if err != nil {
+					return results, fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
+				}
+				if mode == ModeCeiling {
+					ceiling = r.PerSecond
+				} else if ceiling > 0 {
+					r.Ratio = r.PerSecond / ceiling
+				}
+				results = append(results, r)
+				if cfg.JSON != nil {
+					line, _ := json.Marshal(r)
+					fmt.Fprintln(cfg.JSON, string(line))
+				}
+			}
+		}
+	}
+	if cfg.Out != nil {
+		printTable(cfg.Out, results)
+	}
+	return results, nil
+}
+
+func printTable(w io.Writer, results []Result) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tviolations\t")
+	for _, r := range results {
+		ratio := ""
+		if r.Ratio > 0 {
+			ratio = fmt.Sprintf("%.2f", r.Ratio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.Violations)
+	}
+	tw.Flush()
+}
+
+type env struct {
+	dir      string
+	pg       *postgres.Server
+	pool     *pgxpool.Pool
+	store    *store.Store
+	direct   *shardset.Set // the ceiling: one post_batch call per transfer
+	apiAddr  string
+	stopAPI  context.CancelFunc
+	apiDone  chan error
+	batched  *shardset.Set // what the server runs: through the batcher
+	http     *http.Client
+	accounts []ledger.AccountID
+	hot      ledger.AccountID
+	seq      atomic.Int64
+}
+
+func start(ctx context.Context, cfg Config) (*env, error) {
+	dir, err := os.MkdirTemp("", "tally-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{dir: dir}
+	ok := false
+	defer func() {
+		if !ok {
+			e.close()
+		}
+	}()
+	if err := os.Chmod(dir, 0o755); err != nil { // postgres may run as another user
+		return nil, err
+	}
+	maxClients := slices.Max(cfg.Clients)
+	e.pg, err = postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"), Params: map[string]string{
+		"max_connections": strconv.Itoa(2*maxClients + 50), "shared_buffers": "256MB",
+	}})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := pgx.Connect(ctx, e.pg.DSN("postgres"))
+	if err != nil {
+		return nil, err
+	}
+	_, err = admin.Exec(ctx, "CREATE DATABASE tally")
+	if err == nil {
+		_, err = admin.Exec(ctx, "CREATE ROLE tally_service LOGIN")
+	}
+	admin.Close(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pgx.Connect(ctx, e.pg.DSN("tally"))
+	if err != nil {
+		return nil, err
+	}
+	_, err = migrations.Setup(ctx, conn, 0, "tally_service")
+	conn.Close(ctx)
+	if err != nil {
+		return nil, err
+	}
+	appDSN := strings.Replace(e.pg.DSN("tally"), postgres.Superuser+"@", "tally_service@", 1)
+	pcfg, err := pgxpool.ParseConfig(appDSN)
+	if err != nil {
+		return nil, err
+	}
+	pcfg.MaxConns = int32(maxClients + 4)
+	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		return nil, err
+	}
+	e.store = store.New(e.pool)
+	if e.direct, err = shardset.New([]*store.Store{e.store}, nil, time.Now); err != nil {
+		return nil, err
+	}
+	if err := e.seed(ctx, cfg.Accounts); err != nil {
+		return nil, fmt.Errorf("seed: %w", err)
+	}
+
+	// The service exactly as `tally ledger serve` runs it, on loopback.
+	apiCtx, stop := context.WithCancel(ctx)
+	e.stopAPI, e.apiDone = stop, make(chan error, 1)
+	ready := make(chan string, 1)
+	opsPort, err := postgres.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		e.apiDone <- server.Run(apiCtx, server.Config{
+			Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:" + strconv.Itoa(opsPort), ShardDSNs: []string{appDSN},
+			MaxConnsPerShard: int32(maxClients + 4), Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
+		})
+	}()
+	select {
+	case e.apiAddr = <-ready:
+	case err := <-e.apiDone:
+		return nil, fmt.Errorf("ledger server: %w", err)
+	}
+	e.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * maxClients, MaxConnsPerHost: 2 * maxClients}}
+	ok = true
+	return e, nil
+}
+
+func (e *env) close() {
+	if e.stopAPI != nil {
+		e.stopAPI()
+		<-e.apiDone
+	}
+	if e.pool != nil {
+		e.pool.Close()
+	}
+	if e.pg != nil {
+		_ = e.pg.Stop()
+	}
+	os.RemoveAll(e.dir)
+}
+
+// seed registers USD, opens the accounts in one statement, and funds them from the
+// external account through the ledger's own write path.
+func (e *env) seed(ctx context.Context, n int) error {
+	asset, _, err := e.direct.RegisterAsset(ctx, "USD", 2)
+	if err != nil {
+		return err
+	}
+	e.accounts = make([]ledger.AccountID, n)
+	ids := make([][16]byte, n)
+	for i := range e.accounts {
+		if e.accounts[i], err = ledger.NewAccountID(0); err != nil {
+			return err
+		}
+		ids[i] = [16]byte(e.accounts[i])
+	}
+	e.hot = e.accounts[0]
+	if _, err := e.pool.Exec(ctx, `
+		WITH a AS (
+			INSERT INTO tally.accounts (id, owner, asset, scale)
+			SELECT id, 'bench-' || ord, 'USD', 2 FROM unnest($1::uuid[]) WITH ORDINALITY u(id, ord)
+			RETURNING id, balance_floor)
+		INSERT INTO tally.balances (account_id, floor) SELECT id, balance_floor FROM a`, ids); err != nil {
+		return err
+	}
+	const perRequest = ledger.MaxPostings
+	var reqs []store.Request
+	for i := 0; i < n; i += perRequest {
+		var postings []ledger.Posting
+		for _, id := range e.accounts[i:min(i+perRequest, n)] {
+			postings = append(postings, ledger.Posting{From: asset.ExternalAccounts[0], To: id, Amount: fundingPerAccount, Asset: "USD"})
+		}
+		reqs = append(reqs, e.request("seed", postings))
+	}
+	for len(reqs) > 0 {
+		chunk := reqs[:min(len(reqs), 500)]
+		reqs = reqs[len(chunk):]
+		outs, err := e.store.PostBatch(ctx, chunk)
+		if err != nil {
+			return err
+		}
+		for _, o := range outs {
+			if o.Status != http.StatusCreated {
+				return fmt.Errorf("funding: %d %s", o.Status, o.Body)
+			}
+		}
+	}
+	return nil
+}
+
+func (e *env) request(prefix string, postings []ledger.Posting) store.Request {
+	key := prefix + "-" + strconv.FormatInt(e.seq.Add(1), 10)
+	id, _ := ledger.NewTransactionID(0)
+	return store.Request{Caller: "bench", Key: key, Hash: sha256.Sum256([]byte(key)), Body: []byte(`{}`),
+		Transaction: ledger.Transaction{ID: id, Postings: postings, CreatedAt: time.Now().UTC()}}
+}
+
+// pick returns the two accounts of the next transfer in a scenario.
+func (e *env) pick(rng *rand.Rand, scenario string) (from, to ledger.AccountID) {
+	n := len(e.accounts)
+	hot := scenario == Hot || (scenario == Mixed && rng.IntN(10) == 0)
+	a := rng.IntN(n-1) + 1 // never the hot account unless chosen
+	if hot {
+		if rng.IntN(2) == 0 {
+			return e.hot, e.accounts[a]
+		}
+		return e.accounts[a], e.hot
+	}
+	b := rng.IntN(n-2) + 1
+	if b >= a {
+		b++
+	}
+	return e.accounts[a], e.accounts[b]
+}
+
+type opFunc func(ctx context.Context, rng *rand.Rand) (rejected bool, err error)
+
+func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
+	if scenario == Reads {
+		if mode == ModeHTTP {
+			return func(ctx context.Context, rng *rand.Rand) (bool, error) {
+				id := e.accounts[rng.IntN(len(e.accounts))]
+				return e.httpDo(ctx, http.MethodGet, "/v1/accounts/"+id.String()+"/balance", "", nil)
+			}
+		}
+		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
+			_, err := e.direct.Balance(ctx, e.accounts[rng.IntN(len(e.accounts))])
+			return false, err
+		}
+	}
+	switch mode {
+	case ModeHTTP:
+		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
+			from, to := e.pick(rng, scenario)
+			body := `{"from_account":"` + from.String() + `","to_account":"` + to.String() + `","amount":"1.00","asset":"USD"}`
+			return e.httpDo(ctx, http.MethodPost, "/v1/transfers", body, map[string]string{"Idempotency-Key": "h-" + strconv.FormatInt(e.seq.Add(1), 10)})
+		}
+	default:
+		set := e.direct
+		if mode == ModeStore {
+			set = batchedSet
+		}
+		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
+			from, to := e.pick(rng, scenario)
+			key := "s-" + strconv.FormatInt(e.seq.Add(1), 10)
+			out, err := set.Post(ctx, shardset.TransactionRequest{
+				Caller: "bench", Key: key, Hash: sha256.Sum256([]byte(key)),
+				Postings: []shardset.PostingRequest{{From: shardset.Account{ID: from}, To: shardset.Account{ID: to}, Amount: 100, Asset: "USD"}},
+			}, func(context.Context, ledger.Transaction) ([]byte, error) { return []byte(`{}`), nil })
+			if err != nil {
+				return false, err
+			}
+			return out.Status != http.StatusCreated, nil
+		}
+	}
+}
+
+func (e *env) httpDo(ctx context.Context, method, path, body string, headers map[string]string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+e.apiAddr+path, strings.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.http.Do(req)
+	if err != nil {
+		return false, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode < 300:
+		return false, nil
+	case resp.StatusCode < 500:
+		return true, nil
+	default:
+		return false, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+}
+
+// run drives one scenario with the given clients for the duration, then checks every
+// invariant.
+func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration) (Result, error) {
+	batchedSet, stop, err := e.batchedSet()
+	if err != nil {
+		return Result{}, err
+	}
+	defer stop()
+	op := e.op(scenario, mode, batchedSet)
+	runtime.GC()
+	runCtx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	latencies := make([][]time.Duration, clients)
+	var errs, rejected atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
+			for runCtx.Err() == nil {
+				t0 := time.Now()
+				rej, err := op(runCtx, rng)
+				if runCtx.Err() != nil && err != nil {
+					return // the run ended mid-request
+				}
+				latencies[c] = append(latencies[c], time.Since(t0))
+				switch {
+				case err != nil:
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				case rej:
+					rejected.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range latencies {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	r := Result{Scenario: scenario, Mode: mode, Clients: clients, Seconds: elapsed.Seconds(), Ops: int64(len(all)),
+		PerSecond: float64(len(all)) / elapsed.Seconds(), Errors: errs.Load(), Rejected: rejected.Load(), HeapMB: float64(mem.HeapInuse) / (1 << 20)}
+	if len(all) > 0 {
+		q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))]) / 1e6 }
+		r.P50ms, r.P90ms, r.P99ms, r.MaxMs = q(.50), q(.90), q(.99), float64(all[len(all)-1])/1e6
+	}
+	violations, err := e.store.Verify(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.Violations = len(violations)
+	if len(violations) > 0 {
+		return r, fmt.Errorf("invariants broken after the run: %v", violations[0])
+	}
+	if msg, _ := firstErr.Load().(string); msg != "" && r.Errors > r.Ops/100 {
+		return r, errors.New("more than 1% of operations failed; first: " + msg)
+	}
+	return r, nil
+}
+
+// batchedSet is a shard set with a fresh batcher, as the server runs it.
+func (e *env) batchedSet() (*shardset.Set, func(), error) {
+	b, err := newBatcher(e.store)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, err := shardset.New([]*store.Store{e.store}, []shardset.Poster{b}, time.Now)
+	if err != nil {
+		b.Stop()
+		return nil, nil, err
+	}
+	if _, err := set.Asset(context.Background(), "USD"); err != nil {
+		b.Stop()
+		return nil, nil, err
+	}
+	return set, b.Stop, nil
+}
+
+
+func newBatcher(st *store.Store) (*batcher.Batcher, error) {
+	b, err := batcher.New(st, batcher.Config{})
+	if err != nil {
+		return nil, err
+	}
+	b.Start()
+	return b, nil
+}

@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tallyhq/tally/internal/bench"
+)
+
+func runBench(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("bench", out)
+	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
+	clients := fs.String("clients", "16,64", "concurrent clients, comma-separated")
+	scenarios := fs.String("scenarios", "uniform,hot,mixed,reads", "scenarios: uniform, hot, mixed, reads")
+	modes := fs.String("modes", "http,store", "http (through the API) and/or store (straight into the shard set); the ceiling always runs")
+	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
+	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out,
+		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ",")}
+	for _, c := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 || n > 1024 {
+			return fmt.Errorf("--clients: %q is not a number from 1 to 1024", c)
+		}
+		cfg.Clients = append(cfg.Clients, n)
+	}
+	for _, s := range cfg.Scenarios {
+		if s != bench.Uniform && s != bench.Hot && s != bench.Mixed && s != bench.Reads {
+			return fmt.Errorf("--scenarios: unknown scenario %q", s)
+		}
+	}
+	for _, m := range cfg.Modes {
+		if m != bench.ModeHTTP && m != bench.ModeStore {
+			return fmt.Errorf("--modes: unknown mode %q", m)
+		}
+	}
+	if *accounts < 3 {
+		return fmt.Errorf("--accounts must be at least 3")
+	}
+	if *jsonPath != "" {
+		f, err := os.Create(*jsonPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.JSON = f
+	} else {
+		cfg.JSON = out
+	}
+	_, err := bench.Run(ctx, cfg)
+	return err
+}
