@@ -73,9 +73,11 @@ check-generated: $(CONTROLLER_GEN) $(KUSTOMIZE)
 dev: deps build
 	$(BIN) dev
 
-## bench: Go benchmarks of the store against real PostgreSQL; prints numbers.
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) ./ledger/...
+## bench: the throughput harness (tally bench: every scenario at 16 and 64 clients, as a
+## table and JSON lines, with ratios to the unbatched ceiling), then the Go benchmarks.
+bench: deps build
+	$(BIN) bench --duration $(BENCH_TIME) --json bench.jsonl
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 
 ## fuzz: run each fuzzer for a while (their seeds also run in `make test`).
 fuzz:
