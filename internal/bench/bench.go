@@ -484,7 +484,6 @@ func (e *env) batchedSet() (*shardset.Set, func(), error) {
 	return set, b.Stop, nil
 }
 
-
 func newBatcher(st *store.Store) (*batcher.Batcher, error) {
 	b, err := batcher.New(st, batcher.Config{})
 	if err != nil {
