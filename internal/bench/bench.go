@@ -150,7 +150,6 @@ type env struct {
 	apiAddr  string
 	stopAPI  context.CancelFunc
 	apiDone  chan error
-	batched  *shardset.Set // what the server runs: through the batcher
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
