@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	modes := fs.String("modes", "http,store", "http (through the API) and/or store (straight into the shard set); the ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (harness and service) to this file")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -54,6 +56,17 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		cfg.JSON = f
 	} else {
 		cfg.JSON = out
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	_, err := bench.Run(ctx, cfg)
 	return err

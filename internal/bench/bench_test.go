@@ -1,0 +1,47 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHarnessRuns runs every scenario briefly: the harness must produce a result per
+// scenario and mode, with operations done, no errors, and every invariant intact. It says
+// nothing about speed.
+func TestHarnessRuns(t *testing.T) {
+	var table, lines bytes.Buffer
+	results, err := Run(context.Background(), Config{
+		Duration: 300 * time.Millisecond, Clients: []int{4}, Accounts: 50,
+		Scenarios: []string{Uniform, Hot, Mixed, Reads}, Modes: []string{ModeHTTP, ModeStore},
+		Out: &table, JSON: &lines,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 transfer scenarios x (ceiling, http, store) + reads x (http, store)
+	if len(results) != 11 {
+		t.Fatalf("%d results:\n%s", len(results), table.String())
+	}
+	for _, r := range results {
+		if r.Ops == 0 || r.Errors != 0 || r.Violations != 0 || r.Rejected != 0 {
+			t.Errorf("%+v", r)
+		}
+		if r.Mode != ModeCeiling && r.Scenario != Reads && r.Ratio == 0 {
+			t.Errorf("%s/%s has no ratio to the ceiling", r.Scenario, r.Mode)
+		}
+	}
+	if n := strings.Count(lines.String(), "\n"); n != len(results) {
+		t.Errorf("%d JSON lines for %d results", n, len(results))
+	}
+	var first Result
+	if err := json.Unmarshal([]byte(strings.SplitN(lines.String(), "\n", 2)[0]), &first); err != nil || first.Scenario != Uniform {
+		t.Errorf("JSON line: %v %+v", err, first)
+	}
+	if !strings.Contains(table.String(), "x ceiling") {
+		t.Errorf("table:\n%s", table.String())
+	}
+}
