@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/store"
 )
 
 // BenchmarkPostTransfer measures transfers through the store, one database round trip
@@ -61,4 +62,36 @@ func benchAccount(b *testing.B, f *fixture, i int) ledger.AccountID {
 		b.Fatalf("seed: %v %s", err, out.Body)
 	}
 	return id
+}
+
+// BenchmarkPostBatch measures one post_batch call of different sizes (uniform transfers
+// among 1,000 accounts) on one connection: the database's cost per batch and per
+// transfer, without any client concurrency.
+func BenchmarkPostBatch(b *testing.B) {
+	const accounts = 1000
+	f := newFixture(b, 4)
+	ids := make([]ledger.AccountID, accounts)
+	for i := range ids {
+		ids[i] = benchAccount(b, f, i)
+	}
+	var seq atomic.Int64
+	for _, size := range []int{1, 10, 50, 100} {
+		b.Run(fmt.Sprint("size=", size), func(b *testing.B) {
+			rng := rand.New(rand.NewPCG(1, uint64(size)))
+			for b.Loop() {
+				reqs := make([]store.Request, size)
+				for i := range reqs {
+					from, to := rng.IntN(accounts), rng.IntN(accounts-1)
+					if to >= from {
+						to++
+					}
+					reqs[i] = request(b, fmt.Sprintf("pb%d", seq.Add(1)), usd(ids[from], ids[to], 1))
+				}
+				if _, err := f.store.PostBatch(context.Background(), reqs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "transfers/s")
+		})
+	}
 }

@@ -30,23 +30,28 @@ DECLARE
   a_asset    text[];
   a_touched  integer[];
   -- rows to write
-  t_ids      uuid[] := '{}';
-  t_meta     jsonb[] := '{}';
-  t_created  timestamptz[] := '{}';
-  e_tx       uuid[] := '{}';
-  e_posting  smallint[] := '{}';
-  e_account  uuid[] := '{}';
-  e_asset    text[] := '{}';
-  e_amount   bigint[] := '{}';
-  e_after    bigint[] := '{}';
+  t_ids      uuid[];
+  t_meta     jsonb[];
+  t_created  timestamptz[];
+  e_tx       uuid[];
+  e_posting  smallint[];
+  e_account  uuid[];
+  e_asset    text[];
+  e_amount   bigint[];
+  e_after    bigint[];
   r_callers  text[] := '{}';
   r_keys     text[] := '{}';
   r_status   smallint[] := '{}';
   r_body     text[] := '{}';
   first_p    integer[];
   last_p     integer[];
-  d_ids      uuid[];
+  d_idx      integer[];
   d_delta    numeric[];
+  pf         integer[];
+  pt         integer[];
+  n_tx       integer;
+  n_e        integer;
+  v_min      integer;
   d_claimed  bigint[];
   rec        record;
   v_code     text;
@@ -139,14 +144,33 @@ BEGIN
   SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
   FROM tally.accounts a WHERE a.id = ANY (a_ids);
 
+  -- Where each posting's accounts sit in the sorted account arrays (NULL: no such
+  -- account), found for the whole batch in one hash join rather than per posting.
+  SELECT array_agg(af.n ORDER BY u.i), array_agg(at.n ORDER BY u.i) INTO pf, pt
+  FROM unnest(p_from, p_to) WITH ORDINALITY u(f, t, i)
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY af(id, n) ON af.id = u.f
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY at(id, n) ON at.id = u.t;
+  -- Output rows, filled in place (element assignment does not copy the array).
+  t_ids := array_fill(NULL::uuid, ARRAY[n]);
+  t_meta := array_fill(NULL::jsonb, ARRAY[n]);
+  t_created := array_fill(NULL::timestamptz, ARRAY[n]);
+  e_tx := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_posting := array_fill(NULL::smallint, ARRAY[2 * m]);
+  e_account := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_asset := array_fill(NULL::text, ARRAY[2 * m]);
+  e_amount := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_after := array_fill(NULL::bigint, ARRAY[2 * m]);
+  n_tx := 0;
+  n_e := 0;
+
   -- 3. Judge each claimed request in arrival order against the balances as the requests
   -- before it left them.
   FOR i IN 1 .. n LOOP
     CONTINUE WHEN NOT claimed[i];
     v_code := NULL;
     FOR p IN first_p[i] .. last_p[i] LOOP
-      v_f := array_position(a_ids, p_from[p]);
-      v_t := array_position(a_ids, p_to[p]);
+      v_f := pf[p];
+      v_t := pt[p];
       v_p := p - first_p[i];
       IF v_f IS NULL OR v_t IS NULL THEN
         v_code := 'account_not_found';
@@ -168,25 +192,38 @@ BEGIN
       END IF;
       EXIT WHEN v_code IS NOT NULL;
     END LOOP;
+
     IF v_code IS NULL THEN
-      -- funds: each account's net movement in this request, against its running balance
-      SELECT array_agg(x.id ORDER BY x.id), array_agg(x.delta ORDER BY x.id) INTO d_ids, d_delta
-      FROM (SELECT mv.id, sum(mv.delta) AS delta
-            FROM (SELECT p_from[p], -p_amount[p]::numeric FROM generate_series(first_p[i], last_p[i]) p
-                  UNION ALL
-                  SELECT p_to[p], p_amount[p]::numeric FROM generate_series(first_p[i], last_p[i]) p) mv(id, delta)
-            GROUP BY mv.id) x;
-      FOR k IN 1 .. cardinality(d_ids) LOOP
-        v_x := array_position(a_ids, d_ids[k]);
-        v_new := a_bal[v_x]::numeric + d_delta[k];
-        IF v_new < a_floor[v_x] THEN
-          v_code := 'insufficient_funds';
-        ELSIF v_new > 9223372036854775807 THEN
-          v_code := 'balance_limit_exceeded';
+      -- Funds: each account's net movement in this request, against its running balance.
+      -- A request touches few accounts, so a short list beats a query.
+      d_idx := '{}';
+      d_delta := '{}';
+      FOR p IN first_p[i] .. last_p[i] LOOP
+        v_x := array_position(d_idx, pf[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pf[p];
+          d_delta := d_delta || (-p_amount[p])::numeric;
+        ELSE
+          d_delta[v_x] := d_delta[v_x] - p_amount[p];
         END IF;
-        IF v_code IS NOT NULL THEN
-          v_detail := format('account %s would go from %s to %s minor units', d_ids[k], a_bal[v_x], v_new);
-          EXIT;
+        v_x := array_position(d_idx, pt[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pt[p];
+          d_delta := d_delta || p_amount[p]::numeric;
+        ELSE
+          d_delta[v_x] := d_delta[v_x] + p_amount[p];
+        END IF;
+      END LOOP;
+      -- ascending account id (the arrays are sorted), so the reported account is stable
+      FOR k IN 1 .. cardinality(d_idx) LOOP
+        v_x := d_idx[k];
+        v_new := a_bal[v_x]::numeric + d_delta[k];
+        IF v_new < a_floor[v_x] OR v_new > 9223372036854775807 THEN
+          IF v_code IS NULL OR v_x < v_min THEN
+            v_min := v_x;
+            v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
+            v_detail := format('account %s would go from %s to %s minor units', a_ids[v_x], a_bal[v_x], v_new);
+          END IF;
         END IF;
       END LOOP;
     END IF;
@@ -197,29 +234,37 @@ BEGIN
       o_body[i] := v_b;
       r_callers := r_callers || p_callers[i];
       r_keys := r_keys || p_keys[i];
-      r_status := r_status || o_status[i];
-      r_body := r_body || o_body[i];
+      r_status := r_status || v_s;
+      r_body := r_body || v_b;
       CONTINUE;
     END IF;
 
     -- Apply: the entries carry each account's running balance, leg by leg.
-    t_ids := t_ids || p_ids[i];
-    t_meta := t_meta || coalesce(p_metadata[i], '{}');
-    t_created := t_created || p_created[i];
+    n_tx := n_tx + 1;
+    t_ids[n_tx] := p_ids[i];
+    t_meta[n_tx] := coalesce(p_metadata[i], '{}');
+    t_created[n_tx] := p_created[i];
     FOR p IN first_p[i] .. last_p[i] LOOP
-      v_f := array_position(a_ids, p_from[p]);
-      v_t := array_position(a_ids, p_to[p]);
+      v_f := pf[p];
+      v_t := pt[p];
       a_bal[v_f] := a_bal[v_f] - p_amount[p];
       a_bal[v_t] := a_bal[v_t] + p_amount[p];
-      e_tx := e_tx || p_ids[i] || p_ids[i];
-      e_posting := e_posting || (p - first_p[i])::smallint || (p - first_p[i])::smallint;
-      e_account := e_account || p_from[p] || p_to[p];
-      e_asset := e_asset || p_asset[p] || p_asset[p];
-      e_amount := e_amount || -p_amount[p] || p_amount[p];
-      e_after := e_after || a_bal[v_f] || a_bal[v_t];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_from[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := -p_amount[p];
+      e_after[n_e] := a_bal[v_f];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_to[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := p_amount[p];
+      e_after[n_e] := a_bal[v_t];
     END LOOP;
-    FOREACH v_x IN ARRAY ARRAY(SELECT DISTINCT array_position(a_ids, x)
-                               FROM unnest(p_from[first_p[i]:last_p[i]] || p_to[first_p[i]:last_p[i]]) x) LOOP
+    FOREACH v_x IN ARRAY d_idx LOOP
       a_touched[v_x] := a_touched[v_x] + 1;
     END LOOP;
     o_status[i] := 201;
@@ -228,13 +273,13 @@ BEGIN
 
   -- 4. Write: one insert per table, one update per balance row, one update for the
   -- recorded rejections.
-  IF cardinality(t_ids) > 0 THEN
+  IF n_tx > 0 THEN
     INSERT INTO tally.transactions (id, metadata, created_at)
-    SELECT * FROM unnest(t_ids, t_meta, t_created);
+    SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx]);
     INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
     SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
-    FROM unnest(e_tx, e_posting, e_account, e_asset, e_amount, e_after) WITH ORDINALITY
-         u(tx, posting, account, asset, amount, after, ord)
+    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e])
+         WITH ORDINALITY u(tx, posting, account, asset, amount, after, ord)
     ORDER BY u.ord;
     UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
     FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
