@@ -61,8 +61,9 @@ type Config struct {
 	Scenarios []string
 	Modes     []string // http and/or store; the ceiling always runs for transfer scenarios
 	Accounts  int
-	Out       io.Writer // the table
-	JSON      io.Writer // one JSON object per result
+	Batching  batcher.Config // for the service and the store mode alike
+	Out       io.Writer      // the table
+	JSON      io.Writer      // one JSON object per result
 }
 
 // Result is one measured scenario.
@@ -153,6 +154,7 @@ type env struct {
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
+	batching batcher.Config
 	seq      atomic.Int64
 }
 
@@ -161,7 +163,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{dir: dir}
+	e := &env{dir: dir, batching: cfg.Batching}
 	ok := false
 	defer func() {
 		if !ok {
@@ -227,7 +229,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	go func() {
 		e.apiDone <- server.Run(apiCtx, server.Config{
 			Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:" + strconv.Itoa(opsPort), ShardDSNs: []string{appDSN},
-			MaxConnsPerShard: int32(maxClients + 4), Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
+			MaxConnsPerShard: int32(maxClients + 4), Batching: cfg.Batching, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
 		})
 	}()
 	select {
@@ -400,7 +402,7 @@ func (e *env) httpDo(ctx context.Context, method, path, body string, headers map
 // run drives one scenario with the given clients for the duration, then checks every
 // invariant.
 func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration) (Result, error) {
-	batchedSet, stop, err := e.batchedSet()
+	batchedSet, stop, err := e.batchedSet(e.batching)
 	if err != nil {
 		return Result{}, err
 	}
@@ -466,8 +468,8 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 }
 
 // batchedSet is a shard set with a fresh batcher, as the server runs it.
-func (e *env) batchedSet() (*shardset.Set, func(), error) {
-	b, err := newBatcher(e.store)
+func (e *env) batchedSet(cfg batcher.Config) (*shardset.Set, func(), error) {
+	b, err := newBatcher(e.store, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -483,8 +485,8 @@ func (e *env) batchedSet() (*shardset.Set, func(), error) {
 	return set, b.Stop, nil
 }
 
-func newBatcher(st *store.Store) (*batcher.Batcher, error) {
-	b, err := batcher.New(st, batcher.Config{})
+func newBatcher(st *store.Store, cfg batcher.Config) (*batcher.Batcher, error) {
+	b, err := batcher.New(st, cfg)
 	if err != nil {
 		return nil, err
 	}

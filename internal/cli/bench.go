@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/internal/bench"
+	"github.com/tallyhq/tally/ledger/batcher"
 )
 
 func runBench(ctx context.Context, args []string, out io.Writer) error {
@@ -21,12 +22,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	modes := fs.String("modes", "http,store", "http (through the API) and/or store (straight into the shard set); the ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
+	writers := fs.Int("writers", 0, "batcher writers per shard (0: the default)")
+	maxBatch := fs.Int("max-batch", 0, "largest batch (0: the default)")
+	linger := fs.Duration("linger", 0, "batcher linger (0: the default)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (harness and service) to this file")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out,
-		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ",")}
+		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
+		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}
 	for _, c := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
 		if err != nil || n < 1 || n > 1024 {
