@@ -191,27 +191,22 @@ CREATE TRIGGER balances_no_truncate BEFORE TRUNCATE ON tally.balances
 CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON tally.accounts
   FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
 
--- Double entry, checked when the writing transaction commits: every posting is one debit
--- and one credit of the same asset that cancel, so every transaction sums to zero per asset.
+-- Double entry, checked when the writing transaction commits: every posting is exactly
+-- one debit and one credit of one asset that cancel. Each entry checks its own posting,
+-- so every posting is checked; and since every posting sums to zero in a single asset,
+-- every transaction sums to zero per asset.
 CREATE FUNCTION tally.check_transaction_balanced() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_bad record;
+  v_legs   bigint;
+  v_total  numeric;
+  v_assets bigint;
 BEGIN
-  SELECT posting, count(*) AS legs, sum(amount) AS total, count(DISTINCT asset) AS assets INTO v_bad
-  FROM tally.entries WHERE transaction_id = NEW.transaction_id
-  GROUP BY posting
-  HAVING count(*) <> 2 OR sum(amount) <> 0 OR count(DISTINCT asset) <> 1
-  LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, % assets)',
-      NEW.transaction_id, v_bad.posting, v_bad.legs, v_bad.total, v_bad.assets
-      USING ERRCODE = 'check_violation';
-  END IF;
-  PERFORM 1 FROM tally.entries WHERE transaction_id = NEW.transaction_id
-  GROUP BY asset HAVING sum(amount) <> 0;
-  IF FOUND THEN
-    RAISE EXCEPTION 'tally: transaction % does not sum to zero per asset', NEW.transaction_id
+  SELECT count(*), sum(amount), count(DISTINCT asset) INTO v_legs, v_total, v_assets
+  FROM tally.entries WHERE transaction_id = NEW.transaction_id AND posting = NEW.posting;
+  IF v_legs <> 2 OR v_total <> 0 OR v_assets <> 1 THEN
+    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, % assets): a transaction must sum to zero per asset',
+      NEW.transaction_id, NEW.posting, v_legs, v_total, v_assets
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;

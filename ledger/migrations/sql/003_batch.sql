@@ -143,6 +143,13 @@ BEGIN
   -- until we commit.
   SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
   FROM tally.accounts a WHERE a.id = ANY (a_ids);
+  -- Assigning one element turns a text array into plpgsql's expanded form, where reading
+  -- element i is O(1) instead of a walk over the elements before it.
+  IF cardinality(a_ids) > 0 THEN
+    a_status[1] := a_status[1];
+    a_asset[1] := a_asset[1];
+  END IF;
+  p_asset[1] := p_asset[1];
 
   -- Where each posting's accounts sit in the sorted account arrays (NULL: no such
   -- account), found for the whole batch in one hash join rather than per posting.
