@@ -12,7 +12,7 @@ import (
 
 // Limits on everything a caller sends.
 const (
-	MaxPostings       = 64   // postings in one transaction; tally.post_transaction checks the same
+	MaxPostings       = 64   // postings in one transaction; tally.post_batch checks the same
 	MaxMetadataBytes  = 4096 // metadata object, as JSON
 	MaxOwnerLength    = 200
 	MaxIdempotencyKey = 255

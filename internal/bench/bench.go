@@ -81,7 +81,8 @@ type Result struct {
 	Errors     int64   `json:"errors"`
 	Rejected   int64   `json:"rejected"`
 	Ratio      float64 `json:"ratio_to_ceiling,omitempty"`
-	HeapMB     float64 `json:"heap_mb"`
+	HeapMB     float64 `json:"heap_mb"`     // in use at the end of the run
+	HeapMaxMB  float64 `json:"heap_max_mb"` // the most in use, sampled each second
 	Violations int     `json:"invariant_violations"`
 }
 
@@ -130,14 +131,14 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tmax heap MB\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%d\t\n",
-			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.Violations)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.HeapMaxMB, r.Violations)
 	}
 	tw.Flush()
 }
@@ -415,6 +416,23 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	var errs, rejected atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	var heapMax atomic.Uint64
+	sampler := time.NewTicker(time.Second)
+	defer sampler.Stop()
+	go func() {
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-sampler.C:
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > heapMax.Load() {
+					heapMax.Store(ms.HeapInuse)
+				}
+			}
+		}
+	}()
 	start := time.Now()
 	for c := range clients {
 		wg.Add(1)
@@ -448,7 +466,8 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
 	r := Result{Scenario: scenario, Mode: mode, Clients: clients, Seconds: elapsed.Seconds(), Ops: int64(len(all)),
-		PerSecond: float64(len(all)) / elapsed.Seconds(), Errors: errs.Load(), Rejected: rejected.Load(), HeapMB: float64(mem.HeapInuse) / (1 << 20)}
+		PerSecond: float64(len(all)) / elapsed.Seconds(), Errors: errs.Load(), Rejected: rejected.Load(),
+		HeapMB: float64(mem.HeapInuse) / (1 << 20), HeapMaxMB: float64(max(heapMax.Load(), mem.HeapInuse)) / (1 << 20)}
 	if len(all) > 0 {
 		q := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))]) / 1e6 }
 		r.P50ms, r.P90ms, r.P99ms, r.MaxMs = q(.50), q(.90), q(.99), float64(all[len(all)-1])/1e6

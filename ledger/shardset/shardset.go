@@ -238,7 +238,7 @@ type TransactionRequest struct {
 type Render func(context.Context, ledger.Transaction) ([]byte, error)
 
 // Post resolves the request to one shard and posts it there. This is the transfer path:
-// every transfer and transaction goes through here and then tally.post_transaction.
+// every transfer and transaction goes through here, then a shard's batcher, then tally.post_batch.
 func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (ledger.Outcome, error) {
 	shard := -1
 	for _, p := range req.Postings {

@@ -27,161 +27,307 @@ BEGIN
 END
 $$;
 
--- post_transaction applies N postings (from, to, amount, asset) atomically, or records why
--- not. The caller renders the success response (p_body) in advance; the outcome, success
--- or rejection, is stored under (caller, key) in the same database transaction, so a
--- replay returns the same bytes and a request is never applied twice.
-CREATE FUNCTION tally.post_transaction(
-  p_caller text, p_key text, p_request_hash bytea,
-  p_id uuid, p_created_at timestamptz, p_metadata jsonb,
-  p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[],
-  p_body text,
-  OUT status smallint, OUT body text, OUT replayed boolean)
+-- post_batch: the one write path of the ledger. It applies a batch of transaction
+-- requests in one database transaction and one round trip, set-based: every account is
+-- locked once (ascending id, the global lock order), its balance carried in memory
+-- through the batch in arrival order, and written once; entries go in with one multi-row
+-- insert. Each request keeps its own outcome: a rejected request changes nothing and
+-- never changes its neighbours, and is judged exactly as if the requests ran one by one.
+-- A batch of one is the unbatched case.
+--
+-- Request i (1-based) is (p_callers[i], p_keys[i], p_hashes[i], p_ids[i], p_created[i],
+-- p_metadata[i], p_bodies[i]); postings are flattened, in request order, and p_req names
+-- each posting's request. The caller guarantees no (caller, key) appears twice in a batch.
+CREATE FUNCTION tally.post_batch(
+  p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamptz[],
+  p_metadata jsonb[], p_bodies text[],
+  p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[])
+RETURNS TABLE (req integer, status smallint, body text, replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_n      integer := cardinality(p_from);
-  v_ids    uuid[];
-  v_posted bigint[];
-  v_floor  bigint[];
-  v_status text[];
-  v_assets text[];
-  v_hash   bytea;
-  v_code   text;
-  v_detail text;
-  v_from   integer;
-  v_to     integer;
+  n          integer := cardinality(p_callers);
+  m          integer := cardinality(p_req);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  claimed    boolean[];
+  -- accounts, sorted by id, with their balance carried through the batch
+  a_ids      uuid[];
+  a_bal      bigint[];
+  a_floor    bigint[];
+  a_status   text[];
+  a_asset    text[];
+  a_touched  integer[];
+  -- rows to write
+  t_ids      uuid[];
+  t_meta     jsonb[];
+  t_created  timestamptz[];
+  e_tx       uuid[];
+  e_posting  smallint[];
+  e_account  uuid[];
+  e_asset    text[];
+  e_amount   bigint[];
+  e_after    bigint[];
+  r_callers  text[] := '{}';
+  r_keys     text[] := '{}';
+  r_status   smallint[] := '{}';
+  r_body     text[] := '{}';
+  first_p    integer[];
+  last_p     integer[];
+  d_idx      integer[];
+  d_delta    numeric[];
+  pf         integer[];
+  pt         integer[];
+  n_tx       integer;
+  n_e        integer;
+  v_min      integer;
+  d_claimed  bigint[];
+  rec        record;
+  v_code     text;
+  v_detail   text;
+  v_f        integer;
+  v_t        integer;
+  v_x        integer;
+  v_p        integer;
+  v_new      numeric;
+  v_s        smallint;
+  v_b        text;
 BEGIN
-  -- Preconditions the API checks first; here they are a loud error, never a silent fix.
-  IF v_n IS NULL OR v_n < 1 OR v_n > 64 OR cardinality(p_to) IS DISTINCT FROM v_n
-     OR cardinality(p_amount) IS DISTINCT FROM v_n OR cardinality(p_asset) IS DISTINCT FROM v_n THEN
-    RAISE EXCEPTION 'tally: post_transaction needs 1 to 64 postings in equal-length arrays'
+  -- Preconditions the service guarantees; here they are loud errors, never silent fixes.
+  IF n IS NULL OR n < 1 OR n > 1000
+     OR cardinality(p_keys) IS DISTINCT FROM n OR cardinality(p_hashes) IS DISTINCT FROM n
+     OR cardinality(p_ids) IS DISTINCT FROM n OR cardinality(p_created) IS DISTINCT FROM n
+     OR cardinality(p_metadata) IS DISTINCT FROM n OR cardinality(p_bodies) IS DISTINCT FROM n
+     OR m IS NULL OR cardinality(p_from) IS DISTINCT FROM m OR cardinality(p_to) IS DISTINCT FROM m
+     OR cardinality(p_amount) IS DISTINCT FROM m OR cardinality(p_asset) IS DISTINCT FROM m THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF EXISTS (SELECT FROM unnest(p_from, p_to, p_amount, p_asset) u(f, t, a, s)
-             WHERE f IS NULL OR t IS NULL OR a IS NULL OR s IS NULL OR a <= 0) THEN
-    RAISE EXCEPTION 'tally: postings need accounts, an asset and a positive amount'
+  IF EXISTS (SELECT FROM unnest(p_req, p_from, p_to, p_amount, p_asset) u(r, f, t, a, s)
+             WHERE r IS NULL OR r < 1 OR r > n OR f IS NULL OR t IS NULL OR a IS NULL OR a <= 0 OR s IS NULL)
+     OR EXISTS (SELECT FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r HAVING count(*) > 64 OR max(i) - min(i) + 1 <> count(*))
+     OR (SELECT count(DISTINCT r) FROM unnest(p_req) r) <> n
+     OR (SELECT count(DISTINCT (c, k)) FROM unnest(p_callers, p_keys) u(c, k)) <> n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 64 contiguous postings per request, positive amounts, distinct keys'
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  replayed := false;
 
-  -- Claim the idempotency key before touching any balance. A concurrent request with the
-  -- same key waits here, on the key's index entry, until the first one commits, and then
-  -- replays its outcome; while it waits it holds no balance lock.
-  INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
-  VALUES (p_caller, p_key, p_request_hash, 201, p_body)
-  ON CONFLICT (caller, key) DO NOTHING;
-  IF NOT FOUND THEN
-    SELECT k.request_hash, k.status, k.body INTO v_hash, status, body
-    FROM tally.idempotency_keys k WHERE k.caller = p_caller AND k.key = p_key;
-    IF NOT FOUND THEN
-      -- expired and cleaned up between our insert and this read: the caller retries
-      RAISE EXCEPTION 'tally: idempotency record % vanished during the request', p_key
-        USING ERRCODE = 'serialization_failure';
-    END IF;
-    IF v_hash <> p_request_hash THEN
-      SELECT * INTO status, body FROM tally.problem('idempotency_key_reused',
-        format('Idempotency-Key %s was first used with a different request', to_json(p_key)));
-      RETURN;
-    END IF;
-    replayed := true;
-    RETURN;
-  END IF;
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  claimed := array_fill(false, ARRAY[n]);
+  SELECT array_agg(lo ORDER BY r), array_agg(hi ORDER BY r) INTO first_p, last_p
+  FROM (SELECT r, min(i) AS lo, max(i) AS hi FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r) x;
 
-  -- Lock every balance row this transaction touches, in ascending account id order. Every
-  -- writer in Tally takes balance locks in this one global order, so no two writers can
-  -- each hold a lock the other waits for: deadlocks are impossible by construction.
+  -- 1. Claim the idempotency keys, in (caller, key) order: every writer claims keys in
+  -- that one order and before any balance lock, so key waits cannot form a cycle either.
+  -- A key held by a concurrent, uncommitted batch makes us wait here for its outcome.
+  WITH ins AS (
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
+    SELECT c, k, h, 201, b FROM unnest(p_callers, p_keys, p_hashes, p_bodies) u(c, k, h, b) ORDER BY c, k
+    ON CONFLICT (caller, key) DO NOTHING
+    RETURNING caller, key)
+  SELECT array_agg(u.i) INTO d_claimed
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) JOIN ins ON ins.caller = u.c AND ins.key = u.k;
+  FOREACH v_x IN ARRAY coalesce(d_claimed, '{}') LOOP
+    claimed[v_x] := true;
+  END LOOP;
+
+  -- Requests whose key was already used replay its outcome, or are 409 if the request differs.
+  FOR rec IN
+    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body
+    FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
+    LEFT JOIN tally.idempotency_keys s ON s.caller = u.c AND s.key = u.k
+    WHERE NOT claimed[u.i]
+  LOOP
+    IF rec.same IS NULL THEN
+      RAISE EXCEPTION 'tally: idempotency record % vanished during the request', rec.k
+        USING ERRCODE = 'serialization_failure'; -- expired and cleaned up meanwhile: retry
+    ELSIF rec.same THEN
+      o_status[rec.i] := rec.status;
+      o_body[rec.i] := rec.body;
+      o_replayed[rec.i] := true;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('idempotency_key_reused',
+        format('Idempotency-Key %s was first used with a different request', to_json(rec.k)));
+      o_status[rec.i] := v_s;
+      o_body[rec.i] := v_b;
+    END IF;
+  END LOOP;
+
+  -- 2. Lock every balance row the claimed requests touch, once, in ascending account id
+  -- order: the one global lock order of every Tally writer, so deadlocks are impossible.
   SELECT array_agg(l.account_id ORDER BY l.account_id), array_agg(l.posted ORDER BY l.account_id),
          array_agg(l.floor ORDER BY l.account_id)
-  INTO v_ids, v_posted, v_floor
+  INTO a_ids, a_bal, a_floor
   FROM (SELECT b.account_id, b.posted, b.floor FROM tally.balances b
-        WHERE b.account_id = ANY (p_from || p_to)
+        WHERE b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+                               WHERE claimed[p_req[((j - 1) % m) + 1]])
         ORDER BY b.account_id
         FOR UPDATE) l;
-  v_ids := coalesce(v_ids, '{}');
+  a_ids := coalesce(a_ids, '{}');
+  a_touched := array_fill(0, ARRAY[greatest(cardinality(a_ids), 1)]);
+  -- Status and asset are read only now, in a statement whose snapshot starts after the
+  -- locks are held: freeze and close take the same lock first, so these cannot change
+  -- until we commit.
+  SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
+  FROM tally.accounts a WHERE a.id = ANY (a_ids);
+  -- Assigning one element turns a text array into plpgsql's expanded form, where reading
+  -- element i is O(1) instead of a walk over the elements before it.
+  IF cardinality(a_ids) > 0 THEN
+    a_status[1] := a_status[1];
+    a_asset[1] := a_asset[1];
+  END IF;
+  p_asset[1] := p_asset[1];
 
-  -- Read status and asset only now, in a new statement whose snapshot starts after the
-  -- locks are held: freeze and close take the same balance lock before changing status,
-  -- so what we read here cannot change until we commit.
-  SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id)
-  INTO v_status, v_assets
-  FROM tally.accounts a WHERE a.id = ANY (v_ids);
+  -- Where each posting's accounts sit in the sorted account arrays (NULL: no such
+  -- account), found for the whole batch in one hash join rather than per posting.
+  SELECT array_agg(af.n ORDER BY u.i), array_agg(at.n ORDER BY u.i) INTO pf, pt
+  FROM unnest(p_from, p_to) WITH ORDINALITY u(f, t, i)
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY af(id, n) ON af.id = u.f
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY at(id, n) ON at.id = u.t;
+  -- Output rows, filled in place (element assignment does not copy the array).
+  t_ids := array_fill(NULL::uuid, ARRAY[n]);
+  t_meta := array_fill(NULL::jsonb, ARRAY[n]);
+  t_created := array_fill(NULL::timestamptz, ARRAY[n]);
+  e_tx := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_posting := array_fill(NULL::smallint, ARRAY[2 * m]);
+  e_account := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_asset := array_fill(NULL::text, ARRAY[2 * m]);
+  e_amount := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_after := array_fill(NULL::bigint, ARRAY[2 * m]);
+  n_tx := 0;
+  n_e := 0;
 
-  SELECT 'account_not_found', format('account %s does not exist', x) INTO v_code, v_detail
-  FROM unnest(p_from || p_to) x WHERE x <> ALL (v_ids) ORDER BY x LIMIT 1;
-
-  IF v_code IS NULL THEN
-    FOR i IN 1 .. v_n LOOP
-      v_from := array_position(v_ids, p_from[i]);
-      v_to := array_position(v_ids, p_to[i]);
-      IF p_from[i] = p_to[i] THEN
+  -- 3. Judge each claimed request in arrival order against the balances as the requests
+  -- before it left them.
+  FOR i IN 1 .. n LOOP
+    CONTINUE WHEN NOT claimed[i];
+    v_code := NULL;
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      v_p := p - first_p[i];
+      IF v_f IS NULL OR v_t IS NULL THEN
+        v_code := 'account_not_found';
+        v_detail := format('account %s does not exist', CASE WHEN v_f IS NULL THEN p_from[p] ELSE p_to[p] END);
+      ELSIF v_f = v_t THEN
         v_code := 'same_account';
-        v_detail := format('posting %s moves money from account %s to itself', i - 1, p_from[i]);
-      ELSIF v_status[v_from] = 'closed' OR v_status[v_to] = 'closed' THEN
+        v_detail := format('posting %s moves money from account %s to itself', v_p, p_from[p]);
+      ELSIF a_status[v_f] = 'closed' OR a_status[v_t] = 'closed' THEN
         v_code := 'account_closed';
-        v_detail := format('account %s is closed',
-          CASE WHEN v_status[v_from] = 'closed' THEN p_from[i] ELSE p_to[i] END);
-      ELSIF v_status[v_from] = 'frozen' OR v_status[v_to] = 'frozen' THEN
+        v_detail := format('account %s is closed', CASE WHEN a_status[v_f] = 'closed' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_status[v_f] = 'frozen' OR a_status[v_t] = 'frozen' THEN
         v_code := 'account_frozen';
-        v_detail := format('account %s is frozen',
-          CASE WHEN v_status[v_from] = 'frozen' THEN p_from[i] ELSE p_to[i] END);
-      ELSIF v_assets[v_from] <> p_asset[i] OR v_assets[v_to] <> p_asset[i] THEN
+        v_detail := format('account %s is frozen', CASE WHEN a_status[v_f] = 'frozen' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_asset[v_f] <> p_asset[p] OR a_asset[v_t] <> p_asset[p] THEN
         v_code := 'asset_mismatch';
-        v_detail := format('posting %s is in %s but account %s holds %s', i - 1, p_asset[i],
-          CASE WHEN v_assets[v_from] <> p_asset[i] THEN p_from[i] ELSE p_to[i] END,
-          CASE WHEN v_assets[v_from] <> p_asset[i] THEN v_assets[v_from] ELSE v_assets[v_to] END);
+        v_detail := format('posting %s is in %s but account %s holds %s', v_p, p_asset[p],
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN p_from[p] ELSE p_to[p] END,
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN a_asset[v_f] ELSE a_asset[v_t] END);
       END IF;
       EXIT WHEN v_code IS NOT NULL;
     END LOOP;
+
+    IF v_code IS NULL THEN
+      -- Funds: each account's net movement in this request, against its running balance.
+      -- A request touches few accounts, so a short list beats a query.
+      d_idx := '{}';
+      d_delta := '{}';
+      FOR p IN first_p[i] .. last_p[i] LOOP
+        v_x := array_position(d_idx, pf[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pf[p];
+          d_delta := d_delta || (-p_amount[p])::numeric;
+        ELSE
+          d_delta[v_x] := d_delta[v_x] - p_amount[p];
+        END IF;
+        v_x := array_position(d_idx, pt[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pt[p];
+          d_delta := d_delta || p_amount[p]::numeric;
+        ELSE
+          d_delta[v_x] := d_delta[v_x] + p_amount[p];
+        END IF;
+      END LOOP;
+      -- ascending account id (the arrays are sorted), so the reported account is stable
+      FOR k IN 1 .. cardinality(d_idx) LOOP
+        v_x := d_idx[k];
+        v_new := a_bal[v_x]::numeric + d_delta[k];
+        IF v_new < a_floor[v_x] OR v_new > 9223372036854775807 THEN
+          IF v_code IS NULL OR v_x < v_min THEN
+            v_min := v_x;
+            v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
+            v_detail := format('account %s would go from %s to %s minor units', a_ids[v_x], a_bal[v_x], v_new);
+          END IF;
+        END IF;
+      END LOOP;
+    END IF;
+
+    IF v_code IS NOT NULL THEN
+      SELECT * INTO v_s, v_b FROM tally.problem(v_code, v_detail);
+      o_status[i] := v_s;
+      o_body[i] := v_b;
+      r_callers := r_callers || p_callers[i];
+      r_keys := r_keys || p_keys[i];
+      r_status := r_status || v_s;
+      r_body := r_body || v_b;
+      CONTINUE;
+    END IF;
+
+    -- Apply: the entries carry each account's running balance, leg by leg.
+    n_tx := n_tx + 1;
+    t_ids[n_tx] := p_ids[i];
+    t_meta[n_tx] := coalesce(p_metadata[i], '{}');
+    t_created[n_tx] := p_created[i];
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      a_bal[v_f] := a_bal[v_f] - p_amount[p];
+      a_bal[v_t] := a_bal[v_t] + p_amount[p];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_from[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := -p_amount[p];
+      e_after[n_e] := a_bal[v_f];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_to[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := p_amount[p];
+      e_after[n_e] := a_bal[v_t];
+    END LOOP;
+    FOREACH v_x IN ARRAY d_idx LOOP
+      a_touched[v_x] := a_touched[v_x] + 1;
+    END LOOP;
+    o_status[i] := 201;
+    o_body[i] := p_bodies[i];
+  END LOOP;
+
+  -- 4. Write: one insert per table, one update per balance row, one update for the
+  -- recorded rejections.
+  IF n_tx > 0 THEN
+    INSERT INTO tally.transactions (id, metadata, created_at)
+    SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx]);
+    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
+    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e])
+         WITH ORDINALITY u(tx, posting, account, asset, amount, after, ord)
+    ORDER BY u.ord;
+    UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
+    FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
+    WHERE b.account_id = u.id AND u.touched > 0;
+  END IF;
+  IF cardinality(r_keys) > 0 THEN
+    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b
+    FROM unnest(r_callers, r_keys, r_status, r_body) u(c, key, s, b)
+    WHERE k.caller = u.c AND k.key = u.key;
   END IF;
 
-  -- Funds are checked on each account's net movement in this transaction, in numeric so
-  -- the check itself cannot overflow.
-  IF v_code IS NULL THEN
-    SELECT CASE WHEN b.posted::numeric + d.delta < b.floor THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END,
-           format('account %s would go from %s to %s minor units', d.id, b.posted, b.posted::numeric + d.delta)
-    INTO v_code, v_detail
-    FROM (SELECT m.id, sum(m.delta) AS delta
-          FROM (SELECT f, -a FROM unnest(p_from, p_amount) u(f, a)
-                UNION ALL
-                SELECT t, a FROM unnest(p_to, p_amount) u(t, a)) m(id, delta)
-          GROUP BY m.id) d
-    JOIN unnest(v_ids, v_posted, v_floor) b(id, posted, floor) ON b.id = d.id
-    WHERE b.posted::numeric + d.delta < b.floor OR b.posted::numeric + d.delta > 9223372036854775807
-    ORDER BY d.id LIMIT 1;
-  END IF;
-
-  IF v_code IS NOT NULL THEN
-    SELECT * INTO status, body FROM tally.problem(v_code, v_detail);
-    UPDATE tally.idempotency_keys k SET status = post_transaction.status, body = post_transaction.body
-    WHERE k.caller = p_caller AND k.key = p_key;
-    RETURN;
-  END IF;
-
-  INSERT INTO tally.transactions (id, metadata, created_at)
-  VALUES (p_id, coalesce(p_metadata, '{}'), p_created_at);
-
-  INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-  SELECT p_id, l.posting, l.account_id, l.asset, l.amount,
-         b.posted + sum(l.amount) OVER (PARTITION BY l.account_id ORDER BY l.posting, l.leg)
-  FROM (SELECT (u.n - 1)::smallint, 0, u.f, u.s, -u.a
-        FROM unnest(p_from, p_amount, p_asset) WITH ORDINALITY u(f, a, s, n)
-        UNION ALL
-        SELECT (u.n - 1)::smallint, 1, u.t, u.s, u.a
-        FROM unnest(p_to, p_amount, p_asset) WITH ORDINALITY u(t, a, s, n)
-       ) l(posting, leg, account_id, asset, amount)
-  JOIN unnest(v_ids, v_posted) b(id, posted) ON b.id = l.account_id
-  ORDER BY l.posting, l.leg;
-
-  UPDATE tally.balances b SET posted = b.posted + d.delta, version = b.version + 1
-  FROM (SELECT m.id, sum(m.delta)::bigint AS delta
-        FROM (SELECT f, -a FROM unnest(p_from, p_amount) u(f, a)
-              UNION ALL
-              SELECT t, a FROM unnest(p_to, p_amount) u(t, a)) m(id, delta)
-        GROUP BY m.id) d
-  WHERE b.account_id = d.id;
-
-  status := 201;
-  body := p_body;
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
 END
 $$;
 
