@@ -45,3 +45,18 @@ func TestHarnessRuns(t *testing.T) {
 		t.Errorf("table:\n%s", table.String())
 	}
 }
+
+func TestHistogramQuantiles(t *testing.T) {
+	h := newHistogram()
+	for i := 1; i <= 1000; i++ {
+		h.add(time.Duration(i) * time.Millisecond)
+	}
+	for _, c := range []struct{ q, want float64 }{{.5, 500}, {.9, 900}, {.99, 990}, {1, 1000}} {
+		if got := h.quantileMs(c.q); got < c.want*0.99 || got > c.want*1.02 {
+			t.Errorf("q%.2f = %.1f ms, want about %.0f", c.q, got, c.want)
+		}
+	}
+	if h.n != 1000 || h.max != time.Second {
+		t.Errorf("n %d max %s", h.n, h.max)
+	}
+}
