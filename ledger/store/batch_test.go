@@ -156,3 +156,28 @@ func TestBatchCommitFailureAppliesNothing(t *testing.T) {
 	}
 	f.verify()
 }
+
+// A request whose running balance would overflow a bigint mid-way (though its net is
+// fine) is refused on its own; it must not fail the batch around it.
+func TestBatchIntermediateOverflowFailsAlone(t *testing.T) {
+	f := newFixture(t, 4)
+	a, b, c := f.account("a", 0), f.account("b", 0), f.account("c", 0)
+	f.post("dep", usd(f.external, a, 10))
+	const huge = 1<<63 - 1
+	outs := f.batch(
+		request(t, "ok1", usd(a, b, 1)),
+		// b gets huge and then passes it on: its running balance would be 1 + huge
+		request(t, "poison", usd(f.external, b, huge), usd(b, c, huge)),
+		request(t, "ok2", usd(a, b, 1)),
+	)
+	if got := statuses(outs); got != "201 422 201 " {
+		t.Fatalf("outcomes %s: %s", got, outs[1].Body)
+	}
+	if problemCode(t, outs[1]) != ledger.CodeBalanceLimitExceeded {
+		t.Errorf("poison: %s", outs[1].Body)
+	}
+	if f.balance(b) != 2 || f.balance(c) != 0 {
+		t.Errorf("b=%d c=%d", f.balance(b), f.balance(c))
+	}
+	f.verify()
+}

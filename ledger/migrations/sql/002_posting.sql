@@ -76,6 +76,7 @@ DECLARE
   last_p     integer[];
   d_idx      integer[];
   d_delta    numeric[];
+  d_run      numeric[];
   pf         integer[];
   pt         integer[];
   n_tx       integer;
@@ -250,18 +251,37 @@ BEGIN
           d_delta[v_x] := d_delta[v_x] + p_amount[p];
         END IF;
       END LOOP;
-      -- ascending account id (the arrays are sorted), so the reported account is stable
+      -- Every leg's running balance must fit a bigint too (it is stored with the entry),
+      -- or one request's arithmetic error would fail its whole batch.
+      d_run := '{}';
       FOR k IN 1 .. cardinality(d_idx) LOOP
-        v_x := d_idx[k];
-        v_new := a_bal[v_x]::numeric + d_delta[k];
-        IF v_new < a_floor[v_x] OR v_new > 9223372036854775807 THEN
-          IF v_code IS NULL OR v_x < v_min THEN
+        d_run := d_run || a_bal[d_idx[k]]::numeric;
+      END LOOP;
+      FOR p IN first_p[i] .. last_p[i] LOOP
+        v_x := array_position(d_idx, pf[p]);
+        d_run[v_x] := d_run[v_x] - p_amount[p];
+        v_f := v_x;
+        v_x := array_position(d_idx, pt[p]);
+        d_run[v_x] := d_run[v_x] + p_amount[p];
+        IF d_run[v_f] < -9223372036854775808 OR d_run[v_x] > 9223372036854775807 THEN
+          v_code := 'balance_limit_exceeded';
+          v_detail := format('posting %s would take a running balance beyond the largest representable amount', p - first_p[i]);
+          EXIT;
+        END IF;
+      END LOOP;
+      -- Then each account's net movement against its floor. Of several accounts short,
+      -- report the one with the smallest id, so the answer does not depend on posting order.
+      IF v_code IS NULL THEN
+        FOR k IN 1 .. cardinality(d_idx) LOOP
+          v_x := d_idx[k];
+          v_new := a_bal[v_x]::numeric + d_delta[k];
+          IF (v_new < a_floor[v_x] OR v_new > 9223372036854775807) AND (v_code IS NULL OR v_x < v_min) THEN
             v_min := v_x;
             v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
             v_detail := format('account %s would go from %s to %s minor units', a_ids[v_x], a_bal[v_x], v_new);
           END IF;
-        END IF;
-      END LOOP;
+        END LOOP;
+      END IF;
     END IF;
 
     IF v_code IS NOT NULL THEN
