@@ -76,7 +76,6 @@ DECLARE
   last_p     integer[];
   d_idx      integer[];
   d_delta    numeric[];
-  d_run      numeric[];
   pf         integer[];
   pt         integer[];
   n_tx       integer;
@@ -232,7 +231,9 @@ BEGIN
 
     IF v_code IS NULL THEN
       -- Funds: each account's net movement in this request, against its running balance.
-      -- A request touches few accounts, so a short list beats a query.
+      -- A request touches few accounts, so a short list beats a query. On the way, every
+      -- leg's running balance must fit a bigint too (it is stored with the entry), or one
+      -- request's arithmetic error would fail its whole batch.
       d_idx := '{}';
       d_delta := '{}';
       FOR p IN first_p[i] .. last_p[i] LOOP
@@ -240,30 +241,20 @@ BEGIN
         IF v_x IS NULL THEN
           d_idx := d_idx || pf[p];
           d_delta := d_delta || (-p_amount[p])::numeric;
+          v_x := cardinality(d_idx);
         ELSE
           d_delta[v_x] := d_delta[v_x] - p_amount[p];
         END IF;
+        v_f := v_x;
         v_x := array_position(d_idx, pt[p]);
         IF v_x IS NULL THEN
           d_idx := d_idx || pt[p];
           d_delta := d_delta || p_amount[p]::numeric;
+          v_x := cardinality(d_idx);
         ELSE
           d_delta[v_x] := d_delta[v_x] + p_amount[p];
         END IF;
-      END LOOP;
-      -- Every leg's running balance must fit a bigint too (it is stored with the entry),
-      -- or one request's arithmetic error would fail its whole batch.
-      d_run := '{}';
-      FOR k IN 1 .. cardinality(d_idx) LOOP
-        d_run := d_run || a_bal[d_idx[k]]::numeric;
-      END LOOP;
-      FOR p IN first_p[i] .. last_p[i] LOOP
-        v_x := array_position(d_idx, pf[p]);
-        d_run[v_x] := d_run[v_x] - p_amount[p];
-        v_f := v_x;
-        v_x := array_position(d_idx, pt[p]);
-        d_run[v_x] := d_run[v_x] + p_amount[p];
-        IF d_run[v_f] < -9223372036854775808 OR d_run[v_x] > 9223372036854775807 THEN
+        IF a_bal[pf[p]] + d_delta[v_f] < -9223372036854775808 OR a_bal[pt[p]] + d_delta[v_x] > 9223372036854775807 THEN
           v_code := 'balance_limit_exceeded';
           v_detail := format('posting %s would take a running balance beyond the largest representable amount', p - first_p[i]);
           EXIT;
