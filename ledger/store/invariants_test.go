@@ -213,7 +213,9 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 			VALUES ('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)`, txID, alice, txID, bob),
 		"one leg": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
 			VALUES ('%s', 0, '%s', 'USD', -10, 90)`, txID, alice),
-		"no entries":  tx,
+		"no entries": tx,
+		"broken running balance": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+			VALUES ('%s', 0, '%s', 'USD', -10, 50), ('%s', 0, '%s', 'USD', 10, 10)`, txID, alice, txID, bob),
 		"zero amount": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after) VALUES ('%s', 0, '%s', 'USD', 0, 0)`, txID, alice),
 		"wrong asset": tx + fmt.Sprintf(`INSERT INTO tally.assets (code, scale) VALUES ('EUR', 2);
 			INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)

@@ -231,26 +231,33 @@ CREATE CONSTRAINT TRIGGER transactions_have_entries AFTER INSERT ON tally.transa
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tally.check_transaction_has_entries();
 
 -- Each entry continues its account's running balance: balance_after is the previous
--- entry's balance_after plus this amount. Earlier rows of the same INSERT are visible here,
--- so a multi-row insert is checked row by row.
+-- entry's balance_after plus this amount. Checked once per INSERT statement over all its
+-- rows (a transition table), after they are all in place, so a multi-row insert is
+-- checked row by row at the cost of one query.
 CREATE FUNCTION tally.check_entry_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_prev bigint;
+  v_bad record;
 BEGIN
-  SELECT e.balance_after INTO v_prev FROM tally.entries e
-  WHERE e.account_id = NEW.account_id ORDER BY e.id DESC LIMIT 1;
-  IF NEW.balance_after <> coalesce(v_prev, 0) + NEW.amount THEN
+  SELECT n.account_id, n.balance_after, n.amount, coalesce(prev.balance_after, 0) AS prev INTO v_bad
+  FROM new_entries n
+  LEFT JOIN LATERAL (SELECT e.balance_after FROM tally.entries e
+                     WHERE e.account_id = n.account_id AND e.id < n.id
+                     ORDER BY e.id DESC LIMIT 1) prev ON true
+  WHERE n.balance_after <> coalesce(prev.balance_after, 0) + n.amount
+  LIMIT 1;
+  IF FOUND THEN
     RAISE EXCEPTION 'tally: entry on account % has balance_after %, expected % + %',
-      NEW.account_id, NEW.balance_after, coalesce(v_prev, 0), NEW.amount
+      v_bad.account_id, v_bad.balance_after, v_bad.prev, v_bad.amount
       USING ERRCODE = 'check_violation';
   END IF;
-  RETURN NEW;
+  RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER entries_continue_running_balance BEFORE INSERT ON tally.entries
-  FOR EACH ROW EXECUTE FUNCTION tally.check_entry_chain();
+CREATE TRIGGER entries_continue_running_balance AFTER INSERT ON tally.entries
+  REFERENCING NEW TABLE AS new_entries
+  FOR EACH STATEMENT EXECUTE FUNCTION tally.check_entry_chain();
 
 -- A balance is always its account's last running balance in the journal, checked when the
 -- writing transaction commits: a balance cannot move without entries that explain it.
