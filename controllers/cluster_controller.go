@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -238,11 +237,7 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 		}
 	}
 	set := func(t string, ok bool, reason, msg string) {
-		status := metav1.ConditionFalse
-		if ok {
-			status = metav1.ConditionTrue
-		}
-		meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: cluster.Generation})
+		setCondition(&s.Conditions, cluster.Generation, t, ok, reason, msg)
 	}
 	switch {
 	case st.migrated:
@@ -282,17 +277,9 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 	}
 	r.Metrics.observeCluster(cluster.Namespace, cluster.Name, s.Shards, s.ReadyShards, len(st.blocked) > 0)
 	result := ctrl.Result{RequeueAfter: st.requeue}
-	if equality.Semantic.DeepEqual(*s, cluster.Status) {
-		return result, nil
-	}
+	unchanged := equality.Semantic.DeepEqual(*s, cluster.Status)
 	cluster.Status = *s
-	if err := r.Status().Update(ctx, cluster); err != nil {
-		if apierrors.IsConflict(err) {
-			return ctrl.Result{RequeueAfter: conflictRetry}, nil // someone else wrote it; look again
-		}
-		return ctrl.Result{}, fmt.Errorf("cluster %s: update status: %w", cluster.Name, err)
-	}
-	return result, nil
+	return writeStatus(ctx, r.Client, cluster, unchanged, result)
 }
 
 // SetupWithManager registers the reconciler and what it watches.

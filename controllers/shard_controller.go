@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -275,11 +274,7 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 		allReady = allReady && in.Ready
 	}
 	set := func(t string, ok bool, reason, msg string) {
-		status := metav1.ConditionFalse
-		if ok {
-			status = metav1.ConditionTrue
-		}
-		meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: shard.Generation})
+		setCondition(&s.Conditions, shard.Generation, t, ok, reason, msg)
 	}
 	if migrated {
 		set(v1alpha1.ConditionMigrationsApplied, true, v1alpha1.ReasonMigrationsCurrent, fmt.Sprintf("schema version %d", st.schemaVersion))
@@ -313,17 +308,9 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	if migrated && r.Accounts != nil {
 		result.RequeueAfter = accountsRecount
 	}
-	if equality.Semantic.DeepEqual(*s, shard.Status) {
-		return result, nil
-	}
+	unchanged := equality.Semantic.DeepEqual(*s, shard.Status)
 	shard.Status = *s
-	if err := r.Status().Update(ctx, shard); err != nil {
-		if apierrors.IsConflict(err) {
-			return ctrl.Result{RequeueAfter: conflictRetry}, nil // someone else wrote it; look again
-		}
-		return ctrl.Result{}, fmt.Errorf("shard %s: update status: %w", shard.Name, err)
-	}
-	return result, nil
+	return writeStatus(ctx, r.Client, shard, unchanged, result)
 }
 
 // SetupWithManager registers the reconciler and what it watches.
