@@ -231,6 +231,15 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases["reopen closed"] = fmt.Sprintf("UPDATE tally.accounts SET status = 'active' WHERE id = '%s'", bob)
+	// A balanced pair whose running balances are right, added to a transaction that was
+	// committed (and checked) before: refused, or it would escape the double-entry check.
+	var committed ledger.TransactionID
+	if err := owner.QueryRow(ctx, "SELECT id FROM tally.transactions LIMIT 1").Scan((*[16]byte)(&committed)); err != nil {
+		t.Fatal(err)
+	}
+	carol := f.account("carol", 0)
+	cases["entries added to a committed transaction"] = fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+		VALUES ('%s', 7, '%s', 'USD', -1, 99), ('%s', 7, '%s', 'USD', 1, 1)`, committed, alice, committed, carol)
 	for name, sql := range cases {
 		tx, err := owner.Begin(ctx)
 		if err != nil {

@@ -231,7 +231,7 @@ CREATE CONSTRAINT TRIGGER transactions_have_entries AFTER INSERT ON tally.transa
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tally.check_transaction_has_entries();
 
 -- Each entry continues its account's running balance: balance_after is the previous
--- entry's balance_after plus this amount. Checked once per INSERT statement over all its
+-- entry's balance_after plus this amount, and the last one is the account's balance. Checked once per INSERT statement over all its
 -- rows (a transition table), after they are all in place, so a multi-row insert is
 -- checked row by row at the cost of one query.
 CREATE FUNCTION tally.check_entry_chain() RETURNS trigger
@@ -249,6 +249,18 @@ BEGIN
   IF FOUND THEN
     RAISE EXCEPTION 'tally: entry on account % has balance_after %, expected % + %',
       v_bad.account_id, v_bad.balance_after, v_bad.prev, v_bad.amount
+      USING ERRCODE = 'check_violation';
+  END IF;
+  -- Entries never land without their balance: the balance row must already say what the
+  -- journal now ends with (writers update balances first, then insert the entries).
+  SELECT l.account_id, l.balance_after, b.posted INTO v_bad
+  FROM (SELECT DISTINCT ON (n.account_id) n.account_id, n.balance_after
+        FROM new_entries n ORDER BY n.account_id, n.id DESC) l
+  JOIN tally.balances b ON b.account_id = l.account_id
+  WHERE b.posted <> l.balance_after
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: entries take account % to %, but its balance is %', v_bad.account_id, v_bad.balance_after, v_bad.posted
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;

@@ -323,14 +323,15 @@ BEGIN
   IF n_tx > 0 THEN
     INSERT INTO tally.transactions (id, metadata, created_at)
     SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx]);
+    -- balances before entries: the entries' check wants each balance already moved
+    UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
+    FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
+    WHERE b.account_id = u.id AND u.touched > 0;
     INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
     SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
     FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e])
          WITH ORDINALITY u(tx, posting, account, asset, amount, after, ord)
     ORDER BY u.ord;
-    UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
-    FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
-    WHERE b.account_id = u.id AND u.touched > 0;
   END IF;
   IF cardinality(r_keys) > 0 THEN
     UPDATE tally.idempotency_keys k SET status = u.s, body = u.b
