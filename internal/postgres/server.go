@@ -72,6 +72,12 @@ type Config struct {
 	Port    int               // a free loopback port is chosen when zero
 	Params  map[string]string // extra postgresql.conf settings, passed as -c name=value
 	LogFile string            // server log; DataDir/postgres.log when empty
+	Listen  string            // listen_addresses; 127.0.0.1 when empty
+	// NoInit refuses to start on a directory that holds no cluster instead of running
+	// initdb: a replica's data comes from its primary, never from initdb.
+	NoInit bool
+	// DataChecksums makes initdb checksum every data page.
+	DataChecksums bool
 }
 
 // Server is a running PostgreSQL child process.
@@ -105,6 +111,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1"
+	}
+	if cfg.NoInit && !HasCluster(cfg.DataDir) {
+		return nil, fmt.Errorf("postgres: %s holds no cluster", cfg.DataDir)
+	}
 	if err := initDataDir(ctx, cfg, cred); err != nil {
 		return nil, err
 	}
@@ -113,7 +125,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("postgres: open log: %w", err)
 	}
 	args := []string{"-D", cfg.DataDir, "-p", strconv.Itoa(cfg.Port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "fsync=on"}
+		"-c", "listen_addresses=" + cfg.Listen, "-c", "unix_socket_directories=", "-c", "fsync=on"}
 	keys := make([]string, 0, len(cfg.Params))
 	for k := range cfg.Params {
 		keys = append(keys, k)
@@ -139,20 +151,64 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// HasCluster reports whether dir holds a complete PostgreSQL data directory.
+func HasCluster(dir string) bool {
+	for _, f := range []string{"PG_VERSION", "global/pg_control"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// MakeDataDir creates dir (mode 0700) for the account postgres runs as.
+func MakeDataDir(dir string) error {
+	cred, err := processCredential()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("postgres: create data dir: %w", err)
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return fmt.Errorf("postgres: chown data dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// RunTool runs one of the PostgreSQL client programs in binDir (pg_basebackup,
+// pg_rewind, ...) as the account postgres runs as, with extra environment variables,
+// and returns its combined output.
+func RunTool(ctx context.Context, binDir, name string, env []string, args ...string) ([]byte, error) {
+	cred, err := processCredential()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, name), args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("postgres: %s: %w: %s", name, err, strings.TrimSpace(out.String()))
+	}
+	return out.Bytes(), nil
+}
+
 func initDataDir(ctx context.Context, cfg Config, cred *syscall.Credential) error {
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "PG_VERSION")); err == nil {
 		return nil
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("postgres: create data dir: %w", err)
+	if err := MakeDataDir(cfg.DataDir); err != nil {
+		return err
 	}
-	if cred != nil {
-		if err := os.Chown(cfg.DataDir, int(cred.Uid), int(cred.Gid)); err != nil {
-			return fmt.Errorf("postgres: chown data dir: %w", err)
-		}
+	args := []string{"-D", cfg.DataDir, "-U", Superuser, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"}
+	if cfg.DataChecksums {
+		args = append(args, "--data-checksums")
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(cfg.BinDir, "initdb"),
-		"-D", cfg.DataDir, "-U", Superuser, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions")
+	cmd := exec.CommandContext(ctx, filepath.Join(cfg.BinDir, "initdb"), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
@@ -218,6 +274,24 @@ func (s *Server) Stop() error {
 	case <-time.After(30 * time.Second):
 		_ = s.cmd.Process.Kill()
 		return errors.New("postgres: server did not stop within 30s; killed")
+	}
+}
+
+// Kill ends the server and every backend at once with SIGKILL, as losing its machine
+// would, and waits for the postmaster to exit. Tests of crash and failover use it.
+func (s *Server) Kill() {
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	_ = s.Wait()
+}
+
+// Exited reports whether the server process has exited.
+func (s *Server) Exited() bool {
+	select {
+	case err := <-s.done:
+		s.done <- err
+		return true
+	default:
+		return false
 	}
 }
 

@@ -339,6 +339,19 @@ BEGIN
     WHERE k.caller = u.c AND k.key = u.key;
   END IF;
 
+  -- 5. A replay acknowledges an outcome committed earlier, perhaps by a commit whose wait
+  -- for the synchronous standbys was cancelled: on this primary, on no standby yet. A
+  -- batch of replays alone writes no WAL, so its commit would not wait either (an xid
+  -- alone is not enough: PostgreSQL waits only for commits that wrote WAL). Touching the
+  -- replayed records writes WAL, so this commit waits for the standbys like any other;
+  -- WAL is one ordered stream, so when it returns the replayed outcome is on the
+  -- standbys too. Nothing is acknowledged that a failover could lose.
+  IF true = ANY (o_replayed) THEN
+    UPDATE tally.idempotency_keys s SET status = s.status
+    FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i)
+    WHERE o_replayed[u.i] AND s.caller = u.c AND s.key = u.k;
+  END IF;
+
   RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
 END
 $$;

@@ -1,0 +1,223 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tallyhq/tally/instance"
+)
+
+// Bounds of the sequences.
+const (
+	// fenceTimeout bounds the call that tells the old primary to shut down; it is best
+	// effort, since a lost primary does not answer.
+	fenceTimeout = 5 * time.Second
+	// DefaultReceiverWait bounds the wait for every WAL receiver to stop.
+	DefaultReceiverWait = 30 * time.Second
+	// pollInterval is how often a waiting step looks again.
+	pollInterval = 100 * time.Millisecond
+	// observeTimeout bounds one status call.
+	observeTimeout = 3 * time.Second
+	// promoteWait bounds the wait for the promoted replica to report itself primary.
+	promoteWait = 90 * time.Second
+)
+
+// Instance is one instance manager as the sequences use it; *instance.Client is one.
+type Instance interface {
+	Status(ctx context.Context) (instance.Status, error)
+	Promote(ctx context.Context) error
+	Fence(ctx context.Context) error
+	Follow(ctx context.Context, primary string) error
+}
+
+// Publisher moves the primary role where clients and managers see it: in Kubernetes the
+// role labels (so the -rw Service follows) and status.targetPrimary/currentPrimary; in a
+// local shard, its locator and proxy. Primary("") withdraws the role from everyone.
+type Publisher interface {
+	Primary(ctx context.Context, name string) error
+}
+
+// Shard is what the sequences act on.
+type Shard struct {
+	Rule instance.SyncRule
+	// Members are the instance names in a stable order.
+	Members   []string
+	Instances map[string]Instance
+	// Primary is the current (or just lost) primary.
+	Primary   string
+	Publisher Publisher
+	// Event records each step; it may be nil.
+	Event func(reason, message string)
+	// ReceiverWait bounds the wait for WAL receivers to stop (DefaultReceiverWait if 0).
+	ReceiverWait time.Duration
+}
+
+func (s *Shard) event(reason, format string, args ...any) {
+	if s.Event != nil {
+		s.Event(reason, fmt.Sprintf(format, args...))
+	}
+}
+
+// Observe asks every instance for its status at once.
+func (s *Shard) Observe(ctx context.Context) []Observation {
+	obs := make([]Observation, len(s.Members))
+	var wg sync.WaitGroup
+	for i, name := range s.Members {
+		obs[i].Name = name
+		inst := s.Instances[name]
+		if inst == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, observeTimeout)
+			defer cancel()
+			if st, err := inst.Status(cctx); err == nil {
+				obs[i].Status = &st
+			}
+		}()
+	}
+	wg.Wait()
+	return obs
+}
+
+// Failover replaces a lost primary and returns the new primary's name. Every step is
+// an event. On an error before the promotion nothing was promoted, the role stays
+// withdrawn (no instance takes writes), and the caller may try again later.
+func Failover(ctx context.Context, s *Shard) (string, error) {
+	old := s.Primary
+	s.event("FailoverStarted", "primary %s is lost; failing over", old)
+	return s.replace(ctx, old, "")
+}
+
+// Switchover hands the primary role from the current primary to target with no
+// acknowledged commit lost: the old primary shuts down cleanly, which first sends its
+// standbys every WAL record it wrote, and then the most advanced synchronous standby
+// (target, when it is as far as any) is promoted.
+func Switchover(ctx context.Context, s *Shard, target string) (string, error) {
+	if target == s.Primary {
+		return target, nil
+	}
+	obs := s.Observe(ctx)
+	var ts *instance.Status
+	for _, o := range obs {
+		if o.Name == target {
+			ts = o.Status
+		}
+	}
+	switch {
+	case ts == nil:
+		return "", fmt.Errorf("failover: switchover target %s does not answer", target)
+	case !ts.Running || ts.Role != instance.RoleReplica || ts.WALReceiver != "streaming":
+		return "", fmt.Errorf("failover: switchover target %s is not a streaming replica", target)
+	}
+	s.event("SwitchoverStarted", "switching the primary from %s to %s", s.Primary, target)
+	return s.replace(ctx, s.Primary, target)
+}
+
+func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error) {
+	if err := s.Publisher.Primary(ctx, ""); err != nil {
+		return "", fmt.Errorf("failover: withdraw the primary role: %w", err)
+	}
+	s.event("PrimaryRoleWithdrawn", "no instance takes writes until a new primary is promoted")
+	if inst := s.Instances[old]; inst != nil {
+		fctx, cancel := context.WithTimeout(ctx, fenceTimeout)
+		err := inst.Fence(fctx)
+		cancel()
+		if err != nil {
+			s.event("FenceUnanswered", "old primary %s did not answer the fence: %v", old, err)
+		} else {
+			s.event("Fenced", "old primary %s is shut down and fenced", old)
+		}
+	}
+	obs, err := s.waitReceiversStopped(ctx, old)
+	if err != nil {
+		return "", err
+	}
+	choice, err := ChoosePromotion(s.Rule, s.Members, old, prefer, obs)
+	if err != nil {
+		s.event("PromotionRefused", "%v", err)
+		return "", err
+	}
+	s.event("PromotionChosen", "promoting %s: %s", choice.Name, choice.Reason)
+	if err := s.promote(ctx, choice.Name); err != nil {
+		s.event("PromotionFailed", "%s: %v", choice.Name, err)
+		return "", err
+	}
+	if err := s.Publisher.Primary(ctx, choice.Name); err != nil {
+		return "", fmt.Errorf("failover: publish primary %s: %w", choice.Name, err)
+	}
+	s.Primary = choice.Name
+	s.event("Promoted", "%s is the primary", choice.Name)
+	s.Converge(ctx)
+	return choice.Name, nil
+}
+
+func (s *Shard) waitReceiversStopped(ctx context.Context, old string) ([]Observation, error) {
+	wait := s.ReceiverWait
+	if wait <= 0 {
+		wait = DefaultReceiverWait
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		obs := s.Observe(ctx)
+		if ReceiversStopped(old, obs) {
+			s.event("ReceiversStopped", "no replica streams from %s any more", old)
+			return obs, nil
+		}
+		if time.Now().After(deadline) {
+			s.event("ReceiversStillStreaming", "replicas still stream after %s; the old primary may be alive, not failing over", wait)
+			return nil, fmt.Errorf("%w after %s", ErrReceiversStreaming, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func (s *Shard) promote(ctx context.Context, name string) error {
+	inst := s.Instances[name]
+	if inst == nil {
+		return fmt.Errorf("failover: no client for %s", name)
+	}
+	if err := inst.Promote(ctx); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(promoteWait)
+	for {
+		st, err := inst.Status(ctx)
+		if err == nil && st.Running && st.Role == instance.RolePrimary {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("failover: promoted replica never reported itself primary")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// Converge tells every answering instance that is not following the primary to follow
+// it: replicas after a promotion, and a former primary when it returns (its manager
+// rewinds it first). Instances that do not answer are left for a later call.
+func (s *Shard) Converge(ctx context.Context) {
+	for _, o := range s.Observe(ctx) {
+		if !NeedsFollow(s.Primary, o) {
+			continue
+		}
+		if err := s.Instances[o.Name].Follow(ctx, s.Primary); err != nil {
+			s.event("FollowFailed", "%s could not follow %s: %v", o.Name, s.Primary, err)
+			continue
+		}
+		s.event("Following", "%s follows %s", o.Name, s.Primary)
+	}
+}

@@ -1,0 +1,419 @@
+package failover_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/localshard"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+const (
+	appUser  = "tally_service"
+	database = "tally"
+	accounts = 20
+)
+
+var anyOneRequired = instance.SyncRule{Method: instance.SyncAny, Number: 1, Required: true}
+
+// haLedger is a local three-instance shard with the ledger schema and funded accounts.
+type haLedger struct {
+	t        *testing.T
+	shard    *localshard.Shard
+	store    *store.Store
+	external ledger.AccountID
+	accounts []ledger.AccountID
+}
+
+func startHALedger(t *testing.T) *haLedger {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tally-ha-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if os.Getenv("TALLY_KEEP_HA") == "" {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("kept %s", dir)
+		}
+	})
+	ctx := context.Background()
+	logFile, err := os.Create(dir + "/managers.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("instance manager log:\n%s", b)
+		}
+	})
+	sh, err := localshard.Start(ctx, localshard.Config{
+		Log: slog.New(slog.NewTextHandler(logFile, nil)),
+		Dir: dir, Instances: 3, Sync: anyOneRequired, FailoverDelay: time.Second, Tick: 200 * time.Millisecond,
+		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser},
+		Event:     func(reason, msg string) { t.Logf("event %s: %s", reason, msg) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sh.Stop)
+	conn, err := pgx.Connect(ctx, sh.DSN("postgres", database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Setup(ctx, conn, 0, appUser); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	cfg, err := pgxpool.ParseConfig(sh.DSN(appUser, database) + "&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 16
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	h := &haLedger{t: t, shard: sh, store: store.New(pool)}
+	extID, _ := ledger.NewAccountID(0)
+	if _, h.external, _, err = h.store.RegisterAsset(ctx, "USD", 2, extID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range accounts {
+		id, err := ledger.NewAccountID(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := h.store.CreateAccount(ctx, ledger.Account{ID: id, Owner: fmt.Sprintf("owner-%d", i), Asset: "USD"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.accounts = append(h.accounts, a.ID)
+		if out, err := h.post(ctx, fmt.Sprintf("seed-%d", i), h.external, a.ID, 1_000_000); err != nil || out.Status != 201 {
+			t.Fatalf("seed: %v %s", err, out.Body)
+		}
+	}
+	return h
+}
+
+func (h *haLedger) post(ctx context.Context, key string, from, to ledger.AccountID, amount int64) (ledger.Outcome, error) {
+	p := ledger.Posting{From: from, To: to, Amount: amount, Asset: "USD"}
+	id, err := ledger.NewTransactionID(0)
+	if err != nil {
+		return ledger.Outcome{}, err
+	}
+	return h.store.PostTransaction(ctx, store.Request{
+		Caller: "ha", Key: key, Hash: sha256.Sum256([]byte(fmt.Sprint(p))),
+		Transaction: ledger.Transaction{ID: id, Postings: []ledger.Posting{p}, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)},
+		Body:        []byte(`{"id":"` + id.String() + `"}`),
+	})
+}
+
+// load posts random transfers from workers until stopped and records every
+// acknowledged one.
+type load struct {
+	mu        sync.Mutex
+	acked     []string // idempotency keys of transfers acknowledged with 201
+	failed    atomic.Int64
+	lastError atomic.Value
+	firstOK   atomic.Int64 // unix nanos of the first acknowledgement after mark
+	mark      atomic.Int64
+	stop      chan struct{}
+	wg        sync.WaitGroup
+}
+
+func (h *haLedger) startLoad(workers int) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for n := 0; ; n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				a, b := rng.IntN(accounts), rng.IntN(accounts-1)
+				if b >= a {
+					b++
+				}
+				key := fmt.Sprintf("w%d-%d", w, n)
+				sent := time.Now().UnixNano()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				out, err := h.post(ctx, key, h.accounts[a], h.accounts[b], 1+rng.Int64N(100))
+				cancel()
+				if err != nil || out.Status != 201 {
+					l.failed.Add(1)
+					if err != nil {
+						l.lastError.Store(err.Error())
+					}
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				if m := l.mark.Load(); m != 0 && sent > m {
+					l.firstOK.CompareAndSwap(0, time.Now().UnixNano())
+				}
+				l.mu.Lock()
+				l.acked = append(l.acked, key)
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// markFault notes the moment of a fault; firstOK then records the first write after it.
+func (l *load) markFault() time.Time {
+	now := time.Now()
+	l.firstOK.Store(0)
+	l.mark.Store(now.UnixNano())
+	return now
+}
+
+func (l *load) waitForWriteAfterFault(t *testing.T, timeout time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if ns := l.firstOK.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no write succeeded within %s of the fault (last error: %v)", timeout, l.lastError.Load())
+	return time.Time{}
+}
+
+func (l *load) finish() []string {
+	close(l.stop)
+	l.wg.Wait()
+	return l.acked
+}
+
+// checkLedger asserts that every acknowledged transfer is on the given instance, that
+// money is conserved and that every invariant holds.
+func (h *haLedger) checkLedger(ctx context.Context, name string, acked []string) {
+	h.t.Helper()
+	conn, err := pgx.Connect(ctx, h.shard.InstanceDSN(name, "postgres", database))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// A replica may still be replaying the last commits it received.
+	var found int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM tally.idempotency_keys WHERE caller = 'ha' AND key = ANY($1) AND status = 201", acked).Scan(&found); err != nil {
+			h.t.Fatal(err)
+		}
+		if found == len(acked) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if found != len(acked) {
+		obs, _ := json.Marshal(h.shard.Observe(ctx))
+		h.t.Errorf("%s holds %d of %d acknowledged transfers; shard: %s", name, found, len(acked), obs)
+	}
+	var total int64
+	if err := conn.QueryRow(ctx, "SELECT COALESCE(sum(posted), 0) FROM tally.balances").Scan(&total); err != nil {
+		h.t.Fatal(err)
+	}
+	if total != 0 {
+		h.t.Errorf("%s: balances sum to %d, not 0: money was created or destroyed", name, total)
+	}
+	pool, err := pgxpool.New(ctx, h.shard.InstanceDSN(name, "postgres", database))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer pool.Close()
+	violations, err := store.New(pool).Verify(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, v := range violations {
+		h.t.Errorf("%s: invariant broken: %s", name, v)
+	}
+}
+
+func waitPrimaryOtherThan(t *testing.T, sh *localshard.Shard, old string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if p := sh.CurrentPrimary(); p != "" && p != old {
+			return p
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no new primary within %s", timeout)
+	return ""
+}
+
+// TestKillPrimaryUnderLoad kills the primary with SIGKILL while transfers run, and
+// checks that a synchronous replica took over with every acknowledged transfer, that
+// the ledger balances, and that the old primary rejoins as a replica via pg_rewind.
+func TestKillPrimaryUnderLoad(t *testing.T) {
+	h := startHALedger(t)
+	ctx := context.Background()
+	l := h.startLoad(8)
+	time.Sleep(2 * time.Second)
+	old := h.shard.CurrentPrimary()
+	h.shard.Kill(old)
+	killed := l.markFault()
+	newPrimary := waitPrimaryOtherThan(t, h.shard, old, time.Minute)
+	firstWrite := l.waitForWriteAfterFault(t, time.Minute)
+	time.Sleep(time.Second)
+	acked := l.finish()
+	t.Logf("failover: kill -9 of %s to first acknowledged write on %s: %s (%d transfers acknowledged, %d failed)",
+		old, newPrimary, firstWrite.Sub(killed).Round(time.Millisecond), len(acked), l.failed.Load())
+	fmt.Printf("BENCH failover_kill_to_first_write_ms=%d\n", firstWrite.Sub(killed).Milliseconds())
+	if len(acked) == 0 {
+		t.Fatal("no transfer was acknowledged")
+	}
+	h.checkLedger(ctx, newPrimary, acked)
+
+	if err := h.shard.Restart(old); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.shard.WaitReady(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.shard.Client(old).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != instance.RoleReplica || st.Upstream != newPrimary {
+		t.Fatalf("old primary did not rejoin as a replica of %s: %+v", newPrimary, st)
+	}
+	h.checkLedger(ctx, old, acked)
+}
+
+// TestStaleReplicaNeverPromoted: a replica that was down while transfers were
+// acknowledged must not become primary. With one synchronous standby required of two,
+// a failover waits until both answer, and then takes the one that is ahead.
+func TestStaleReplicaNeverPromoted(t *testing.T) {
+	h := startHALedger(t)
+	ctx := context.Background()
+	primary := h.shard.CurrentPrimary()
+	var stale, fresh string
+	for _, m := range h.shard.Members() {
+		if m.Name != primary {
+			if stale == "" {
+				stale = m.Name
+			} else {
+				fresh = m.Name
+			}
+		}
+	}
+	h.shard.StopInstance(stale)
+	l := h.startLoad(4)
+	time.Sleep(2 * time.Second)
+	h.shard.Kill(primary)
+	acked := l.finish()
+	if len(acked) == 0 {
+		t.Fatal("no transfer was acknowledged")
+	}
+	// Only fresh answers: one of the two synchronous standbys is missing, so nobody can
+	// know that fresh holds every acknowledged commit. No failover may happen.
+	time.Sleep(4 * time.Second)
+	if p := h.shard.CurrentPrimary(); p == fresh || p == stale {
+		t.Fatalf("%s was promoted with the synchronous quorum broken", p)
+	}
+	// The stale replica returns; now both answer and the one ahead must win.
+	if err := h.shard.Restart(stale); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitPrimaryOtherThan(t, h.shard, primary, time.Minute); got != fresh {
+		t.Fatalf("promoted %s, want %s (the replica that was ahead)", got, fresh)
+	}
+	h.checkLedger(ctx, fresh, acked)
+}
+
+// TestNoStandbyNoAcknowledgement: with dataDurability required and both replicas
+// stopped, a transfer is not acknowledged, and neither is its replay; both are once a
+// standby returns.
+func TestNoStandbyNoAcknowledgement(t *testing.T) {
+	h := startHALedger(t)
+	ctx := context.Background()
+	primary := h.shard.CurrentPrimary()
+	var replicas []string
+	for _, m := range h.shard.Members() {
+		if m.Name != primary {
+			replicas = append(replicas, m.Name)
+			h.shard.StopInstance(m.Name)
+		}
+	}
+	try := func(what string) error {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		out, err := h.post(cctx, "lonely", h.accounts[0], h.accounts[1], 5)
+		if err == nil && out.Status == 201 {
+			t.Fatalf("%s acknowledged with no synchronous standby", what)
+		}
+		return err
+	}
+	if err := try("a transfer"); err == nil {
+		t.Fatal("want an error")
+	}
+	if err := try("its replay"); err == nil {
+		t.Fatal("want an error")
+	}
+	if err := h.shard.Restart(replicas[0]); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := h.post(cctx, "lonely", h.accounts[0], h.accounts[1], 5)
+	if err != nil || out.Status != 201 {
+		t.Fatalf("with a standby back: %v %s", err, out.Body)
+	}
+}
+
+// TestSwitchoverUnderLoad hands the primary role to a replica while transfers run and
+// checks that nothing acknowledged is lost and the old primary follows the new one.
+func TestSwitchoverUnderLoad(t *testing.T) {
+	h := startHALedger(t)
+	ctx := context.Background()
+	old := h.shard.CurrentPrimary()
+	target := h.shard.Members()[2].Name
+	if target == old {
+		target = h.shard.Members()[1].Name
+	}
+	l := h.startLoad(8)
+	time.Sleep(2 * time.Second)
+	start := l.markFault()
+	if err := h.shard.Switchover(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	firstWrite := l.waitForWriteAfterFault(t, time.Minute)
+	time.Sleep(time.Second)
+	acked := l.finish()
+	t.Logf("switchover %s → %s: %s to the first acknowledged write", old, target, firstWrite.Sub(start).Round(time.Millisecond))
+	if got := h.shard.CurrentPrimary(); got != target {
+		t.Fatalf("primary is %s, want %s", got, target)
+	}
+	h.checkLedger(ctx, target, acked)
+	if err := h.shard.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	h.checkLedger(ctx, old, acked)
+}

@@ -1,0 +1,407 @@
+// Package localshard runs one shard's high-availability shape on loopback: N instance
+// managers, each with its own PostgreSQL and status API, a TCP proxy that plays the -rw
+// Service (it always leads to the current primary), and a small control loop that plays
+// the operator's failover part with the same failover package the operator uses. The
+// failover tests and `tally dev --instances N` run on it.
+package localshard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tallyhq/tally/failover"
+	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/postgres"
+)
+
+// Defaults of the control loop.
+const (
+	// DefaultFailoverDelay is how long the primary must stay unhealthy before a failover.
+	DefaultFailoverDelay = 2 * time.Second
+	// controlInterval is how often the control loop observes the shard.
+	controlInterval = 200 * time.Millisecond
+	// convergeEvery is how many control rounds pass between Converge calls.
+	convergeEvery = 5
+	// startTimeout bounds the wait for the shard to come up.
+	startTimeout = 3 * time.Minute
+)
+
+// Config describes a local shard.
+type Config struct {
+	// Dir holds every instance's data; it is reused across runs.
+	Dir       string
+	Instances int
+	Sync      instance.SyncRule
+	// ProxyPort is the -rw port clients use; a free one when zero.
+	ProxyPort int
+	// Ports of the instances' PostgreSQL and status servers; free ones when empty.
+	PGPorts, StatusPorts []int
+	Bootstrap            instance.Bootstrap
+	FailoverDelay        time.Duration
+	// Tick of the instance managers (instance.DefaultTick when zero).
+	Tick time.Duration
+	Log  *slog.Logger
+	// Event receives every failover step; it may be nil.
+	Event func(reason, message string)
+}
+
+// Shard is a running local shard.
+type Shard struct {
+	cfg     Config
+	token   string
+	members []instance.Member
+	loc     *locator
+	proxy   *proxy
+	fs      *failover.Shard
+
+	mu   sync.Mutex
+	runs map[string]*run
+
+	stopLoop context.CancelFunc
+	loopDone chan struct{}
+}
+
+// run is one instance manager running with its status server: one "pod".
+type run struct {
+	mgr    *instance.Manager
+	cancel context.CancelFunc
+	done   chan struct{}
+	srv    *http.Server
+}
+
+// Start brings the shard up (first instance primary unless the directory remembers
+// another) and returns once the primary takes writes through the proxy.
+func Start(ctx context.Context, cfg Config) (*Shard, error) {
+	if cfg.Instances < 1 {
+		return nil, errors.New("localshard: need at least one instance")
+	}
+	if cfg.FailoverDelay <= 0 {
+		cfg.FailoverDelay = DefaultFailoverDelay
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("localshard: %w", err)
+	}
+	_ = os.Chmod(cfg.Dir, 0o755) // postgres may run as another OS user
+	s := &Shard{cfg: cfg, token: "local-" + fmt.Sprint(time.Now().UnixNano()), runs: map[string]*run{}}
+	for i := 1; i <= cfg.Instances; i++ {
+		pgPort, err := portAt(cfg.PGPorts, i-1)
+		if err != nil {
+			return nil, err
+		}
+		statusPort, err := portAt(cfg.StatusPorts, i-1)
+		if err != nil {
+			return nil, err
+		}
+		s.members = append(s.members, instance.Member{
+			Name: fmt.Sprintf("instance-%d", i), Host: "127.0.0.1", Port: pgPort,
+			StatusURL: fmt.Sprintf("http://127.0.0.1:%d", statusPort),
+		})
+	}
+	primary, err := readPrimary(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if primary == "" {
+		primary = s.members[0].Name
+	}
+	s.loc = &locator{dir: cfg.Dir, target: primary}
+	if s.proxy, err = startProxy(cfg.ProxyPort); err != nil {
+		return nil, err
+	}
+	s.fs = &failover.Shard{Rule: cfg.Sync, Primary: primary, Publisher: s, Event: s.event, Instances: map[string]failover.Instance{}}
+	for _, m := range s.members {
+		s.fs.Members = append(s.fs.Members, m.Name)
+		s.fs.Instances[m.Name] = instance.NewClient(m.StatusURL, s.token)
+	}
+	if err := s.Primary(ctx, primary); err != nil {
+		return nil, err
+	}
+	// The primary first: replicas clone it.
+	order := []string{primary}
+	for _, m := range s.members {
+		if m.Name != primary {
+			order = append(order, m.Name)
+		}
+	}
+	for _, name := range order {
+		if err := s.Restart(name); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	if err := s.WaitReady(ctx, startTimeout); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	loopCtx, cancel := context.WithCancel(context.Background())
+	s.stopLoop, s.loopDone = cancel, make(chan struct{})
+	go s.control(loopCtx)
+	return s, nil
+}
+
+func portAt(ports []int, i int) (int, error) {
+	if i < len(ports) && ports[i] > 0 {
+		return ports[i], nil
+	}
+	return postgres.FreePort()
+}
+
+func (s *Shard) event(reason, msg string) {
+	s.cfg.Log.Info("failover: "+msg, "reason", reason)
+	if s.cfg.Event != nil {
+		s.cfg.Event(reason, msg)
+	}
+}
+
+// Members lists the instances.
+func (s *Shard) Members() []instance.Member { return append([]instance.Member(nil), s.members...) }
+
+// Token is the status API token of the shard's managers.
+func (s *Shard) Token() string { return s.token }
+
+// ProxyPort is the port of the -rw proxy on 127.0.0.1.
+func (s *Shard) ProxyPort() int { return s.proxy.port() }
+
+// DSN connects through the proxy, as user, to database db.
+func (s *Shard) DSN(user, db string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, s.ProxyPort(), db)
+}
+
+// InstanceDSN connects straight to one instance.
+func (s *Shard) InstanceDSN(name, user, db string) string {
+	for _, m := range s.members {
+		if m.Name == name {
+			return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, m.Port, db)
+		}
+	}
+	return ""
+}
+
+// CurrentPrimary is the instance holding the primary role; "" during a failover.
+func (s *Shard) CurrentPrimary() string { t, _ := s.loc.TargetPrimary(context.Background()); return t }
+
+// Client returns a status API client for one instance.
+func (s *Shard) Client(name string) *instance.Client {
+	c, _ := s.fs.Instances[name].(*instance.Client)
+	return c
+}
+
+// Primary publishes the primary role: the locator the managers read and the proxy
+// clients use. It implements failover.Publisher.
+func (s *Shard) Primary(_ context.Context, name string) error {
+	if err := s.loc.set(name); err != nil {
+		return err
+	}
+	port := 0
+	for _, m := range s.members {
+		if m.Name == name {
+			port = m.Port
+		}
+	}
+	s.proxy.setTarget(port)
+	return nil
+}
+
+// Restart starts (or starts again) one instance's manager on its data directory, as
+// a pod coming back would.
+func (s *Shard) Restart(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.runs[name]; r != nil {
+		return fmt.Errorf("localshard: %s is running", name)
+	}
+	var self instance.Member
+	for _, m := range s.members {
+		if m.Name == name {
+			self = m
+		}
+	}
+	if self.Name == "" {
+		return fmt.Errorf("localshard: no instance %s", name)
+	}
+	stateDir := filepath.Join(s.cfg.Dir, name)
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return fmt.Errorf("localshard: %w", err)
+	}
+	_ = os.Chmod(stateDir, 0o755)
+	mgr, err := instance.New(instance.Config{
+		Name: name, DataDir: filepath.Join(stateDir, "pgdata"), Port: self.Port, Members: s.members,
+		Sync: s.cfg.Sync, Token: s.token, Bootstrap: s.cfg.Bootstrap, Locator: s.loc,
+		Tick: s.cfg.Tick, Log: s.cfg.Log,
+		Params: map[string]string{"max_connections": "200", "shared_buffers": "64MB"},
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", self.StatusURL[len("http://"):])
+	if err != nil {
+		return fmt.Errorf("localshard: status listener of %s: %w", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &run{mgr: mgr, cancel: cancel, done: make(chan struct{}), srv: &http.Server{Handler: mgr.Handler(), ReadHeaderTimeout: 5 * time.Second}}
+	go func() { _ = r.srv.Serve(ln) }()
+	go func() { defer close(r.done); _ = mgr.Run(ctx) }()
+	s.runs[name] = r
+	return nil
+}
+
+// Kill loses one instance as a pod is lost: PostgreSQL gets SIGKILL and its manager and
+// status API vanish. Restart brings it back.
+func (s *Shard) Kill(name string) {
+	s.mu.Lock()
+	r := s.runs[name]
+	delete(s.runs, name)
+	s.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mgr.Kill()
+	r.cancel()
+	<-r.done
+	_ = r.srv.Close()
+}
+
+// StopInstance shuts one instance down cleanly (its manager stops PostgreSQL).
+func (s *Shard) StopInstance(name string) {
+	s.mu.Lock()
+	r := s.runs[name]
+	delete(s.runs, name)
+	s.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	_ = r.srv.Close()
+}
+
+// Switchover hands the primary role to target; the control loop pauses meanwhile.
+func (s *Shard) Switchover(ctx context.Context, target string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err := failover.Switchover(ctx, s.fs, target)
+	return err
+}
+
+// WaitReady waits until the current primary takes writes and every running replica
+// streams from it.
+func (s *Shard) WaitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		primary := s.CurrentPrimary()
+		obs := s.fs.Observe(ctx)
+		ready := primary != ""
+		for _, o := range obs {
+			s.mu.Lock()
+			_, running := s.runs[o.Name]
+			s.mu.Unlock()
+			if !running {
+				continue
+			}
+			switch {
+			case o.Status == nil || !o.Status.Running:
+				ready = false
+			case o.Name == primary:
+				ready = ready && o.Status.Role == instance.RolePrimary
+			default:
+				ready = ready && o.Status.Role == instance.RoleReplica && o.Status.WALReceiver == "streaming" && o.Status.Upstream == primary
+			}
+		}
+		if ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("localshard: not ready after %s (primary %q): %s", timeout, primary, describe(obs))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func describe(obs []failover.Observation) string {
+	out := ""
+	for _, o := range obs {
+		if o.Status == nil {
+			out += fmt.Sprintf("[%s: no answer] ", o.Name)
+			continue
+		}
+		st := o.Status
+		out += fmt.Sprintf("[%s: running=%v role=%q fenced=%v receiver=%q upstream=%q wal=%s tli=%d %s] ",
+			o.Name, st.Running, st.Role, st.Fenced, st.WALReceiver, st.Upstream, st.WAL, st.Timeline, st.Error)
+	}
+	return out
+}
+
+// Observe reports every instance's status.
+func (s *Shard) Observe(ctx context.Context) []failover.Observation { return s.fs.Observe(ctx) }
+
+// control is the operator's failover part: fail over a lost primary, and bring every
+// instance back to following the primary.
+func (s *Shard) control(ctx context.Context) {
+	defer close(s.loopDone)
+	var downSince time.Time
+	for round := 0; ; round++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(controlInterval):
+		}
+		s.mu.Lock()
+		obs := s.fs.Observe(ctx)
+		var primary failover.Observation
+		for _, o := range obs {
+			if o.Name == s.fs.Primary {
+				primary = o
+			}
+		}
+		now := time.Now()
+		healthy := failover.PrimaryHealthy(primary)
+		switch {
+		case healthy:
+			downSince = time.Time{}
+			if round%convergeEvery == 0 {
+				s.fs.Converge(ctx)
+			}
+		case downSince.IsZero():
+			downSince = now
+		case failover.PrimaryLost(primary, downSince, now, s.cfg.FailoverDelay):
+			if _, err := failover.Failover(ctx, s.fs); err != nil && ctx.Err() == nil {
+				s.cfg.Log.Warn("failover did not complete; will retry", "err", err.Error())
+			}
+			downSince = time.Time{}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Stop shuts every instance down cleanly and closes the proxy.
+func (s *Shard) Stop() {
+	if s.stopLoop != nil {
+		s.stopLoop()
+		<-s.loopDone
+	}
+	s.mu.Lock()
+	names := make([]string, 0, len(s.runs))
+	for name := range s.runs {
+		names = append(names, name)
+	}
+	s.mu.Unlock()
+	for _, name := range names {
+		s.StopInstance(name)
+	}
+	s.proxy.close()
+}
