@@ -182,6 +182,18 @@ func (m *Manager) Run(ctx context.Context) error {
 
 // tick brings the instance one step closer to what it should be.
 func (m *Manager) tick(ctx context.Context) error {
+	m.mu.Lock()
+	selfFenced := m.selfFenced
+	m.mu.Unlock()
+	if selfFenced {
+		if _, err := m.cfg.Locator.TargetPrimary(ctx); err != nil {
+			return nil // still isolated: stay down
+		}
+		m.log.Info("locator reachable again; leaving isolation")
+		m.mu.Lock()
+		m.selfFenced, m.isolatedSince = false, time.Time{}
+		m.mu.Unlock()
+	}
 	if m.fenced() {
 		m.stopPostgres()
 		return nil
@@ -264,15 +276,6 @@ func (m *Manager) start(ctx context.Context) error {
 	target, err := m.cfg.Locator.TargetPrimary(ctx)
 	if err != nil {
 		return fmt.Errorf("instance: cannot learn the primary, so not starting: %w", err)
-	}
-	m.mu.Lock()
-	selfFenced := m.selfFenced
-	m.mu.Unlock()
-	if selfFenced {
-		m.log.Info("locator reachable again; leaving isolation", "target", target)
-		m.mu.Lock()
-		m.selfFenced, m.isolatedSince = false, time.Time{}
-		m.mu.Unlock()
 	}
 	hasData := postgres.HasCluster(m.cfg.DataDir)
 	action, err := planStart(hasData, m.isStandby(), m.cfg.Name, target)

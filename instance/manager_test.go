@@ -1,0 +1,215 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tallyhq/tally/internal/postgres"
+)
+
+// switchLocator is a Locator a test steers: a target, or an error.
+type switchLocator struct {
+	mu     sync.Mutex
+	target string
+	err    error
+}
+
+func (l *switchLocator) TargetPrimary(context.Context) (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.target, l.err
+}
+
+func (l *switchLocator) set(target string, err error) {
+	l.mu.Lock()
+	l.target, l.err = target, err
+	l.mu.Unlock()
+}
+
+// startSolo runs a one-member shard's manager ("a") with a dead peer "b", so nobody
+// answers its isolation checks but its locator.
+func startSolo(t *testing.T, loc Locator) (*Manager, *httptest.Server) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tally-instance-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	port, err := postgres.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort, _ := postgres.FreePort()
+	m, err := New(Config{
+		Name: "a", DataDir: filepath.Join(dir, "pgdata"), Port: port, Token: "s3cret", Locator: loc,
+		Members: []Member{
+			{Name: "a", Host: "127.0.0.1", Port: port},
+			{Name: "b", Host: "127.0.0.1", Port: deadPort, StatusURL: "http://127.0.0.1:" + strconv.Itoa(deadPort)},
+		},
+		Sync: SyncRule{Method: SyncAny, Number: 1}, Tick: 100 * time.Millisecond, IsolationTimeout: time.Second,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	srv := httptest.NewServer(m.Handler())
+	t.Cleanup(srv.Close)
+	return m, srv
+}
+
+
+func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestStatusAPIRequiresToken(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, srv := startSolo(t, loc)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+
+	for _, path := range []string{PathStatus} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s without a token: %d", path, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{PathPromote, PathFence, PathUnfence, PathFollow} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(`{"primary":"b"}`))
+		req.Header.Set("Authorization", "Bearer wrong")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("POST %s with a wrong token: %d", path, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{PathHealthz, PathReadyz} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d", path, resp.StatusCode)
+		}
+	}
+	c := NewClient(srv.URL, "s3cret")
+	st, err := c.Status(ctx)
+	if err != nil || st.Role != RolePrimary || st.Timeline != 1 || st.WAL == 0 {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	if err := c.Follow(ctx, "a"); err == nil {
+		t.Error("following itself: want an error")
+	}
+	if err := c.Follow(ctx, "nobody"); err == nil {
+		t.Error("following a stranger: want an error")
+	}
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+PathFollow, strings.NewReader(`{"primary":"b","extra":1}`))
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("follow with an unknown field: %d", resp.StatusCode)
+	}
+	if _, err := New(Config{Name: "a", DataDir: "/x", Port: 1, Locator: loc, Members: []Member{{Name: "a"}}}); err == nil {
+		t.Error("a manager without a token: want an error")
+	}
+}
+
+// An isolated primary fences itself and comes back when it can see its locator again.
+func TestIsolatedPrimaryFencesItself(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, _ := startSolo(t, loc)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	loc.set("", errors.New("api server unreachable"))
+	waitFor(t, "self-fencing", 10*time.Second, func() bool { return !m.Status(ctx).Running })
+	time.Sleep(500 * time.Millisecond)
+	if m.Status(ctx).Running {
+		t.Fatal("restarted while still isolated")
+	}
+	loc.set("a", nil)
+	waitFor(t, "the primary back", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+}
+
+// A primary that learns another instance holds the role stops taking writes at once.
+func TestPrimaryStepsDownWhenRoleMoves(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, _ := startSolo(t, loc)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	loc.set("b", nil)
+	waitFor(t, "stepping down", 10*time.Second, func() bool { return !m.Status(ctx).Running })
+	// b does not exist, so a cannot rewind against it: it must stay down, not start as primary.
+	time.Sleep(time.Second)
+	if st := m.Status(ctx); st.Running {
+		t.Fatalf("running again: %+v", st)
+	}
+}
+
+// A fenced instance stays down across a restart of its manager, until unfenced.
+func TestFenceSurvivesRestart(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, _ := startSolo(t, loc)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	if err := m.Fence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Status(ctx); st.Running || !st.Fenced {
+		t.Fatalf("after fence: %+v", st)
+	}
+	if err := m.Promote(ctx); err == nil {
+		t.Fatal("promoting a fenced instance: want an error")
+	}
+	m2, err := New(m.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Kill()
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m2.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(500 * time.Millisecond)
+	if st := m2.Status(ctx); st.Running || !st.Fenced {
+		t.Fatalf("fence forgotten across a restart: %+v", st)
+	}
+	if err := m2.Unfence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the primary back", time.Minute, func() bool { return m2.Status(ctx).Role == RolePrimary })
+}
