@@ -73,7 +73,6 @@ func startSolo(t *testing.T, loc Locator) (*Manager, *httptest.Server) {
 	return m, srv
 }
 
-
 func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
