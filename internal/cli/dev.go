@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/localshard"
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/server"
@@ -26,10 +28,22 @@ const (
 	devAppRole  = "tally_service"
 )
 
+// Local high-availability defaults (tally dev --instances N): instance n listens on
+// devHAPGPort+n for PostgreSQL and devHAStatusPort+n for its status API; the -rw proxy
+// takes devPGPort, so the ledger's URL is the same as with one instance.
+const (
+	devHADataDir    = ".tally/dev-ha"
+	devHAPGPort     = 54330
+	devHAStatusPort = 54340
+	devHAMax        = 5
+	devHAToken      = "dev-token"
+)
+
 func runDev(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("dev", out)
-	dataDir := fs.String("data-dir", devDataDir, "where PostgreSQL keeps its data; reused on the next start")
-	pgPort := fs.Int("pg-port", devPGPort, "PostgreSQL port on 127.0.0.1")
+	dataDir := fs.String("data-dir", "", "where PostgreSQL keeps its data; reused on the next start (default "+devDataDir+", or "+devHADataDir+" with --instances > 1)")
+	pgPort := fs.Int("pg-port", devPGPort, "PostgreSQL port on 127.0.0.1 (with --instances > 1, the port that always leads to the primary)")
+	instances := fs.Int("instances", 1, fmt.Sprintf("PostgreSQL instances: 1, or up to %d for a primary with synchronous replicas and automatic failover", devHAMax))
 	listen := fs.String("listen", server.DefaultListen, "API address")
 	opsListen := fs.String("ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
 	printScript := fs.String("print-script", "", "only print the curl commands for the API at this host:port, and exit")
@@ -40,6 +54,16 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintln(out, DevCurlScript(*printScript))
 		return nil
 	}
+	if *instances < 1 || *instances > devHAMax {
+		fmt.Fprintf(fs.Output(), "--instances must be between 1 and %d\n", devHAMax)
+		return errUsage
+	}
+	if *dataDir == "" {
+		*dataDir = devDataDir
+		if *instances > 1 {
+			*dataDir = devHADataDir
+		}
+	}
 	dir, err := filepath.Abs(*dataDir)
 	if err != nil {
 		return err
@@ -48,26 +72,46 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	log.Info("starting PostgreSQL", "data", dir, "port", *pgPort)
-	pg, err := postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "pgdata"), Port: *pgPort, LogFile: filepath.Join(dir, "postgres.log")})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		log.Info("stopping PostgreSQL")
-		if err := pg.Stop(); err != nil {
-			log.Error("stop PostgreSQL", "err", err)
+	var superDSN func(db string) string
+	var extra string
+	if *instances == 1 {
+		log.Info("starting PostgreSQL", "data", dir, "port", *pgPort)
+		pg, err := postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "pgdata"), Port: *pgPort, LogFile: filepath.Join(dir, "postgres.log")})
+		if err != nil {
+			return err
 		}
-	}()
-	if err := prepareDevDatabase(ctx, pg); err != nil {
-		return err
+		defer func() {
+			log.Info("stopping PostgreSQL")
+			if err := pg.Stop(); err != nil {
+				log.Error("stop PostgreSQL", "err", err.Error())
+			}
+		}()
+		superDSN = pg.DSN
+		if err := prepareDevDatabase(ctx, superDSN, true); err != nil {
+			return err
+		}
+	} else {
+		log.Info("starting a local shard", "instances", *instances, "data", dir)
+		sh, err := startDevShard(ctx, dir, *instances, *pgPort, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			log.Info("stopping the shard")
+			sh.Stop()
+		}()
+		superDSN = func(db string) string { return sh.DSN(postgres.Superuser, db) }
+		if err := prepareDevDatabase(ctx, superDSN, false); err != nil {
+			return err
+		}
+		extra = DevHABanner(sh)
 	}
-	appDSN := strings.Replace(pg.DSN(devDatabase), postgres.Superuser+"@", devAppRole+"@", 1)
+	appDSN := strings.Replace(superDSN(devDatabase), postgres.Superuser+"@", devAppRole+"@", 1)
 	ready := make(chan string, 1)
 	go func() {
 		select {
 		case addr := <-ready:
-			fmt.Fprint(out, DevBanner(addr, *opsListen, dir))
+			fmt.Fprint(out, DevBanner(addr, *opsListen, dir)+extra)
 		case <-ctx.Done():
 		}
 	}()
@@ -79,6 +123,45 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return nil
+}
+
+// startDevShard runs the local high-availability shape: n instances, ANY 1 synchronous
+// replication with dataDurability required, automatic failover.
+func startDevShard(ctx context.Context, dir string, n, proxyPort int, log *slog.Logger) (*localshard.Shard, error) {
+	cfg := localshard.Config{
+		Dir: filepath.Join(dir, "shard"), Instances: n, ProxyPort: proxyPort, Token: devHAToken,
+		Sync:      instance.SyncRule{Method: instance.SyncAny, Number: 1, Required: true},
+		Bootstrap: instance.Bootstrap{Database: devDatabase, AppUser: devAppRole},
+		Log:       log,
+	}
+	for i := 1; i <= n; i++ {
+		cfg.PGPorts = append(cfg.PGPorts, devHAPGPort+i)
+		cfg.StatusPorts = append(cfg.StatusPorts, devHAStatusPort+i)
+	}
+	return localshard.Start(ctx, cfg)
+}
+
+// DevHABanner tells how to watch the local shard and make it fail over.
+func DevHABanner(sh *localshard.Shard) string {
+	var ports []string
+	primaryStatus := ""
+	for _, m := range sh.Members() {
+		ports = append(ports, strings.TrimPrefix(m.StatusURL, "http://127.0.0.1:"))
+		if m.Name == sh.CurrentPrimary() {
+			primaryStatus = m.StatusURL
+		}
+	}
+	status := fmt.Sprintf(`for p in %s; do curl -s -H 'Authorization: Bearer %s' http://127.0.0.1:$p/v1/status; echo; done`, strings.Join(ports, " "), sh.Token())
+	return fmt.Sprintf(`
+High availability: %d instances, ANY 1 synchronous, failover after %s.
+  primary now   %s (PostgreSQL clients use 127.0.0.1:%d, which always leads to the primary)
+  watch it      %s
+  fail over     curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/fence
+                (fences the primary; a synchronous replica is promoted, and the old
+                primary rejoins as a replica through pg_rewind)
+  crash it      kill -9 $(head -1 %s/<primary>/pgdata/postmaster.pid)
+                (its manager restarts it; if it stays down past the delay, a failover)
+`, len(sh.Members()), localshard.DefaultFailoverDelay, sh.CurrentPrimary(), sh.ProxyPort(), status, sh.Token(), primaryStatus, sh.Dir())
 }
 
 // prepareDataDir creates the directory; when we are root, postgres runs as another user
@@ -95,24 +178,27 @@ func prepareDataDir(dir string) error {
 	return nil
 }
 
-// prepareDevDatabase creates the database and the service's login role if missing, and
-// migrates it as shard 0. Every step is idempotent, so a restart reuses the data.
-func prepareDevDatabase(ctx context.Context, pg *postgres.Server) error {
-	admin, err := pgx.Connect(ctx, pg.DSN("postgres"))
+// prepareDevDatabase creates the database and the service's login role if missing
+// (create: a local shard's instance managers already did), and migrates it as shard 0.
+// Every step is idempotent, so a restart reuses the data.
+func prepareDevDatabase(ctx context.Context, superDSN func(db string) string, create bool) error {
+	admin, err := pgx.Connect(ctx, superDSN("postgres"))
 	if err != nil {
 		return err
 	}
 	defer admin.Close(ctx)
-	for _, stmt := range []string{
-		"CREATE DATABASE " + devDatabase,
-		"CREATE ROLE " + devAppRole + " LOGIN",
-	} {
-		var pgErr *pgconn.PgError
-		if _, err := admin.Exec(ctx, stmt); err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "42710")) {
-			return fmt.Errorf("%s: %w", stmt, err)
+	if create {
+		for _, stmt := range []string{
+			"CREATE DATABASE " + devDatabase,
+			"CREATE ROLE " + devAppRole + " LOGIN",
+		} {
+			var pgErr *pgconn.PgError
+			if _, err := admin.Exec(ctx, stmt); err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "42710")) {
+				return fmt.Errorf("%s: %w", stmt, err)
+			}
 		}
 	}
-	conn, err := pgx.Connect(ctx, pg.DSN(devDatabase))
+	conn, err := pgx.Connect(ctx, superDSN(devDatabase))
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ package localshard
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +52,8 @@ type Config struct {
 	Log  *slog.Logger
 	// Event receives every failover step; it may be nil.
 	Event func(reason, message string)
+	// Token of the status APIs; a random one when empty.
+	Token string
 }
 
 // Shard is a running local shard.
@@ -93,7 +96,10 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 		return nil, fmt.Errorf("localshard: %w", err)
 	}
 	_ = os.Chmod(cfg.Dir, 0o755) // postgres may run as another OS user
-	s := &Shard{cfg: cfg, token: "local-" + fmt.Sprint(time.Now().UnixNano()), runs: map[string]*run{}}
+	if cfg.Token == "" {
+		cfg.Token = rand.Text()
+	}
+	s := &Shard{cfg: cfg, token: cfg.Token, runs: map[string]*run{}}
 	for i := 1; i <= cfg.Instances; i++ {
 		pgPort, err := portAt(cfg.PGPorts, i-1)
 		if err != nil {
@@ -166,6 +172,9 @@ func (s *Shard) event(reason, msg string) {
 
 // Members lists the instances.
 func (s *Shard) Members() []instance.Member { return append([]instance.Member(nil), s.members...) }
+
+// Dir is where the instances keep their data, one folder each.
+func (s *Shard) Dir() string { return s.cfg.Dir }
 
 // Token is the status API token of the shard's managers.
 func (s *Shard) Token() string { return s.token }
