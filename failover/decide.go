@@ -190,3 +190,23 @@ func NeedsFollow(primary string, o Observation) bool {
 	}
 	return false
 }
+
+// AdoptablePrimary finds the instance an interrupted failover already promoted: exactly
+// one running, unfenced primary other than the lost one.
+//
+// Why adopt rather than promote again: promotion is not undoable. Once a replica has
+// been promoted it may have acknowledged commits; promoting another one would fork the
+// history and lose them. Two running primaries are never adopted: that needs a person.
+func AdoptablePrimary(lost string, obs []Observation) (string, bool) {
+	found := ""
+	for _, o := range obs {
+		if o.Name == lost || !PrimaryHealthy(o) {
+			continue
+		}
+		if found != "" {
+			return "", false
+		}
+		found = o.Name
+	}
+	return found, found != ""
+}

@@ -121,3 +121,21 @@ func TestNeedsFollow(t *testing.T) {
 		}
 	}
 }
+
+func TestAdoptablePrimary(t *testing.T) {
+	primary := func(name string) Observation {
+		return Observation{Name: name, Status: &instance.Status{Name: name, Running: true, Role: instance.RolePrimary}}
+	}
+	if name, ok := AdoptablePrimary("a", []Observation{gone("a"), primary("b"), replica("c", 2, 1, "")}); !ok || name != "b" {
+		t.Errorf("one promoted replica: got %q %v", name, ok)
+	}
+	if _, ok := AdoptablePrimary("a", []Observation{gone("a"), replica("b", 1, 1, ""), replica("c", 1, 1, "")}); ok {
+		t.Error("no primary: nothing to adopt")
+	}
+	if _, ok := AdoptablePrimary("a", []Observation{gone("a"), primary("b"), primary("c")}); ok {
+		t.Error("two primaries must never be adopted")
+	}
+	if _, ok := AdoptablePrimary("a", []Observation{primary("a"), replica("b", 1, 1, "")}); ok {
+		t.Error("the lost primary itself is not adoptable")
+	}
+}

@@ -88,8 +88,27 @@ func (s *Shard) Observe(ctx context.Context) []Observation {
 // Failover replaces a lost primary and returns the new primary's name. Every step is
 // an event. On an error before the promotion nothing was promoted, the role stays
 // withdrawn (no instance takes writes), and the caller may try again later.
+//
+// Before it withdraws anything it checks that a promotion is possible right now: a
+// failover that cannot finish would only take writes away from a primary that may come
+// back. And if an earlier failover promoted a replica but was cut off before publishing
+// it, that primary is adopted instead of promoting another.
 func Failover(ctx context.Context, s *Shard) (string, error) {
 	old := s.Primary
+	obs := s.Observe(ctx)
+	if name, ok := AdoptablePrimary(old, obs); ok {
+		if err := s.Publisher.Primary(ctx, name); err != nil {
+			return "", fmt.Errorf("failover: publish primary %s: %w", name, err)
+		}
+		s.Primary = name
+		s.event("PrimaryAdopted", "%s already runs as primary (an earlier failover promoted it); publishing it", name)
+		s.Converge(ctx)
+		return name, nil
+	}
+	if _, err := ChoosePromotion(s.Rule, s.Members, old, "", obs); err != nil {
+		s.event("FailoverRefused", "primary %s is lost, but no replica can be promoted safely now: %v", old, err)
+		return "", err
+	}
 	s.event("FailoverStarted", "primary %s is lost; failing over", old)
 	return s.replace(ctx, old, "")
 }
