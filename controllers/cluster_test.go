@@ -285,7 +285,7 @@ func assertReconcileWritesNothing(t *testing.T, ns, cluster string) {
 	time.Sleep(500 * time.Millisecond) // let the running manager settle
 	before := resourceVersions(t, ns)
 	cr := &controllers.ClusterReconciler{Client: k8s, Recorder: discardRecorder{}, Image: testImage, Accounts: counter}
-	sr := &controllers.ShardReconciler{Client: k8s, Recorder: discardRecorder{}}
+	sr := &controllers.ShardReconciler{Client: k8s, Recorder: discardRecorder{}, Instances: fakes.dial, FailoverDelay: testFailoverDelay}
 	for range 2 {
 		if _, err := cr.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: cluster}}); err != nil {
 			t.Fatal(err)

@@ -10,6 +10,7 @@ type Metrics struct {
 	readyShards      *prometheus.GaugeVec
 	scaleDownBlocked *prometheus.GaugeVec
 	migrations       *prometheus.CounterVec
+	failovers        *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -28,8 +29,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_operator_migrations_total", Help: "Schema migration Jobs by outcome (started, succeeded, failed).",
 		}, []string{"namespace", "shard", "outcome"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_operator_failovers_total", Help: "Failovers by outcome (started, succeeded, refused).",
+		}, []string{"namespace", "shard", "outcome"}),
 	}
-	reg.MustRegister(m.shards, m.readyShards, m.scaleDownBlocked, m.migrations)
+	reg.MustRegister(m.shards, m.readyShards, m.scaleDownBlocked, m.migrations, m.failovers)
 	return m
 }
 
@@ -51,4 +55,11 @@ func (m *Metrics) observeMigration(ns, shard, outcome string) {
 		return
 	}
 	m.migrations.WithLabelValues(ns, shard, outcome).Inc()
+}
+
+func (m *Metrics) observeFailover(ns, shard, outcome string) {
+	if m == nil {
+		return
+	}
+	m.failovers.WithLabelValues(ns, shard, outcome).Inc()
 }

@@ -1,19 +1,36 @@
 package controllers
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	ctrl "sigs.k8s.io/controller-runtime"
 )
 
-// Setup registers both reconcilers with the manager, and the operator's metrics with reg.
-func Setup(mgr ctrl.Manager, image string, accounts AccountCounter, reg prometheus.Registerer) error {
-	metrics := NewMetrics(reg)
+// Options configure the reconcilers.
+type Options struct {
+	// Image is the operator's own image, the default for the ledger and migrations.
+	Image    string
+	Accounts AccountCounter
+	// Registry receives the operator's metrics.
+	Registry prometheus.Registerer
+	// Instances reaches the instance managers (StatusAPIDialer in a cluster); nil leaves
+	// failover alone.
+	Instances     InstanceDialer
+	FailoverDelay time.Duration
+}
+
+// Setup registers both reconcilers with the manager.
+func Setup(mgr ctrl.Manager, o Options) error {
+	metrics := NewMetrics(o.Registry)
 	if err := (&ClusterReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("tally-operator"), Image: image, Accounts: accounts, Metrics: metrics,
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("tally-operator"), Image: o.Image, Accounts: o.Accounts, Metrics: metrics,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	accounts := o.Accounts
 	return (&ShardReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("tally-operator"), Accounts: &accounts, Metrics: metrics,
+		Instances: o.Instances, FailoverDelay: o.FailoverDelay,
 	}).SetupWithManager(mgr)
 }

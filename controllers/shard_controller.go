@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -40,11 +42,23 @@ type ShardReconciler struct {
 	Accounts *AccountCounter
 	// Metrics may be nil.
 	Metrics *Metrics
+	// Instances reaches the instance managers; nil leaves failover alone (tests of
+	// other steps).
+	Instances InstanceDialer
+	// FailoverDelay is how long a primary must be lost before a failover
+	// (DefaultFailoverDelay when zero).
+	FailoverDelay time.Duration
+
+	lostSince sync.Map // shard UID -> time.Time the primary was first seen unhealthy
 }
 
 // shardState carries what the steps observed to the status update.
 type shardState struct {
 	primary        string
+	target         string // status.targetPrimary: "" while a failover decides
+	ha             string // reason of a failover in progress or blocked, if any
+	haMsg          string
+	requeue        time.Duration
 	instances      []v1alpha1.InstanceStatus
 	primaryReady   bool
 	rolloutPending []string
@@ -60,6 +74,8 @@ type shardState struct {
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile is the shard's reconcile path, one named step after another.
 func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -70,18 +86,21 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if !shard.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil // owner references take the children with it
 	}
-	st := &shardState{primary: shard.Status.CurrentPrimary, schemaVersion: shard.Status.SchemaVersion, accounts: shard.Status.Accounts}
+	st := &shardState{primary: shard.Status.CurrentPrimary, target: shard.Status.TargetPrimary, schemaVersion: shard.Status.SchemaVersion, accounts: shard.Status.Accounts}
 	if st.primary == "" {
 		st.primary = specs.InstanceName(shard.Name, 1) // a new shard bootstraps on its first instance
+		st.target = st.primary
 	}
 	steps := []struct {
 		name string
 		run  func(context.Context, *v1alpha1.LedgerShard, *shardState) error
 	}{
 		{"secrets", r.reconcileSecrets},
+		{"instance access", r.reconcileInstanceAccess},
 		{"config", r.reconcileConfig},
 		{"services", r.reconcileServices},
 		{"instances", r.reconcileInstances},
+		{"failover", r.reconcileFailover},
 		{"disruption budgets", r.reconcilePDBs},
 		{"migrations", r.reconcileMigrations},
 		{"accounts", r.reconcileAccounts},
@@ -114,7 +133,29 @@ func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.
 		}
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "SecretCreated", "Create", "created credentials %s for %s", s.name, s.user)
 	}
-	return nil
+	err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretStatusToken(shard.Name)}, &corev1.Secret{})
+	if apierrors.IsNotFound(err) {
+		err = r.Create(ctx, specs.StatusTokenSecret(shard, newPassword()), client.FieldOwner(FieldOwner))
+		if err == nil {
+			r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "SecretCreated", "Create", "created the instance managers' status token")
+		}
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+	}
+	return err
+}
+
+// reconcileInstanceAccess gives the PostgreSQL pods their identity: a ServiceAccount
+// that may read this LedgerShard, where the instance managers learn the target primary.
+func (r *ShardReconciler) reconcileInstanceAccess(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	if err := apply(ctx, r.Client, specs.InstanceServiceAccount(shard)); err != nil {
+		return err
+	}
+	if err := apply(ctx, r.Client, specs.InstanceRole(shard)); err != nil {
+		return err
+	}
+	return apply(ctx, r.Client, specs.InstanceRoleBinding(shard))
 }
 
 // newPassword is 32 characters of base32 (about 160 random bits), safe in URLs.
@@ -264,10 +305,7 @@ func (r *ShardReconciler) reconcileAccounts(ctx context.Context, shard *v1alpha1
 func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) (ctrl.Result, error) {
 	s := shard.Status.DeepCopy()
 	s.ObservedGeneration = shard.Generation
-	s.CurrentPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.instances, st.schemaVersion, st.accounts
-	if s.TargetPrimary == "" {
-		s.TargetPrimary = st.primary
-	}
+	s.CurrentPrimary, s.TargetPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.target, st.instances, st.schemaVersion, st.accounts
 	migrated := st.migration == v1alpha1.ReasonMigrationsCurrent
 	allReady := true
 	for _, in := range st.instances {
@@ -290,6 +328,8 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 		set(v1alpha1.ConditionReady, true, v1alpha1.ReasonReconciled, "primary ready, schema current")
 	}
 	switch {
+	case st.ha == v1alpha1.ReasonPrimaryUnreachable:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonFailingOver, st.haMsg)
 	case len(st.rolloutPending) > 0:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, fmt.Sprintf("instances %v run an outdated spec", st.rolloutPending))
 	case !allReady:
@@ -299,14 +339,20 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	default:
 		set(v1alpha1.ConditionProgressing, false, v1alpha1.ReasonAsExpected, "")
 	}
-	if st.migration == v1alpha1.ReasonMigrationFailed {
+	switch {
+	case st.migration == v1alpha1.ReasonMigrationFailed:
 		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonMigrationFailed, st.migrationMsg)
-	} else {
+	case st.ha == v1alpha1.ReasonFailoverBlocked:
+		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonFailoverBlocked, st.haMsg)
+	default:
 		set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonAsExpected, "")
 	}
 	result := ctrl.Result{}
 	if migrated && r.Accounts != nil {
 		result.RequeueAfter = accountsRecount
+	}
+	if st.requeue > 0 && (result.RequeueAfter == 0 || st.requeue < result.RequeueAfter) {
+		result.RequeueAfter = st.requeue
 	}
 	unchanged := equality.Semantic.DeepEqual(*s, shard.Status)
 	shard.Status = *s
@@ -322,7 +368,7 @@ func (r *ShardReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.LedgerShard{}).
 		Owns(&corev1.Pod{}).Owns(&corev1.PersistentVolumeClaim{}).Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).Owns(&corev1.ConfigMap{}).Owns(&policyv1.PodDisruptionBudget{}).
-		Owns(&batchv1.Job{}).
+		Owns(&batchv1.Job{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
 		Named("ledgershard").
 		Complete(r)
 }

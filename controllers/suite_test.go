@@ -90,7 +90,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "manager:", err)
 		return 1
 	}
-	if err := controllers.Setup(mgr, testImage, counter, operatorMetrics); err != nil {
+	if err := controllers.Setup(mgr, controllers.Options{
+		Image: testImage, Accounts: counter, Registry: operatorMetrics,
+		Instances: fakes.dial, FailoverDelay: testFailoverDelay,
+	}); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		return 1
 	}

@@ -22,4 +22,8 @@ const (
 	ReasonMigrationsCurrent    = "SchemaCurrent"
 	ReasonRollingOut           = "RollingOut"
 	ReasonAsExpected           = "AsExpected"
+	ReasonFailingOver          = "FailingOver"
+	ReasonFailoverBlocked      = "FailoverBlocked"
+	ReasonSwitchingOver        = "SwitchingOver"
+	ReasonPrimaryUnreachable   = "PrimaryUnreachable"
 )

@@ -19,6 +19,14 @@ type LedgerShardSpec struct {
 	// Postgres describes this shard's instances.
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
+	// Primary names the instance that should be primary. When it differs from
+	// status.currentPrimary and that instance is a healthy synchronous replica, the
+	// operator switches over to it, losing no acknowledged commit. After a failover it
+	// switches back once the named instance has caught up; leave it empty to let the
+	// operator choose. Set it with kubectl patch; the LedgerCluster never writes it.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Primary string `json:"primary,omitempty"`
 }
 
 // InstanceRole is what an instance is in its shard.
@@ -43,6 +51,19 @@ type InstanceStatus struct {
 	ReceivedLSN string `json:"receivedLSN,omitempty"`
 	// +optional
 	ReplayedLSN string `json:"replayedLSN,omitempty"`
+	// WAL is how far the instance's WAL goes (flushed on a primary; received or replayed
+	// on a replica).
+	// +optional
+	WAL string `json:"wal,omitempty"`
+	// Streaming reports whether a replica's WAL receiver streams from the primary.
+	// +optional
+	Streaming bool `json:"streaming,omitempty"`
+	// Fenced instances keep PostgreSQL stopped.
+	// +optional
+	Fenced bool `json:"fenced,omitempty"`
+	// Reachable reports whether the instance manager answered the last status call.
+	// +optional
+	Reachable bool `json:"reachable,omitempty"`
 }
 
 // LedgerShardStatus is what the operator observed of one shard.
@@ -52,8 +73,9 @@ type LedgerShardStatus struct {
 	// CurrentPrimary is the instance serving writes.
 	// +optional
 	CurrentPrimary string `json:"currentPrimary,omitempty"`
-	// TargetPrimary is the instance that should serve writes; it differs from
-	// CurrentPrimary during a failover or switchover.
+	// TargetPrimary is the instance that should serve writes, as the instance managers
+	// read it; it is empty while a failover or switchover decides, so no instance may
+	// start as primary meanwhile.
 	// +optional
 	TargetPrimary string `json:"targetPrimary,omitempty"`
 	// Instances, by name.

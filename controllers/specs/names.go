@@ -41,6 +41,8 @@ const (
 	Replicator   = "streaming_replica"
 	PostgresPort = 5432
 	StatusPort   = 8000 // the instance manager's status API
+	// StatusTokenKey is the key of the status API token in its Secret.
+	StatusTokenKey = "token"
 	APIPort      = 8080
 	OpsPort      = 9090
 )
@@ -59,6 +61,18 @@ func ServiceRO(shard string) string { return shard + "-ro" }
 
 // ServiceR names the service of any instance of a shard.
 func ServiceR(shard string) string { return shard + "-r" }
+
+// ServiceInstances names the headless Service that gives each instance a stable DNS
+// name, <instance>.<shard>-instances, ready or not: replicas clone and stream through it.
+func ServiceInstances(shard string) string { return shard + "-instances" }
+
+// SecretStatusToken names the Secret of the token that guards the instance managers'
+// status API; the operator and the managers read it.
+func SecretStatusToken(shard string) string { return shard + "-instance-token" }
+
+// InstanceAccount names the ServiceAccount (and its Role and RoleBinding) of a shard's
+// PostgreSQL pods: it may read its own LedgerShard and nothing else.
+func InstanceAccount(shard string) string { return shard + "-instance" }
 
 // Secret names of a shard.
 func SecretSuperuser(shard string) string { return shard + "-superuser" }

@@ -15,6 +15,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 )
@@ -60,8 +61,45 @@ func Secret(shard *v1alpha1.LedgerShard, name, username, password string) *corev
 	return s
 }
 
-// PostgresConfig renders the allow-listed parameters, sorted, as postgresql.conf lines.
-// The instance manager includes it; settings the operator owns come after and win.
+// StatusTokenSecret builds the Secret of the instance managers' status API token.
+// Like the credentials, it is created once and never re-applied.
+func StatusTokenSecret(shard *v1alpha1.LedgerShard, token string) *corev1.Secret {
+	t := true
+	s := &corev1.Secret{Type: corev1.SecretTypeOpaque, StringData: map[string]string{StatusTokenKey: token}}
+	s.Name, s.Namespace, s.Labels = SecretStatusToken(shard.Name), shard.Namespace, ShardLabels(shard, ComponentPostgres)
+	s.OwnerReferences = append(s.OwnerReferences, ownerRef(shard.Name, shard.UID, "LedgerShard", &t))
+	return s
+}
+
+// InstanceServiceAccount is the identity of a shard's PostgreSQL pods.
+func InstanceServiceAccount(shard *v1alpha1.LedgerShard) *corev1ac.ServiceAccountApplyConfiguration {
+	return corev1ac.ServiceAccount(InstanceAccount(shard.Name), shard.Namespace).
+		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard))
+}
+
+// InstanceRole lets the instance managers read their own LedgerShard, whose
+// status.targetPrimary tells each one whether to run as primary. Nothing else: a
+// compromised database pod cannot touch the rest of the namespace.
+func InstanceRole(shard *v1alpha1.LedgerShard) *rbacv1ac.RoleApplyConfiguration {
+	return rbacv1ac.Role(InstanceAccount(shard.Name), shard.Namespace).
+		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+		WithRules(rbacv1ac.PolicyRule().WithAPIGroups(v1alpha1.GroupVersion.Group).WithResources("ledgershards").
+			WithResourceNames(shard.Name).WithVerbs("get", "watch"))
+}
+
+// InstanceRoleBinding grants InstanceRole to the pods' ServiceAccount.
+func InstanceRoleBinding(shard *v1alpha1.LedgerShard) *rbacv1ac.RoleBindingApplyConfiguration {
+	name := InstanceAccount(shard.Name)
+	return rbacv1ac.RoleBinding(name, shard.Namespace).
+		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(name)).
+		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(name).WithNamespace(shard.Namespace))
+}
+
+// PostgresConfig renders the allow-listed parameters, sorted, as postgresql.conf lines,
+// and the shard's shape the instance managers need: how many instances, the synchronous
+// rule and durability. The instance manager includes custom.conf; settings the operator
+// owns come after and win.
 func PostgresConfig(shard *v1alpha1.LedgerShard) *corev1ac.ConfigMapApplyConfiguration {
 	pg := ResolvePostgres(shard.Spec.Postgres)
 	keys := make([]string, 0, len(pg.Parameters))
@@ -75,7 +113,10 @@ func PostgresConfig(shard *v1alpha1.LedgerShard) *corev1ac.ConfigMapApplyConfigu
 	}
 	return corev1ac.ConfigMap(ConfigName(shard.Name), shard.Namespace).
 		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
-		WithData(map[string]string{"custom.conf": b.String(), "synchronous": SynchronousStandbyRule(pg)})
+		WithData(map[string]string{
+			"custom.conf": b.String(), "synchronous": SynchronousStandbyRule(pg),
+			"instances": strconv.Itoa(int(pg.Instances)), "dataDurability": string(pg.Durability),
+		})
 }
 
 // SynchronousStandbyRule is the method and count of synchronous_standby_names, such as
@@ -87,8 +128,9 @@ func SynchronousStandbyRule(pg Postgres) string {
 	return strings.ToUpper(string(pg.SyncMethod)) + " " + strconv.Itoa(int(pg.SyncNumber))
 }
 
-// Services builds a shard's three services: -rw selects the primary, -ro the replicas,
-// -r any instance. Role labels move on failover; services follow them.
+// Services builds a shard's services: -rw selects the primary, -ro the replicas, -r any
+// instance, and the headless -instances names each instance. Role labels move on
+// failover; services follow them.
 func Services(shard *v1alpha1.LedgerShard) []*corev1ac.ServiceApplyConfiguration {
 	base := map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres}
 	with := func(k, v string) map[string]string {
@@ -105,10 +147,19 @@ func Services(shard *v1alpha1.LedgerShard) []*corev1ac.ServiceApplyConfiguration
 				WithPorts(corev1ac.ServicePort().WithName("postgres").WithPort(PostgresPort).
 					WithTargetPort(intstr.FromString("postgres")).WithProtocol(corev1.ProtocolTCP)))
 	}
+	headless := corev1ac.Service(ServiceInstances(shard.Name), shard.Namespace).
+		WithLabels(ShardLabels(shard, ComponentPostgres)).WithOwnerReferences(shardOwner(shard)).
+		WithSpec(corev1ac.ServiceSpec().WithClusterIP(corev1.ClusterIPNone).WithPublishNotReadyAddresses(true).
+			WithSelector(base).
+			WithPorts(corev1ac.ServicePort().WithName("postgres").WithPort(PostgresPort).
+				WithTargetPort(intstr.FromString("postgres")).WithProtocol(corev1.ProtocolTCP),
+				corev1ac.ServicePort().WithName("status").WithPort(StatusPort).
+					WithTargetPort(intstr.FromString("status")).WithProtocol(corev1.ProtocolTCP)))
 	return []*corev1ac.ServiceApplyConfiguration{
 		build(ServiceRW(shard.Name), with(LabelRole, string(v1alpha1.RolePrimary))),
 		build(ServiceRO(shard.Name), with(LabelRole, string(v1alpha1.RoleReplica))),
 		build(ServiceR(shard.Name), base),
+		headless,
 	}
 }
 
@@ -167,7 +218,8 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 			WithPeriodSeconds(period).WithTimeoutSeconds(3)
 	}
 	return corev1ac.PodSpec().
-		WithHostname(instance).WithSubdomain(ServiceR(shard.Name)).
+		WithHostname(instance).WithSubdomain(ServiceInstances(shard.Name)).
+		WithServiceAccountName(InstanceAccount(shard.Name)).
 		WithTerminationGracePeriodSeconds(60).
 		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(postgresUID).
 			WithRunAsGroup(postgresUID).WithFSGroup(postgresUID)).
@@ -185,6 +237,7 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 				secretEnv("TALLY_SUPERUSER_PASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
 				secretEnv("TALLY_APP_PASSWORD", SecretApp(shard.Name), corev1.BasicAuthPasswordKey),
 				secretEnv("TALLY_REPLICATION_PASSWORD", SecretReplication(shard.Name), corev1.BasicAuthPasswordKey),
+				secretEnv("TALLY_STATUS_TOKEN", SecretStatusToken(shard.Name), StatusTokenKey),
 			).
 			WithPorts(corev1ac.ContainerPort().WithName("postgres").WithContainerPort(PostgresPort),
 				corev1ac.ContainerPort().WithName("status").WithContainerPort(StatusPort)).

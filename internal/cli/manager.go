@@ -27,6 +27,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	leaderElect := fs.Bool("leader-elect", true, "elect a leader, so only one replica reconciles")
 	image := fs.String("image", os.Getenv(imageEnv), "the operator's own image, the default ledger image (default $"+imageEnv+")")
+	failoverDelay := fs.Duration("failover-delay", controllers.DefaultFailoverDelay, "how long a primary must be lost before a failover")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -56,7 +57,10 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	if err := controllers.Setup(mgr, *image, controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient())}, ctrlmetrics.Registry); err != nil {
+	if err := controllers.Setup(mgr, controllers.Options{
+		Image: *image, Accounts: controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient())},
+		Registry: ctrlmetrics.Registry, Instances: controllers.StatusAPIDialer(mgr.GetClient()), FailoverDelay: *failoverDelay,
+	}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -1,0 +1,182 @@
+package controllers_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/specs"
+	"github.com/tallyhq/tally/instance"
+)
+
+// haShard creates a one-shard cluster, brings it up, and waits until the operator has
+// dialled all three simulated instance managers.
+func haShard(t *testing.T, cluster string) (ns, shard string) {
+	t.Helper()
+	ns = newNamespace(t)
+	createCluster(t, ns, cluster, 1)
+	shard = specs.ShardName(cluster, 0)
+	bringUpShard(t, ns, shard)
+	eventually(t, "instances observed", func() error {
+		for n := int32(1); n <= 3; n++ {
+			if fakes.get(ns, specs.InstanceName(shard, n)) == nil {
+				return fmt.Errorf("instance %d not dialled", n)
+			}
+		}
+		return nil
+	})
+	return ns, shard
+}
+
+func shardStatus(t *testing.T, ns, shard string) v1alpha1.LedgerShardStatus {
+	t.Helper()
+	var s v1alpha1.LedgerShard
+	if err := get(ns, shard, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Status
+}
+
+func roleLabel(t *testing.T, ns, pod string) string {
+	t.Helper()
+	var p corev1.Pod
+	if err := get(ns, pod, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p.Labels[specs.LabelRole]
+}
+
+func waitPrimary(t *testing.T, ns, shard, want string) {
+	t.Helper()
+	eventually(t, "primary "+want, func() error {
+		st := shardStatus(t, ns, shard)
+		if st.CurrentPrimary != want || st.TargetPrimary != want {
+			return fmt.Errorf("current %q target %q", st.CurrentPrimary, st.TargetPrimary)
+		}
+		for n := int32(1); n <= 3; n++ {
+			pod := specs.InstanceName(shard, n)
+			want := string(v1alpha1.RoleReplica)
+			if pod == st.CurrentPrimary {
+				want = string(v1alpha1.RolePrimary)
+			}
+			if got := roleLabel(t, ns, pod); got != want {
+				return fmt.Errorf("%s labelled %q, want %q", pod, got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// The primary's manager stops answering: after the failover delay the operator promotes
+// the most advanced replica, moves the role labels and status, repoints the other
+// replica, and rejoins the old primary when it returns.
+func TestOperatorFailsOverLostPrimary(t *testing.T) {
+	ns, shard := haShard(t, "ha")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	fakes.update(ns, p2, func(f *fakeInstance) { f.st.WAL = 5000 })
+	fakes.update(ns, p3, func(f *fakeInstance) { f.st.WAL = 6000 }) // ahead
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+
+	waitPrimary(t, ns, shard, p3)
+	expectEvent(t, ns, "PromotionChosen")
+	expectEvent(t, ns, "Promoted")
+	if f := fakes.get(ns, p2); f.st.Upstream != p3 {
+		t.Errorf("%s follows %q, want %s", p2, f.st.Upstream, p3)
+	}
+	if f := fakes.get(ns, p2); f.promotions != 0 {
+		t.Errorf("the lagging replica was promoted")
+	}
+	st := shardStatus(t, ns, shard)
+	for _, in := range st.Instances {
+		if in.Name == p1 && in.Reachable {
+			t.Errorf("lost primary reported reachable: %+v", in)
+		}
+	}
+
+	// The old primary comes back still believing it is primary: it is told to follow.
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = false })
+	eventually(t, "old primary rejoins", func() error {
+		f := fakes.get(ns, p1)
+		st, _ := f.Status(ctx)
+		if st.Role != instance.RoleReplica || st.Upstream != p3 || st.WALReceiver != "streaming" {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	expectEvent(t, ns, "Following")
+}
+
+// With one of two synchronous standbys missing nobody can prove it has every
+// acknowledged commit: no failover, the old primary keeps its role, and the shard says
+// why.
+func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
+	ns, shard := haShard(t, "noquorum")
+	p1, p2 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2)
+	waitPrimary(t, ns, shard, p1)
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+	fakes.update(ns, p2, func(f *fakeInstance) { f.down = true })
+	eventually(t, "Degraded FailoverBlocked", func() error {
+		st := shardStatus(t, ns, shard)
+		c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded)
+		if c == nil || c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonFailoverBlocked {
+			return fmt.Errorf("conditions %+v", st.Conditions)
+		}
+		return nil
+	})
+	expectEvent(t, ns, "FailoverRefused")
+	time.Sleep(2 * testFailoverDelay)
+	st := shardStatus(t, ns, shard)
+	if st.CurrentPrimary != p1 || st.TargetPrimary != p1 || roleLabel(t, ns, p1) != string(v1alpha1.RolePrimary) {
+		t.Fatalf("primary role moved or was withdrawn without a quorum: %+v", st)
+	}
+	for n := int32(2); n <= 3; n++ {
+		if f := fakes.get(ns, specs.InstanceName(shard, n)); f.promotions != 0 {
+			t.Fatalf("%s was promoted", f.name)
+		}
+	}
+	// The standby returns: now the failover can go ahead.
+	fakes.update(ns, p2, func(f *fakeInstance) { f.down = false })
+	eventually(t, "failover after the quorum returns", func() error {
+		if st := shardStatus(t, ns, shard); st.CurrentPrimary == p1 {
+			return fmt.Errorf("still %s", p1)
+		}
+		return nil
+	})
+}
+
+// Setting spec.primary switches over: the old primary is fenced first, then the target
+// is promoted, and the old primary follows it.
+func TestOperatorSwitchesOverOnSpec(t *testing.T) {
+	ns, shard := haShard(t, "switch")
+	p1, p2 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2)
+	waitPrimary(t, ns, shard, p1)
+	var s v1alpha1.LedgerShard
+	if err := get(ns, shard, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Spec.Primary = p2
+	if err := k8s.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	waitPrimary(t, ns, shard, p2)
+	expectEvent(t, ns, "SwitchoverStarted")
+	expectEvent(t, ns, "Fenced")
+	eventually(t, "old primary follows", func() error {
+		st, _ := fakes.get(ns, p1).Status(ctx)
+		if st.Role != instance.RoleReplica || st.Upstream != p2 || st.Fenced {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	// The cluster controller's apply does not undo the user's spec.primary.
+	time.Sleep(time.Second)
+	if err := get(ns, shard, &s); err != nil || s.Spec.Primary != p2 {
+		t.Fatalf("spec.primary %q %v", s.Spec.Primary, err)
+	}
+}

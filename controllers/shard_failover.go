@@ -1,0 +1,244 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/specs"
+	"github.com/tallyhq/tally/failover"
+	"github.com/tallyhq/tally/instance"
+)
+
+// Timing of the failover step.
+const (
+	// DefaultFailoverDelay is how long a primary must stay unhealthy before a failover:
+	// long enough for its manager to restart a crashed postgres, short enough to matter.
+	DefaultFailoverDelay = 10 * time.Second
+	// failoverRetry is how soon a refused or failed failover or switchover is retried.
+	failoverRetry = 5 * time.Second
+	// haResync is how often a healthy shard's instances are observed again.
+	haResync = 10 * time.Second
+)
+
+// InstanceDialer returns a client for one instance's manager; an error means it cannot
+// be reached now (no pod IP, no token).
+type InstanceDialer func(ctx context.Context, shard *v1alpha1.LedgerShard, pod *corev1.Pod) (failover.Instance, error)
+
+// StatusAPIDialer reaches instance managers at their pod IP with the shard's status
+// token: how the operator talks to them inside the cluster.
+func StatusAPIDialer(c client.Client) InstanceDialer {
+	return func(ctx context.Context, shard *v1alpha1.LedgerShard, pod *corev1.Pod) (failover.Instance, error) {
+		if pod.Status.PodIP == "" {
+			return nil, fmt.Errorf("pod %s has no IP yet", pod.Name)
+		}
+		var secret corev1.Secret
+		if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretStatusToken(shard.Name)}, &secret); err != nil {
+			return nil, fmt.Errorf("status token of %s: %w", shard.Name, err)
+		}
+		url := "http://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
+		return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey])), nil
+	}
+}
+
+// SyncRule is the instance managers' form of a shard's synchronous replication spec.
+func SyncRule(pg specs.Postgres) instance.SyncRule {
+	return instance.SyncRule{
+		Method: instance.SyncMethod(pg.SyncMethod), Number: int(pg.SyncNumber),
+		Required: pg.Durability == v1alpha1.DurabilityRequired,
+	}
+}
+
+// reconcileFailover is the operator's side of high availability, in the order it
+// decides: observe every instance manager; while the primary is healthy, honour a
+// requested switchover or bring stray instances back to following it; once the primary
+// has been lost for FailoverDelay, fail over (package failover decides whom to promote
+// and carries it out). A shard whose schema was never applied has never served, so
+// there is nothing to fail over yet.
+func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	if r.Instances == nil {
+		return nil
+	}
+	fs, err := r.failoverShard(ctx, shard, st)
+	if err != nil {
+		return err
+	}
+	obs := fs.Observe(ctx)
+	st.observe(obs)
+	var primary failover.Observation
+	for _, o := range obs {
+		if o.Name == st.primary {
+			primary = o
+		}
+	}
+	st.requeue = haResync
+	switch {
+	case failover.PrimaryHealthy(primary):
+		r.lostSince.Delete(shard.UID)
+		if want := shard.Spec.Primary; want != "" && want != st.primary {
+			return r.switchover(ctx, shard, fs, st, want)
+		}
+		fs.Converge(ctx)
+		return nil
+	case shard.Status.SchemaVersion == 0:
+		return nil // never served: bootstrap, not failover
+	}
+	now := time.Now()
+	since, _ := r.lostSince.LoadOrStore(shard.UID, now)
+	down := since.(time.Time)
+	delay := r.FailoverDelay
+	if delay <= 0 {
+		delay = DefaultFailoverDelay
+	}
+	if !failover.PrimaryLost(primary, down, now, delay) {
+		st.ha, st.haMsg = v1alpha1.ReasonPrimaryUnreachable, fmt.Sprintf("primary %s unhealthy for %s; failing over after %s", st.primary, now.Sub(down).Round(time.Second), delay)
+		st.requeue = delay - now.Sub(down)
+		return nil
+	}
+	r.Metrics.observeFailover(shard.Namespace, shard.Name, "started")
+	newPrimary, err := failover.Failover(ctx, fs)
+	if err != nil {
+		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, err.Error()
+		st.requeue = failoverRetry
+		r.Metrics.observeFailover(shard.Namespace, shard.Name, "refused")
+		return nil
+	}
+	r.lostSince.Delete(shard.UID)
+	st.primary = newPrimary
+	r.Metrics.observeFailover(shard.Namespace, shard.Name, "succeeded")
+	return nil
+}
+
+func (r *ShardReconciler) switchover(ctx context.Context, shard *v1alpha1.LedgerShard, fs *failover.Shard, st *shardState, target string) error {
+	if fs.Instances[target] == nil {
+		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, fmt.Sprintf("spec.primary %s is not a reachable instance of this shard", target)
+		return nil
+	}
+	newPrimary, err := failover.Switchover(ctx, fs, target)
+	if err != nil {
+		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, "switchover: "+err.Error()
+		st.requeue = failoverRetry
+		return nil
+	}
+	st.primary = newPrimary
+	return nil
+}
+
+// failoverShard gathers what the failover package acts on: the rule, the members and a
+// client for every instance whose pod can be reached.
+func (r *ShardReconciler) failoverShard(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) (*failover.Shard, error) {
+	pg := specs.ResolvePostgres(shard.Spec.Postgres)
+	fs := &failover.Shard{
+		Rule: SyncRule(pg), Primary: st.primary, Instances: map[string]failover.Instance{},
+		Publisher: &rolePublisher{r: r, shard: shard, st: st},
+		Event: func(reason, msg string) {
+			kind := corev1.EventTypeNormal
+			if reason == "FailoverRefused" || reason == "PromotionRefused" || reason == "FenceUnanswered" || reason == "FollowFailed" || reason == "PromotionFailed" {
+				kind = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(shard, nil, kind, reason, "Failover", "%s", msg)
+		},
+	}
+	for n := int32(1); n <= pg.Instances; n++ {
+		name := specs.InstanceName(shard.Name, n)
+		fs.Members = append(fs.Members, name)
+		var pod corev1.Pod
+		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: name}, &pod)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		inst, err := r.Instances(ctx, shard, &pod)
+		if err != nil {
+			continue // unreachable: it counts as not answering
+		}
+		fs.Instances[name] = inst
+	}
+	return fs, nil
+}
+
+// observe copies what the managers reported into the instances' status.
+func (st *shardState) observe(obs []failover.Observation) {
+	for i := range st.instances {
+		in := &st.instances[i]
+		for _, o := range obs {
+			if o.Name != in.Name || o.Status == nil {
+				continue
+			}
+			s := o.Status
+			in.Reachable, in.Fenced, in.Timeline = true, s.Fenced, s.Timeline
+			in.WAL, in.Streaming = s.WAL.String(), s.WALReceiver == "streaming"
+			if s.Role == instance.RoleReplica {
+				in.ReceivedLSN, in.ReplayedLSN = s.ReceivedLSN.String(), s.ReplayedLSN.String()
+			}
+		}
+	}
+}
+
+// rolePublisher moves the primary role in Kubernetes: status.targetPrimary, which the
+// instance managers read, and the role labels the -rw and -ro Services select on.
+type rolePublisher struct {
+	r     *ShardReconciler
+	shard *v1alpha1.LedgerShard
+	st    *shardState
+}
+
+// Primary publishes name as the primary, or withdraws the role from every instance when
+// name is empty. The labels move first, so the -rw Service stops sending writes to the
+// old primary at once; then the status, so no manager starts as primary meanwhile.
+func (p *rolePublisher) Primary(ctx context.Context, name string) error {
+	pg := specs.ResolvePostgres(p.shard.Spec.Postgres)
+	for n := int32(1); n <= pg.Instances; n++ {
+		pod := specs.InstanceName(p.shard.Name, n)
+		role := v1alpha1.RoleReplica
+		if pod == name {
+			role = v1alpha1.RolePrimary
+		}
+		if err := p.r.setRoleLabel(ctx, p.shard.Namespace, pod, role); err != nil {
+			return err
+		}
+	}
+	p.shard.Status.TargetPrimary = name
+	if name != "" {
+		p.shard.Status.CurrentPrimary = name
+		p.st.primary = name
+	}
+	p.st.target = name
+	if err := p.r.Status().Update(ctx, p.shard); err != nil {
+		return fmt.Errorf("publish primary %q: %w", name, err)
+	}
+	return nil
+}
+
+// setRoleLabel changes one pod's role label with a merge patch: a failover must move it
+// even on a pod whose spec awaits a rollout, which the next apply leaves alone.
+func (r *ShardReconciler) setRoleLabel(ctx context.Context, ns, name string, role v1alpha1.InstanceRole) error {
+	var pod corev1.Pod
+	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if pod.Labels[specs.LabelRole] == string(role) {
+		return nil
+	}
+	before := pod.DeepCopy()
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[specs.LabelRole] = string(role)
+	if err := r.Patch(ctx, &pod, client.MergeFrom(before), client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("label %s %s: %w", name, role, err)
+	}
+	return nil
+}
