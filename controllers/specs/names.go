@@ -43,8 +43,8 @@ const (
 	StatusPort   = 8000 // the instance manager's status API
 	// StatusTokenKey is the key of the status API token in its Secret.
 	StatusTokenKey = "token"
-	APIPort      = 8080
-	OpsPort      = 9090
+	APIPort        = 8080
+	OpsPort        = 9090
 )
 
 // ShardName names a cluster's shard with the given index.
