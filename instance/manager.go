@@ -91,8 +91,11 @@ type Config struct {
 	ReplicationUser     string
 	ReplicationPassword string
 	Bootstrap           Bootstrap
-	// Params are extra postgresql.conf settings (the allow-listed ones from the spec).
-	Params           map[string]string
+	// Params are extra postgresql.conf settings.
+	Params map[string]string
+	// Include is a settings file (the allow-listed parameters from the spec) read before
+	// the manager's own, which win.
+	Include          string
 	Locator          Locator
 	Tick             time.Duration
 	IsolationTimeout time.Duration
@@ -545,6 +548,9 @@ func (m *Manager) writeSettings(upstream string) error {
 	// The static settings are on the command line too; here they also hold for the
 	// single-user crash recovery pg_rewind runs, which would otherwise record
 	// wal_log_hints off in pg_control and refuse to rewind.
+	if m.cfg.Include != "" {
+		fmt.Fprintf(&b, "include_if_exists = %s\n", confQuote(m.cfg.Include))
+	}
 	params := m.staticParams()
 	keys := make([]string, 0, len(params))
 	for k := range params {
