@@ -74,10 +74,13 @@ dev: deps build
 	$(BIN) dev
 
 ## bench: the throughput harness (tally bench: every scenario at 16 and 64 clients, as a
-## table and JSON lines, with ratios to the unbatched ceiling), then the Go benchmarks.
+## table and JSON lines, with ratios to the unbatched ceiling), then the Go benchmarks,
+## then the time from losing a primary to the first acknowledged write after failover.
 bench: deps build
 	$(BIN) bench --duration $(BENCH_TIME) --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
+	@echo "failover on a local three-instance shard (kill -9 of the primary under load):"
+	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover | grep -E 'first acknowledged write|^(ok|FAIL)'
 
 ## fuzz: run each fuzzer for a while (their seeds also run in `make test`).
 fuzz:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end scenarios against the real cluster KUBECONFIG names (kind works): install the
 # operator from config/default, create a LedgerCluster, move money through the ledger
-# service, scale shards up, and check that a scale-down of shards holding accounts is
-# refused. Needs kubectl, curl, and IMAGE loaded into the cluster.
+# service, lose the primary PostgreSQL pod under load and check that no acknowledged
+# transfer is lost, scale shards up, and check that a scale-down of shards holding
+# accounts is refused. Needs kubectl, curl, and IMAGE loaded into the cluster.
 set -euo pipefail
 
 IMAGE=${IMAGE:?set IMAGE to a tally image the cluster can pull}
@@ -62,6 +63,36 @@ for _ in $(seq 50); do curl -sf localhost:18080/v1/assets >/dev/null && break; s
 (cd "$root" && go run . dev --print-script 127.0.0.1:18080) >"$work/script.sh"
 bash -euo pipefail "$work/script.sh" | tee "$work/out"
 grep -q '"balance":"12.34"' "$work/out"
+
+step "lose the primary pod under load: no acknowledged transfer may be lost"
+ALICE=$(grep -o 'alice=[^ ]*' "$work/out" | cut -d= -f2)
+BOB=$(grep -o 'bob=[^ ]*' "$work/out" | cut -d= -f2)
+primary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
+: >"$work/acked"
+(
+  for i in $(seq 600); do
+    body=$(curl -s -m 5 -X POST localhost:18080/v1/transfers -H 'Content-Type: application/json' \
+      -H "Idempotency-Key: e2e-load-$i" -d '{"from_account":"'"$BOB"'","to_account":"'"$ALICE"'","amount":"0.01","asset":"USD"}' -w '\n%{http_code}') || continue
+    [[ $(tail -1 <<<"$body") == 201 ]] && head -1 <<<"$body" | sed -E 's/.*"id":"([^"]+)".*/\1/' >>"$work/acked"
+    sleep 0.05
+  done
+) &
+load_pid=$!
+sleep 5
+kubectl -n "$NS" delete pod "$primary" --grace-period=0 --force
+wait "$load_pid"
+kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
+echo "primary was $primary, now $(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')"
+kubectl -n "$NS" get events --field-selector involvedObject.name=e2e-0 -o custom-columns=REASON:.reason,MESSAGE:.note | tail -20
+lost=0
+while read -r id; do
+  [[ -z $id ]] && continue
+  curl -sf "localhost:18080/v1/transactions/$id" >/dev/null || { echo "acknowledged transfer $id is gone"; lost=1; }
+done <"$work/acked"
+[[ $lost == 0 ]] || exit 1
+echo "$(wc -l <"$work/acked") acknowledged transfers, all present"
+newprimary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
+kubectl -n "$NS" exec "$newprimary" -c postgres -- /controller/tally verify --database-url "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
 
 step "scale to two shards with kubectl scale"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
