@@ -72,3 +72,65 @@ func decideScaleDown(desired int32, existing []shardCount) scaleDecision {
 	}
 	return d
 }
+
+// rolloutInstance is one PostgreSQL instance as the rollout decision sees it.
+type rolloutInstance struct {
+	Name string
+	// Outdated: its pod runs a spec older than the shard's.
+	Outdated bool
+	// Healthy: its pod is ready, its manager answers and, for a replica, it streams from
+	// the primary.
+	Healthy bool
+	Primary bool
+}
+
+// rolloutStep is what decideRollout asks for next.
+type rolloutStep int
+
+const (
+	rolloutDone rolloutStep = iota
+	// rolloutWait: something is unhealthy; disrupt nothing until it recovers.
+	rolloutWait
+	// rolloutReplaceReplica: delete the named replica's pod; it comes back with the new
+	// spec on the same volume and catches up.
+	rolloutReplaceReplica
+	// rolloutSwitchover: hand the primary role to the named, already updated replica.
+	rolloutSwitchover
+)
+
+// decideRollout orders a rolling update of a shard's PostgreSQL pods: replicas first, one
+// at a time, then a switchover to an updated replica, after which the old primary is an
+// outdated replica like any other.
+//
+// Why this order: a replica's restart costs nothing but a moment of redundancy, while
+// the primary's would stop writes; a switchover to an updated, streaming synchronous
+// standby loses no acknowledged commit and pauses writes for about a second. Why one at a
+// time and only when all are healthy: with ANY 1 of two standbys, taking one down while
+// the other lags would leave writes waiting, and a shard that is already degraded must
+// not be made worse by routine maintenance.
+func decideRollout(instances []rolloutInstance) (rolloutStep, string) {
+	var outdatedPrimary bool
+	var outdatedReplica, updatedReplica string
+	for _, in := range instances {
+		if !in.Healthy {
+			return rolloutWait, in.Name
+		}
+		switch {
+		case in.Primary:
+			outdatedPrimary = in.Outdated
+		case in.Outdated && outdatedReplica == "":
+			outdatedReplica = in.Name
+		case !in.Outdated && updatedReplica == "":
+			updatedReplica = in.Name
+		}
+	}
+	switch {
+	case outdatedReplica != "":
+		return rolloutReplaceReplica, outdatedReplica
+	case outdatedPrimary && updatedReplica != "":
+		return rolloutSwitchover, updatedReplica
+	case outdatedPrimary:
+		return rolloutWait, "" // a single instance: nothing to switch over to
+	}
+	return rolloutDone, ""
+}

@@ -34,3 +34,28 @@ func TestDecideScaleDown(t *testing.T) {
 		}
 	}
 }
+
+func TestDecideRollout(t *testing.T) {
+	in := func(name string, primary, outdated, healthy bool) rolloutInstance {
+		return rolloutInstance{Name: name, Primary: primary, Outdated: outdated, Healthy: healthy}
+	}
+	tests := []struct {
+		name      string
+		instances []rolloutInstance
+		step      rolloutStep
+		target    string
+	}{
+		{"nothing outdated", []rolloutInstance{in("a", true, false, true), in("b", false, false, true)}, rolloutDone, ""},
+		{"replicas first", []rolloutInstance{in("a", true, true, true), in("b", false, true, true), in("c", false, true, true)}, rolloutReplaceReplica, "b"},
+		{"then the next replica", []rolloutInstance{in("a", true, true, true), in("b", false, false, true), in("c", false, true, true)}, rolloutReplaceReplica, "c"},
+		{"then a switchover to an updated replica", []rolloutInstance{in("a", true, true, true), in("b", false, false, true), in("c", false, false, true)}, rolloutSwitchover, "b"},
+		{"never while an instance is unhealthy", []rolloutInstance{in("a", true, true, true), in("b", false, true, true), in("c", false, false, false)}, rolloutWait, "c"},
+		{"a single outdated instance waits", []rolloutInstance{in("a", true, true, true)}, rolloutWait, ""},
+	}
+	for _, tt := range tests {
+		step, target := decideRollout(tt.instances)
+		if step != tt.step || target != tt.target {
+			t.Errorf("%s: got %v %q, want %v %q", tt.name, step, target, tt.step, tt.target)
+		}
+	}
+}

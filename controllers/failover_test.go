@@ -2,12 +2,14 @@ package controllers_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
@@ -179,4 +181,67 @@ func TestOperatorSwitchesOverOnSpec(t *testing.T) {
 	if err := get(ns, shard, &s); err != nil || s.Spec.Primary != p2 {
 		t.Fatalf("spec.primary %q %v", s.Spec.Primary, err)
 	}
+}
+
+// A new PostgreSQL image rolls out replicas first, one at a time, then switches over to
+// an updated replica, then replaces the old primary; the primary role never lands on an
+// outdated pod after the switchover.
+func TestRollingUpdateReplicasFirstThenSwitchover(t *testing.T) {
+	ns, shard := haShard(t, "roll")
+	p1 := specs.InstanceName(shard, 1)
+	waitPrimary(t, ns, shard, p1)
+	for n := int32(2); n <= 3; n++ {
+		markPodReady(t, ns, specs.InstanceName(shard, n))
+	}
+	var c v1alpha1.LedgerCluster
+	if err := get(ns, "roll", &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Spec.Postgres.Image = "postgres:17.9"
+	if err := k8s.Update(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	// Play the kubelet: every recreated pod starts and becomes ready.
+	var order []string
+	eventually(t, "every pod on the new image", func() error {
+		var pods corev1.PodList
+		if err := k8s.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{specs.LabelShard: shard}); err != nil {
+			return err
+		}
+		outdated := 0
+		for _, p := range pods.Items {
+			if p.Spec.Containers[0].Image != "postgres:17.9" {
+				outdated++
+				continue
+			}
+			if !podIsReady(&p) {
+				if !slices.Contains(order, p.Name) {
+					order = append(order, p.Name)
+				}
+				markPodReady(t, ns, p.Name)
+			}
+		}
+		if outdated > 0 || len(pods.Items) != 3 {
+			return fmt.Errorf("%d of %d pods outdated", outdated, len(pods.Items))
+		}
+		return nil
+	})
+	if len(order) != 3 || order[2] != p1 {
+		t.Fatalf("replaced in order %v, want the two replicas first and %s last", order, p1)
+	}
+	expectEvent(t, ns, "RolloutSwitchover")
+	st := shardStatus(t, ns, shard)
+	if st.CurrentPrimary == p1 {
+		t.Fatalf("primary still %s", p1)
+	}
+	waitPrimary(t, ns, shard, st.CurrentPrimary)
+}
+
+func podIsReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

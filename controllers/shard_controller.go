@@ -23,6 +23,7 @@ import (
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
+	"github.com/tallyhq/tally/failover"
 	"github.com/tallyhq/tally/ledger/migrations"
 )
 
@@ -59,6 +60,7 @@ type shardState struct {
 	ha             string // reason of a failover in progress or blocked, if any
 	haMsg          string
 	requeue        time.Duration
+	fs             *failover.Shard // the instances as the failover step found them
 	instances      []v1alpha1.InstanceStatus
 	primaryReady   bool
 	rolloutPending []string
@@ -101,6 +103,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		{"services", r.reconcileServices},
 		{"instances", r.reconcileInstances},
 		{"failover", r.reconcileFailover},
+		{"rollout", r.reconcileRollout},
 		{"disruption budgets", r.reconcilePDBs},
 		{"migrations", r.reconcileMigrations},
 		{"accounts", r.reconcileAccounts},
@@ -176,7 +179,7 @@ func (r *ShardReconciler) reconcileServices(ctx context.Context, shard *v1alpha1
 
 // reconcileInstances makes one PVC and one Pod per instance. A pod whose spec changed is
 // left running and reported: replacing PostgreSQL pods is a rolling update that must go
-// replicas first, then a switchover, which belongs to the failover logic.
+// replicas first, then a switchover (reconcileRollout).
 func (r *ShardReconciler) reconcileInstances(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
 	pg := specs.ResolvePostgres(shard.Spec.Postgres)
 	for n := int32(1); n <= pg.Instances; n++ {

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -72,6 +73,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	}
 	obs := fs.Observe(ctx)
 	st.observe(obs)
+	st.fs = fs
 	var primary failover.Observation
 	for _, o := range obs {
 		if o.Name == st.primary {
@@ -82,7 +84,8 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	switch {
 	case failover.PrimaryHealthy(primary):
 		r.lostSince.Delete(shard.UID)
-		if want := shard.Spec.Primary; want != "" && want != st.primary {
+		// A rolling update moves the primary on its own; spec.primary waits for it.
+		if want := shard.Spec.Primary; want != "" && want != st.primary && len(st.rolloutPending) == 0 {
 			return r.switchover(ctx, shard, fs, st, want)
 		}
 		fs.Converge(ctx)
@@ -239,6 +242,46 @@ func (r *ShardReconciler) setRoleLabel(ctx context.Context, ns, name string, rol
 	pod.Labels[specs.LabelRole] = string(role)
 	if err := r.Patch(ctx, &pod, client.MergeFrom(before), client.FieldOwner(FieldOwner)); err != nil {
 		return fmt.Errorf("label %s %s: %w", name, role, err)
+	}
+	return nil
+}
+
+// reconcileRollout replaces PostgreSQL pods that run an outdated spec, in the order
+// decideRollout gives: replicas one at a time, then a switchover to an updated replica,
+// after which the old primary is replaced as a replica. Each step is an Event; a pod is
+// only ever deleted while every instance is healthy.
+func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	if st.fs == nil || len(st.rolloutPending) == 0 || st.ha != "" {
+		return nil
+	}
+	var ins []rolloutInstance
+	for _, in := range st.instances {
+		primary := in.Name == st.primary
+		ins = append(ins, rolloutInstance{
+			Name: in.Name, Primary: primary, Outdated: slices.Contains(st.rolloutPending, in.Name),
+			Healthy: in.Ready && in.Reachable && !in.Fenced && (primary || in.Streaming),
+		})
+	}
+	step, name := decideRollout(ins)
+	switch step {
+	case rolloutReplaceReplica:
+		pod := &corev1.Pod{}
+		pod.Name, pod.Namespace = name, shard.Namespace
+		if err := r.Delete(ctx, pod); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("rollout: delete %s: %w", name, err)
+		}
+		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "RolloutReplica", "Rollout", "replacing replica %s to run the new spec", name)
+		st.requeue = time.Second
+	case rolloutSwitchover:
+		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "RolloutSwitchover", "Rollout", "switching over to updated replica %s before replacing primary %s", name, st.primary)
+		newPrimary, err := failover.Switchover(ctx, st.fs, name)
+		if err != nil {
+			st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, "rollout switchover: "+err.Error()
+			st.requeue = failoverRetry
+			return nil
+		}
+		st.primary = newPrimary
+		st.requeue = time.Second
 	}
 	return nil
 }
