@@ -255,6 +255,17 @@ func (h *haLedger) checkLedger(ctx context.Context, name string, acked []string)
 	}
 }
 
+// replicas lists the instances other than primary, in order.
+func (h *haLedger) replicas(primary string) []string {
+	var names []string
+	for _, m := range h.shard.Members() {
+		if m.Name != primary {
+			names = append(names, m.Name)
+		}
+	}
+	return names
+}
+
 func waitPrimaryOtherThan(t *testing.T, sh *localshard.Shard, old string, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -314,16 +325,8 @@ func TestStaleReplicaNeverPromoted(t *testing.T) {
 	h := startHALedger(t)
 	ctx := context.Background()
 	primary := h.shard.CurrentPrimary()
-	var stale, fresh string
-	for _, m := range h.shard.Members() {
-		if m.Name != primary {
-			if stale == "" {
-				stale = m.Name
-			} else {
-				fresh = m.Name
-			}
-		}
-	}
+	replicas := h.replicas(primary)
+	stale, fresh := replicas[0], replicas[1]
 	h.shard.StopInstance(stale)
 	l := h.startLoad(4)
 	time.Sleep(2 * time.Second)
@@ -354,13 +357,9 @@ func TestStaleReplicaNeverPromoted(t *testing.T) {
 func TestNoStandbyNoAcknowledgement(t *testing.T) {
 	h := startHALedger(t)
 	ctx := context.Background()
-	primary := h.shard.CurrentPrimary()
-	var replicas []string
-	for _, m := range h.shard.Members() {
-		if m.Name != primary {
-			replicas = append(replicas, m.Name)
-			h.shard.StopInstance(m.Name)
-		}
+	replicas := h.replicas(h.shard.CurrentPrimary())
+	for _, r := range replicas {
+		h.shard.StopInstance(r)
 	}
 	try := func(what string) error {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)

@@ -20,12 +20,13 @@ const (
 	PathFence    = "/v1/fence"
 	PathUnfence  = "/v1/unfence"
 	PathFollow   = "/v1/follow"
+	PathDemote   = "/v1/demote" // the same as follow, named for a primary stepping down
 	PathHealthz  = "/healthz"
 	PathReadyz   = "/readyz"
 	maxBodyBytes = 4 << 10
 )
 
-// FollowRequest is the body of POST /v1/follow.
+// FollowRequest is the body of POST /v1/follow and /v1/demote.
 type FollowRequest struct {
 	Primary string `json:"primary"`
 }
@@ -56,7 +57,7 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathPromote, action(m.Promote))
 	mux.HandleFunc("POST "+PathFence, action(m.Fence))
 	mux.HandleFunc("POST "+PathUnfence, action(m.Unfence))
-	mux.HandleFunc("POST "+PathFollow, m.authed(func(w http.ResponseWriter, r *http.Request) {
+	follow := m.authed(func(w http.ResponseWriter, r *http.Request) {
 		var req FollowRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		dec.DisallowUnknownFields()
@@ -65,7 +66,9 @@ func (m *Manager) Handler() http.Handler {
 			return
 		}
 		action(func(ctx context.Context) error { return m.Follow(ctx, req.Primary) })(w, r)
-	}))
+	})
+	mux.HandleFunc("POST "+PathFollow, follow)
+	mux.HandleFunc("POST "+PathDemote, follow)
 	return mux
 }
 

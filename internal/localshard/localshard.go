@@ -268,28 +268,31 @@ func (s *Shard) Restart(name string) error {
 // Kill loses one instance as a pod is lost: PostgreSQL gets SIGKILL and its manager and
 // status API vanish. Restart brings it back.
 func (s *Shard) Kill(name string) {
-	s.mu.Lock()
-	r := s.runs[name]
-	delete(s.runs, name)
-	s.mu.Unlock()
-	if r == nil {
-		return
+	if r := s.take(name); r != nil {
+		r.mgr.Kill()
+		r.stop()
 	}
-	r.mgr.Kill()
-	r.cancel()
-	<-r.done
-	_ = r.srv.Close()
 }
 
 // StopInstance shuts one instance down cleanly (its manager stops PostgreSQL).
 func (s *Shard) StopInstance(name string) {
+	if r := s.take(name); r != nil {
+		r.stop()
+	}
+}
+
+// take removes an instance's run from the shard, returning nil if it is not running.
+func (s *Shard) take(name string) *run {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	r := s.runs[name]
 	delete(s.runs, name)
-	s.mu.Unlock()
-	if r == nil {
-		return
-	}
+	return r
+}
+
+// stop ends the manager (a clean PostgreSQL shutdown, unless it was killed) and its
+// status API.
+func (r *run) stop() {
 	r.cancel()
 	<-r.done
 	_ = r.srv.Close()
