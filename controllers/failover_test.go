@@ -245,3 +245,40 @@ func podIsReady(p *corev1.Pod) bool {
 	}
 	return false
 }
+
+// After spec.instances shrinks, the primary still lists the instance that is no longer
+// in the spec as a synchronous standby (its manager read the shape when it started), so
+// that instance may hold the only copy of a commit: a failover must still count it.
+func TestFailoverCountsInstancesBeyondTheSpec(t *testing.T) {
+	ns, shard := haShard(t, "shrunk")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	var c v1alpha1.LedgerCluster
+	if err := get(ns, "shrunk", &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Spec.Postgres.Instances = int32p(2)
+	if err := k8s.Update(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "shard spec shrunk", func() error {
+		var s v1alpha1.LedgerShard
+		if err := get(ns, shard, &s); err != nil {
+			return err
+		}
+		if s.Spec.Postgres.Instances == nil || *s.Spec.Postgres.Instances != 2 {
+			return fmt.Errorf("instances %v", s.Spec.Postgres.Instances)
+		}
+		return nil
+	})
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+	fakes.update(ns, p3, func(f *fakeInstance) { f.down = true })
+	expectEvent(t, ns, "FailoverRefused")
+	time.Sleep(2 * testFailoverDelay)
+	if st := shardStatus(t, ns, shard); st.CurrentPrimary != p1 {
+		t.Fatalf("promoted %s while %s, a synchronous standby of the old primary, did not answer", st.CurrentPrimary, p3)
+	}
+	if f := fakes.get(ns, p2); f.promotions != 0 {
+		t.Fatal("promoted p2")
+	}
+}

@@ -149,18 +149,37 @@ func (r *ShardReconciler) failoverShard(ctx context.Context, shard *v1alpha1.Led
 			r.Recorder.Eventf(shard, nil, kind, reason, "Failover", "%s", msg)
 		},
 	}
+	// Members are the spec's instances plus every instance pod that still exists. Why
+	// the union: a primary lists the members it was started with in
+	// synchronous_standby_names, which after a change of spec.instances may include pods
+	// the spec no longer names, and one of them may hold the only copy of a commit. A
+	// larger set only makes ChoosePromotion ask for more answers, never fewer.
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods, client.InNamespace(shard.Namespace),
+		client.MatchingLabels{specs.LabelShard: shard.Name, specs.LabelComponent: specs.ComponentPostgres}); err != nil {
+		return nil, err
+	}
+	byName := map[string]*corev1.Pod{}
+	for i := range pods.Items {
+		byName[pods.Items[i].Name] = &pods.Items[i]
+	}
 	for n := int32(1); n <= pg.Instances; n++ {
-		name := specs.InstanceName(shard.Name, n)
-		fs.Members = append(fs.Members, name)
-		var pod corev1.Pod
-		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: name}, &pod)
-		if apierrors.IsNotFound(err) {
+		fs.Members = append(fs.Members, specs.InstanceName(shard.Name, n))
+	}
+	var extra []string
+	for name := range byName {
+		if !slices.Contains(fs.Members, name) {
+			extra = append(extra, name)
+		}
+	}
+	slices.Sort(extra)
+	fs.Members = append(fs.Members, extra...)
+	for _, name := range fs.Members {
+		pod := byName[name]
+		if pod == nil {
 			continue
 		}
-		if err != nil {
-			return nil, err
-		}
-		inst, err := r.Instances(ctx, shard, &pod)
+		inst, err := r.Instances(ctx, shard, pod)
 		if err != nil {
 			continue // unreachable: it counts as not answering
 		}
