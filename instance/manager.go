@@ -111,6 +111,8 @@ type Manager struct {
 	op sync.Mutex // serialises changes to the instance: the loop's and the API's
 
 	mu            sync.Mutex // guards the fields below, which Status reads
+	members       []Member
+	rule          SyncRule
 	pg            *postgres.Server
 	upstream      string
 	isolatedSince time.Time
@@ -154,7 +156,28 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Log = slog.Default()
 	}
 	log := cfg.Log.With("instance", cfg.Name)
-	return &Manager{cfg: cfg, log: log, peers: newPeerChecker(cfg.Name, cfg.Members)}, nil
+	return &Manager{cfg: cfg, log: log, peers: newPeerChecker(cfg.Name, cfg.Members), members: cfg.Members, rule: cfg.Sync}, nil
+}
+
+// SetShape changes the shard's members and synchronous rule while the manager runs, as
+// instances are added or removed; a primary rewrites synchronous_standby_names at its
+// next check. This instance must stay a member.
+func (m *Manager) SetShape(members []Member, rule SyncRule) error {
+	if !slices.ContainsFunc(members, func(mb Member) bool { return mb.Name == m.cfg.Name }) {
+		return fmt.Errorf("instance: %s is not among the new members", m.cfg.Name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.members, m.rule = slices.Clone(members), rule
+	m.peers = newPeerChecker(m.cfg.Name, members)
+	return nil
+}
+
+// shape is the current members and rule.
+func (m *Manager) shape() ([]Member, SyncRule, *peerChecker) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.members, m.rule, m.peers
 }
 
 // Name is the instance's name.
@@ -241,7 +264,8 @@ func (m *Manager) tickPrimary(ctx context.Context) error {
 // down is the only answer that cannot split the brain; when it can see again, the
 // Locator says whether it is still the primary.
 func (m *Manager) checkIsolation(ctx context.Context, locatorErr error) error {
-	if locatorErr == nil || m.peers.anyReachable(ctx) {
+	_, _, peers := m.shape()
+	if locatorErr == nil || peers.anyReachable(ctx) {
 		m.mu.Lock()
 		m.isolatedSince = time.Time{}
 		m.mu.Unlock()
@@ -312,7 +336,8 @@ func (m *Manager) start(ctx context.Context) error {
 }
 
 func (m *Manager) member(name string) (Member, error) {
-	for _, mb := range m.cfg.Members {
+	members, _, _ := m.shape()
+	for _, mb := range members {
 		if mb.Name == name {
 			return mb, nil
 		}
@@ -542,7 +567,8 @@ func (m *Manager) staticParams() map[string]string {
 // stream from), the client authentication rules, and includes tally.conf from
 // postgresql.conf once.
 func (m *Manager) writeSettings(upstream string) error {
-	names := SyncStandbyNames(m.cfg.Sync, m.cfg.Name, m.memberNames(), m.streamingNow())
+	_, rule, _ := m.shape()
+	names := SyncStandbyNames(rule, m.cfg.Name, m.memberNames(), m.streamingNow())
 	var b strings.Builder
 	b.WriteString("# Written by the tally instance manager; edits are overwritten.\n")
 	// The static settings are on the command line too; here they also hold for the
@@ -642,8 +668,9 @@ func conninfoQuote(s string) string {
 }
 
 func (m *Manager) memberNames() []string {
-	names := make([]string, len(m.cfg.Members))
-	for i, mb := range m.cfg.Members {
+	members, _, _ := m.shape()
+	names := make([]string, len(members))
+	for i, mb := range members {
 		names[i] = mb.Name
 	}
 	return names
@@ -674,7 +701,8 @@ func (m *Manager) streamingNow() []string {
 // updateSyncStandbys rewrites synchronous_standby_names when the rule, the members or
 // (with preferred durability) the streaming standbys changed it.
 func (m *Manager) updateSyncStandbys(ctx context.Context) error {
-	want := SyncStandbyNames(m.cfg.Sync, m.cfg.Name, m.memberNames(), m.streamingNow())
+	_, rule, _ := m.shape()
+	want := SyncStandbyNames(rule, m.cfg.Name, m.memberNames(), m.streamingNow())
 	conn, err := m.connect(ctx, "postgres")
 	if err != nil {
 		return err

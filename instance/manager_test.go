@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,4 +212,26 @@ func TestFenceSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the primary back", time.Minute, func() bool { return m2.Status(ctx).Role == RolePrimary })
+}
+
+// Members and rule change while the primary runs: synchronous_standby_names follows.
+func TestSetShapeRewritesSyncStandbys(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, _ := startSolo(t, loc)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	if got := m.Status(ctx).SyncStandbyNames; got != "" {
+		t.Fatalf("preferred with nothing streaming: %q", got)
+	}
+	members, _, _ := m.shape()
+	grown := append(slices.Clone(members), Member{Name: "c", Host: "127.0.0.1", Port: 1})
+	if err := m.SetShape(grown, SyncRule{Method: SyncAny, Number: 1, Required: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "new synchronous standbys", 10*time.Second, func() bool {
+		return m.Status(ctx).SyncStandbyNames == `ANY 1 ("b", "c")`
+	})
+	if err := m.SetShape(grown[1:], SyncRule{}); err == nil {
+		t.Fatal("a shape without this instance: want an error")
+	}
 }

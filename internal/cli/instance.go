@@ -89,11 +89,42 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}()
 	log.Info("instance manager running", "instance", pod, "shard", shard, "instances", shape.instances, "sync", fmt.Sprintf("%+v", shape.rule))
+	go followShardShape(ctx, mgr, *configDir, shard, ns, shape, log)
 	err = mgr.Run(ctx) // returns once ctx ends (SIGTERM), after a clean PostgreSQL shutdown
 	sctx, cancel := context.WithTimeout(context.Background(), instanceShutdownGrace)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return err
+}
+
+// shapePoll is how often the mounted ConfigMap is read again; the kubelet refreshes it
+// within about a minute of a change.
+const shapePoll = 10 * time.Second
+
+// followShardShape hands the manager a new instance count or synchronous rule when the
+// ConfigMap changes, so synchronous_standby_names follows instances as they come and go.
+func followShardShape(ctx context.Context, mgr *instance.Manager, dir, shard, ns string, have shardShape, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(shapePoll):
+		}
+		shape, err := readShardShape(dir)
+		if err != nil {
+			log.Warn("shard config unreadable; keeping the last one", "err", err.Error())
+			continue
+		}
+		if shape == have {
+			continue
+		}
+		if err := mgr.SetShape(shardMembers(shard, ns, shape.instances), shape.rule); err != nil {
+			log.Warn("shard config not applied", "err", err.Error())
+			continue
+		}
+		log.Info("shard config changed", "instances", shape.instances, "sync", fmt.Sprintf("%+v", shape.rule))
+		have = shape
+	}
 }
 
 // shardShape is what the shard ConfigMap tells every instance manager.
