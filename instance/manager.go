@@ -265,7 +265,9 @@ func (m *Manager) tickPrimary(ctx context.Context) error {
 // Locator says whether it is still the primary.
 func (m *Manager) checkIsolation(ctx context.Context, locatorErr error) error {
 	_, _, peers := m.shape()
-	if locatorErr == nil || peers.anyReachable(ctx) {
+	// A shard of one has nobody who could take over, so an API server outage must not
+	// take its only database down.
+	if locatorErr == nil || len(peers.urls) == 0 || peers.anyReachable(ctx) {
 		m.mu.Lock()
 		m.isolatedSince = time.Time{}
 		m.mu.Unlock()

@@ -41,6 +41,11 @@ func (l *switchLocator) set(target string, err error) {
 // startSolo runs a one-member shard's manager ("a") with a dead peer "b", so nobody
 // answers its isolation checks but its locator.
 func startSolo(t *testing.T, loc Locator) (*Manager, *httptest.Server) {
+	return startManager(t, loc, true)
+}
+
+// startManager runs manager "a", with or without its dead peer "b".
+func startManager(t *testing.T, loc Locator, withPeer bool) (*Manager, *httptest.Server) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-instance-")
 	if err != nil {
@@ -53,12 +58,13 @@ func startSolo(t *testing.T, loc Locator) (*Manager, *httptest.Server) {
 		t.Fatal(err)
 	}
 	deadPort, _ := postgres.FreePort()
+	members := []Member{{Name: "a", Host: "127.0.0.1", Port: port}}
+	if withPeer {
+		members = append(members, Member{Name: "b", Host: "127.0.0.1", Port: deadPort, StatusURL: "http://127.0.0.1:" + strconv.Itoa(deadPort)})
+	}
 	m, err := New(Config{
 		Name: "a", DataDir: filepath.Join(dir, "pgdata"), Port: port, Token: "s3cret", Locator: loc,
-		Members: []Member{
-			{Name: "a", Host: "127.0.0.1", Port: port},
-			{Name: "b", Host: "127.0.0.1", Port: deadPort, StatusURL: "http://127.0.0.1:" + strconv.Itoa(deadPort)},
-		},
+		Members: members,
 		Sync: SyncRule{Method: SyncAny, Number: 1}, Tick: 100 * time.Millisecond, IsolationTimeout: time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -163,6 +169,19 @@ func TestIsolatedPrimaryFencesItself(t *testing.T) {
 	}
 	loc.set("a", nil)
 	waitFor(t, "the primary back", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+}
+
+// A shard of one has nobody to take over: losing the locator must not take it down.
+func TestLonePrimaryStaysUpWithoutLocator(t *testing.T) {
+	loc := &switchLocator{target: "a"}
+	m, _ := startManager(t, loc, false)
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	loc.set("", errors.New("api server unreachable"))
+	time.Sleep(2 * time.Second) // twice the isolation timeout
+	if st := m.Status(ctx); !st.Running || st.Role != RolePrimary {
+		t.Fatalf("a lone primary fenced itself: %+v", st)
+	}
 }
 
 // A primary that learns another instance holds the role stops taking writes at once.
