@@ -65,7 +65,7 @@ func startManager(t *testing.T, loc Locator, withPeer bool) (*Manager, *httptest
 	m, err := New(Config{
 		Name: "a", DataDir: filepath.Join(dir, "pgdata"), Port: port, Token: "s3cret", Locator: loc,
 		Members: members,
-		Sync: SyncRule{Method: SyncAny, Number: 1}, Tick: 100 * time.Millisecond, IsolationTimeout: time.Second,
+		Sync:    SyncRule{Method: SyncAny, Number: 1}, Tick: 100 * time.Millisecond, IsolationTimeout: time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
