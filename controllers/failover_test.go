@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -132,6 +133,15 @@ func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
 		return nil
 	})
 	expectEvent(t, ns, "FailoverRefused")
+	var evs eventsv1.EventList
+	if err := k8s.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.Reason == "FailoverRefused" && e.Type != corev1.EventTypeWarning {
+			t.Errorf("FailoverRefused recorded as %s, want Warning", e.Type)
+		}
+	}
 	time.Sleep(2 * testFailoverDelay)
 	st := shardStatus(t, ns, shard)
 	if st.CurrentPrimary != p1 || st.TargetPrimary != p1 || roleLabel(t, ns, p1) != string(v1alpha1.RolePrimary) {

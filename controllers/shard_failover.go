@@ -88,7 +88,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		if want := shard.Spec.Primary; want != "" && want != st.primary && len(st.rolloutPending) == 0 {
 			return r.switchover(ctx, shard, fs, st, want)
 		}
-		fs.Converge(ctx)
+		fs.Converge(ctx, obs)
 		return nil
 	case shard.Status.SchemaVersion == 0:
 		return nil // never served: bootstrap, not failover
@@ -141,12 +141,12 @@ func (r *ShardReconciler) failoverShard(ctx context.Context, shard *v1alpha1.Led
 	fs := &failover.Shard{
 		Rule: SyncRule(pg), Primary: st.primary, Instances: map[string]failover.Instance{},
 		Publisher: &rolePublisher{r: r, shard: shard, st: st},
-		Event: func(reason, msg string) {
+		Event: func(e failover.Event) {
 			kind := corev1.EventTypeNormal
-			if reason == "FailoverRefused" || reason == "PromotionRefused" || reason == "FenceUnanswered" || reason == "FollowFailed" || reason == "PromotionFailed" {
+			if e.Warning {
 				kind = corev1.EventTypeWarning
 			}
-			r.Recorder.Eventf(shard, nil, kind, reason, "Failover", "%s", msg)
+			r.Recorder.Eventf(shard, nil, kind, e.Reason, "Failover", "%s", e.Message)
 		},
 	}
 	// Members are the spec's instances plus every instance pod that still exists. Why

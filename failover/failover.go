@@ -50,14 +50,27 @@ type Shard struct {
 	Primary   string
 	Publisher Publisher
 	// Event records each step; it may be nil.
-	Event func(reason, message string)
+	Event func(Event)
 	// ReceiverWait bounds the wait for WAL receivers to stop (DefaultReceiverWait if 0).
 	ReceiverWait time.Duration
 }
 
+// Event is one step of a sequence. Warning marks a step that did not go as it should
+// (a refusal, an unanswered call), which operators want to see first.
+type Event struct {
+	Reason, Message string
+	Warning         bool
+}
+
 func (s *Shard) event(reason, format string, args ...any) {
 	if s.Event != nil {
-		s.Event(reason, fmt.Sprintf(format, args...))
+		s.Event(Event{Reason: reason, Message: fmt.Sprintf(format, args...)})
+	}
+}
+
+func (s *Shard) warning(reason, format string, args ...any) {
+	if s.Event != nil {
+		s.Event(Event{Reason: reason, Message: fmt.Sprintf(format, args...), Warning: true})
 	}
 }
 
@@ -102,11 +115,11 @@ func Failover(ctx context.Context, s *Shard) (string, error) {
 		}
 		s.Primary = name
 		s.event("PrimaryAdopted", "%s already runs as primary (an earlier failover promoted it); publishing it", name)
-		s.Converge(ctx)
+		s.Converge(ctx, s.Observe(ctx))
 		return name, nil
 	}
 	if _, err := ChoosePromotion(s.Rule, s.Members, old, "", obs); err != nil {
-		s.event("FailoverRefused", "primary %s is lost, but no replica can be promoted safely now: %v", old, err)
+		s.warning("FailoverRefused", "primary %s is lost, but no replica can be promoted safely now: %v", old, err)
 		return "", err
 	}
 	s.event("FailoverStarted", "primary %s is lost; failing over", old)
@@ -148,7 +161,7 @@ func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error)
 		err := inst.Fence(fctx)
 		cancel()
 		if err != nil {
-			s.event("FenceUnanswered", "old primary %s did not answer the fence: %v", old, err)
+			s.warning("FenceUnanswered", "old primary %s did not answer the fence: %v", old, err)
 		} else {
 			s.event("Fenced", "old primary %s is shut down and fenced", old)
 		}
@@ -159,12 +172,12 @@ func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error)
 	}
 	choice, err := ChoosePromotion(s.Rule, s.Members, old, prefer, obs)
 	if err != nil {
-		s.event("PromotionRefused", "%v", err)
+		s.warning("PromotionRefused", "%v", err)
 		return "", err
 	}
 	s.event("PromotionChosen", "promoting %s: %s", choice.Name, choice.Reason)
 	if err := s.promote(ctx, choice.Name); err != nil {
-		s.event("PromotionFailed", "%s: %v", choice.Name, err)
+		s.warning("PromotionFailed", "%s: %v", choice.Name, err)
 		return "", err
 	}
 	if err := s.Publisher.Primary(ctx, choice.Name); err != nil {
@@ -172,7 +185,7 @@ func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error)
 	}
 	s.Primary = choice.Name
 	s.event("Promoted", "%s is the primary", choice.Name)
-	s.Converge(ctx)
+	s.Converge(ctx, s.Observe(ctx))
 	return choice.Name, nil
 }
 
@@ -189,7 +202,7 @@ func (s *Shard) waitReceiversStopped(ctx context.Context, old string) ([]Observa
 			return obs, nil
 		}
 		if time.Now().After(deadline) {
-			s.event("ReceiversStillStreaming", "replicas still stream after %s; the old primary may be alive, not failing over", wait)
+			s.warning("ReceiversStillStreaming", "replicas still stream after %s; the old primary may be alive, not failing over", wait)
 			return nil, fmt.Errorf("%w after %s", ErrReceiversStreaming, wait)
 		}
 		select {
@@ -227,14 +240,15 @@ func (s *Shard) promote(ctx context.Context, name string) error {
 
 // Converge tells every answering instance that is not following the primary to follow
 // it: replicas after a promotion, and a former primary when it returns (its manager
-// rewinds it first). Instances that do not answer are left for a later call.
-func (s *Shard) Converge(ctx context.Context) {
-	for _, o := range s.Observe(ctx) {
+// rewinds it first). obs is a fresh Observe; instances that do not answer are left for
+// a later call.
+func (s *Shard) Converge(ctx context.Context, obs []Observation) {
+	for _, o := range obs {
 		if !NeedsFollow(s.Primary, o) {
 			continue
 		}
 		if err := s.Instances[o.Name].Follow(ctx, s.Primary); err != nil {
-			s.event("FollowFailed", "%s could not follow %s: %v", o.Name, s.Primary, err)
+			s.warning("FollowFailed", "%s could not follow %s: %v", o.Name, s.Primary, err)
 			continue
 		}
 		s.event("Following", "%s follows %s", o.Name, s.Primary)

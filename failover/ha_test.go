@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/failover"
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/localshard"
 	"github.com/tallyhq/tally/ledger"
@@ -70,7 +71,7 @@ func startHALedger(t *testing.T) *haLedger {
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
 		Dir: dir, Instances: 3, Sync: anyOneRequired, FailoverDelay: time.Second, Tick: 200 * time.Millisecond,
 		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser},
-		Event:     func(reason, msg string) { t.Logf("event %s: %s", reason, msg) },
+		Event:     func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -393,26 +393,25 @@ func (m *Manager) bootstrapRoles(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	lit := func(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 	repl := pgx.Identifier{m.cfg.ReplicationUser}.Sanitize()
 	stmts := []string{
 		// No replica exists yet to confirm these commits; waiting for one would deadlock
 		// the bootstrap that replicas clone from.
 		"SET synchronous_commit TO local",
-		fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s REPLICATION LOGIN; END IF; END $$`, lit(m.cfg.ReplicationUser), repl),
+		fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s REPLICATION LOGIN; END IF; END $$`, quoteLiteral(m.cfg.ReplicationUser), repl),
 	}
 	if m.cfg.ReplicationPassword != "" {
-		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", repl, lit(m.cfg.ReplicationPassword)))
+		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", repl, quoteLiteral(m.cfg.ReplicationPassword)))
 	}
 	if m.cfg.SuperuserPassword != "" {
-		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", pgx.Identifier{postgres.Superuser}.Sanitize(), lit(m.cfg.SuperuserPassword)))
+		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", pgx.Identifier{postgres.Superuser}.Sanitize(), quoteLiteral(m.cfg.SuperuserPassword)))
 	}
 	if b := m.cfg.Bootstrap; b.AppUser != "" {
 		app := pgx.Identifier{b.AppUser}.Sanitize()
 		stmts = append(stmts,
-			fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s LOGIN; END IF; END $$`, lit(b.AppUser), app))
+			fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s LOGIN; END IF; END $$`, quoteLiteral(b.AppUser), app))
 		if b.AppPassword != "" {
-			stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", app, lit(b.AppPassword)))
+			stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", app, quoteLiteral(b.AppPassword)))
 		}
 	}
 	for _, s := range stmts {
@@ -517,8 +516,9 @@ func (m *Manager) markStandby() error {
 // startAs writes the instance's settings and starts PostgreSQL: as a replica following
 // upstream, or as primary when upstream is empty and the data is not a standby's.
 func (m *Manager) startAs(ctx context.Context, upstream string) error {
-	if postgres.HasCluster(m.cfg.DataDir) {
-		if err := m.writeSettings(upstream); err != nil {
+	fresh := !postgres.HasCluster(m.cfg.DataDir) // postgres.Start runs initdb
+	if !fresh {
+		if err := m.writeSettings(upstream, nil); err != nil {
 			return err
 		}
 	}
@@ -533,11 +533,11 @@ func (m *Manager) startAs(ctx context.Context, upstream string) error {
 	m.mu.Lock()
 	m.pg, m.upstream = pg, upstream
 	m.mu.Unlock()
-	if !postgres.HasCluster(m.cfg.DataDir) {
-		return errors.New("instance: data directory incomplete after start")
+	if !fresh {
+		return nil
 	}
 	// A freshly initialised directory gets its settings now, and a reload applies them.
-	if err := m.writeSettings(upstream); err != nil {
+	if err := m.writeSettings(upstream, nil); err != nil {
 		return err
 	}
 	return m.reload(ctx)
@@ -567,18 +567,18 @@ func (m *Manager) staticParams() map[string]string {
 
 // writeSettings writes tally.conf (synchronous standbys and, on a replica, where to
 // stream from), the client authentication rules, and includes tally.conf from
-// postgresql.conf once.
-func (m *Manager) writeSettings(upstream string) error {
-	_, rule, _ := m.shape()
-	names := SyncStandbyNames(rule, m.cfg.Name, m.memberNames(), m.streamingNow())
+// postgresql.conf once. streaming lists the standbys streaming from this instance when
+// it is a running primary (it matters with preferred durability only).
+func (m *Manager) writeSettings(upstream string, streaming []string) error {
+	names := m.syncStandbyNames(streaming)
 	var b strings.Builder
 	b.WriteString("# Written by the tally instance manager; edits are overwritten.\n")
+	if m.cfg.Include != "" {
+		fmt.Fprintf(&b, "include_if_exists = %s\n", quoteLiteral(m.cfg.Include))
+	}
 	// The static settings are on the command line too; here they also hold for the
 	// single-user crash recovery pg_rewind runs, which would otherwise record
 	// wal_log_hints off in pg_control and refuse to rewind.
-	if m.cfg.Include != "" {
-		fmt.Fprintf(&b, "include_if_exists = %s\n", confQuote(m.cfg.Include))
-	}
 	params := m.staticParams()
 	keys := make([]string, 0, len(params))
 	for k := range params {
@@ -586,9 +586,9 @@ func (m *Manager) writeSettings(upstream string) error {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = %s\n", k, confQuote(params[k]))
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteLiteral(params[k]))
 	}
-	fmt.Fprintf(&b, "synchronous_standby_names = %s\n", confQuote(names))
+	fmt.Fprintf(&b, "synchronous_standby_names = %s\n", quoteLiteral(names))
 	b.WriteString("recovery_target_timeline = 'latest'\n")
 	if upstream != "" {
 		src, err := m.member(upstream)
@@ -599,7 +599,7 @@ func (m *Manager) writeSettings(upstream string) error {
 		if m.cfg.ReplicationPassword != "" {
 			conninfo += " password=" + conninfoQuote(m.cfg.ReplicationPassword)
 		}
-		fmt.Fprintf(&b, "primary_conninfo = %s\n", confQuote(conninfo))
+		fmt.Fprintf(&b, "primary_conninfo = %s\n", quoteLiteral(conninfo))
 	} else {
 		b.WriteString("primary_conninfo = ''\n")
 	}
@@ -664,7 +664,8 @@ func (m *Manager) chownToServer(path string) error {
 	return nil
 }
 
-func confQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// quoteLiteral quotes a string the way both SQL and postgresql.conf read it.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 func conninfoQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
@@ -678,50 +679,39 @@ func (m *Manager) memberNames() []string {
 	return names
 }
 
-// streamingNow lists the standbys streaming from this instance, when it is a running
-// primary; nil otherwise.
-func (m *Manager) streamingNow() []string {
-	pg := m.server()
-	if pg == nil || pg.Exited() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), queryTimeout)
-	defer cancel()
-	conn, err := m.connect(ctx, "postgres")
-	if err != nil {
-		return nil
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
-	if err != nil {
-		return nil
-	}
-	names, _ := pgx.CollectRows(rows, pgx.RowTo[string])
-	return names
+func (m *Manager) syncStandbyNames(streaming []string) string {
+	_, rule, _ := m.shape()
+	return SyncStandbyNames(rule, m.cfg.Name, m.memberNames(), streaming)
 }
 
 // updateSyncStandbys rewrites synchronous_standby_names when the rule, the members or
-// (with preferred durability) the streaming standbys changed it.
+// (with preferred durability) the streaming standbys changed it: one connection, one
+// query, and a write and reload only on a change.
 func (m *Manager) updateSyncStandbys(ctx context.Context) error {
-	_, rule, _ := m.shape()
-	want := SyncStandbyNames(rule, m.cfg.Name, m.memberNames(), m.streamingNow())
 	conn, err := m.connect(ctx, "postgres")
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
 	var have string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&have); err != nil {
-		return fmt.Errorf("instance: read synchronous_standby_names: %w", err)
+	var streaming []string
+	err = conn.QueryRow(ctx, `SELECT current_setting('synchronous_standby_names'),
+		array(SELECT application_name FROM pg_stat_replication WHERE state = 'streaming')`).Scan(&have, &streaming)
+	if err != nil {
+		return fmt.Errorf("instance: read synchronous standbys: %w", err)
 	}
+	want := m.syncStandbyNames(streaming)
 	if have == want {
 		return nil
 	}
 	m.log.Info("synchronous standbys changed", "from", have, "to", want)
-	if err := m.writeSettings(""); err != nil {
+	if err := m.writeSettings("", streaming); err != nil {
 		return err
 	}
-	return m.reload(ctx)
+	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("instance: reload: %w", err)
+	}
+	return nil
 }
 
 func (m *Manager) reload(ctx context.Context) error {
@@ -814,7 +804,7 @@ func (m *Manager) Promote(ctx context.Context) error {
 	m.mu.Lock()
 	m.upstream = ""
 	m.mu.Unlock()
-	if err := m.writeSettings(""); err != nil {
+	if err := m.writeSettings("", nil); err != nil {
 		return err
 	}
 	if err := m.reload(ctx); err != nil {
@@ -909,7 +899,7 @@ func (m *Manager) Follow(ctx context.Context, primary string) error {
 // repoint makes a running replica stream from primary (a reload is enough since
 // PostgreSQL 13).
 func (m *Manager) repoint(ctx context.Context, primary string) error {
-	if err := m.writeSettings(primary); err != nil {
+	if err := m.writeSettings(primary, nil); err != nil {
 		return err
 	}
 	if err := m.reload(ctx); err != nil {

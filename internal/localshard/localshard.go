@@ -51,7 +51,7 @@ type Config struct {
 	Tick time.Duration
 	Log  *slog.Logger
 	// Event receives every failover step; it may be nil.
-	Event func(reason, message string)
+	Event func(failover.Event)
 	// Token of the status APIs; a random one when empty.
 	Token string
 }
@@ -163,10 +163,14 @@ func portAt(ports []int, i int) (int, error) {
 	return postgres.FreePort()
 }
 
-func (s *Shard) event(reason, msg string) {
-	s.cfg.Log.Info("failover: "+msg, "reason", reason)
+func (s *Shard) event(e failover.Event) {
+	level := slog.LevelInfo
+	if e.Warning {
+		level = slog.LevelWarn
+	}
+	s.cfg.Log.Log(context.Background(), level, "failover: "+e.Message, "reason", e.Reason)
 	if s.cfg.Event != nil {
-		s.cfg.Event(reason, msg)
+		s.cfg.Event(e)
 	}
 }
 
@@ -386,7 +390,7 @@ func (s *Shard) control(ctx context.Context) {
 		case healthy:
 			downSince = time.Time{}
 			if round%convergeEvery == 0 {
-				s.fs.Converge(ctx)
+				s.fs.Converge(ctx, obs)
 			}
 		case downSince.IsZero():
 			downSince = now
