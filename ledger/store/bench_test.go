@@ -49,7 +49,7 @@ func BenchmarkPostTransfer(b *testing.B) {
 	}
 }
 
-func benchAccount(b *testing.B, f *fixture, i int) ledger.AccountID {
+func benchAccount(b testing.TB, f *fixture, i int) ledger.AccountID {
 	id, err := ledger.NewAccountID(0)
 	if err != nil {
 		b.Fatal(err)

@@ -240,6 +240,33 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 	carol := f.account("carol", 0)
 	cases["entries added to a committed transaction"] = fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
 		VALUES ('%s', 7, '%s', 'USD', -1, 99), ('%s', 7, '%s', 'USD', 1, 1)`, committed, alice, committed, carol)
+	// A hand-written write that is complete: the transaction, its balanced entries, and the
+	// balances they move, in one statement. The database accepts it; each case below
+	// breaks exactly one thing of it.
+	handWritten := func(tx string, to ledger.AccountID, asset string, toAfter int64) string {
+		return fmt.Sprintf(`WITH moved AS (
+			  UPDATE tally.balances SET posted = posted + CASE WHEN account_id = '%[2]s' THEN -10 ELSE 10 END, version = version + 1
+			  WHERE account_id IN ('%[2]s', '%[3]s'))
+			INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+			VALUES ('%[1]s', 0, '%[2]s', '%[4]s', -10, 90), ('%[1]s', 0, '%[3]s', '%[4]s', 10, %[5]d)`, tx, alice, to, asset, toAfter)
+	}
+	complete := tx + handWritten(txID.String(), carol, "USD", 10)
+	ctrl, err := owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.Exec(ctx, complete); err != nil {
+		t.Fatalf("a complete hand-written write was refused: %v", err)
+	}
+	if _, err := ctrl.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE"); err != nil {
+		t.Fatalf("a complete hand-written write failed its deferred checks: %v", err)
+	}
+	_ = ctrl.Rollback(ctx)
+	otherTx, _ := ledger.NewTransactionID(0)
+	cases["entries of a transaction that does not exist"] = handWritten(otherTx.String(), carol, "USD", 10)
+	cases["balance moved without entries"] = fmt.Sprintf("UPDATE tally.balances SET posted = 50, version = version + 1 WHERE account_id = '%s'", carol)
+	cases["entries on an account that does not exist"] = tx + handWritten(txID.String(), mustAccountID(t), "USD", 10)
+	cases["running balance that skips"] = tx + handWritten(txID.String(), carol, "USD", 11)
 	for name, sql := range cases {
 		tx, err := owner.Begin(ctx)
 		if err != nil {

@@ -27,6 +27,8 @@ BEGIN
 END
 $$;
 
+-- (003_statement_checks.sql replaces this definition: the same steps, with step 4 as one
+-- statement.)
 -- post_batch: the one write path of the ledger. It applies a batch of transaction
 -- requests in one database transaction and one round trip, set-based: every account is
 -- locked once (ascending id, the global lock order), its balance carried in memory
