@@ -7,6 +7,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -82,8 +83,9 @@ type Result struct {
 	Errors     int64   `json:"errors"`
 	Rejected   int64   `json:"rejected"`
 	Ratio      float64 `json:"ratio_to_ceiling,omitempty"`
-	HeapMB     float64 `json:"heap_mb"`     // in use at the end of the run
-	HeapMaxMB  float64 `json:"heap_max_mb"` // the most in use, sampled each second
+	MeanBatch  float64 `json:"mean_batch,omitempty"` // requests per database transaction
+	HeapMB     float64 `json:"heap_mb"`              // in use at the end of the run
+	HeapMaxMB  float64 `json:"heap_max_mb"`          // the most in use, sampled each second
 	Violations int     `json:"invariant_violations"`
 }
 
@@ -132,14 +134,18 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tmax heap MB\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tbatch\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tmax heap MB\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%d\t\n",
-			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.HeapMaxMB, r.Violations)
+		batch := ""
+		if r.MeanBatch > 0 {
+			batch = fmt.Sprintf("%.1f", r.MeanBatch)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, batch, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.HeapMaxMB, r.Violations)
 	}
 	tw.Flush()
 }
@@ -151,6 +157,7 @@ type env struct {
 	store    *store.Store
 	direct   *shardset.Set // the ceiling: one post_batch call per transfer
 	apiAddr  string
+	opsAddr  string
 	stopAPI  context.CancelFunc
 	apiDone  chan error
 	http     *http.Client
@@ -234,6 +241,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 			MaxConnsPerShard: int32(maxClients + 4), Batching: cfg.Batching, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
 		})
 	}()
+	e.opsAddr = "127.0.0.1:" + strconv.Itoa(opsPort)
 	select {
 	case e.apiAddr = <-ready:
 	case err := <-e.apiDone:
@@ -343,7 +351,7 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 			}
 		}
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
-			_, err := e.direct.Balance(ctx, e.accounts[rng.IntN(len(e.accounts))])
+			_, err := batchedSet.Balance(ctx, e.accounts[rng.IntN(len(e.accounts))])
 			return false, err
 		}
 	}
@@ -404,12 +412,16 @@ func (e *env) httpDo(ctx context.Context, method, path, body string, headers map
 // run drives one scenario with the given clients for the duration, then checks every
 // invariant.
 func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration) (Result, error) {
-	batchedSet, stop, err := e.batchedSet(e.batching)
+	batchedSet, b, err := e.batchedSet(e.batching)
 	if err != nil {
 		return Result{}, err
 	}
-	defer stop()
+	defer b.Stop()
 	op := e.op(scenario, mode, batchedSet)
+	batchesBefore, err := e.batchStats(ctx, mode, b)
+	if err != nil {
+		return Result{}, err
+	}
 	runtime.GC()
 	runCtx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -472,6 +484,13 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		PerSecond: float64(all.n) / elapsed.Seconds(), Errors: errs.Load(), Rejected: rejected.Load(),
 		HeapMB: float64(mem.HeapInuse) / (1 << 20), HeapMaxMB: float64(max(heapMax.Load(), mem.HeapInuse)) / (1 << 20)}
 	r.P50ms, r.P90ms, r.P99ms, r.MaxMs = all.quantileMs(.50), all.quantileMs(.90), all.quantileMs(.99), float64(all.max)/1e6
+	batchesAfter, err := e.batchStats(ctx, mode, b)
+	if err != nil {
+		return r, err
+	}
+	if n := batchesAfter.Batches - batchesBefore.Batches; n > 0 {
+		r.MeanBatch = float64(batchesAfter.Requests-batchesBefore.Requests) / float64(n)
+	}
 	violations, err := e.store.Verify(ctx)
 	if err != nil {
 		return r, err
@@ -487,12 +506,12 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 }
 
 // batchedSet is a shard set with a fresh batcher, as the server runs it.
-func (e *env) batchedSet(cfg batcher.Config) (*shardset.Set, func(), error) {
+func (e *env) batchedSet(cfg batcher.Config) (*shardset.Set, *batcher.Batcher, error) {
 	b, err := newBatcher(e.store, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	set, err := shardset.New([]*store.Store{e.store}, []shardset.Poster{b}, time.Now)
+	set, err := shardset.New([]*store.Store{e.store}, []shardset.Front{b}, time.Now)
 	if err != nil {
 		b.Stop()
 		return nil, nil, err
@@ -501,7 +520,41 @@ func (e *env) batchedSet(cfg batcher.Config) (*shardset.Set, func(), error) {
 		b.Stop()
 		return nil, nil, err
 	}
-	return set, b.Stop, nil
+	return set, b, nil
+}
+
+// batchStats are the batching totals of the mode's batcher: the store mode's own, or the
+// service's, scraped from its metrics as an operator would. The ceiling does not batch.
+func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (batcher.Stats, error) {
+	switch mode {
+	case ModeStore:
+		return b.Stats(), nil
+	case ModeHTTP:
+	default:
+		return batcher.Stats{}, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.opsAddr+"/metrics", nil)
+	if err != nil {
+		return batcher.Stats{}, err
+	}
+	resp, err := e.http.Do(req)
+	if err != nil {
+		return batcher.Stats{}, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var st batcher.Stats
+	lines := bufio.NewScanner(resp.Body)
+	for lines.Scan() {
+		name, value, _ := strings.Cut(lines.Text(), " ")
+		n, _ := strconv.ParseFloat(value, 64)
+		switch name {
+		case `tally_batch_batches_total{shard="0"}`:
+			st.Batches = uint64(n)
+		case `tally_batch_requests_total{shard="0"}`:
+			st.Requests = uint64(n)
+		}
+	}
+	return st, lines.Err()
 }
 
 func newBatcher(st *store.Store, cfg batcher.Config) (*batcher.Batcher, error) {

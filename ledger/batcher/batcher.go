@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tallyhq/tally/ledger"
@@ -31,7 +32,7 @@ const (
 	// batchTimeout bounds one batch's round trip, so a hung database fails the batch
 	// instead of holding its callers forever.
 	batchTimeout = 30 * time.Second
-	// MaxWriters, MaxBatchLimit and MaxLinger bound the configuration.
+	// MaxWriters (also for readers), MaxBatchLimit and MaxLinger bound the configuration.
 	MaxWriters    = 16
 	MaxBatchLimit = 1000
 	MaxLinger     = 50 * time.Millisecond
@@ -45,6 +46,7 @@ type Config struct {
 	Writers  int
 	MaxBatch int
 	Linger   time.Duration
+	Readers  int
 }
 
 func (c Config) resolve() (Config, error) {
@@ -57,8 +59,12 @@ func (c Config) resolve() (Config, error) {
 	if c.Linger == 0 {
 		c.Linger = DefaultLinger
 	}
-	if c.Writers < 1 || c.Writers > MaxWriters || c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit || c.Linger < 0 || c.Linger > MaxLinger {
-		return c, fmt.Errorf("batcher: writers must be 1..%d, max batch 1..%d, linger 0..%s; got %+v", MaxWriters, MaxBatchLimit, MaxLinger, c)
+	if c.Readers == 0 {
+		c.Readers = DefaultReaders
+	}
+	if c.Writers < 1 || c.Writers > MaxWriters || c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit || c.Linger < 0 || c.Linger > MaxLinger ||
+		c.Readers < 1 || c.Readers > MaxWriters {
+		return c, fmt.Errorf("batcher: writers and readers must be 1..%d, max batch 1..%d, linger 0..%s; got %+v", MaxWriters, MaxBatchLimit, MaxLinger, c)
 	}
 	return c, nil
 }
@@ -79,10 +85,25 @@ type Batcher struct {
 	store *store.Store
 	cfg   Config
 	queue chan *pending
+	reads chan *balanceRead
 
 	mu      sync.Mutex
 	stopped bool
 	wg      sync.WaitGroup
+
+	batches, requests, busyNanos atomic.Uint64
+}
+
+// Stats are a batcher's running totals.
+type Stats struct {
+	Batches  uint64        // batches posted, committed or not
+	Requests uint64        // requests in them
+	Busy     time.Duration // time spent posting them, summed over the writers
+}
+
+// Stats returns the totals so far: Requests/Batches is the mean batch size.
+func (b *Batcher) Stats() Stats {
+	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load())}
 }
 
 // New returns a batcher over the shard's store; Start it before submitting.
@@ -91,23 +112,28 @@ func New(st *store.Store, cfg Config) (*Batcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher{store: st, cfg: cfg, queue: make(chan *pending, queueLength)}, nil
+	return &Batcher{store: st, cfg: cfg, queue: make(chan *pending, queueLength), reads: make(chan *balanceRead, queueLength)}, nil
 }
 
-// Start runs the writers until Stop.
+// Start runs the writers and readers until Stop.
 func (b *Batcher) Start() {
 	for range b.cfg.Writers {
 		b.wg.Add(1)
 		go b.write()
 	}
+	for range b.cfg.Readers {
+		b.wg.Add(1)
+		go b.read()
+	}
 }
 
-// Stop lets the queued requests finish, then stops the writers.
+// Stop lets the queued requests and reads finish, then stops the writers and readers.
 func (b *Batcher) Stop() {
 	b.mu.Lock()
 	if !b.stopped {
 		b.stopped = true
 		close(b.queue)
+		close(b.reads)
 	}
 	b.mu.Unlock()
 	b.wg.Wait()
@@ -226,7 +252,11 @@ func (b *Batcher) post(batch []*pending) {
 	// whole, whatever happens to the callers' contexts.
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
+	start := time.Now()
 	outs, err := b.store.PostBatch(ctx, reqs)
+	b.busyNanos.Add(uint64(time.Since(start)))
+	b.batches.Add(1)
+	b.requests.Add(uint64(len(batch)))
 	for i, p := range batch {
 		if err != nil {
 			p.done <- result{err: err}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,7 +39,7 @@ func deposit(t *testing.T, key string, ext, to ledger.AccountID) store.Request {
 
 func TestConfigBounds(t *testing.T) {
 	st, _, _ := setup(t)
-	for _, c := range []batcher.Config{{Writers: -1}, {Writers: 17}, {MaxBatch: 1001}, {Linger: time.Second}} {
+	for _, c := range []batcher.Config{{Writers: -1}, {Writers: 17}, {MaxBatch: 1001}, {Linger: time.Second}, {Readers: 17}} {
 		if _, err := batcher.New(st, c); err == nil {
 			t.Errorf("%+v accepted", c)
 		}
@@ -67,5 +69,62 @@ func TestCancelledRequestIsNotApplied(t *testing.T) {
 	}
 	if _, err := b.PostTransaction(context.Background(), deposit(t, "late", ext, acc)); !errors.Is(err, batcher.ErrStopped) {
 		t.Errorf("after stop: %v", err)
+	}
+}
+
+// Coalesced balance reads: each read answers for its own account, a missing account is
+// not found alone, and a read that starts after a transfer was acknowledged sees it.
+func TestBalanceReadsAreCoalescedAndFresh(t *testing.T) {
+	st, ext, acc := setup(t)
+	other, _ := ledger.NewAccountID(0)
+	if _, err := st.CreateAccount(context.Background(), ledger.Account{ID: other, Owner: "b", Asset: "USD"}); err != nil {
+		t.Fatal(err)
+	}
+	missing, _ := ledger.NewAccountID(0)
+	b, err := batcher.New(st, batcher.Config{Readers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Stop()
+	ctx := context.Background()
+	const writes, readers = 30, 16
+	var wg sync.WaitGroup
+	errs := make(chan error, writes*readers*2)
+	for w := range writes {
+		out, err := b.PostTransaction(ctx, deposit(t, fmt.Sprint("d", w), ext, acc))
+		if err != nil || out.Status != 201 {
+			t.Fatalf("deposit %d: %v %+v", w, err, out)
+		}
+		// Every read started now must see at least w+1 deposits on acc, none on other.
+		for r := range readers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id, want := acc, int64(w+1)
+				if r%4 == 1 {
+					id, want = other, 0
+				}
+				bal, err := b.Balance(ctx, id)
+				switch {
+				case err != nil:
+					errs <- err
+				case bal.AccountID != id || bal.Asset != "USD":
+					errs <- fmt.Errorf("read of %s answered %+v", id, bal)
+				case id == acc && bal.Posted < want, id == other && bal.Posted != want:
+					errs <- fmt.Errorf("read after %d deposits saw %d on %s", w+1, bal.Posted, id)
+				}
+				if r%4 == 2 {
+					if _, err := b.Balance(ctx, missing); ledger.CodeOf(err) != ledger.CodeAccountNotFound {
+						errs <- fmt.Errorf("missing account: %v", err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -36,7 +36,7 @@ type client struct {
 func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 	t.Helper()
 	stores := make([]*store.Store, shards)
-	posters := make([]shardset.Poster, shards)
+	posters := make([]shardset.Front, shards)
 	for i := range stores {
 		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, 20))
 		b, err := batcher.New(stores[i], batcher.Config{})

@@ -91,7 +91,8 @@ func Run(ctx context.Context, cfg Config) error {
 		stores[i] = store.New(pool)
 	}
 	reg.MustRegister(newPoolCollector(stores))
-	posters := make([]shardset.Poster, len(stores))
+	fronts := make([]shardset.Front, len(stores))
+	batchers := make([]*batcher.Batcher, len(stores))
 	for i, st := range stores {
 		b, err := batcher.New(st, cfg.Batching)
 		if err != nil {
@@ -99,9 +100,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		b.Start()
 		defer b.Stop() // after the API has drained: queued requests finish first
-		posters[i] = b
+		fronts[i], batchers[i] = b, b
 	}
-	set, err := shardset.New(stores, posters, time.Now)
+	reg.MustRegister(newBatchCollector(batchers))
+	set, err := shardset.New(stores, fronts, time.Now)
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,8 @@ func TestServeRunsTheDevScript(t *testing.T) {
 		`tally_transactions_total{code="",kind="transfer",outcome="applied"} 4`,
 		`tally_http_request_duration_seconds_bucket{route="POST /v1/transfers",status="201"`,
 		`tally_db_pool_max_conns{shard="0"}`,
+		`tally_batch_requests_total{shard="0"} 4`,
+		`tally_batch_batches_total{shard="0"}`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)

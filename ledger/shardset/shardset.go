@@ -17,37 +17,39 @@ import (
 	"github.com/tallyhq/tally/ledger/store"
 )
 
-// Poster posts one transaction request to a shard: the shard's Store directly (one
-// database transaction per request), or a batcher in front of it.
-type Poster interface {
+// Front is the way to one shard for the hot operations, posting transactions and reading
+// balances: the shard's Store directly (one database transaction or query per call), or
+// a batcher in front of it.
+type Front interface {
 	PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error)
+	Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error)
 }
 
 // Set is the ledger over all its shards.
 type Set struct {
-	shards  []*store.Store
-	posters []Poster
-	now     func() time.Time
+	shards []*store.Store
+	fronts []Front
+	now    func() time.Time
 
 	mu     sync.RWMutex
 	assets map[string]ledger.Asset // assets never change once registered, so caching is exact
 }
 
-// New returns a set over the shards, indexed by shard number. Transactions go through
-// posters[i] for shard i; with nil posters, straight to the stores.
-func New(shards []*store.Store, posters []Poster, now func() time.Time) (*Set, error) {
+// New returns a set over the shards, indexed by shard number. Shard i's transactions are
+// posted and its balances read through fronts[i]; with nil fronts, straight to the stores.
+func New(shards []*store.Store, fronts []Front, now func() time.Time) (*Set, error) {
 	if len(shards) == 0 || len(shards) > ledger.MaxShards {
 		return nil, fmt.Errorf("shardset: need 1 to %d shards, got %d", ledger.MaxShards, len(shards))
 	}
-	if posters == nil {
+	if fronts == nil {
 		for _, st := range shards {
-			posters = append(posters, st)
+			fronts = append(fronts, st)
 		}
 	}
-	if len(posters) != len(shards) {
-		return nil, fmt.Errorf("shardset: %d posters for %d shards", len(posters), len(shards))
+	if len(fronts) != len(shards) {
+		return nil, fmt.Errorf("shardset: %d fronts for %d shards", len(fronts), len(shards))
 	}
-	return &Set{shards: shards, posters: posters, now: now, assets: map[string]ledger.Asset{}}, nil
+	return &Set{shards: shards, fronts: fronts, now: now, assets: map[string]ledger.Asset{}}, nil
 }
 
 // Shards returns the stores, by shard index.
@@ -187,11 +189,10 @@ func (s *Set) SetStatus(ctx context.Context, id ledger.AccountID, status ledger.
 
 // Balance reads an account's balance from its shard's primary.
 func (s *Set) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
-	st, err := s.shard(id.Shard())
-	if err != nil {
+	if _, err := s.shard(id.Shard()); err != nil {
 		return ledger.Balance{}, err
 	}
-	return st.Balance(ctx, id)
+	return s.fronts[id.Shard()].Balance(ctx, id)
 }
 
 // Entries lists an account's entries newest first, below the given entry id.
@@ -279,7 +280,7 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	if err != nil {
 		return ledger.Outcome{}, fmt.Errorf("shardset: render response: %w", err)
 	}
-	return s.posters[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
+	return s.fronts[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
 }
 
 func (s *Set) resolve(ctx context.Context, a Account, asset string, shard int) (ledger.AccountID, error) {

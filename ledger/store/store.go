@@ -180,18 +180,48 @@ func (s *Store) SetStatus(ctx context.Context, id ledger.AccountID, status ledge
 
 // Balance reads an account's posted balance from this database (the primary).
 func (s *Store) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
-	b := ledger.Balance{AccountID: id}
-	err := s.pool.QueryRow(ctx, `
-		SELECT a.asset, a.scale, b.posted, b.version FROM tally.balances b
-		JOIN tally.accounts a ON a.id = b.account_id WHERE b.account_id = $1`, [16]byte(id)).
-		Scan(&b.Asset, &b.Scale, &b.Posted, &b.Version)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return b, ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
-	}
+	bs, found, err := s.Balances(ctx, []ledger.AccountID{id})
 	if err != nil {
-		return b, wrap("read balance", err)
+		return ledger.Balance{AccountID: id}, err
 	}
-	return b, nil
+	if !found[0] {
+		return bs[0], ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+	}
+	return bs[0], nil
+}
+
+// Balances reads many accounts' balances with one query, so all from one snapshot;
+// found[i] says whether ids[i] is an account. An id may appear more than once.
+func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances []ledger.Balance, found []bool, err error) {
+	keys := make([][16]byte, len(ids))
+	balances = make([]ledger.Balance, len(ids))
+	for i, id := range ids {
+		keys[i] = [16]byte(id)
+		balances[i].AccountID = id
+	}
+	found = make([]bool, len(ids))
+	rows, err := s.pool.Query(ctx, `
+		SELECT u.i, a.asset, a.scale, b.posted, b.version
+		FROM unnest($1::uuid[]) WITH ORDINALITY u(id, i)
+		JOIN tally.balances b ON b.account_id = u.id
+		JOIN tally.accounts a ON a.id = u.id`, keys)
+	if err != nil {
+		return nil, nil, wrap("read balances", err)
+	}
+	var i int64
+	var b ledger.Balance
+	_, err = pgx.ForEachRow(rows, []any{&i, &b.Asset, &b.Scale, &b.Posted, &b.Version}, func() error {
+		if i < 1 || int(i) > len(ids) {
+			return fmt.Errorf("store: read balances: row for id %d of %d", i, len(ids))
+		}
+		b.AccountID = ids[i-1]
+		balances[i-1], found[i-1] = b, true
+		return nil
+	})
+	if err != nil {
+		return nil, nil, wrap("read balances", err)
+	}
+	return balances, found, nil
 }
 
 // Request is one idempotent transaction request as the store records it.

@@ -43,7 +43,7 @@ func newFixture(t testing.TB, maxConns int32) *fixture {
 // per request, and coalesced into batches.
 var posterModes = []string{"direct", "batched"}
 
-func (f *fixture) poster(mode string) shardset.Poster {
+func (f *fixture) poster(mode string) shardset.Front {
 	f.t.Helper()
 	if mode == "direct" {
 		return f.store

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/store"
 )
 
@@ -48,5 +49,40 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.acquires, prometheus.CounterValue, float64(s.AcquireCount()), shard)
 		ch <- prometheus.MustNewConstMetric(c.emptyAcquires, prometheus.CounterValue, float64(s.EmptyAcquireCount()), shard)
 		ch <- prometheus.MustNewConstMetric(c.acquireSec, prometheus.CounterValue, s.AcquireDuration().Seconds(), shard)
+	}
+}
+
+// batchCollector exports each shard's batching totals at scrape time: their ratio is
+// the mean batch size, the first thing to look at when throughput is not what it was.
+type batchCollector struct {
+	batchers                []*batcher.Batcher
+	batches, requests, busy *prometheus.Desc
+}
+
+func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("tally_batch_"+name, help, []string{"shard"}, nil)
+	}
+	return &batchCollector{
+		batchers: batchers,
+		batches:  d("batches_total", "Batches posted to the shard, each one database transaction."),
+		requests: d("requests_total", "Transaction requests in those batches."),
+		busy:     d("busy_seconds_total", "Time the shard's writers spent posting batches."),
+	}
+}
+
+func (c *batchCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy} {
+		ch <- d
+	}
+}
+
+func (c *batchCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, b := range c.batchers {
+		s := b.Stats()
+		shard := strconv.Itoa(i)
+		ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(s.Batches), shard)
+		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), shard)
+		ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, s.Busy.Seconds(), shard)
 	}
 }

@@ -1,0 +1,109 @@
+package batcher
+
+import (
+	"context"
+
+	"github.com/tallyhq/tally/ledger"
+)
+
+// Balance reads are coalesced too, without lingering: a reader takes one read, then
+// every read queued behind it, and answers them all from one query. While its query is
+// in flight the next reads queue up, so under load one query answers many, and alone a
+// read goes at once. Each read's query starts after the read was submitted, so it sees
+// every transaction acknowledged before that: read-your-writes holds.
+const (
+	// DefaultReaders is how many balance queries of one shard may be in flight at once.
+	DefaultReaders = 2
+	// maxReadBatch bounds the accounts in one balance query.
+	maxReadBatch = 500
+)
+
+type balanceResult struct {
+	balance ledger.Balance
+	err     error
+}
+
+type balanceRead struct {
+	ctx  context.Context
+	id   ledger.AccountID
+	done chan balanceResult // buffered: the reader never blocks on a caller that went away
+}
+
+// Balance reads an account's balance, in one query with the other reads waiting then.
+func (b *Batcher) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
+	r := &balanceRead{ctx: ctx, id: id, done: make(chan balanceResult, 1)}
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return ledger.Balance{}, ErrStopped
+	}
+	select {
+	case b.reads <- r:
+	default:
+		b.mu.Unlock()
+		return ledger.Balance{}, ledger.Errorf(ledger.CodeUnavailable, "the shard's read queue is full")
+	}
+	b.mu.Unlock()
+	select {
+	case res := <-r.done:
+		return res.balance, res.err
+	case <-ctx.Done():
+		return ledger.Balance{}, ctx.Err()
+	}
+}
+
+// read is one reader: take a read, take everything queued behind it, query, answer.
+func (b *Batcher) read() {
+	defer b.wg.Done()
+	for {
+		first, ok := <-b.reads
+		if !ok {
+			return
+		}
+		batch := []*balanceRead{first}
+	drain:
+		for len(batch) < maxReadBatch {
+			select {
+			case r, ok := <-b.reads:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		b.answerReads(batch)
+	}
+}
+
+func (b *Batcher) answerReads(batch []*balanceRead) {
+	live := batch[:0]
+	for _, r := range batch {
+		if r.ctx.Err() != nil {
+			r.done <- balanceResult{err: r.ctx.Err()}
+			continue
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ids := make([]ledger.AccountID, len(live))
+	for i, r := range live {
+		ids[i] = r.id
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	balances, found, err := b.store.Balances(ctx, ids)
+	for i, r := range live {
+		switch {
+		case err != nil:
+			r.done <- balanceResult{err: err}
+		case !found[i]:
+			r.done <- balanceResult{balance: balances[i], err: ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", r.id)}
+		default:
+			r.done <- balanceResult{balance: balances[i]}
+		}
+	}
+}
