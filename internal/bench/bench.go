@@ -425,13 +425,6 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	runtime.GC()
 	runCtx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	latencies := make([]*histogram, clients)
-	for c := range latencies {
-		latencies[c] = newHistogram()
-	}
-	var errs, rejected atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
 	var heapMax atomic.Uint64
 	sampler := time.NewTicker(time.Second)
 	defer sampler.Stop()
@@ -449,41 +442,18 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 			}
 		}
 	}()
-	start := time.Now()
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
-			for runCtx.Err() == nil {
-				t0 := time.Now()
-				rej, err := op(runCtx, rng)
-				if runCtx.Err() != nil && err != nil {
-					return // the run ended mid-request
-				}
-				latencies[c].add(time.Since(t0))
-				switch {
-				case err != nil:
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				case rej:
-					rejected.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	all := newHistogram()
-	for _, l := range latencies {
-		all.merge(l)
+	r := Result{Scenario: scenario, Mode: mode, Clients: clients}
+	var firstErr string
+	if mode == ModeWrk {
+		if err := e.wrk(ctx, scenario, clients, d, &r); err != nil {
+			return r, err
+		}
+	} else {
+		firstErr = drive(runCtx, op, clients, &r)
 	}
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
-	r := Result{Scenario: scenario, Mode: mode, Clients: clients, Seconds: elapsed.Seconds(), Ops: all.n,
-		PerSecond: float64(all.n) / elapsed.Seconds(), Errors: errs.Load(), Rejected: rejected.Load(),
-		HeapMB: float64(mem.HeapInuse) / (1 << 20), HeapMaxMB: float64(max(heapMax.Load(), mem.HeapInuse)) / (1 << 20)}
-	r.P50ms, r.P90ms, r.P99ms, r.MaxMs = all.quantileMs(.50), all.quantileMs(.90), all.quantileMs(.99), float64(all.max)/1e6
+	r.HeapMB, r.HeapMaxMB = float64(mem.HeapInuse)/(1<<20), float64(max(heapMax.Load(), mem.HeapInuse))/(1<<20)
 	batchesAfter, err := e.batchStats(ctx, mode, b)
 	if err != nil {
 		return r, err
@@ -499,10 +469,56 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if len(violations) > 0 {
 		return r, fmt.Errorf("invariants broken after the run: %v", violations[0])
 	}
-	if msg, _ := firstErr.Load().(string); msg != "" && r.Errors > r.Ops/100 {
-		return r, errors.New("more than 1% of operations failed; first: " + msg)
+	if r.Errors > r.Ops/100 {
+		return r, errors.New("more than 1% of operations failed; first: " + firstErr)
 	}
 	return r, nil
+}
+
+// drive runs the clients, each doing op after op until ctx ends, and fills r's counts;
+// it returns the first error seen.
+func drive(ctx context.Context, op opFunc, clients int, r *Result) (firstErr string) {
+	latencies := make([]*histogram, clients)
+	for c := range latencies {
+		latencies[c] = newHistogram()
+	}
+	var errs, rejected atomic.Int64
+	var first atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				rej, err := op(ctx, rng)
+				if ctx.Err() != nil && err != nil {
+					return // the run ended mid-request
+				}
+				latencies[c].add(time.Since(t0))
+				switch {
+				case err != nil:
+					errs.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+				case rej:
+					rejected.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	all := newHistogram()
+	for _, l := range latencies {
+		all.merge(l)
+	}
+	r.Seconds, r.Ops, r.PerSecond = elapsed.Seconds(), all.n, float64(all.n)/elapsed.Seconds()
+	r.Errors, r.Rejected = errs.Load(), rejected.Load()
+	r.P50ms, r.P90ms, r.P99ms, r.MaxMs = all.quantileMs(.50), all.quantileMs(.90), all.quantileMs(.99), float64(all.max)/1e6
+	msg, _ := first.Load().(string)
+	return msg
 }
 
 // batchedSet is a shard set with a fresh batcher, as the server runs it.
@@ -529,7 +545,7 @@ func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (
 	switch mode {
 	case ModeStore:
 		return b.Stats(), nil
-	case ModeHTTP:
+	case ModeHTTP, ModeWrk:
 	default:
 		return batcher.Stats{}, nil
 	}

@@ -19,7 +19,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	clients := fs.String("clients", "16,64", "concurrent clients, comma-separated")
 	scenarios := fs.String("scenarios", "uniform,hot,mixed,reads", "scenarios: uniform, hot, mixed, reads")
-	modes := fs.String("modes", "http,store", "http (through the API) and/or store (straight into the shard set); the ceiling always runs")
+	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk) and/or store (straight into the shard set); the ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
 	writers := fs.Int("writers", 0, "batcher writers per shard (0: the default)")
@@ -45,7 +45,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	for _, m := range cfg.Modes {
-		if m != bench.ModeHTTP && m != bench.ModeStore {
+		if m != bench.ModeHTTP && m != bench.ModeWrk && m != bench.ModeStore {
 			return fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
