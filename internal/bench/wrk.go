@@ -24,6 +24,7 @@ const wrkScript = `
 local accounts = {%s}
 local hot = accounts[1]
 local scenario = %q
+local run = %q
 local threads = 0
 local seq = 0
 
@@ -53,7 +54,7 @@ request = function()
   end
   seq = seq + 1
   return wrk.format("POST", "/v1/transfers",
-    {["Content-Type"] = "application/json", ["Idempotency-Key"] = "wrk-" .. tid .. "-" .. seq},
+    {["Content-Type"] = "application/json", ["Idempotency-Key"] = run .. "-" .. tid .. "-" .. seq},
     '{"from_account":"' .. from .. '","to_account":"' .. to .. '","amount":"1.00","asset":"USD"}')
 end
 
@@ -86,7 +87,7 @@ func (e *env) wrk(ctx context.Context, scenario string, clients int, d time.Dura
 		ids[i] = strconv.Quote(id.String())
 	}
 	script := filepath.Join(e.dir, "bench.lua")
-	if err := os.WriteFile(script, fmt.Appendf(nil, wrkScript, strings.Join(ids, ","), scenario), 0o644); err != nil {
+	if err := os.WriteFile(script, fmt.Appendf(nil, wrkScript, strings.Join(ids, ","), scenario, "wrk-"+strconv.FormatInt(e.seq.Add(1), 10)), 0o644); err != nil {
 		return err
 	}
 	threads := min(2, clients)
