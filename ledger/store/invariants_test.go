@@ -267,6 +267,13 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 	cases["balance moved without entries"] = fmt.Sprintf("UPDATE tally.balances SET posted = 50, version = version + 1 WHERE account_id = '%s'", carol)
 	cases["entries on an account that does not exist"] = tx + handWritten(txID.String(), mustAccountID(t), "USD", 10)
 	cases["running balance that skips"] = tx + handWritten(txID.String(), carol, "USD", 11)
+	cases["an account's second entry in another asset"] = tx + fmt.Sprintf(`INSERT INTO tally.assets (code, scale) VALUES ('EUR', 2);
+		WITH moved AS (
+		  UPDATE tally.balances SET posted = posted + CASE WHEN account_id = '%[2]s' THEN -11 ELSE 11 END, version = version + 1
+		  WHERE account_id IN ('%[2]s', '%[3]s'))
+		INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+		VALUES ('%[1]s', 0, '%[2]s', 'USD', -10, 90), ('%[1]s', 0, '%[3]s', 'USD', 10, 10),
+		       ('%[1]s', 1, '%[2]s', 'EUR', -1, 89), ('%[1]s', 1, '%[3]s', 'EUR', 1, 11)`, txID, alice, carol)
 	for name, sql := range cases {
 		tx, err := owner.Begin(ctx)
 		if err != nil {

@@ -360,7 +360,7 @@ func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before in
 		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, t.created_at
 		FROM tally.entries e JOIN tally.transactions t ON t.id = e.transaction_id
 		WHERE e.account_id = $1 AND e.id < $2
-		ORDER BY e.id DESC LIMIT $3`, [16]byte(account), before, limit)
+		ORDER BY e.account_id DESC, e.id DESC LIMIT $3`, [16]byte(account), before, limit)
 	if err != nil {
 		return nil, wrap("list entries", err)
 	}
