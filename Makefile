@@ -73,11 +73,13 @@ check-generated: $(CONTROLLER_GEN) $(KUSTOMIZE)
 dev: deps build
 	$(BIN) dev
 
-## bench: the throughput harness (tally bench: every scenario at 16 and 64 clients, as a
-## table and JSON lines, with ratios to the unbatched ceiling), then the Go benchmarks,
+## bench: the throughput harness (tally bench: every scenario at 16 and 64 clients, through
+## the API from a Go client and from wrk, and straight into the store, as a table and JSON
+## lines, with ratios to the unbatched ceiling and mean batch sizes), then the Go benchmarks,
 ## then the time from losing a primary to the first acknowledged write after failover.
-bench: deps build
-	$(BIN) bench --duration $(BENCH_TIME) --json bench.jsonl
+bench: build
+	hack/ensure-deps.sh wrk
+	$(BIN) bench --duration $(BENCH_TIME) --modes http,wrk,store --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 	@echo "failover on a local three-instance shard (kill -9 of the primary under load):"
 	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover | grep -E 'acknowledged writes|^(ok|FAIL)'
