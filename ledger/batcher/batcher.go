@@ -1,7 +1,8 @@
 // Package batcher coalesces concurrent transaction requests for one shard into batches,
 // each posted with one call to tally.post_batch: one database transaction, one round
 // trip, one WAL flush for many requests. While one writer's batch commits, the next
-// requests queue up, so the busier the ledger, the fuller the batches.
+// requests queue up, so the busier the ledger, the fuller the batches. Balance reads are
+// coalesced the same way, many per query (reads.go).
 package batcher
 
 import (
