@@ -77,8 +77,7 @@ dev: deps build
 ## the API from a Go client and from wrk, and straight into the store, as a table and JSON
 ## lines, with ratios to the unbatched ceiling and mean batch sizes), then the Go benchmarks,
 ## then the time from losing a primary to the first acknowledged write after failover.
-bench: build
-	hack/ensure-deps.sh wrk
+bench: deps build
 	$(BIN) bench --duration $(BENCH_TIME) --modes http,wrk,store --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 	@echo "failover on a local three-instance shard (kill -9 of the primary under load):"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine: PostgreSQL server binaries (the
-# tests start their own servers; none is used as a service) and curl (the dev-script test).
-# Further commands named as arguments are installed too if missing (make bench: wrk).
+# tests start their own servers; none is used as a service), curl (the dev-script test)
+# and wrk (the load generator of tally bench).
 set -euo pipefail
 
 have_pg() {
@@ -15,9 +15,7 @@ have_pg() {
 missing=()
 have_pg || missing+=(postgresql)
 command -v curl >/dev/null || missing+=(curl)
-for tool in "$@"; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
-done
+command -v wrk >/dev/null || missing+=(wrk)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 echo "hack/ensure-deps.sh: installing ${missing[*]} with apt" >&2

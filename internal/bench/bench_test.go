@@ -16,14 +16,14 @@ func TestHarnessRuns(t *testing.T) {
 	var table, lines bytes.Buffer
 	results, err := Run(context.Background(), Config{
 		Duration: 300 * time.Millisecond, Clients: []int{4}, Accounts: 50,
-		Scenarios: []string{Uniform, Hot, Mixed, Reads}, Modes: []string{ModeHTTP, ModeStore},
+		Scenarios: []string{Uniform, Hot, Mixed, Reads}, Modes: []string{ModeHTTP, ModeWrk, ModeStore},
 		Out: &table, JSON: &lines,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 3 transfer scenarios x (ceiling, http, store) + reads x (http, store)
-	if len(results) != 11 {
+	// 3 transfer scenarios x (ceiling, http, wrk, store) + reads x (http, wrk, store)
+	if len(results) != 15 {
 		t.Fatalf("%d results:\n%s", len(results), table.String())
 	}
 	for _, r := range results {
@@ -32,6 +32,12 @@ func TestHarnessRuns(t *testing.T) {
 		}
 		if r.Mode != ModeCeiling && r.Scenario != Reads && r.Ratio == 0 {
 			t.Errorf("%s/%s has no ratio to the ceiling", r.Scenario, r.Mode)
+		}
+		if batched := r.Mode != ModeCeiling && r.Scenario != Reads; batched != (r.MeanBatch >= 1) {
+			t.Errorf("%s/%s: mean batch %.1f", r.Scenario, r.Mode, r.MeanBatch)
+		}
+		if r.P50ms <= 0 || r.P99ms < r.P50ms || r.MaxMs < r.P99ms {
+			t.Errorf("%s/%s: latencies p50 %.2f p99 %.2f max %.2f", r.Scenario, r.Mode, r.P50ms, r.P99ms, r.MaxMs)
 		}
 	}
 	if n := strings.Count(lines.String(), "\n"); n != len(results) {
