@@ -488,14 +488,15 @@ BEGIN
     o_body[i] := p_bodies[i];
   END LOOP;
 
-  -- 4. Write: one insert per table, one update per balance row, one update for the
+  -- 4. Write: one statement for the journal and the balances, one update for the
   -- recorded rejections.
   IF n_tx > 0 THEN
-    INSERT INTO tally.transactions (id, metadata, created_at)
-    SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx]);
-    -- One statement moves the balances and inserts their entries: the checks at its end
-    -- see both, and neither is ever visible without the other.
-    WITH moved AS (
+    -- One statement writes the transactions, moves the balances and inserts the entries:
+    -- the checks at its end see all three, and none is ever visible without the others.
+    WITH journal AS (
+      INSERT INTO tally.transactions (id, metadata, created_at)
+      SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx])),
+    moved AS (
       UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
       FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
       WHERE b.account_id = u.id AND u.touched > 0)
