@@ -121,24 +121,27 @@ BEGIN
   --  * continues its account's running balance: balance_after is the previous entry's
   --    balance_after plus this amount. Only an account's first new entry has its
   --    previous entry in the table; the others have it in this statement;
-  --  * names an account that exists and holds the entry's asset;
+  --  * names an account that exists and holds the entry's asset (the asset of the
+  --    account's previous entry, checked when that was written; only an account's first
+  --    entry ever needs the account row);
   --  * and an account's last new entry is what its balance row says: entries never land
   --    without their balance.
   SELECT n.account_id, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
-         n.k, n.last, n.lo, n.hi, a.asset AS holds, b.posted
+         n.k, n.last, n.lo, n.hi, coalesce(before.asset, a.asset) AS holds, b.posted
   INTO v_bad
   FROM (SELECT e.account_id, e.id, e.asset, e.amount, e.balance_after,
                lag(e.balance_after) OVER w AS prev, row_number() OVER w AS k,
                lead(e.id) OVER w IS NULL AS last,
                first_value(e.asset) OVER w AS lo, e.asset AS hi
         FROM new_entries e WINDOW w AS (PARTITION BY e.account_id ORDER BY e.id)) n
-  LEFT JOIN LATERAL (SELECT e.balance_after FROM tally.entries e
+  LEFT JOIN LATERAL (SELECT e.balance_after, e.asset FROM tally.entries e
                      WHERE n.k = 1 AND e.account_id = n.account_id AND e.id < n.id
                      ORDER BY e.account_id DESC, e.id DESC LIMIT 1) before ON true
-  LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a WHERE n.k = 1 AND a.id = n.account_id LIMIT 1) a ON true
+  LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
+                     WHERE n.k = 1 AND before.asset IS NULL AND a.id = n.account_id LIMIT 1) a ON true
   LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b WHERE n.last AND b.account_id = n.account_id LIMIT 1) b ON true
   WHERE n.balance_after <> coalesce(n.prev, before.balance_after, 0) + n.amount
-     OR (n.k = 1 AND a.asset IS DISTINCT FROM n.asset) OR n.lo <> n.hi
+     OR (n.k = 1 AND coalesce(before.asset, a.asset) IS DISTINCT FROM n.asset) OR n.lo <> n.hi
      OR (n.last AND b.posted IS DISTINCT FROM n.balance_after)
   LIMIT 1;
   IF NOT FOUND THEN
