@@ -29,6 +29,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	tuneGC()
 	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out,
 		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
 		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}

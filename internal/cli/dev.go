@@ -115,6 +115,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		case <-ctx.Done():
 		}
 	}()
+	tuneGC()
 	err = server.Run(ctx, server.Config{
 		Listen: *listen, OpsListen: *opsListen, ShardDSNs: []string{appDSN},
 		MaxConnsPerShard: server.DefaultMaxConnsPerShard, Log: log, Ready: ready,

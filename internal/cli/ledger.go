@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/store"
@@ -28,6 +29,10 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&cfg.IdempotencyRetention, "idempotency-retention", server.DefaultIdempotencyRetention, "how long idempotency records are kept")
 	maxConns := fs.Int("max-conns", server.DefaultMaxConnsPerShard, "connections per shard")
 	logFormat := fs.String("log-format", "json", "json or text")
+	fs.IntVar(&cfg.Batching.Writers, "writers", batcher.DefaultWriters, "batches of one shard in flight at once")
+	fs.IntVar(&cfg.Batching.MaxBatch, "max-batch", batcher.DefaultMaxBatch, "most transaction requests in one batch")
+	fs.DurationVar(&cfg.Batching.Linger, "linger", batcher.DefaultLinger, "how long a small batch waits for more requests")
+	fs.IntVar(&cfg.Batching.Readers, "readers", batcher.DefaultReaders, "balance queries of one shard in flight at once")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -41,6 +46,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	cfg.Log = log
+	tuneGC()
 	return server.Run(ctx, cfg)
 }
 
