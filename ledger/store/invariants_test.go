@@ -315,6 +315,12 @@ func TestVerifyReportsTampering(t *testing.T) {
 	if _, err := owner.Exec(ctx, fmt.Sprintf("UPDATE tally.balances SET posted = 70 WHERE account_id = '%s'", alice)); err != nil {
 		t.Fatal(err)
 	}
+	// A balanced pair of entries naming a transaction that was never written.
+	ghost, _ := ledger.NewTransactionID(0)
+	if _, err := owner.Exec(ctx, fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+		VALUES ('%[1]s', 0, '%[2]s', 'USD', -1, 69), ('%[1]s', 0, '%[3]s', 'USD', 1, 1)`, ghost, alice, f.external)); err != nil {
+		t.Fatal(err)
+	}
 	violations, err := store.New(f.store.Pool()).Verify(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +330,7 @@ func TestVerifyReportsTampering(t *testing.T) {
 		checks = append(checks, v.Check)
 	}
 	joined := strings.Join(checks, "; ")
-	for _, want := range []string{"balance equals sum of entries", "money is conserved per asset"} {
+	for _, want := range []string{"balance equals sum of entries", "money is conserved per asset", "entry names its transaction and account"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("Verify missed %q; reported: %v", want, violations)
 		}

@@ -63,6 +63,14 @@ var checks = []check{
 	{"transaction has entries", `
 		SELECT format('transaction %s has no entries', t.id)
 		FROM tally.transactions t WHERE NOT EXISTS (SELECT 1 FROM tally.entries e WHERE e.transaction_id = t.id)`},
+	{"entry names its transaction and account", `
+		SELECT format('entry %s names %s %s, which does not exist', e.id,
+		              CASE WHEN t.id IS NULL THEN 'transaction' ELSE 'account' END,
+		              CASE WHEN t.id IS NULL THEN e.transaction_id ELSE e.account_id END)
+		FROM tally.entries e
+		LEFT JOIN tally.transactions t ON t.id = e.transaction_id
+		LEFT JOIN tally.accounts a ON a.id = e.account_id
+		WHERE t.id IS NULL OR a.id IS NULL`},
 	{"entry asset matches account", `
 		SELECT format('entry %s: asset %s on account %s holding %s', e.id, e.asset, e.account_id, a.asset)
 		FROM tally.entries e JOIN tally.accounts a ON a.id = e.account_id WHERE e.asset <> a.asset`},
