@@ -448,6 +448,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		if err := e.wrk(ctx, scenario, clients, d, &r); err != nil {
 			return r, err
 		}
+		firstErr = "wrk does not say which (socket errors, timeouts and non-2xx statuses count)"
 	} else {
 		firstErr = drive(runCtx, op, clients, &r)
 	}
