@@ -274,6 +274,11 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 		INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
 		VALUES ('%[1]s', 0, '%[2]s', 'USD', -10, 90), ('%[1]s', 0, '%[3]s', 'USD', 10, 10),
 		       ('%[1]s', 1, '%[2]s', 'EUR', -1, 89), ('%[1]s', 1, '%[3]s', 'EUR', 1, 11)`, txID, alice, carol)
+	// The deferred check at commit stands on its own: with the statement check switched
+	// off (as the owner can), an unbalanced transaction still cannot commit.
+	cases["unbalanced, past the statement check"] = "ALTER TABLE tally.entries DISABLE TRIGGER entries_checked;" + tx + fmt.Sprintf(`
+		INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+		VALUES ('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)`, txID, alice, txID, carol)
 	for name, sql := range cases {
 		tx, err := owner.Begin(ctx)
 		if err != nil {
