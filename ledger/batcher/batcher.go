@@ -145,18 +145,9 @@ func (b *Batcher) Stop() {
 // safe to retry with the same idempotency key.
 func (b *Batcher) PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error) {
 	p := &pending{ctx: ctx, req: req, done: make(chan result, 1)}
-	b.mu.Lock()
-	if b.stopped {
-		b.mu.Unlock()
-		return ledger.Outcome{}, ErrStopped
+	if err := enqueue(b, b.queue, p, "write"); err != nil {
+		return ledger.Outcome{}, err
 	}
-	select {
-	case b.queue <- p:
-	default:
-		b.mu.Unlock()
-		return ledger.Outcome{}, ledger.Errorf(ledger.CodeUnavailable, "the shard's write queue is full")
-	}
-	b.mu.Unlock()
 	select {
 	case r := <-p.done:
 		return r.out, r.err
@@ -164,6 +155,22 @@ func (b *Batcher) PostTransaction(ctx context.Context, req store.Request) (ledge
 		// If a writer already took it, its outcome is decided and recorded under the
 		// idempotency key: a retry replays it.
 		return ledger.Outcome{}, ctx.Err()
+	}
+}
+
+// enqueue hands v to the writers or readers through ch, unless the batcher has stopped
+// or ch is full; the lock orders it against Stop closing ch.
+func enqueue[T any](b *Batcher, ch chan<- T, v T, what string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return ErrStopped
+	}
+	select {
+	case ch <- v:
+		return nil
+	default:
+		return ledger.Errorf(ledger.CodeUnavailable, "the shard's %s queue is full", what)
 	}
 }
 

@@ -74,7 +74,7 @@ func TestCancelledRequestIsNotApplied(t *testing.T) {
 
 // Coalesced balance reads: each read answers for its own account, a missing account is
 // not found alone, and a read that starts after a transfer was acknowledged sees it.
-func TestBalanceReadsAreCoalescedAndFresh(t *testing.T) {
+func TestCoalescedBalanceReadsAreFresh(t *testing.T) {
 	st, ext, acc := setup(t)
 	other, _ := ledger.NewAccountID(0)
 	if _, err := st.CreateAccount(context.Background(), ledger.Account{ID: other, Owner: "b", Asset: "USD"}); err != nil {

@@ -32,18 +32,9 @@ type balanceRead struct {
 // Balance reads an account's balance, in one query with the other reads waiting then.
 func (b *Batcher) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
 	r := &balanceRead{ctx: ctx, id: id, done: make(chan balanceResult, 1)}
-	b.mu.Lock()
-	if b.stopped {
-		b.mu.Unlock()
-		return ledger.Balance{}, ErrStopped
+	if err := enqueue(b, b.reads, r, "read"); err != nil {
+		return ledger.Balance{}, err
 	}
-	select {
-	case b.reads <- r:
-	default:
-		b.mu.Unlock()
-		return ledger.Balance{}, ledger.Errorf(ledger.CodeUnavailable, "the shard's read queue is full")
-	}
-	b.mu.Unlock()
 	select {
 	case res := <-r.done:
 		return res.balance, res.err
@@ -95,15 +86,12 @@ func (b *Batcher) answerReads(batch []*balanceRead) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	balances, found, err := b.store.Balances(ctx, ids)
+	balances, missing, err := b.store.Balances(ctx, ids)
 	for i, r := range live {
-		switch {
-		case err != nil:
+		if err != nil {
 			r.done <- balanceResult{err: err}
-		case !found[i]:
-			r.done <- balanceResult{balance: balances[i], err: ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", r.id)}
-		default:
-			r.done <- balanceResult{balance: balances[i]}
+		} else {
+			r.done <- balanceResult{balance: balances[i], err: missing[i]}
 		}
 	}
 }

@@ -36,7 +36,7 @@ type client struct {
 func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 	t.Helper()
 	stores := make([]*store.Store, shards)
-	posters := make([]shardset.Front, shards)
+	fronts := make([]shardset.Front, shards)
 	for i := range stores {
 		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, 20))
 		b, err := batcher.New(stores[i], batcher.Config{})
@@ -45,9 +45,9 @@ func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 		}
 		b.Start()
 		t.Cleanup(b.Stop)
-		posters[i] = b
+		fronts[i] = b
 	}
-	set, err := shardset.New(stores, posters, time.Now)
+	set, err := shardset.New(stores, fronts, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -180,26 +180,24 @@ func (s *Store) SetStatus(ctx context.Context, id ledger.AccountID, status ledge
 
 // Balance reads an account's posted balance from this database (the primary).
 func (s *Store) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
-	bs, found, err := s.Balances(ctx, []ledger.AccountID{id})
+	bs, missing, err := s.Balances(ctx, []ledger.AccountID{id})
 	if err != nil {
 		return ledger.Balance{AccountID: id}, err
 	}
-	if !found[0] {
-		return bs[0], ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
-	}
-	return bs[0], nil
+	return bs[0], missing[0]
 }
 
 // Balances reads many accounts' balances with one query, so all from one snapshot;
-// found[i] says whether ids[i] is an account. An id may appear more than once.
-func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances []ledger.Balance, found []bool, err error) {
+// missing[i] is an account-not-found error if ids[i] is no account, else nil. An id may
+// appear more than once.
+func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances []ledger.Balance, missing []error, err error) {
 	keys := make([][16]byte, len(ids))
 	balances = make([]ledger.Balance, len(ids))
 	for i, id := range ids {
 		keys[i] = [16]byte(id)
 		balances[i].AccountID = id
 	}
-	found = make([]bool, len(ids))
+	found := make([]bool, len(ids))
 	rows, err := s.pool.Query(ctx, `
 		SELECT u.i, a.asset, a.scale, b.posted, b.version
 		FROM unnest($1::uuid[]) WITH ORDINALITY u(id, i)
@@ -221,7 +219,13 @@ func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances 
 	if err != nil {
 		return nil, nil, wrap("read balances", err)
 	}
-	return balances, found, nil
+	missing = make([]error, len(ids))
+	for i, id := range ids {
+		if !found[i] {
+			missing[i] = ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+		}
+	}
+	return balances, missing, nil
 }
 
 // Request is one idempotent transaction request as the store records it.
