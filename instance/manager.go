@@ -1,5 +1,5 @@
-// Package instance is the PostgreSQL instance manager, `tally instance run`: PID 1 of
-// every PostgreSQL pod. It bootstraps its instance (initdb for the first primary,
+// Package instance is the PostgreSQL instance manager, `tally instance run`: the main
+// process of every PostgreSQL pod. It bootstraps its instance (initdb for the first primary,
 // pg_basebackup for a replica, pg_rewind for a primary that lost its role), runs postgres
 // as its child, keeps synchronous_standby_names true to the shard, fences a primary that
 // finds itself isolated, and serves an authenticated status API through which the

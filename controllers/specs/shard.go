@@ -178,9 +178,12 @@ func PVC(shard *v1alpha1.LedgerShard, instance string) *corev1ac.PersistentVolum
 		WithLabels(labels).WithOwnerReferences(shardOwner(shard)).WithSpec(spec)
 }
 
-// Pod builds one PostgreSQL instance. The pod runs the tally instance manager as PID 1 in
-// the stock PostgreSQL image: an init container copies the tally binary from the tally
-// image into a shared volume, the CloudNativePG way, so any PostgreSQL image works.
+// Pod builds one PostgreSQL instance. The pod runs the tally instance manager in the
+// stock PostgreSQL image: an init container copies the tally binary from the tally image
+// into a shared volume, the CloudNativePG way, so any PostgreSQL image works. The pod
+// shares one process namespace, so PID 1 is the pod's pause process, which reaps the
+// processes orphaned when postgres dies (its backends after a kill -9, say); the manager
+// waits only for its own children.
 func Pod(shard *v1alpha1.LedgerShard, instance string, role v1alpha1.InstanceRole) *corev1ac.PodApplyConfiguration {
 	pg := ResolvePostgres(shard.Spec.Postgres)
 	spec := podSpec(shard, instance, pg)
@@ -221,6 +224,7 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 		WithHostname(instance).WithSubdomain(ServiceInstances(shard.Name)).
 		WithServiceAccountName(InstanceAccount(shard.Name)).
 		WithTerminationGracePeriodSeconds(60).
+		WithShareProcessNamespace(true).
 		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(postgresUID).
 			WithRunAsGroup(postgresUID).WithFSGroup(postgresUID)).
 		WithInitContainers(corev1ac.Container().WithName("bootstrap").WithImage(shard.Spec.Image).

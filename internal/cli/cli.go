@@ -33,7 +33,7 @@ func commands() []command {
 		{"dev", "run PostgreSQL and the ledger locally, on 127.0.0.1:8080", runDev},
 		{"manager", "run the Kubernetes operator (LedgerCluster and LedgerShard controllers)", runManager},
 		{"bench", "measure transfer and read throughput against a PostgreSQL it starts", runBench},
-		{"instance run", "run the PostgreSQL instance manager (PID 1 of each PostgreSQL pod)", runInstance},
+		{"instance run", "run the PostgreSQL instance manager (the main process of each PostgreSQL pod)", runInstance},
 		{"copy-binary", "copy this binary to a path (the PostgreSQL pods' init container)", runCopyBinary},
 	}
 }

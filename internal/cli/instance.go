@@ -27,7 +27,7 @@ import (
 // instanceShutdownGrace bounds the status server's shutdown.
 const instanceShutdownGrace = 5 * time.Second
 
-// runInstance is PID 1 of a PostgreSQL pod: it reads the pod's identity from the
+// runInstance is the main process of a PostgreSQL pod: it reads the pod's identity from the
 // environment and the shard's shape from the mounted ConfigMap, learns the target primary
 // from its LedgerShard, and runs the instance manager with its status API.
 func runInstance(ctx context.Context, args []string, out io.Writer) error {
