@@ -2,7 +2,11 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
+
+	"github.com/tallyhq/tally/instance"
 )
 
 // shardCount is one existing shard as the scale-down decision sees it.
@@ -133,4 +137,106 @@ func decideRollout(instances []rolloutInstance) (rolloutStep, string) {
 		return rolloutWait, "" // a single instance: nothing to switch over to
 	}
 	return rolloutDone, ""
+}
+
+// retireInput is a shard whose spec.instances shrank, as the retire decision sees it.
+type retireInput struct {
+	Rule instance.SyncRule
+	// Leaving lists the instances beyond spec.instances that still have a pod or a volume.
+	Leaving []string
+	Primary string
+	// PrimaryStatus is what the primary's manager reports; nil when it does not answer.
+	PrimaryStatus *instance.Status
+	// Replicas are the other instances of the spec, for a switchover target.
+	Replicas []rolloutInstance
+	// Seen: an earlier look found the primary no longer waiting for any leaving instance.
+	Seen bool
+	// Mark is the primary's WAL position at the look after that; zero when not taken yet.
+	Mark instance.LSN
+}
+
+// retireStep is what decideRetire asks for next.
+type retireStep int
+
+const (
+	retireDone retireStep = iota
+	// retireWait: not yet safe; the reason says what is awaited.
+	retireWait
+	// retireSwitchover: the primary itself is leaving; hand its role to the named replica.
+	retireSwitchover
+	// retireDelete: delete the leaving instances' pods and volumes.
+	retireDelete
+)
+
+// retireDecision is the outcome of decideRetire.
+type retireDecision struct {
+	Step   retireStep
+	Target string // the switchover target
+	Reason string // why it waits
+	Seen   bool
+	Mark   instance.LSN
+}
+
+// decideRetire decides when the instances beyond a shrunken spec.instances may go.
+//
+// Why not at once: the primary's manager learns the new shape from its ConfigMap some
+// time after the spec changed, and until then it waits for the leaving instances as
+// synchronous standbys, so one of them may hold the only copy of an acknowledged commit.
+// And even after the primary stops waiting for them, commits acknowledged just before
+// may be on leaving instances alone. So, in order:
+//   - A leaving primary first hands its role to a healthy, streaming replica of the spec
+//     (a switchover loses no acknowledged commit).
+//   - The primary must be healthy and its synchronous_standby_names must name no leaving
+//     instance.
+//   - Then, at the next look, its WAL position is the mark: every commit acknowledged
+//     while any of its processes still counted a leaving standby is below it (a look
+//     later, not at once, because each walsender applies the new setting on its own).
+//     Once Number standbys that stay have flushed past the mark, every such commit has
+//     the copies the failover rules count on, and the leaving instances hold nothing
+//     that matters. Without required durability no commit ever waited for a standby, so
+//     nothing is awaited.
+func decideRetire(in retireInput) retireDecision {
+	if len(in.Leaving) == 0 {
+		return retireDecision{Step: retireDone}
+	}
+	if slices.Contains(in.Leaving, in.Primary) {
+		for _, r := range in.Replicas {
+			if r.Healthy && !slices.Contains(in.Leaving, r.Name) {
+				return retireDecision{Step: retireSwitchover, Target: r.Name}
+			}
+		}
+		return retireDecision{Step: retireWait, Reason: fmt.Sprintf("primary %s is beyond spec.instances and no healthy replica of the spec can take over", in.Primary)}
+	}
+	st := in.PrimaryStatus
+	if st == nil || !st.Running || st.Fenced || st.Role != instance.RolePrimary {
+		return retireDecision{Step: retireWait, Reason: fmt.Sprintf("primary %s is not healthy", in.Primary)}
+	}
+	if in.Rule.Number <= 0 {
+		return retireDecision{Step: retireDelete}
+	}
+	for _, name := range in.Leaving {
+		if strings.Contains(st.SyncStandbyNames, `"`+name+`"`) {
+			return retireDecision{Step: retireWait, Reason: fmt.Sprintf("primary %s still waits for %s as a synchronous standby", in.Primary, name)}
+		}
+	}
+	if !in.Rule.Required {
+		return retireDecision{Step: retireDelete}
+	}
+	if !in.Seen {
+		return retireDecision{Step: retireWait, Seen: true, Reason: "waiting for the primary's new synchronous standbys to settle"}
+	}
+	if in.Mark == 0 {
+		return retireDecision{Step: retireWait, Seen: true, Mark: st.WAL, Reason: "waiting for the remaining standbys to confirm the primary's WAL"}
+	}
+	caught := 0
+	for _, s := range st.Standbys {
+		if !slices.Contains(in.Leaving, s.Name) && s.FlushLSN >= in.Mark {
+			caught++
+		}
+	}
+	if caught < in.Rule.Number {
+		return retireDecision{Step: retireWait, Seen: true, Mark: in.Mark,
+			Reason: fmt.Sprintf("%d of the remaining standbys flushed past %s, %d needed", caught, in.Mark, in.Rule.Number)}
+	}
+	return retireDecision{Step: retireDelete, Seen: true, Mark: in.Mark}
 }

@@ -3,6 +3,8 @@ package controllers
 import (
 	"reflect"
 	"testing"
+
+	"github.com/tallyhq/tally/instance"
 )
 
 func count(n int64) *int64 { return &n }
@@ -56,6 +58,67 @@ func TestDecideRollout(t *testing.T) {
 		step, target := decideRollout(tt.instances)
 		if step != tt.step || target != tt.target {
 			t.Errorf("%s: got %v %q, want %v %q", tt.name, step, target, tt.step, tt.target)
+		}
+	}
+}
+
+func TestDecideRetire(t *testing.T) {
+	required := instance.SyncRule{Method: instance.SyncAny, Number: 1, Required: true}
+	primary := func(names string, wal instance.LSN, standbys ...instance.Standby) *instance.Status {
+		return &instance.Status{Running: true, Role: instance.RolePrimary, SyncStandbyNames: names, WAL: wal, Standbys: standbys}
+	}
+	healthy := []rolloutInstance{{Name: "s-1", Healthy: true}, {Name: "s-2", Healthy: true}}
+	tests := []struct {
+		name string
+		in   retireInput
+		want retireDecision
+	}{
+		{"nothing leaving", retireInput{Rule: required, Primary: "s-1"}, retireDecision{Step: retireDone}},
+		{"leaving primary switches over to a healthy replica of the spec",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-3", Replicas: []rolloutInstance{{Name: "s-1"}, {Name: "s-2", Healthy: true}}},
+			retireDecision{Step: retireSwitchover, Target: "s-2"}},
+		{"leaving primary without a healthy replica waits",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-3", Replicas: []rolloutInstance{{Name: "s-1"}}},
+			retireDecision{Step: retireWait}},
+		{"unhealthy primary waits",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", Replicas: healthy},
+			retireDecision{Step: retireWait}},
+		{"asynchronous: delete once the primary is healthy",
+			retireInput{Rule: instance.SyncRule{}, Leaving: []string{"s-3"}, Primary: "s-1", PrimaryStatus: primary("", 10)},
+			retireDecision{Step: retireDelete}},
+		{"primary still waits for the leaving instance",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", PrimaryStatus: primary(`ANY 1 ("s-2", "s-3")`, 10), Mark: 5},
+			retireDecision{Step: retireWait}},
+		{"preferred durability: delete once the primary stops waiting",
+			retireInput{Rule: instance.SyncRule{Method: instance.SyncAny, Number: 1}, Leaving: []string{"s-3"}, Primary: "s-1", PrimaryStatus: primary(`ANY 1 ("s-2")`, 10)},
+			retireDecision{Step: retireDelete}},
+		{"required: the first look only sees the new setting",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", PrimaryStatus: primary(`ANY 1 ("s-2")`, 10, instance.Standby{Name: "s-2", FlushLSN: 20})},
+			retireDecision{Step: retireWait, Seen: true}},
+		{"required: the next look takes the mark",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", Seen: true, PrimaryStatus: primary(`ANY 1 ("s-2")`, 10, instance.Standby{Name: "s-2", FlushLSN: 20})},
+			retireDecision{Step: retireWait, Seen: true, Mark: 10}},
+		{"required: a staying standby behind the mark waits",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", Seen: true, Mark: 10,
+				PrimaryStatus: primary(`ANY 1 ("s-2")`, 30, instance.Standby{Name: "s-2", FlushLSN: 9}, instance.Standby{Name: "s-3", FlushLSN: 30})},
+			retireDecision{Step: retireWait, Seen: true, Mark: 10}},
+		{"required: delete once a staying standby flushed past the mark",
+			retireInput{Rule: required, Leaving: []string{"s-3"}, Primary: "s-1", Seen: true, Mark: 10,
+				PrimaryStatus: primary(`ANY 1 ("s-2")`, 30, instance.Standby{Name: "s-2", FlushLSN: 10})},
+			retireDecision{Step: retireDelete, Seen: true, Mark: 10}},
+		{"required two: one staying standby is not enough",
+			retireInput{Rule: instance.SyncRule{Method: instance.SyncAny, Number: 2, Required: true}, Leaving: []string{"s-4"}, Primary: "s-1", Seen: true, Mark: 10,
+				PrimaryStatus: primary(`ANY 2 ("s-2", "s-3")`, 30, instance.Standby{Name: "s-2", FlushLSN: 10}, instance.Standby{Name: "s-3", FlushLSN: 9})},
+			retireDecision{Step: retireWait, Seen: true, Mark: 10}},
+	}
+	for _, tt := range tests {
+		got := decideRetire(tt.in)
+		got.Reason = ""
+		if got != tt.want {
+			t.Errorf("%s: got %+v, want %+v", tt.name, got, tt.want)
+		}
+		if got.Step == retireWait && decideRetire(tt.in).Reason == "" {
+			t.Errorf("%s: waits without saying why", tt.name)
 		}
 	}
 }

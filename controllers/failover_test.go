@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -263,24 +264,7 @@ func TestFailoverCountsInstancesBeyondTheSpec(t *testing.T) {
 	ns, shard := haShard(t, "shrunk")
 	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
 	waitPrimary(t, ns, shard, p1)
-	var c v1alpha1.LedgerCluster
-	if err := get(ns, "shrunk", &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Postgres.Instances = int32p(2)
-	if err := k8s.Update(ctx, &c); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "shard spec shrunk", func() error {
-		var s v1alpha1.LedgerShard
-		if err := get(ns, shard, &s); err != nil {
-			return err
-		}
-		if s.Spec.Postgres.Instances == nil || *s.Spec.Postgres.Instances != 2 {
-			return fmt.Errorf("instances %v", s.Spec.Postgres.Instances)
-		}
-		return nil
-	})
+	shrinkInstances(t, ns, "shrunk", shard, 2)
 	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
 	fakes.update(ns, p3, func(f *fakeInstance) { f.down = true })
 	expectEvent(t, ns, "FailoverRefused")
@@ -290,5 +274,132 @@ func TestFailoverCountsInstancesBeyondTheSpec(t *testing.T) {
 	}
 	if f := fakes.get(ns, p2); f.promotions != 0 {
 		t.Fatal("promoted p2")
+	}
+}
+
+// shrinkInstances sets the cluster's spec.postgres.instances and waits for the shard to
+// carry it.
+func shrinkInstances(t *testing.T, ns, cluster, shard string, n int32) {
+	t.Helper()
+	var c v1alpha1.LedgerCluster
+	if err := get(ns, cluster, &c); err != nil {
+		t.Fatal(err)
+	}
+	c.Spec.Postgres.Instances = int32p(n)
+	if err := k8s.Update(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "shard spec shrunk", func() error {
+		var s v1alpha1.LedgerShard
+		if err := get(ns, shard, &s); err != nil {
+			return err
+		}
+		if s.Spec.Postgres.Instances == nil || *s.Spec.Postgres.Instances != n {
+			return fmt.Errorf("instances %v", s.Spec.Postgres.Instances)
+		}
+		return nil
+	})
+}
+
+// waitShardProgressing waits for the shard's Progressing condition.
+func waitShardProgressing(t *testing.T, ns, shard string, status metav1.ConditionStatus, reason string) {
+	t.Helper()
+	eventually(t, "shard Progressing "+reason, func() error {
+		c := meta.FindStatusCondition(shardStatus(t, ns, shard).Conditions, v1alpha1.ConditionProgressing)
+		if c == nil || c.Status != status || c.Reason != reason {
+			return fmt.Errorf("Progressing %+v", c)
+		}
+		return nil
+	})
+}
+
+// instanceLeft reports nil once an instance's pod and volume are gone or being deleted.
+func instanceLeft(ns, name string) error {
+	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.PersistentVolumeClaim{}} {
+		err := get(ns, name, obj)
+		if err == nil && obj.GetDeletionTimestamp().IsZero() {
+			return fmt.Errorf("%T %s still there", obj, name)
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// After spec.instances shrinks, the instance beyond it stays while the primary still
+// waits for it as a synchronous standby, and while no staying standby has flushed what
+// the primary had written when it stopped waiting; then its pod and volume go.
+func TestShrinkRetiresInstanceOnceNothingDependsOnIt(t *testing.T) {
+	ns, shard := haShard(t, "retire")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	// The primary waits for p2 or p3, and p2 has everything so far.
+	fakes.update(ns, p1, func(f *fakeInstance) {
+		f.st.SyncStandbyNames, f.st.WAL = fmt.Sprintf(`ANY 1 (%q, %q)`, p2, p3), 2000
+		f.st.Standbys = []instance.Standby{{Name: p2, FlushLSN: 2000}, {Name: p3, FlushLSN: 2000}}
+	})
+	shrinkInstances(t, ns, "retire", shard, 2)
+	waitShardProgressing(t, ns, shard, metav1.ConditionTrue, v1alpha1.ReasonRetiringInstances)
+	time.Sleep(5 * time.Second) // a few retire polls
+	if err := instanceLeft(ns, p3); err == nil {
+		t.Fatalf("%s retired while the primary still waits for it", p3)
+	}
+	// The primary stops waiting for p3 at 3000, but p2 has not flushed that far: p3
+	// may hold commits no staying standby has.
+	fakes.update(ns, p1, func(f *fakeInstance) {
+		f.st.SyncStandbyNames, f.st.WAL = fmt.Sprintf(`ANY 1 (%q)`, p2), 3000
+		f.st.Standbys = []instance.Standby{{Name: p2, FlushLSN: 2500}, {Name: p3, FlushLSN: 3000}}
+	})
+	time.Sleep(5 * time.Second)
+	if err := instanceLeft(ns, p3); err == nil {
+		t.Fatalf("%s retired before %s flushed past the primary's WAL", p3, p2)
+	}
+	fakes.update(ns, p1, func(f *fakeInstance) { f.st.Standbys[0].FlushLSN = 3000 })
+	eventually(t, p3+" retired", func() error { return instanceLeft(ns, p3) })
+	expectEvent(t, ns, "InstanceRetired")
+	for _, name := range []string{p1, p2} {
+		var pod corev1.Pod
+		if err := get(ns, name, &pod); err != nil || !pod.DeletionTimestamp.IsZero() {
+			t.Fatalf("%s: %v, deleting %v", name, err, pod.DeletionTimestamp)
+		}
+	}
+	eventually(t, "shard no longer retiring", func() error {
+		if c := meta.FindStatusCondition(shardStatus(t, ns, shard).Conditions, v1alpha1.ConditionProgressing); c == nil || c.Reason == v1alpha1.ReasonRetiringInstances {
+			return fmt.Errorf("Progressing %+v", c)
+		}
+		return nil
+	})
+}
+
+// A primary beyond the shrunken spec hands its role to a replica of the spec first.
+func TestShrinkSwitchesOverLeavingPrimary(t *testing.T) {
+	ns, shard := haShard(t, "retirepri")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	var s v1alpha1.LedgerShard
+	if err := get(ns, shard, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Spec.Primary = p3
+	if err := k8s.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	waitPrimary(t, ns, shard, p3)
+	shrinkInstances(t, ns, "retirepri", shard, 2)
+	expectEvent(t, ns, "RetireSwitchover")
+	eventually(t, "primary moved into the spec", func() error {
+		if st := shardStatus(t, ns, shard); st.CurrentPrimary != p1 {
+			return fmt.Errorf("primary %s", st.CurrentPrimary)
+		}
+		return nil
+	})
+	fakes.update(ns, p1, func(f *fakeInstance) {
+		f.st.SyncStandbyNames = fmt.Sprintf(`ANY 1 (%q)`, p2)
+		f.st.Standbys = []instance.Standby{{Name: p2, FlushLSN: f.st.WAL}}
+	})
+	eventually(t, p3+" retired", func() error { return instanceLeft(ns, p3) })
+	if st := shardStatus(t, ns, shard); st.CurrentPrimary != p1 {
+		t.Fatalf("primary %s after retiring %s; spec.primary still names it", st.CurrentPrimary, p3)
 	}
 }

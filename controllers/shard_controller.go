@@ -51,6 +51,7 @@ type ShardReconciler struct {
 	FailoverDelay time.Duration
 
 	lostSince sync.Map // shard UID -> time.Time the primary was first seen unhealthy
+	retireAt  sync.Map // shard UID -> retireMark, while instances beyond the spec retire
 }
 
 // shardState carries what the steps observed to the status update.
@@ -61,9 +62,11 @@ type shardState struct {
 	haMsg          string
 	requeue        time.Duration
 	fs             *failover.Shard // the instances as the failover step found them
+	observed       []failover.Observation
 	instances      []v1alpha1.InstanceStatus
 	primaryReady   bool
 	rolloutPending []string
+	retire         string // why instances beyond spec.instances still wait to be deleted
 	schemaVersion  int32
 	migration      string // reason of MigrationsApplied
 	migrationMsg   string
@@ -104,6 +107,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		{"instances", r.reconcileInstances},
 		{"failover", r.reconcileFailover},
 		{"rollout", r.reconcileRollout},
+		{"retire", r.reconcileRetire},
 		{"disruption budgets", r.reconcilePDBs},
 		{"migrations", r.reconcileMigrations},
 		{"accounts", r.reconcileAccounts},
@@ -335,6 +339,8 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonFailingOver, st.haMsg)
 	case len(st.rolloutPending) > 0:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, fmt.Sprintf("instances %v run an outdated spec", st.rolloutPending))
+	case st.retire != "":
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRetiringInstances, st.retire)
 	case !allReady:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonInstancesNotReady, "not every instance is ready")
 	case !migrated:

@@ -73,7 +73,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	}
 	obs := fs.Observe(ctx)
 	st.observe(obs)
-	st.fs = fs
+	st.fs, st.observed = fs, obs
 	var primary failover.Observation
 	for _, o := range obs {
 		if o.Name == st.primary {
@@ -84,8 +84,11 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	switch {
 	case failover.PrimaryHealthy(primary):
 		r.lostSince.Delete(shard.UID)
-		// A rolling update moves the primary on its own; spec.primary waits for it.
-		if want := shard.Spec.Primary; want != "" && want != st.primary && len(st.rolloutPending) == 0 {
+		// A rolling update moves the primary on its own; spec.primary waits for it. An
+		// instance beyond spec.instances is on its way out (reconcileRetire), so a
+		// spec.primary naming one is not followed.
+		if want := shard.Spec.Primary; want != "" && want != st.primary && len(st.rolloutPending) == 0 &&
+			specs.InSpec(shard.Name, want, specs.ResolvePostgres(shard.Spec.Postgres).Instances) {
 			return r.switchover(ctx, shard, fs, st, want)
 		}
 		fs.Converge(ctx, obs)
@@ -293,14 +296,20 @@ func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.
 		st.requeue = time.Second
 	case rolloutSwitchover:
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "RolloutSwitchover", "Rollout", "switching over to updated replica %s before replacing primary %s", name, st.primary)
-		newPrimary, err := failover.Switchover(ctx, st.fs, name)
-		if err != nil {
-			st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, "rollout switchover: "+err.Error()
-			st.requeue = failoverRetry
-			return nil
-		}
-		st.primary = newPrimary
-		st.requeue = time.Second
+		plannedSwitchover(ctx, st, name, "rollout")
 	}
 	return nil
+}
+
+// plannedSwitchover hands the primary role to target for a step of the reconcile path
+// (what names the step in the message if it is refused).
+func plannedSwitchover(ctx context.Context, st *shardState, target, what string) {
+	newPrimary, err := failover.Switchover(ctx, st.fs, target)
+	if err != nil {
+		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, what+" switchover: "+err.Error()
+		st.requeue = failoverRetry
+		return
+	}
+	st.primary = newPrimary
+	st.requeue = time.Second
 }

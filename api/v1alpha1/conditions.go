@@ -26,4 +26,5 @@ const (
 	ReasonFailoverBlocked      = "FailoverBlocked"
 	ReasonSwitchingOver        = "SwitchingOver"
 	ReasonPrimaryUnreachable   = "PrimaryUnreachable"
+	ReasonRetiringInstances    = "RetiringInstances"
 )

@@ -23,7 +23,8 @@ type LedgerShardSpec struct {
 	// status.currentPrimary and that instance is a healthy synchronous replica, the
 	// operator switches over to it, losing no acknowledged commit. After a failover it
 	// switches back once the named instance has caught up; leave it empty to let the
-	// operator choose. Set it with kubectl patch; the LedgerCluster never writes it.
+	// operator choose. Set it with kubectl patch; the LedgerCluster never writes it. An
+	// instance beyond spec.postgres.instances is never switched to.
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Primary string `json:"primary,omitempty"`

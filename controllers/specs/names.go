@@ -53,6 +53,16 @@ func ShardName(cluster string, index int32) string { return fmt.Sprintf("%s-%d",
 // InstanceName names the n-th (from 1) instance of a shard; its Pod and PVC share it.
 func InstanceName(shard string, n int32) string { return fmt.Sprintf("%s-%d", shard, n) }
 
+// InSpec reports whether name is one of the first instances of shard.
+func InSpec(shard, name string, instances int32) bool {
+	for n := int32(1); n <= instances; n++ {
+		if InstanceName(shard, n) == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Service names of a shard: read-write (primary), read-only (replicas), any instance.
 func ServiceRW(shard string) string { return shard + "-rw" }
 
