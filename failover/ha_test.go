@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,12 @@ type haLedger struct {
 
 func startHALedger(t *testing.T) *haLedger {
 	t.Helper()
+	return startHALedgerOf(t, 3, anyOneRequired)
+}
+
+// startHALedgerOf is startHALedger with another number of instances and rule.
+func startHALedgerOf(t *testing.T, instances int, rule instance.SyncRule) *haLedger {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-ha-")
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +76,7 @@ func startHALedger(t *testing.T) *haLedger {
 	})
 	sh, err := localshard.Start(ctx, localshard.Config{
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
-		Dir: dir, Instances: 3, Sync: anyOneRequired, FailoverDelay: time.Second, Tick: 200 * time.Millisecond,
+		Dir: dir, Instances: instances, Sync: rule, FailoverDelay: time.Second, Tick: 200 * time.Millisecond,
 		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser},
 		Event:     func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
 	})
@@ -431,4 +438,96 @@ func TestSwitchoverUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.checkLedger(ctx, old, acked)
+}
+
+// walReceiverPID is the process of an instance's WAL receiver, once it streams.
+func walReceiverPID(t *testing.T, sh *localshard.Shard, name string) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, sh.InstanceDSN(name, "postgres", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var pid int
+		err := conn.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'").Scan(&pid)
+		if err == nil {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no streaming WAL receiver: %v", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDivergedStandbyRejoins: with ANY 2 of three standbys, a failover needs only two
+// of them, so the third may hold WAL the new primary never had (never acknowledged: it
+// reached that standby alone). When it returns it must notice, rewind and stream again.
+func TestDivergedStandbyRejoins(t *testing.T) {
+	h := startHALedgerOf(t, 4, instance.SyncRule{Method: instance.SyncAny, Number: 2, Required: true})
+	ctx := context.Background()
+	primary := h.shard.CurrentPrimary()
+	replicas := h.replicas(primary)
+	ahead, lagging := replicas[2], replicas[:2]
+	// Freeze the WAL receivers of two standbys: the next commit reaches ahead alone, so it
+	// is written and shipped but never acknowledged.
+	var frozen []int
+	for _, r := range lagging {
+		pid := walReceiverPID(t, h.shard, r)
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		frozen = append(frozen, pid)
+	}
+	defer func() {
+		for _, pid := range frozen {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	out, err := h.post(cctx, "unacknowledged", h.accounts[0], h.accounts[1], 7)
+	cancel()
+	if err == nil && out.Status == 201 {
+		t.Fatal("acknowledged with one synchronous standby of the two required")
+	}
+	// ahead leaves with that WAL and the primary is lost. The frozen receivers die
+	// without reading what waits in their sockets (their servers restart them, with
+	// nobody left to stream from), so the two that remain lack that WAL.
+	h.shard.StopInstance(ahead)
+	h.shard.Kill(primary)
+	for _, pid := range frozen {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	frozen = nil
+	promoted := waitPrimaryOtherThan(t, h.shard, primary, time.Minute)
+	if promoted == ahead {
+		t.Fatalf("%s was stopped and cannot have been promoted", ahead)
+	}
+	if err := h.shard.Restart(ahead); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		st, err := h.shard.Client(ahead).Status(ctx)
+		if err == nil && st.WALReceiver == "streaming" && st.Upstream == promoted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not rejoin %s: %+v %v", ahead, promoted, st, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Writes need two standbys again: the rejoined one counts.
+	cctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err = h.post(cctx, "after-rejoin", h.accounts[0], h.accounts[1], 3)
+	if err != nil || out.Status != 201 {
+		t.Fatalf("after the rejoin: %v %s", err, out.Body)
+	}
+	h.checkLedger(ctx, ahead, []string{"after-rejoin"})
 }

@@ -1,10 +1,11 @@
 // Package instance is the PostgreSQL instance manager, `tally instance run`: the main
-// process of every PostgreSQL pod. It bootstraps its instance (initdb for the first primary,
-// pg_basebackup for a replica, pg_rewind for a primary that lost its role), runs postgres
-// as its child, keeps synchronous_standby_names true to the shard, fences a primary that
-// finds itself isolated, and serves an authenticated status API through which the
-// operator promotes, fences and repoints instances. Which instance is primary is never
-// decided here: the failover package decides, and the Locator tells.
+// process of every PostgreSQL pod. It bootstraps its instance (initdb for the first
+// primary, pg_basebackup for a replica, pg_rewind for a primary that lost its role or a
+// standby that diverged), runs postgres as its child, keeps synchronous_standby_names
+// true to the shard, fences a primary that finds itself isolated, and serves an
+// authenticated status API through which the operator promotes, fences and repoints
+// instances. Which instance is primary is never decided here: the failover package
+// decides, and the Locator tells.
 package instance
 
 import (
@@ -290,14 +291,83 @@ func (m *Manager) checkIsolation(ctx context.Context, locatorErr error) error {
 	return nil
 }
 
-// tickReplica follows the target primary if it moved.
+// tickReplica follows the target primary if it moved, and rejoins it through pg_rewind
+// if this standby's history diverged from it.
 func (m *Manager) tickReplica(ctx context.Context) error {
 	target, err := m.cfg.Locator.TargetPrimary(ctx)
-	if err != nil || target == "" || target == m.cfg.Name || target == m.currentUpstream() {
+	if err != nil || target == "" || target == m.cfg.Name {
 		return nil
 	}
-	m.log.Info("following the new primary", "primary", target)
-	return m.repoint(ctx, target)
+	if target != m.currentUpstream() {
+		m.log.Info("following the new primary", "primary", target)
+		return m.repoint(ctx, target)
+	}
+	diverged, err := m.diverged(ctx, target)
+	if err != nil {
+		m.log.Debug("cannot tell whether this standby diverged", "err", err.Error())
+		return nil
+	}
+	if !diverged {
+		return nil
+	}
+	m.log.Warn("this standby holds WAL the primary's history does not; rewinding to rejoin it", "primary", target)
+	m.stopPostgres()
+	if err := m.rewind(ctx, target); err != nil {
+		return err
+	}
+	return m.startAs(ctx, target)
+}
+
+// diverged reports whether this standby, not streaming, has WAL past the point where the
+// primary's history left the standby's timeline (see divergedFrom). A streaming standby
+// has not.
+func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	local, err := m.connect(ctx, "postgres")
+	if err != nil {
+		return false, err
+	}
+	defer local.Close(ctx)
+	var streaming bool
+	var ourTLI int64
+	var ourLSN *int64
+	err = local.QueryRow(ctx, `
+		SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+		       (SELECT timeline_id::bigint FROM pg_control_checkpoint()),
+		       (greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0')::bigint`).Scan(&streaming, &ourTLI, &ourLSN)
+	if err != nil {
+		return false, fmt.Errorf("instance: read standby position: %w", err)
+	}
+	if streaming || ourLSN == nil {
+		return false, nil
+	}
+	src, err := m.member(primary)
+	if err != nil {
+		return false, err
+	}
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=5", src.Host, src.Port, postgres.Superuser))
+	if err != nil {
+		return false, err
+	}
+	cfg.Password = m.cfg.SuperuserPassword
+	remote, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, fmt.Errorf("instance: connect to primary %s: %w", primary, err)
+	}
+	defer remote.Close(ctx)
+	// A primary's timeline is in the name of its current WAL file; the history file of
+	// every timeline after the first lists where the earlier ones ended.
+	var primaryTLI int64
+	var history string
+	err = remote.QueryRow(ctx, `
+		WITH t AS (SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint AS tli)
+		SELECT t.tli, CASE WHEN t.tli > 1 THEN pg_read_file('pg_wal/' || lpad(upper(to_hex(t.tli)), 8, '0') || '.history') ELSE '' END
+		FROM t`).Scan(&primaryTLI, &history)
+	if err != nil {
+		return false, fmt.Errorf("instance: read primary %s timeline history: %w", primary, err)
+	}
+	return divergedFrom(history, primaryTLI, ourTLI, LSN(*ourLSN))
 }
 
 // start decides how this instance starts, prepares its data and starts PostgreSQL.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -70,4 +72,40 @@ func ownerOf(path string) (uid, gid int, err error) {
 		return 0, 0, fmt.Errorf("instance: no owner for %s", path)
 	}
 	return int(sys.Uid), int(sys.Gid), nil
+}
+
+// divergedFrom reports whether a standby has left the primary's history: it is on
+// timeline ourTLI at position ourLSN, and the primary is on primaryTLI, whose history
+// file (empty for timeline 1) lists where each earlier timeline ended.
+//
+// Why it matters: after a failover that promoted a replica which lacked some WAL another
+// standby had (possible with a synchronous number of two or more: only enough standbys
+// to hold every acknowledged commit must answer, not all), that standby holds WAL past
+// the point where the new primary's timeline forked. That WAL was never acknowledged,
+// but PostgreSQL cannot stream the new timeline on top of it, so the standby waits
+// forever. pg_rewind drops it, as for a former primary.
+func divergedFrom(history string, primaryTLI, ourTLI int64, ourLSN LSN) (bool, error) {
+	if ourTLI == primaryTLI {
+		return false, nil
+	}
+	for _, line := range strings.Split(history, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		tli, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return false, fmt.Errorf("instance: timeline history line %q: %w", line, err)
+		}
+		if tli != ourTLI {
+			continue
+		}
+		var end LSN
+		if err := end.UnmarshalText([]byte(f[1])); err != nil {
+			return false, err
+		}
+		return ourLSN > end, nil
+	}
+	// Our timeline is not in the primary's history at all: another branch.
+	return true, nil
 }

@@ -74,3 +74,30 @@ func TestLSNText(t *testing.T) {
 		t.Fatal("want an error")
 	}
 }
+
+func TestDivergedFrom(t *testing.T) {
+	history := "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n"
+	for _, tt := range []struct {
+		name       string
+		history    string
+		primaryTLI int64
+		ourTLI     int64
+		ourLSN     LSN
+		want       bool
+	}{
+		{"same timeline", "", 1, 1, 0x9000000, false},
+		{"behind the fork", history, 3, 1, 0x3000158, false},
+		{"past the fork", history, 3, 1, 0x3000159, true},
+		{"past the second fork", history, 3, 2, 0x5000001, true},
+		{"on the second timeline before its end", history, 3, 2, 0x4000000, false},
+		{"a branch the primary never had", "1\t0/3000158\tx\n", 2, 4, 0x100, true},
+	} {
+		got, err := divergedFrom(tt.history, tt.primaryTLI, tt.ourTLI, tt.ourLSN)
+		if err != nil || got != tt.want {
+			t.Errorf("%s: got %v %v, want %v", tt.name, got, err, tt.want)
+		}
+	}
+	if _, err := divergedFrom("x\t0/1\ty\n", 2, 1, 5); err == nil {
+		t.Error("a malformed history: want an error")
+	}
+}
