@@ -11,6 +11,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 KUSTOMIZE_VERSION      := v5.8.2
 IMAGE         ?= ghcr.io/tallyhq/tally:dev
 BENCH_TIME    ?= 10s
+BENCH_ROUNDS  ?= 1
 
 .PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests check-generated e2e image clean
 
@@ -78,7 +79,7 @@ dev: deps build
 ## lines, with ratios to the unbatched ceiling and mean batch sizes), then the Go benchmarks,
 ## then the time from losing a primary to the first acknowledged write after failover.
 bench: deps build
-	$(BIN) bench --duration $(BENCH_TIME) --modes http,wrk,store --json bench.jsonl
+	$(BIN) bench --duration $(BENCH_TIME) --rounds $(BENCH_ROUNDS) --modes http,wrk,store --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 	@echo "failover on a local three-instance shard (kill -9 of the primary under load):"
 	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover | grep -E 'acknowledged writes|^(ok|FAIL)'

@@ -62,6 +62,10 @@ type Config struct {
 	Clients   []int
 	Scenarios []string
 	Modes     []string // http and/or store; the ceiling always runs for transfer scenarios
+	// Rounds repeats every scenario and client count, ceiling and modes in turn, so that
+	// each ratio is measured next to its own ceiling; with more than one, the medians are
+	// reported too. Zero means one.
+	Rounds int
 	Accounts  int
 	Batching  batcher.Config // for the service and the store mode alike
 	Out       io.Writer      // the table
@@ -87,6 +91,9 @@ type Result struct {
 	HeapMB     float64 `json:"heap_mb"`              // in use at the end of the run
 	HeapMaxMB  float64 `json:"heap_max_mb"`          // the most in use, sampled each second
 	Violations int     `json:"invariant_violations"`
+	// Round is which round this is (1-based); 0 marks a line of medians over Rounds.
+	Round  int `json:"round"`
+	Rounds int `json:"rounds,omitempty"`
 }
 
 // fundingPerAccount is each account's starting balance in minor units: far more than a
@@ -100,36 +107,93 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return nil, err
 	}
 	defer env.close()
-	var results []Result
+	rounds := max(cfg.Rounds, 1)
+	emit := func(r Result) {
+		if cfg.JSON != nil {
+			line, _ := json.Marshal(r)
+			fmt.Fprintln(cfg.JSON, string(line))
+		}
+	}
+	var results, medians []Result
 	for _, scenario := range cfg.Scenarios {
 		for _, clients := range cfg.Clients {
 			modes := slices.Clone(cfg.Modes)
 			if scenario != Reads {
 				modes = append([]string{ModeCeiling}, modes...)
 			}
-			var ceiling float64
-			for _, mode := range modes {
-				r, err := env.run(ctx, scenario, mode, clients, cfg.Duration)
-				if err != nil {
-					return results, fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
+			byMode := map[string][]Result{}
+			for round := 1; round <= rounds; round++ {
+				var ceiling float64
+				for _, mode := range modes {
+					r, err := env.run(ctx, scenario, mode, clients, cfg.Duration)
+					if err != nil {
+						return results, fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
+					}
+					r.Round = round
+					if mode == ModeCeiling {
+						ceiling = r.PerSecond
+					} else if ceiling > 0 {
+						r.Ratio = r.PerSecond / ceiling
+					}
+					results = append(results, r)
+					byMode[mode] = append(byMode[mode], r)
+					emit(r)
 				}
-				if mode == ModeCeiling {
-					ceiling = r.PerSecond
-				} else if ceiling > 0 {
-					r.Ratio = r.PerSecond / ceiling
-				}
-				results = append(results, r)
-				if cfg.JSON != nil {
-					line, _ := json.Marshal(r)
-					fmt.Fprintln(cfg.JSON, string(line))
+			}
+			if rounds > 1 {
+				for _, mode := range modes {
+					m := median(byMode[mode])
+					medians = append(medians, m)
+					emit(m)
 				}
 			}
 		}
 	}
 	if cfg.Out != nil {
 		printTable(cfg.Out, results)
+		if len(medians) > 0 {
+			fmt.Fprintf(cfg.Out, "\nmedians over %d rounds (each ratio is to the ceiling of its own round):\n", rounds)
+			printTable(cfg.Out, medians)
+		}
 	}
-	return results, nil
+	return append(results, medians...), nil
+}
+
+// median summarises rounds of one scenario, mode and client count: each rate, ratio,
+// latency and heap figure is the median of that figure over the rounds (so the line need
+// not be any one round), and the counts and seconds are totals.
+func median(rs []Result) Result {
+	m := rs[0]
+	m.Round, m.Rounds = 0, len(rs)
+	of := func(get func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	m.PerSecond = of(func(r Result) float64 { return r.PerSecond })
+	m.Ratio = of(func(r Result) float64 { return r.Ratio })
+	m.MeanBatch = of(func(r Result) float64 { return r.MeanBatch })
+	m.P50ms = of(func(r Result) float64 { return r.P50ms })
+	m.P90ms = of(func(r Result) float64 { return r.P90ms })
+	m.P99ms = of(func(r Result) float64 { return r.P99ms })
+	m.MaxMs = of(func(r Result) float64 { return r.MaxMs })
+	m.HeapMB = of(func(r Result) float64 { return r.HeapMB })
+	m.HeapMaxMB = of(func(r Result) float64 { return r.HeapMaxMB })
+	m.Seconds, m.Ops, m.Errors, m.Rejected, m.Violations = 0, 0, 0, 0, 0
+	for _, r := range rs {
+		m.Seconds += r.Seconds
+		m.Ops += r.Ops
+		m.Errors += r.Errors
+		m.Rejected += r.Rejected
+		m.Violations += r.Violations
+	}
+	return m
 }
 
 func printTable(w io.Writer, results []Result) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +65,40 @@ func TestHistogramQuantiles(t *testing.T) {
 	}
 	if h.n != 1000 || h.max != time.Second {
 		t.Errorf("n %d max %s", h.n, h.max)
+	}
+}
+
+// TestHarnessRounds: with rounds, every round has its own ceiling and ratios, and a
+// median line per mode follows them.
+func TestHarnessRounds(t *testing.T) {
+	var table bytes.Buffer
+	results, err := Run(context.Background(), Config{
+		Duration: 200 * time.Millisecond, Clients: []int{2}, Accounts: 20, Rounds: 3,
+		Scenarios: []string{Hot}, Modes: []string{ModeStore}, Out: &table,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 3*2+2 {
+		t.Fatalf("%d results:\n%s", len(results), table.String())
+	}
+	var ratios []float64
+	var ops int64
+	for i, r := range results[:6] {
+		if r.Round != i/2+1 {
+			t.Errorf("result %d is round %d", i, r.Round)
+		}
+		if r.Mode == ModeStore {
+			ratios = append(ratios, r.Ratio)
+			ops += r.Ops
+		}
+	}
+	slices.Sort(ratios)
+	m := results[7]
+	if m.Mode != ModeStore || m.Round != 0 || m.Rounds != 3 || m.Ratio != ratios[1] || m.Ops != ops {
+		t.Errorf("median line %+v; round ratios %v, ops %d", m, ratios, ops)
+	}
+	if !strings.Contains(table.String(), "medians over 3 rounds") {
+		t.Errorf("table:\n%s", table.String())
 	}
 }

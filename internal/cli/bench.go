@@ -25,12 +25,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	writers := fs.Int("writers", 0, "batcher writers per shard (0: the default)")
 	maxBatch := fs.Int("max-batch", 0, "largest batch (0: the default)")
 	linger := fs.Duration("linger", 0, "batcher linger (0: the default)")
+	rounds := fs.Int("rounds", 1, "repeat each scenario and client count, ceiling and modes in turn, and also report the medians")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (harness and service) to this file")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	tuneGC()
-	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out,
+	if *rounds < 1 || *rounds > 99 {
+		return fmt.Errorf("--rounds must be 1 to 99")
+	}
+	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out, Rounds: *rounds,
 		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
 		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}
 	for _, c := range strings.Split(*clients, ",") {
