@@ -65,11 +65,11 @@ type Config struct {
 	// Rounds repeats every scenario and client count, ceiling and modes in turn, so that
 	// each ratio is measured next to its own ceiling; with more than one, the medians are
 	// reported too. Zero means one.
-	Rounds int
-	Accounts  int
-	Batching  batcher.Config // for the service and the store mode alike
-	Out       io.Writer      // the table
-	JSON      io.Writer      // one JSON object per result
+	Rounds   int
+	Accounts int
+	Batching batcher.Config // for the service and the store mode alike
+	Out      io.Writer      // the table
+	JSON     io.Writer      // one JSON object per result
 }
 
 // Result is one measured scenario.
