@@ -2,8 +2,9 @@
 # End-to-end scenarios against the real cluster KUBECONFIG names (kind works): install the
 # operator from config/default, create a LedgerCluster, move money through the ledger
 # service, lose the primary PostgreSQL pod under load and check that no acknowledged
-# transfer is lost, scale shards up, and check that a scale-down of shards holding
-# accounts is refused. Needs kubectl, curl, and IMAGE loaded into the cluster.
+# transfer is lost, scale shards up, check that a scale-down of shards holding accounts
+# is refused, and retire an instance by lowering postgres.instances. Needs kubectl,
+# curl, and IMAGE loaded into the cluster.
 set -euo pipefail
 
 IMAGE=${IMAGE:?set IMAGE to a tally image the cluster can pull}
@@ -107,6 +108,20 @@ kubectl -n "$NS" scale ledgercluster/e2e --replicas=1
 kubectl -n "$NS" wait ledgercluster/e2e --for=jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'=ScaleDownBlocked --timeout=120s
 kubectl -n "$NS" get ledgershard/e2e-1 >/dev/null
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
+
+step "lowering postgres.instances retires the instance beyond it, pod and volume"
+kubectl -n "$NS" patch ledgercluster/e2e --type merge -p '{"spec":{"postgres":{"instances":2}}}'
+# The primary's manager learns the new shape from its ConfigMap (the kubelet refreshes
+# it within a minute or two); if the primary is e2e-0-3 it is switched over first.
+for _ in $(seq 150); do
+  left=$(kubectl -n "$NS" get pods,pvc -l ledger.tally.dev/shard=e2e-0 -o name | grep -c '/e2e-0-3$' || true)
+  [[ $left == 0 ]] && break
+  sleep 2
+done
+[[ $left == 0 ]] || { kubectl -n "$NS" get ledgershard e2e-0 -o yaml; echo "instance e2e-0-3 was not retired"; exit 1; }
+kubectl -n "$NS" get events --field-selector involvedObject.name=e2e-0 -o custom-columns=REASON:.reason,MESSAGE:.note | grep -E 'Retire' || true
+kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
+curl -sf -m 30 -X POST localhost:18080/v1/accounts -H 'Content-Type: application/json' -d '{"owner":"after-retire","asset":"USD"}' >/dev/null
 
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"
