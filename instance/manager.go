@@ -332,9 +332,13 @@ func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
 	var streaming bool
 	var ourTLI int64
 	var ourLSN *int64
+	// The timeline of the last restartpoint lags behind a timeline switch the standby
+	// already replayed; the one of its minimum recovery point follows sooner. The later
+	// of the two, so a standby that followed a promotion is not taken for diverged.
 	err = local.QueryRow(ctx, `
 		SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
-		       (SELECT timeline_id::bigint FROM pg_control_checkpoint()),
+		       greatest((SELECT timeline_id FROM pg_control_checkpoint()),
+		                (SELECT min_recovery_end_timeline FROM pg_control_recovery()))::bigint,
 		       (greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0')::bigint`).Scan(&streaming, &ourTLI, &ourLSN)
 	if err != nil {
 		return false, fmt.Errorf("instance: read standby position: %w", err)
