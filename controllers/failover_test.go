@@ -163,20 +163,26 @@ func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
 	})
 }
 
+// setSpecPrimary asks for a switchover to name, as kubectl patch would.
+func setSpecPrimary(t *testing.T, ns, shard, name string) {
+	t.Helper()
+	var s v1alpha1.LedgerShard
+	if err := get(ns, shard, &s); err != nil {
+		t.Fatal(err)
+	}
+	s.Spec.Primary = name
+	if err := k8s.Update(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Setting spec.primary switches over: the old primary is fenced first, then the target
 // is promoted, and the old primary follows it.
 func TestOperatorSwitchesOverOnSpec(t *testing.T) {
 	ns, shard := haShard(t, "switch")
 	p1, p2 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2)
 	waitPrimary(t, ns, shard, p1)
-	var s v1alpha1.LedgerShard
-	if err := get(ns, shard, &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Primary = p2
-	if err := k8s.Update(ctx, &s); err != nil {
-		t.Fatal(err)
-	}
+	setSpecPrimary(t, ns, shard, p2)
 	waitPrimary(t, ns, shard, p2)
 	expectEvent(t, ns, "SwitchoverStarted")
 	expectEvent(t, ns, "Fenced")
@@ -189,6 +195,7 @@ func TestOperatorSwitchesOverOnSpec(t *testing.T) {
 	})
 	// The cluster controller's apply does not undo the user's spec.primary.
 	time.Sleep(time.Second)
+	var s v1alpha1.LedgerShard
 	if err := get(ns, shard, &s); err != nil || s.Spec.Primary != p2 {
 		t.Fatalf("spec.primary %q %v", s.Spec.Primary, err)
 	}
@@ -377,14 +384,7 @@ func TestShrinkSwitchesOverLeavingPrimary(t *testing.T) {
 	ns, shard := haShard(t, "retirepri")
 	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
 	waitPrimary(t, ns, shard, p1)
-	var s v1alpha1.LedgerShard
-	if err := get(ns, shard, &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Primary = p3
-	if err := k8s.Update(ctx, &s); err != nil {
-		t.Fatal(err)
-	}
+	setSpecPrimary(t, ns, shard, p3)
 	waitPrimary(t, ns, shard, p3)
 	shrinkInstances(t, ns, "retirepri", shard, 2)
 	expectEvent(t, ns, "RetireSwitchover")

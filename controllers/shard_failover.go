@@ -281,7 +281,7 @@ func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.
 		primary := in.Name == st.primary
 		ins = append(ins, rolloutInstance{
 			Name: in.Name, Primary: primary, Outdated: slices.Contains(st.rolloutPending, in.Name),
-			Healthy: in.Ready && in.Reachable && !in.Fenced && (primary || in.Streaming),
+			Healthy: instanceHealthy(in, primary),
 		})
 	}
 	step, name := decideRollout(ins)
@@ -299,6 +299,12 @@ func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.
 		plannedSwitchover(ctx, st, name, "rollout")
 	}
 	return nil
+}
+
+// instanceHealthy: the instance's pod is ready and its manager answers, unfenced, and a
+// replica streams from the primary.
+func instanceHealthy(in v1alpha1.InstanceStatus, primary bool) bool {
+	return in.Ready && in.Reachable && !in.Fenced && (primary || in.Streaming)
 }
 
 // plannedSwitchover hands the primary role to target for a step of the reconcile path

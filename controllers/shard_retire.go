@@ -49,7 +49,7 @@ func (r *ShardReconciler) reconcileRetire(ctx context.Context, shard *v1alpha1.L
 	}
 	for _, i := range st.instances {
 		if i.Name != st.primary {
-			in.Replicas = append(in.Replicas, rolloutInstance{Name: i.Name, Healthy: i.Ready && i.Reachable && !i.Fenced && i.Streaming})
+			in.Replicas = append(in.Replicas, rolloutInstance{Name: i.Name, Healthy: instanceHealthy(i, false)})
 		}
 	}
 	if m, ok := r.retireAt.Load(shard.UID); ok && m.(retireMark).primary == st.primary {

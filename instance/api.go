@@ -26,6 +26,11 @@ const (
 	maxBodyBytes = 4 << 10
 )
 
+// primaryTimelineSQL is a primary's current timeline: the first eight hex digits of
+// the name of its current WAL file. (A primary's control file learns a new timeline
+// only at its next checkpoint.)
+const primaryTimelineSQL = `('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int`
+
 // FollowRequest is the body of POST /v1/follow and /v1/demote.
 type FollowRequest struct {
 	Primary string `json:"primary"`
@@ -133,7 +138,7 @@ func (m *Manager) observe(ctx context.Context, st *Status) error {
 	}
 	if !recovery {
 		st.Role, st.WAL = RolePrimary, lsn(flush)
-		err = conn.QueryRow(ctx, `SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int`).Scan(&st.Timeline)
+		err = conn.QueryRow(ctx, `SELECT `+primaryTimelineSQL).Scan(&st.Timeline)
 		if err != nil {
 			return fmt.Errorf("instance: timeline: %w", err)
 		}

@@ -346,26 +346,17 @@ func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
 	if streaming || ourLSN == nil {
 		return false, nil
 	}
-	src, err := m.member(primary)
+	remote, err := m.connectMember(ctx, primary)
 	if err != nil {
 		return false, err
-	}
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=disable connect_timeout=5", src.Host, src.Port, postgres.Superuser))
-	if err != nil {
-		return false, err
-	}
-	cfg.Password = m.cfg.SuperuserPassword
-	remote, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return false, fmt.Errorf("instance: connect to primary %s: %w", primary, err)
 	}
 	defer remote.Close(ctx)
-	// A primary's timeline is in the name of its current WAL file; the history file of
-	// every timeline after the first lists where the earlier ones ended.
+	// The history file of every timeline after the first lists where the earlier ones
+	// ended.
 	var primaryTLI int64
 	var history string
 	err = remote.QueryRow(ctx, `
-		WITH t AS (SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::bigint AS tli)
+		WITH t AS (SELECT `+primaryTimelineSQL+`::bigint AS tli)
 		SELECT t.tli, CASE WHEN t.tli > 1 THEN pg_read_file('pg_wal/' || lpad(upper(to_hex(t.tli)), 8, '0') || '.history') ELSE '' END
 		FROM t`).Scan(&primaryTLI, &history)
 	if err != nil {
@@ -541,12 +532,11 @@ func (m *Manager) rewind(ctx context.Context, primary string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, toolTimeout)
 	defer cancel()
-	source := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", src.Host, src.Port, postgres.Superuser)
-	if err := m.checkpointSource(ctx, source); err != nil {
+	if err := m.checkpointSource(ctx, primary); err != nil {
 		return err
 	}
 	out, err := postgres.RunTool(ctx, m.cfg.BinDir, "pg_rewind", m.passwordEnv(m.cfg.SuperuserPassword),
-		"--target-pgdata", m.cfg.DataDir, "--source-server", source)
+		"--target-pgdata", m.cfg.DataDir, "--source-server", memberConninfo(src))
 	if err != nil {
 		return fmt.Errorf("instance: rewind against %s: %w", primary, err)
 	}
@@ -554,17 +544,36 @@ func (m *Manager) rewind(ctx context.Context, primary string) error {
 	return m.markStandby()
 }
 
-// checkpointSource makes the rewind source write its timeline to its control file
-// (see Promote), in case it was promoted by a manager that did not.
-func (m *Manager) checkpointSource(ctx context.Context, source string) error {
-	cfg, err := pgx.ParseConfig(source + " sslmode=disable connect_timeout=5")
+// memberConninfo is how the superuser reaches a member's postgres database, in the
+// form pg_rewind takes.
+func memberConninfo(src Member) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", src.Host, src.Port, postgres.Superuser)
+}
+
+// connectMember opens a superuser connection to another member of the shard.
+func (m *Manager) connectMember(ctx context.Context, name string) (*pgx.Conn, error) {
+	src, err := m.member(name)
 	if err != nil {
-		return fmt.Errorf("instance: rewind source: %w", err)
+		return nil, err
+	}
+	cfg, err := pgx.ParseConfig(memberConninfo(src) + " sslmode=disable connect_timeout=5")
+	if err != nil {
+		return nil, fmt.Errorf("instance: conninfo of %s: %w", name, err)
 	}
 	cfg.Password = m.cfg.SuperuserPassword
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("instance: connect to rewind source: %w", err)
+		return nil, fmt.Errorf("instance: connect to %s: %w", name, err)
+	}
+	return conn, nil
+}
+
+// checkpointSource makes the rewind source write its timeline to its control file
+// (see Promote), in case it was promoted by a manager that did not.
+func (m *Manager) checkpointSource(ctx context.Context, source string) error {
+	conn, err := m.connectMember(ctx, source)
+	if err != nil {
+		return err
 	}
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {

@@ -30,10 +30,10 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	tuneGC()
 	if *rounds < 1 || *rounds > 99 {
 		return fmt.Errorf("--rounds must be 1 to 99")
 	}
+	tuneGC()
 	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out, Rounds: *rounds,
 		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
 		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}

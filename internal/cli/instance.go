@@ -27,9 +27,9 @@ import (
 // instanceShutdownGrace bounds the status server's shutdown.
 const instanceShutdownGrace = 5 * time.Second
 
-// runInstance is the main process of a PostgreSQL pod: it reads the pod's identity from the
-// environment and the shard's shape from the mounted ConfigMap, learns the target primary
-// from its LedgerShard, and runs the instance manager with its status API.
+// runInstance is the main process of a PostgreSQL pod: it reads the pod's identity from
+// the environment and the shard's shape from the mounted ConfigMap, learns the target
+// primary from its LedgerShard, and runs the instance manager with its status API.
 func runInstance(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("instance run", out)
 	configDir := fs.String("config-dir", specs.ConfigMount, "the mounted shard ConfigMap (instances, synchronous, dataDurability, custom.conf)")
