@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -256,14 +257,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	}
 
 	// Status follows spec changes: a new generation is observed.
-	var c v1alpha1.LedgerCluster
-	if err := get(ns, "books", &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Ledger.Replicas = int32p(3)
-	if err := k8s.Update(ctx, &c); err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, "books", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(3) })
 	eventually(t, "deployment scaled", func() error {
 		if err := get(ns, specs.LedgerName("books"), &dep); err != nil {
 			return err
@@ -340,6 +334,22 @@ func expectEvent(t *testing.T, ns, reason string) {
 		}
 		return errors.New("not recorded")
 	})
+}
+
+// update changes an object as a user would: read it, change it, write it back, again
+// if a controller wrote it in between.
+func update[T client.Object](t *testing.T, ns, name string, obj T, change func(T)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := get(ns, name, obj); err != nil {
+			return err
+		}
+		change(obj)
+		return k8s.Update(ctx, obj)
+	})
+	if err != nil {
+		t.Fatalf("update %s: %v", name, err)
+	}
 }
 
 func scale(t *testing.T, ns, name string, shards int32) {

@@ -166,14 +166,7 @@ func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
 // setSpecPrimary asks for a switchover to name, as kubectl patch would.
 func setSpecPrimary(t *testing.T, ns, shard, name string) {
 	t.Helper()
-	var s v1alpha1.LedgerShard
-	if err := get(ns, shard, &s); err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Primary = name
-	if err := k8s.Update(ctx, &s); err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, shard, &v1alpha1.LedgerShard{}, func(s *v1alpha1.LedgerShard) { s.Spec.Primary = name })
 }
 
 // Setting spec.primary switches over: the old primary is fenced first, then the target
@@ -211,14 +204,7 @@ func TestRollingUpdateReplicasFirstThenSwitchover(t *testing.T) {
 	for n := int32(2); n <= 3; n++ {
 		markPodReady(t, ns, specs.InstanceName(shard, n))
 	}
-	var c v1alpha1.LedgerCluster
-	if err := get(ns, "roll", &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Postgres.Image = "postgres:17.9"
-	if err := k8s.Update(ctx, &c); err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, "roll", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Image = "postgres:17.9" })
 	// Play the kubelet: every recreated pod starts and becomes ready.
 	var order []string
 	eventually(t, "every pod on the new image", func() error {
@@ -288,14 +274,7 @@ func TestFailoverCountsInstancesBeyondTheSpec(t *testing.T) {
 // carry it.
 func shrinkInstances(t *testing.T, ns, cluster, shard string, n int32) {
 	t.Helper()
-	var c v1alpha1.LedgerCluster
-	if err := get(ns, cluster, &c); err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Postgres.Instances = int32p(n)
-	if err := k8s.Update(ctx, &c); err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, cluster, &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(n) })
 	eventually(t, "shard spec shrunk", func() error {
 		var s v1alpha1.LedgerShard
 		if err := get(ns, shard, &s); err != nil {
