@@ -27,6 +27,7 @@ const (
 	startRewind
 )
 
+// String names the action for logs.
 func (a startAction) String() string {
 	return map[startAction]string{startInitPrimary: "initdb", startClone: "clone", startPrimary: "primary",
 		startReplica: "replica", startRewind: "rewind"}[a]

@@ -94,7 +94,10 @@ func parse(fs *flag.FlagSet, args []string) error {
 // stringList is a repeatable flag.
 type stringList []string
 
-func (l *stringList) String() string     { return strings.Join(*l, ",") }
+// String joins the values, for flag's usage text.
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+// Set adds one more value.
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 // shardURLs returns the flag's values, or else the comma-separated environment variable.

@@ -200,6 +200,7 @@ type shardLocator struct {
 	key types.NamespacedName
 }
 
+// TargetPrimary reads the shard's status.targetPrimary through the instance's own Role.
 func (l shardLocator) TargetPrimary(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()

@@ -36,6 +36,7 @@ func readPrimary(dir string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// TargetPrimary is the instance the record names primary.
 func (l *locator) TargetPrimary(context.Context) (string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -13,6 +13,7 @@ type statusWriter struct {
 	status int
 }
 
+// WriteHeader records the first status.
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
@@ -20,6 +21,7 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Write records 200 if no status was written yet.
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -45,6 +47,7 @@ type plainErrorRewriter struct {
 	swallow bool
 }
 
+// WriteHeader sends a problem instead of the mux's plain 404 or 405.
 func (w *plainErrorRewriter) WriteHeader(code int) {
 	if (code == http.StatusNotFound || code == http.StatusMethodNotAllowed) &&
 		strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
@@ -60,6 +63,7 @@ func (w *plainErrorRewriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Write drops the mux's plain text after a problem was sent.
 func (w *plainErrorRewriter) Write(b []byte) (int, error) {
 	if w.swallow {
 		return len(b), nil

@@ -32,12 +32,14 @@ func newPoolCollector(stores []*store.Store) *poolCollector {
 	}
 }
 
+// Describe sends the pool metrics' descriptions.
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.acquired, c.idle, c.total, c.max, c.acquires, c.emptyAcquires, c.acquireSec} {
 		ch <- d
 	}
 }
 
+// Collect reads each shard's pool statistics now.
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, st := range c.stores {
 		s := st.Pool().Stat()
@@ -71,12 +73,14 @@ func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
 	}
 }
 
+// Describe sends the batcher metrics' descriptions.
 func (c *batchCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy} {
 		ch <- d
 	}
 }
 
+// Collect reads each shard's batcher totals now.
 func (c *batchCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, b := range c.batchers {
 		s := b.Stats()
