@@ -15,7 +15,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 pf_pid=""
 cleanup() {
-  [[ -n $pf_pid ]] && kill "$pf_pid" 2>/dev/null || true
+  if [[ -n $pf_pid ]]; then kill "$pf_pid" 2>/dev/null || true; fi
   rm -rf "$work"
   if [[ ${E2E_KEEP:-} != 1 ]]; then
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
