@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,7 +199,8 @@ func TestJournalIsAppendOnly(t *testing.T) {
 }
 
 // TestDatabaseRejectsUnbalancedWrites bypasses the function and writes rows directly as
-// the owner: the constraints, not the Go code, must stop every illegal state.
+// the owner: the constraints, not the Go code, must stop every illegal state, each case
+// with the rule it breaks.
 func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 	f := newFixture(t, 4)
 	alice, bob := f.account("alice", 0), f.account("bob", 0)
@@ -207,50 +209,55 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 	owner := f.db.SuperConn(t)
 	txID, _ := ledger.NewTransactionID(0)
 	otherShard, _ := ledger.NewAccountID(3)
-	tx := fmt.Sprintf("INSERT INTO tally.transactions (id, created_at) VALUES ('%s', now());", txID)
-	cases := map[string]string{
-		"unbalanced": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-			VALUES ('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)`, txID, alice, txID, bob),
-		"one leg": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-			VALUES ('%s', 0, '%s', 'USD', -10, 90)`, txID, alice),
-		"no entries": tx,
-		"broken running balance": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-			VALUES ('%s', 0, '%s', 'USD', -10, 50), ('%s', 0, '%s', 'USD', 10, 10)`, txID, alice, txID, bob),
-		"zero amount": tx + fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after) VALUES ('%s', 0, '%s', 'USD', 0, 0)`, txID, alice),
-		"wrong asset": tx + fmt.Sprintf(`INSERT INTO tally.assets (code, scale) VALUES ('EUR', 2);
-			INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-			VALUES ('%s', 0, '%s', 'EUR', -10, -10), ('%s', 0, '%s', 'EUR', 10, 10)`, txID, alice, txID, bob),
-		"below floor":        fmt.Sprintf("UPDATE tally.balances SET posted = -1 WHERE account_id = '%s'", bob),
-		"other shard":        fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 2)", otherShard),
-		"account no balance": fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 2)", mustAccountID(t)),
-		"scale mismatch":     fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 3)", mustAccountID(t)),
-		"asset change":       "UPDATE tally.assets SET scale = 3",
-		"reopen closed":      "",
+	// write is one hand-written statement: it writes the transaction tx (unless empty),
+	// moves the balances as moves says (unless empty) and inserts the entries.
+	write := func(tx, moves, entries string) string {
+		var with []string
+		if tx != "" {
+			with = append(with, fmt.Sprintf("journal AS (INSERT INTO tally.transactions (id, created_at) VALUES ('%s', now()))", tx))
+		}
+		if moves != "" {
+			with = append(with, "moved AS ("+moves+")")
+		}
+		sql := "INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after) VALUES " + entries
+		if len(with) > 0 {
+			sql = "WITH " + strings.Join(with, ", ") + " " + sql
+		}
+		return sql
+	}
+	// move takes amount from one account's balance to another's.
+	move := func(from, to ledger.AccountID, amount int64) string {
+		return fmt.Sprintf(`UPDATE tally.balances SET posted = posted + CASE WHEN account_id = '%[1]s' THEN %[3]d ELSE -%[3]d END, version = version + 1
+			WHERE account_id IN ('%[1]s', '%[2]s')`, to, from, amount)
+	}
+	// legs is a posting's two entries, debit and credit, with their running balances.
+	legs := func(tx string, posting int, from ledger.AccountID, fromAfter int64, to ledger.AccountID, toAfter int64, asset string, amount int64) string {
+		return fmt.Sprintf("('%[1]s', %[2]d, '%[3]s', '%[7]s', %[8]d, %[4]d), ('%[1]s', %[2]d, '%[5]s', '%[7]s', %[9]d, %[6]d)",
+			tx, posting, from, fromAfter, to, toAfter, asset, -amount, amount)
+	}
+	tx := txID.String()
+	type rejection struct{ sql, rule string }
+	cases := map[string]rejection{
+		"unbalanced": {write(tx, "", fmt.Sprintf("('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)", tx, alice, tx, bob)),
+			"unbalanced|sums to"},
+		"one leg":            {write(tx, "", fmt.Sprintf("('%s', 0, '%s', 'USD', -10, 90)", tx, alice)), "unbalanced|sums to"},
+		"no entries":         {fmt.Sprintf("INSERT INTO tally.transactions (id, created_at) VALUES ('%s', now())", tx), "has no entries"},
+		"zero amount":        {write(tx, "", fmt.Sprintf("('%s', 0, '%s', 'USD', 0, 100)", tx, alice)), "entries_amount_check"},
+		"below floor":        {fmt.Sprintf("UPDATE tally.balances SET posted = -1 WHERE account_id = '%s'", bob), "balance_above_floor"},
+		"other shard":        {fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 2)", otherShard), "belongs to shard"},
+		"account no balance": {fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 2)", mustAccountID(t)), "has no balance row"},
+		"scale mismatch":     {fmt.Sprintf("INSERT INTO tally.accounts (id, owner, asset, scale) VALUES ('%s', 'x', 'USD', 3)", mustAccountID(t)), "violates foreign key"},
+		"asset change":       {"UPDATE tally.assets SET scale = 3", "immutable"},
 	}
 	if _, err := f.store.SetStatus(ctx, bob, ledger.StatusClosed); err != nil {
 		t.Fatal(err)
 	}
-	cases["reopen closed"] = fmt.Sprintf("UPDATE tally.accounts SET status = 'active' WHERE id = '%s'", bob)
-	// A balanced pair whose running balances are right, added to a transaction that was
-	// committed (and checked) before: refused, or it would escape the double-entry check.
-	var committed ledger.TransactionID
-	if err := owner.QueryRow(ctx, "SELECT id FROM tally.transactions LIMIT 1").Scan((*[16]byte)(&committed)); err != nil {
-		t.Fatal(err)
-	}
+	cases["reopen closed"] = rejection{fmt.Sprintf("UPDATE tally.accounts SET status = 'active' WHERE id = '%s'", bob), "is closed"}
 	carol := f.account("carol", 0)
-	cases["entries added to a committed transaction"] = fmt.Sprintf(`INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-		VALUES ('%s', 7, '%s', 'USD', -1, 99), ('%s', 7, '%s', 'USD', 1, 1)`, committed, alice, committed, carol)
-	// A hand-written write that is complete: the transaction, its balanced entries, and the
+	// A complete hand-written write: the transaction, its balanced entries, and the
 	// balances they move, in one statement. The database accepts it; each case below
 	// breaks exactly one thing of it.
-	handWritten := func(tx string, to ledger.AccountID, asset string, toAfter int64) string {
-		return fmt.Sprintf(`WITH moved AS (
-			  UPDATE tally.balances SET posted = posted + CASE WHEN account_id = '%[2]s' THEN -10 ELSE 10 END, version = version + 1
-			  WHERE account_id IN ('%[2]s', '%[3]s'))
-			INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-			VALUES ('%[1]s', 0, '%[2]s', '%[4]s', -10, 90), ('%[1]s', 0, '%[3]s', '%[4]s', 10, %[5]d)`, tx, alice, to, asset, toAfter)
-	}
-	complete := tx + handWritten(txID.String(), carol, "USD", 10)
+	complete := write(tx, move(alice, carol, 10), legs(tx, 0, alice, 90, carol, 10, "USD", 10))
 	ctrl, err := owner.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -263,28 +270,37 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 	}
 	_ = ctrl.Rollback(ctx)
 	otherTx, _ := ledger.NewTransactionID(0)
-	cases["entries of a transaction that does not exist"] = handWritten(otherTx.String(), carol, "USD", 10)
-	cases["balance moved without entries"] = fmt.Sprintf("UPDATE tally.balances SET posted = 50, version = version + 1 WHERE account_id = '%s'", carol)
-	cases["entries on an account that does not exist"] = tx + handWritten(txID.String(), mustAccountID(t), "USD", 10)
-	cases["running balance that skips"] = tx + handWritten(txID.String(), carol, "USD", 11)
-	cases["an account's second entry in another asset"] = tx + fmt.Sprintf(`INSERT INTO tally.assets (code, scale) VALUES ('EUR', 2);
-		WITH moved AS (
-		  UPDATE tally.balances SET posted = posted + CASE WHEN account_id = '%[2]s' THEN -11 ELSE 11 END, version = version + 1
-		  WHERE account_id IN ('%[2]s', '%[3]s'))
-		INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-		VALUES ('%[1]s', 0, '%[2]s', 'USD', -10, 90), ('%[1]s', 0, '%[3]s', 'USD', 10, 10),
-		       ('%[1]s', 1, '%[2]s', 'EUR', -1, 89), ('%[1]s', 1, '%[3]s', 'EUR', 1, 11)`, txID, alice, carol)
-	// The deferred check at commit stands on its own: with the statement check switched
-	// off (as the owner can), an unbalanced transaction still cannot commit.
-	cases["unbalanced, past the statement check"] = "ALTER TABLE tally.entries DISABLE TRIGGER entries_checked;" + tx + fmt.Sprintf(`
-		INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-		VALUES ('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)`, txID, alice, txID, carol)
-	for name, sql := range cases {
+	eur := "INSERT INTO tally.assets (code, scale) VALUES ('EUR', 2);"
+	cases["entries of a transaction that does not exist"] = rejection{write("", move(alice, carol, 10), legs(otherTx.String(), 0, alice, 90, carol, 10, "USD", 10)), "name transaction .* does not exist"}
+	cases["balance moved without entries"] = rejection{fmt.Sprintf("UPDATE tally.balances SET posted = 50, version = version + 1 WHERE account_id = '%s'", carol), "the journal says"}
+	nobody := mustAccountID(t)
+	cases["entries on an account that does not exist"] = rejection{write(tx, move(alice, nobody, 10), legs(tx, 0, alice, 90, nobody, 10, "USD", 10)), "name account .* does not exist"}
+	cases["broken running balance"] = rejection{write(tx, move(alice, carol, 10), legs(tx, 0, alice, 50, carol, 10, "USD", 10)), "has balance_after"}
+	cases["running balance that skips"] = rejection{write(tx, move(alice, carol, 10), legs(tx, 0, alice, 90, carol, 11, "USD", 10)), "has balance_after"}
+	cases["wrong asset"] = rejection{eur + write(tx, move(alice, carol, 10), legs(tx, 0, alice, 90, carol, 10, "EUR", 10)), "not the account's asset"}
+	cases["an account's second entry in another asset"] = rejection{eur + write(tx, move(alice, carol, 11),
+		legs(tx, 0, alice, 90, carol, 10, "USD", 10)+", "+legs(tx, 1, alice, 89, carol, 11, "EUR", 1)), "not the account's asset"}
+	// Entries that would join a transaction after its statement: one committed earlier,
+	// and one written by the statement before, in the same database transaction. Both
+	// postings are balanced and move their balances, so only that rule refuses them.
+	var committed ledger.TransactionID
+	if err := owner.QueryRow(ctx, "SELECT id FROM tally.transactions LIMIT 1").Scan((*[16]byte)(&committed)); err != nil {
+		t.Fatal(err)
+	}
+	cases["entries added to a committed transaction"] = rejection{write("", move(alice, carol, 1), legs(committed.String(), 7, alice, 99, carol, 1, "USD", 1)),
+		"written by an earlier statement"}
+	cases["entries added by a later statement"] = rejection{complete + ";" + write("", move(alice, carol, 1), legs(tx, 1, alice, 89, carol, 11, "USD", 1)),
+		"written by an earlier statement"}
+	// The transactions' check stands on its own: with the entries' check switched off
+	// (as the owner can), an unbalanced transaction is still refused.
+	cases["unbalanced, past the entries' check"] = rejection{"ALTER TABLE tally.entries DISABLE TRIGGER entries_checked;" +
+		write(tx, "", fmt.Sprintf("('%s', 0, '%s', 'USD', -10, 90), ('%s', 0, '%s', 'USD', 9, 9)", tx, alice, tx, carol)), "sums to"}
+	for name, c := range cases {
 		tx, err := owner.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = tx.Exec(ctx, sql)
+		_, err = tx.Exec(ctx, c.sql)
 		if err == nil {
 			err = tx.Commit(ctx) // deferred constraint triggers fire here
 		} else {
@@ -292,6 +308,8 @@ func TestDatabaseRejectsUnbalancedWrites(t *testing.T) {
 		}
 		if err == nil {
 			t.Errorf("%s: the database accepted it", name)
+		} else if !regexp.MustCompile(c.rule).MatchString(err.Error()) {
+			t.Errorf("%s: refused for another reason than %q: %v", name, c.rule, err)
 		}
 	}
 	f.verify()
