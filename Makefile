@@ -81,8 +81,9 @@ dev: deps build
 bench: deps build
 	$(BIN) bench --duration $(BENCH_TIME) --rounds $(BENCH_ROUNDS) --modes http,wrk,store --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
-	@echo "failover on a local three-instance shard (kill -9 of the primary under load):"
-	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover | grep -E 'acknowledged writes|^(ok|FAIL)'
+	@echo "failover on a local three-instance shard (kill -9 of the primary under load; full log in bench-failover.log):"
+	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover > bench-failover.log 2>&1; \
+	  rc=$$?; grep -E 'acknowledged writes|^(ok|FAIL)' bench-failover.log; exit $$rc
 
 ## fuzz: run each fuzzer for a while (their seeds also run in `make test`).
 fuzz:
