@@ -27,6 +27,7 @@ import (
 	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -504,6 +505,13 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		"forbidden param":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]string{"fsync": "off"} },
 		"negative replicas":  func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
 		"too many instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },
+		"no writers":         batching(v1alpha1.BatchingSpec{Writers: int32p(0)}),
+		"too many writers":   batching(v1alpha1.BatchingSpec{Writers: int32p(batcher.MaxWriters + 1)}),
+		"batch too big":      batching(v1alpha1.BatchingSpec{MaxBatch: int32p(batcher.MaxBatchLimit + 1)}),
+		"no readers":         batching(v1alpha1.BatchingSpec{Readers: int32p(0)}),
+		"too many readers":   batching(v1alpha1.BatchingSpec{Readers: int32p(batcher.MaxWriters + 1)}),
+		"no linger":          batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{}}),
+		"linger too long":    batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{Duration: batcher.MaxLinger + time.Microsecond}}),
 	}
 	i := 0
 	for name, mutate := range bad {
@@ -513,6 +521,15 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		if err := k8s.Create(ctx, c); err == nil || !apierrors.IsInvalid(err) {
 			t.Errorf("%s: accepted or wrong error: %v", name, err)
 		}
+	}
+	// The batcher's own bounds are accepted: the CRD and the service agree.
+	limits := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "batching-limits"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1}}
+	batching(v1alpha1.BatchingSpec{Writers: int32p(batcher.MaxWriters), MaxBatch: int32p(batcher.MaxBatchLimit),
+		Linger: &metav1.Duration{Duration: batcher.MaxLinger}, Readers: int32p(batcher.MaxWriters)})(limits)
+	if err := k8s.Create(ctx, limits); err != nil {
+		t.Errorf("the batcher's limits refused: %v", err)
+	} else if err := k8s.Delete(ctx, limits); err != nil {
+		t.Error(err)
 	}
 	// Immutable fields stay immutable.
 	sc := "fast"
@@ -530,6 +547,11 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 	if err := k8s.Update(ctx, &s); err == nil || !strings.Contains(err.Error(), "index is immutable") {
 		t.Errorf("shard index change: %v", err)
 	}
+}
+
+// batching returns a mutation that sets the ledger's batching.
+func batching(b v1alpha1.BatchingSpec) func(*v1alpha1.LedgerCluster) {
+	return func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Batching = &b }
 }
 
 // discardRecorder drops events, for reconcilers called directly by a test.

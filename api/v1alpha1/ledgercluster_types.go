@@ -46,6 +46,45 @@ type LedgerSpec struct {
 	// IdempotencyRetention is how long idempotency records are kept. Default: 24h.
 	// +optional
 	IdempotencyRetention *metav1.Duration `json:"idempotencyRetention,omitempty"`
+
+	// Batching tunes how each ledger replica coalesces one shard's requests into database
+	// transactions. The defaults suit most ledgers.
+	// +optional
+	Batching *BatchingSpec `json:"batching,omitempty"`
+}
+
+// BatchingSpec bounds the batching of one shard's requests in each ledger replica. Every
+// writer and reader holds a database connection while it works, so each replica opens
+// at least writers + readers + 4 connections to every shard.
+type BatchingSpec struct {
+	// Writers is how many batches of transactions may be in flight at once: one collects
+	// while another commits. Default: 2.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=16
+	// +optional
+	Writers *int32 `json:"writers,omitempty"`
+
+	// MaxBatch is the most transaction requests in one database transaction: bigger
+	// batches amortise the commit further but hold their locks longer. Default: 100.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxBatch *int32 `json:"maxBatch,omitempty"`
+
+	// Linger is how long a writer with a small batch waits for more requests before it
+	// commits; at low load it is the latency batching adds. More than 0, at most 50ms.
+	// Default: 500us.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('50ms')",message="linger must be more than 0s and at most 50ms"
+	// +optional
+	Linger *metav1.Duration `json:"linger,omitempty"`
+
+	// Readers is how many balance queries may be in flight at once, each answering every
+	// balance read queued behind the one before. Default: 1.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=16
+	// +optional
+	Readers *int32 `json:"readers,omitempty"`
 }
 
 // LedgerClusterStatus is what the operator observed.

@@ -75,6 +75,23 @@ func ShardURLs(c *v1alpha1.LedgerCluster, shards int32) string {
 	return strings.Join(urls, ",")
 }
 
+// batchingArgs are the ledger's flags for the batching fields that are set.
+func batchingArgs(b v1alpha1.BatchingSpec) []string {
+	var args []string
+	for _, f := range []struct {
+		flag  string
+		value *int32
+	}{{"writers", b.Writers}, {"max-batch", b.MaxBatch}, {"readers", b.Readers}} {
+		if f.value != nil {
+			args = append(args, fmt.Sprintf("--%s=%d", f.flag, *f.value))
+		}
+	}
+	if b.Linger != nil {
+		args = append(args, "--linger="+b.Linger.Duration.String())
+	}
+	return args
+}
+
 // LedgerDeployment builds the ledger service over the first shards shards.
 func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
 	l := ResolveLedger(c.Spec.Ledger, operatorImage)
@@ -87,6 +104,7 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 	args := []string{"ledger", "serve",
 		"--listen=0.0.0.0:" + strconv.Itoa(APIPort), "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
 		"--idempotency-retention=" + l.IdempotencyRetention.Duration.String()}
+	args = append(args, batchingArgs(l.Batching)...)
 	container := corev1ac.Container().WithName("ledger").WithImage(l.Image).
 		WithCommand(TallyBinary).WithArgs(args...).WithEnv(env...).
 		WithPorts(corev1ac.ContainerPort().WithName("api").WithContainerPort(APIPort),

@@ -76,6 +76,7 @@ type Ledger struct {
 	Resources            corev1.ResourceRequirements
 	TokensSecret         *corev1.SecretKeySelector
 	IdempotencyRetention metav1.Duration
+	Batching             v1alpha1.BatchingSpec // unset fields take the service's own defaults
 }
 
 // ResolveLedger fills in the defaults of a LedgerSpec; operatorImage is the operator's
@@ -94,6 +95,9 @@ func ResolveLedger(l v1alpha1.LedgerSpec, operatorImage string) Ledger {
 	r.IdempotencyRetention = metav1.Duration{Duration: 24 * 60 * 60 * 1e9}
 	if l.IdempotencyRetention != nil {
 		r.IdempotencyRetention = *l.IdempotencyRetention
+	}
+	if l.Batching != nil {
+		r.Batching = *l.Batching
 	}
 	return r
 }

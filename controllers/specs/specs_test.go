@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -103,7 +104,9 @@ func TestPodSpecHashIgnoresRole(t *testing.T) {
 
 func TestClusterObjectsGolden(t *testing.T) {
 	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money", UID: "uid-cluster"},
-		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3)}}}
+		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3),
+			// only the fields set become flags: the service keeps its own defaults
+			Batching: &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}}}}}
 	golden(t, "ledger-deployment", LedgerDeployment(c, 2, "tally:1"))
 	golden(t, "ledger-service", LedgerService(c))
 	shard, err := Shard(c, 1, "tally:1")

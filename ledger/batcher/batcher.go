@@ -50,7 +50,9 @@ type Config struct {
 	Readers  int
 }
 
-func (c Config) resolve() (Config, error) {
+// Resolve returns c with its zero fields set to the defaults, or an error if a field is
+// out of bounds.
+func (c Config) Resolve() (Config, error) {
 	if c.Writers == 0 {
 		c.Writers = DefaultWriters
 	}
@@ -109,7 +111,7 @@ func (b *Batcher) Stats() Stats {
 
 // New returns a batcher over the shard's store; Start it before submitting.
 func New(st *store.Store, cfg Config) (*Batcher, error) {
-	cfg, err := cfg.resolve()
+	cfg, err := cfg.Resolve()
 	if err != nil {
 		return nil, err
 	}

@@ -32,9 +32,12 @@ const (
 	DefaultOpsListen            = "127.0.0.1:9090"
 	DefaultIdempotencyRetention = 24 * time.Hour
 	DefaultMaxConnsPerShard     = 16
-	cleanupInterval             = time.Minute
-	shutdownGrace               = 15 * time.Second
-	readyCheckTimeout           = 2 * time.Second
+	// spareConnsPerShard is how many connections of each shard's pool are left to the
+	// API's unbatched queries beyond the batcher's writers and readers.
+	spareConnsPerShard = 4
+	cleanupInterval    = time.Minute
+	shutdownGrace      = 15 * time.Second
+	readyCheckTimeout  = 2 * time.Second
 )
 
 // Config is what the service needs.
@@ -75,6 +78,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(cfg.ShardDSNs) == 0 {
 		return errors.New("server: no shard database given")
 	}
+	batching, err := cfg.Batching.Resolve()
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	// Writers and readers each hold a connection while they work; a pool smaller than
+	// they need would make batches wait for connections instead of for requests.
+	if need := int32(batching.Writers + batching.Readers + spareConnsPerShard); cfg.MaxConnsPerShard < need {
+		cfg.Log.Info("raising connections per shard to what batching needs", "from", cfg.MaxConnsPerShard, "to", need)
+		cfg.MaxConnsPerShard = need
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -94,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	fronts := make([]shardset.Front, len(stores))
 	batchers := make([]*batcher.Batcher, len(stores))
 	for i, st := range stores {
-		b, err := batcher.New(st, cfg.Batching)
+		b, err := batcher.New(st, batching)
 		if err != nil {
 			return err
 		}

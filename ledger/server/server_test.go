@@ -16,6 +16,7 @@ import (
 	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -33,6 +34,54 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// serve runs the service with cfg on loopback ports until stop, which returns Run's error.
+func serve(t *testing.T, cfg server.Config) (addr, ops string, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	ops = "127.0.0.1:" + freePort(t)
+	cfg.Listen, cfg.OpsListen, cfg.Ready = "127.0.0.1:0", ops, ready
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- server.Run(ctx, cfg) }()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("server stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("server not ready")
+	}
+	return addr, ops, func() error {
+		cancel()
+		return <-done
+	}
+}
+
+// TestServeSizesPoolsForBatching: each shard's pool holds a connection for every writer
+// and reader and spares for the other queries, even when a smaller pool was asked for.
+func TestServeSizesPoolsForBatching(t *testing.T) {
+	db := pgtest.NewDB(t)
+	for _, c := range []struct {
+		asked int32
+		batch batcher.Config
+		want  string
+	}{
+		{2, batcher.Config{Writers: 5, Readers: 3}, "12"}, // 5 + 3 + 4 spares
+		{30, batcher.Config{}, "30"},
+	} {
+		_, ops, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, MaxConnsPerShard: c.asked, Batching: c.batch})
+		_, metrics := get(t, "http://"+ops+"/metrics")
+		if err := stop(); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if want := `tally_db_pool_max_conns{shard="0"} ` + c.want + "\n"; !strings.Contains(metrics, want) {
+			t.Errorf("asked for %d connections with %+v: metrics lack %q", c.asked, c.batch, want)
+		}
+	}
+}
+
 // TestServeRunsTheDevScript serves the ledger as `tally dev` does and runs the curl
 // commands `tally dev` prints, exactly as printed.
 func TestServeRunsTheDevScript(t *testing.T) {
@@ -40,24 +89,7 @@ func TestServeRunsTheDevScript(t *testing.T) {
 		t.Fatal("curl is needed (hack/ensure-deps.sh installs it)")
 	}
 	db := pgtest.NewDB(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	ops := "127.0.0.1:" + freePort(t)
-	go func() {
-		done <- server.Run(ctx, server.Config{
-			Listen: "127.0.0.1:0", OpsListen: ops, ShardDSNs: []string{db.AppDSN()},
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
-		})
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready")
-	}
+	addr, ops, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}})
 
 	out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr)).CombinedOutput()
 	if err != nil {
@@ -92,8 +124,7 @@ func TestServeRunsTheDevScript(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
 	violations, err := store.New(db.AppPool(t, 2)).Verify(context.Background())
