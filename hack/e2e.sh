@@ -46,6 +46,7 @@ spec:
     storage: {size: 1Gi}
   ledger:
     replicas: 2
+    batching: {linger: 1ms}
 YAML
 kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout="$TIMEOUT"
 kubectl -n "$NS" get ledgercluster,ledgershard,pods,pvc,svc,pdb,jobs
@@ -56,6 +57,8 @@ for kind in pods pvc services secrets pdb jobs; do
   [[ -n $owners && $owners != *"<no value>"* ]] || { echo "$kind without owner references"; exit 1; }
 done
 [[ $(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,ledger.tally.dev/role=primary -o name | wc -l) == 1 ]]
+# spec.ledger.batching reaches the service as flags, and the service starts with them
+kubectl -n "$NS" get deployment/e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- '--linger=1ms'
 
 step "move money through the ledger service"
 kubectl -n "$NS" port-forward service/e2e-ledger 18080:8080 >/dev/null 2>&1 &
