@@ -97,16 +97,20 @@ type Batcher struct {
 	batches, requests, busyNanos atomic.Uint64
 }
 
-// Stats are a batcher's running totals.
+// Stats are a batcher's running totals and its queues now.
 type Stats struct {
 	Batches  uint64        // batches posted, committed or not
 	Requests uint64        // requests in them
 	Busy     time.Duration // time spent posting them, summed over the writers
+	Queued   int           // transaction requests waiting for a writer
+	Reads    int           // balance reads waiting for a reader
 }
 
-// Stats returns the totals so far: Requests/Batches is the mean batch size.
+// Stats returns the totals so far (Requests/Batches is the mean batch size) and the
+// queues' lengths now.
 func (b *Batcher) Stats() Stats {
-	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load())}
+	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()),
+		Queued: len(b.queue), Reads: len(b.reads)}
 }
 
 // New returns a batcher over the shard's store; Start it before submitting.

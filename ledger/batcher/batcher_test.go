@@ -128,3 +128,43 @@ func TestCoalescedBalanceReadsAreFresh(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Stats count what waits in the queues: requests and reads submitted before any writer
+// or reader runs are queued, and none is once they have been answered.
+func TestStatsCountQueued(t *testing.T) {
+	st, ext, acc := setup(t)
+	b, err := batcher.New(st, batcher.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() {
+			if out, err := b.PostTransaction(ctx, deposit(t, fmt.Sprint("q", i), ext, acc)); err != nil || out.Status != 201 {
+				t.Errorf("deposit %d: %v %+v", i, err, out)
+			}
+		})
+	}
+	for range 2 {
+		wg.Go(func() {
+			if _, err := b.Balance(ctx, acc); err != nil {
+				t.Errorf("read: %v", err)
+			}
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s := b.Stats(); s.Queued != 3 || s.Reads != 2; s = b.Stats() {
+		if time.Now().After(deadline) {
+			b.Start() // lets the submitters finish
+			t.Fatalf("3 requests and 2 reads submitted, none answered: %+v", s)
+		}
+		time.Sleep(time.Millisecond) // the submitters have not all enqueued yet
+	}
+	b.Start()
+	wg.Wait()
+	b.Stop()
+	if s := b.Stats(); s.Queued != 0 || s.Reads != 0 || s.Requests != 3 {
+		t.Errorf("after the answers: %+v", s)
+	}
+}

@@ -57,8 +57,8 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 // batchCollector exports each shard's batching totals at scrape time: their ratio is
 // the mean batch size, the first thing to look at when throughput is not what it was.
 type batchCollector struct {
-	batchers                []*batcher.Batcher
-	batches, requests, busy *prometheus.Desc
+	batchers                               []*batcher.Batcher
+	batches, requests, busy, queued, reads *prometheus.Desc
 }
 
 func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
@@ -70,12 +70,14 @@ func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
 		batches:  d("batches_total", "Batches posted to the shard, each one database transaction."),
 		requests: d("requests_total", "Transaction requests in those batches."),
 		busy:     d("busy_seconds_total", "Time the shard's writers spent posting batches."),
+		queued:   d("queued_requests", "Transaction requests waiting for one of the shard's writers."),
+		reads:    d("queued_reads", "Balance reads waiting for one of the shard's readers."),
 	}
 }
 
 // Describe sends the batcher metrics' descriptions.
 func (c *batchCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy} {
+	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy, c.queued, c.reads} {
 		ch <- d
 	}
 }
@@ -88,5 +90,7 @@ func (c *batchCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(s.Batches), shard)
 		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), shard)
 		ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, s.Busy.Seconds(), shard)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.Queued), shard)
+		ch <- prometheus.MustNewConstMetric(c.reads, prometheus.GaugeValue, float64(s.Reads), shard)
 	}
 }

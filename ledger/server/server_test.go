@@ -119,6 +119,8 @@ func TestServeRunsTheDevScript(t *testing.T) {
 		`tally_db_pool_max_conns{shard="0"}`,
 		`tally_batch_requests_total{shard="0"} 4`,
 		`tally_batch_batches_total{shard="0"}`,
+		`tally_batch_queued_requests{shard="0"} 0`,
+		`tally_batch_queued_reads{shard="0"} 0`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
