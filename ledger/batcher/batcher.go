@@ -102,15 +102,15 @@ type Stats struct {
 	Batches  uint64        // batches posted, committed or not
 	Requests uint64        // requests in them
 	Busy     time.Duration // time spent posting them, summed over the writers
-	Queued   int           // transaction requests waiting for a writer
-	Reads    int           // balance reads waiting for a reader
+	// QueuedRequests and QueuedReads wait now for a writer and a reader.
+	QueuedRequests, QueuedReads int
 }
 
 // Stats returns the totals so far (Requests/Batches is the mean batch size) and the
 // queues' lengths now.
 func (b *Batcher) Stats() Stats {
 	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()),
-		Queued: len(b.queue), Reads: len(b.reads)}
+		QueuedRequests: len(b.queue), QueuedReads: len(b.reads)}
 }
 
 // New returns a batcher over the shard's store; Start it before submitting.

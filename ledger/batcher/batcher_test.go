@@ -154,7 +154,7 @@ func TestStatsCountQueued(t *testing.T) {
 		})
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for s := b.Stats(); s.Queued != 3 || s.Reads != 2; s = b.Stats() {
+	for s := b.Stats(); s.QueuedRequests != 3 || s.QueuedReads != 2; s = b.Stats() {
 		if time.Now().After(deadline) {
 			b.Start() // lets the submitters finish
 			t.Fatalf("3 requests and 2 reads submitted, none answered: %+v", s)
@@ -164,7 +164,7 @@ func TestStatsCountQueued(t *testing.T) {
 	b.Start()
 	wg.Wait()
 	b.Stop()
-	if s := b.Stats(); s.Queued != 0 || s.Reads != 0 || s.Requests != 3 {
+	if s := b.Stats(); s.QueuedRequests != 0 || s.QueuedReads != 0 || s.Requests != 3 {
 		t.Errorf("after the answers: %+v", s)
 	}
 }

@@ -90,7 +90,7 @@ func (c *batchCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(s.Batches), shard)
 		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), shard)
 		ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, s.Busy.Seconds(), shard)
-		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.Queued), shard)
-		ch <- prometheus.MustNewConstMetric(c.reads, prometheus.GaugeValue, float64(s.Reads), shard)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.QueuedRequests), shard)
+		ch <- prometheus.MustNewConstMetric(c.reads, prometheus.GaugeValue, float64(s.QueuedReads), shard)
 	}
 }
