@@ -16,6 +16,7 @@ const (
 	CodeInvalidAmount           Code = "invalid_amount"
 	CodeInvalidID               Code = "invalid_id"
 	CodeRequestTooLarge         Code = "request_too_large"
+	CodeHeaderTooLarge          Code = "header_too_large"
 	CodeUnsupportedMediaType    Code = "unsupported_media_type"
 	CodeIdempotencyKeyRequired  Code = "idempotency_key_required"
 	CodeIdempotencyKeyReused    Code = "idempotency_key_reused"
@@ -55,6 +56,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusBadRequest, "Invalid id"}
 	case CodeRequestTooLarge:
 		return codeInfo{http.StatusRequestEntityTooLarge, "Request body too large"}
+	case CodeHeaderTooLarge:
+		return codeInfo{http.StatusRequestHeaderFieldsTooLarge, "Request header too large"}
 	case CodeUnsupportedMediaType:
 		return codeInfo{http.StatusUnsupportedMediaType, "Request body must be application/json"}
 	case CodeIdempotencyKeyRequired:

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/store"
@@ -32,6 +33,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&cfg.Batching.Writers, "writers", batcher.DefaultWriters, "batches of one shard in flight at once")
 	fs.IntVar(&cfg.Batching.MaxBatch, "max-batch", batcher.DefaultMaxBatch, "most transaction requests in one batch")
 	fs.DurationVar(&cfg.Batching.Linger, "linger", batcher.DefaultLinger, "how long a small batch waits for more requests")
+	fs.IntVar(&cfg.MaxConcurrentRequests, "max-concurrent-requests", httpapi.DefaultMaxConcurrentRequests, "API requests served at once; more are answered 503")
 	fs.IntVar(&cfg.Batching.Readers, "readers", batcher.DefaultReaders, "balance queries of one shard in flight at once")
 	if err := parse(fs, args); err != nil {
 		return err

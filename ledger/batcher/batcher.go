@@ -94,7 +94,7 @@ type Batcher struct {
 	stopped bool
 	wg      sync.WaitGroup
 
-	batches, requests, busyNanos atomic.Uint64
+	batches, requests, busyNanos, isolations atomic.Uint64
 }
 
 // Stats are a batcher's running totals and its queues now.
@@ -102,6 +102,9 @@ type Stats struct {
 	Batches  uint64        // batches posted, committed or not
 	Requests uint64        // requests in them
 	Busy     time.Duration // time spent posting them, summed over the writers
+	// Isolations counts batches PostgreSQL refused for one request's sake and that were
+	// split to answer that request alone; nonzero means a validation gap to close.
+	Isolations uint64
 	// QueuedRequests and QueuedReads wait now for a writer and a reader.
 	QueuedRequests, QueuedReads int
 }
@@ -109,7 +112,7 @@ type Stats struct {
 // Stats returns the totals so far (Requests/Batches is the mean batch size) and the
 // queues' lengths now.
 func (b *Batcher) Stats() Stats {
-	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()),
+	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()), Isolations: b.isolations.Load(),
 		QueuedRequests: len(b.queue), QueuedReads: len(b.reads)}
 }
 
@@ -146,10 +149,15 @@ func (b *Batcher) Stop() {
 	b.wg.Wait()
 }
 
-// PostTransaction queues the request and returns its outcome once its batch committed.
-// An error means the request's batch did not commit: nothing of it was applied, and it is
-// safe to retry with the same idempotency key.
+// PostTransaction checks the request (store.Request.Validate: nothing that could fail its
+// batch gets in), queues it and returns its outcome once its batch committed. On an error
+// the outcome is as store.PostBatch says: not applied if PostgreSQL refused the batch,
+// unknown if the connection broke on the way (a retry with the same idempotency key
+// tells, and never applies it twice).
 func (b *Batcher) PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error) {
+	if err := req.Validate(); err != nil {
+		return ledger.Outcome{}, err
+	}
 	p := &pending{ctx: ctx, req: req, done: make(chan result, 1)}
 	if err := enqueue(b, b.queue, p, "write"); err != nil {
 		return ledger.Outcome{}, err
@@ -258,19 +266,39 @@ func (b *Batcher) collect(carry []*pending) (batch, next []*pending, open bool) 
 }
 
 func (b *Batcher) post(batch []*pending) {
-	reqs := make([]store.Request, len(batch))
-	for i, p := range batch {
-		reqs[i] = p.req
-	}
 	// The batch is decided on its own context: once taken, it commits or fails as a
 	// whole, whatever happens to the callers' contexts.
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
+	b.postIsolating(ctx, batch)
+}
+
+// postIsolating posts the batch and answers everyone in it. If PostgreSQL refuses the
+// batch for something a request carried (store.RequestFault), which Validate should have
+// made impossible, each half is posted on its own, and so on down to the one request
+// that carries the fault: only it gets the error, its neighbours their own outcomes, in
+// their arrival order. A batch refused by PostgreSQL applied nothing, so the halves
+// start from the same state the whole batch did.
+func (b *Batcher) postIsolating(ctx context.Context, batch []*pending) {
+	reqs := make([]store.Request, len(batch))
+	for i, p := range batch {
+		reqs[i] = p.req
+	}
 	start := time.Now()
 	outs, err := b.store.PostBatch(ctx, reqs)
 	b.busyNanos.Add(uint64(time.Since(start)))
 	b.batches.Add(1)
 	b.requests.Add(uint64(len(batch)))
+	if err != nil && store.RequestFault(err) && ctx.Err() == nil {
+		if len(batch) > 1 {
+			b.isolations.Add(1)
+			mid := len(batch) / 2
+			b.postIsolating(ctx, batch[:mid])
+			b.postIsolating(ctx, batch[mid:])
+			return
+		}
+		err = ledger.Errorf(ledger.CodeInvalidRequest, "the database refused this request: %v", err)
+	}
 	for i, p := range batch {
 		if err != nil {
 			p.done <- result{err: err}

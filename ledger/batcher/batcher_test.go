@@ -168,3 +168,68 @@ func TestStatsCountQueued(t *testing.T) {
 		t.Errorf("after the answers: %+v", s)
 	}
 }
+
+// One request the database refuses must not fail its neighbours. A full batch of 100 is
+// queued before the writer starts, so it is posted as one: 98 deposits, one request whose
+// transaction id names another shard (Validate cannot see that; the database refuses the
+// statement), and one whose metadata PostgreSQL cannot store (Validate refuses it before
+// it joins). Each good request is applied once; each bad one gets its own 400.
+func TestPoisonedRequestFailsAlone(t *testing.T) {
+	st, ext, acc := setup(t)
+	b, err := batcher.New(st, batcher.Config{Writers: 1, MaxBatch: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const good = 98
+	type answer struct {
+		i   int
+		out ledger.Outcome
+		err error
+	}
+	answers := make(chan answer, good+2)
+	var wg sync.WaitGroup
+	for i := range good + 1 {
+		req := deposit(t, fmt.Sprint("k", i), ext, acc)
+		if i == good/2 {
+			req.Transaction.ID, _ = ledger.NewTransactionID(1) // not this shard's
+		}
+		wg.Go(func() {
+			out, err := b.PostTransaction(ctx, req)
+			answers <- answer{i, out, err}
+		})
+	}
+	nul := deposit(t, "nul", ext, acc)
+	nul.Transaction.Metadata = []byte(`{"a":"\u0000"}`)
+	if _, err := b.PostTransaction(ctx, nul); ledger.CodeOf(err) != ledger.CodeInvalidRequest {
+		t.Errorf("metadata PostgreSQL cannot store: %v, want invalid_request before batching", err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for b.Stats().QueuedRequests != good+1 {
+		if time.Now().After(deadline) {
+			b.Start()
+			t.Fatalf("requests not queued: %+v", b.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.Start()
+	wg.Wait()
+	b.Stop()
+	close(answers)
+	for a := range answers {
+		switch {
+		case a.i == good/2:
+			if ledger.CodeOf(a.err) != ledger.CodeInvalidRequest {
+				t.Errorf("poisoned request: %v %+v, want invalid_request", a.err, a.out)
+			}
+		case a.err != nil || a.out.Status != 201:
+			t.Errorf("request %d next to the poisoned one: %v %+v", a.i, a.err, a.out)
+		}
+	}
+	if bal, _ := st.Balance(ctx, acc); bal.Posted != good {
+		t.Errorf("balance %d, want %d deposits", bal.Posted, good)
+	}
+	if s := b.Stats(); s.Isolations == 0 {
+		t.Errorf("the poisoned batch was never split: %+v", s)
+	}
+}

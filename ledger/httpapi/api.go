@@ -14,8 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
 	"github.com/tallyhq/tally/ledger/shardset"
 )
@@ -26,22 +29,33 @@ const (
 	MaxPageSize     = 200
 )
 
+// retryAfterSeconds is the Retry-After of a 503: about the time a shard takes to fail
+// over, so a client that honours it tries again once a new primary may serve.
+const retryAfterSeconds = "2"
+
 // externalAccount is how a request names the asset's external account, through which
 // money enters (deposits) and leaves (withdrawals) the ledger.
 const externalAccount = "external"
 
 // API serves the ledger over HTTP.
 type API struct {
-	set     *shardset.Set
-	auth    *Authenticator
-	metrics *Metrics
-	log     *slog.Logger
+	set           *shardset.Set
+	auth          *Authenticator
+	metrics       *Metrics
+	log           *slog.Logger
+	maxConcurrent int
 }
 
 // New returns the API over the shard set. auth may be nil for an open, single-caller
 // API (local development only).
 func New(set *shardset.Set, auth *Authenticator, metrics *Metrics, log *slog.Logger) *API {
-	return &API{set: set, auth: auth, metrics: metrics, log: log}
+	return &API{set: set, auth: auth, metrics: metrics, log: log, maxConcurrent: DefaultMaxConcurrentRequests}
+}
+
+// WithMaxConcurrentRequests sets the bound on requests served at once (at least 1).
+func (a *API) WithMaxConcurrentRequests(n int) *API {
+	a.maxConcurrent = max(n, 1)
+	return a
 }
 
 // Handler returns the routes.
@@ -64,7 +78,7 @@ func (a *API) Handler() http.Handler {
 	route("POST /v1/transfers", a.postTransfer)
 	route("POST /v1/transactions", a.postTransaction)
 	route("GET /v1/transactions/{id}", a.getTransaction)
-	return problemsForMux(mux)
+	return a.limit(problemsForMux(mux))
 }
 
 type callerKey struct{}
@@ -97,10 +111,18 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.Is(err, context.Canceled) {
 			return // the client went away; nobody to answer
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			w.Header().Set("Retry-After", retryAfterSeconds)
+			writeProblem(w, ledger.Errorf(ledger.CodeUnavailable, "the request took longer than %s; "+
+				"a retry with the same Idempotency-Key applies it at most once and answers its outcome", RequestTimeout).Problem())
+			return
+		}
 		a.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		le = ledger.Errorf(ledger.CodeInternal, "the request failed; it is safe to retry with the same Idempotency-Key")
+		le = ledger.Errorf(ledger.CodeInternal, "the request failed on the server; a retry with the same Idempotency-Key is safe: "+
+			"it applies the request at most once and answers its outcome")
 	} else if le.Code == ledger.CodeUnavailable {
 		a.log.WarnContext(r.Context(), "database unavailable", "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", retryAfterSeconds)
 	}
 	writeProblem(w, le.Problem())
 }
@@ -223,7 +245,7 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 			return ledger.Errorf(ledger.CodeInvalidAmount, "balance_floor must be zero or negative, and above the smallest amount")
 		}
 	}
-	meta, err := canonicalMetadata(req.Metadata)
+	meta, err := metadata.Canonical(req.Metadata)
 	if err != nil {
 		return err
 	}
@@ -234,9 +256,22 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 	return a.writeAccount(w, http.StatusCreated, acc)
 }
 
+// validOwnerText checks an owner as PostgreSQL's text stores it and as people read it:
+// UTF-8 without control characters (NUL among them), trimmed, within the length limit.
+func validOwnerText(owner string) error {
+	if owner == "" || len(owner) > ledger.MaxOwnerLength || strings.TrimSpace(owner) != owner || !utf8.ValidString(owner) ||
+		strings.ContainsFunc(owner, unicode.IsControl) {
+		return ledger.Errorf(ledger.CodeInvalidRequest,
+			"owner must be 1 to %d bytes of UTF-8 with no control characters and no leading or trailing space", ledger.MaxOwnerLength)
+	}
+	return nil
+}
+
+// validOwner is validOwnerText for a new account, whose owner may not take the prefix
+// reserved for the ledger's own accounts.
 func validOwner(owner string) error {
-	if owner == "" || len(owner) > ledger.MaxOwnerLength || strings.TrimSpace(owner) != owner {
-		return ledger.Errorf(ledger.CodeInvalidRequest, "owner must be 1 to %d characters with no leading or trailing space", ledger.MaxOwnerLength)
+	if err := validOwnerText(owner); err != nil {
+		return err
 	}
 	if strings.HasPrefix(owner, "tally:") {
 		return ledger.Errorf(ledger.CodeInvalidRequest, "owners starting with \"tally:\" are reserved")
@@ -267,6 +302,9 @@ func (a *API) listAccounts(w http.ResponseWriter, r *http.Request) error {
 	owner := q.Get("owner")
 	if owner == "" {
 		return ledger.Errorf(ledger.CodeInvalidRequest, "query parameter owner is required")
+	}
+	if err := validOwnerText(owner); err != nil {
+		return err
 	}
 	limit, err := pageSize(q.Get("limit"))
 	if err != nil {
@@ -465,7 +503,7 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 	if len(key) > ledger.MaxIdempotencyKey || !printableASCII(key) {
 		return ledger.Errorf(ledger.CodeInvalidRequest, "Idempotency-Key must be 1 to %d printable ASCII characters", ledger.MaxIdempotencyKey)
 	}
-	meta, err := canonicalMetadata(rawMeta)
+	meta, err := metadata.Canonical(rawMeta)
 	if err != nil {
 		return err
 	}
@@ -570,7 +608,7 @@ func parseAccountRef(field, s string) (shardset.Account, error) {
 // renderTransaction is the one rendering of a transaction, used for the POST response
 // (rendered before the write, and stored for replays) and for GET.
 func (a *API) renderTransaction(ctx context.Context, tx ledger.Transaction) ([]byte, error) {
-	meta, err := canonicalMetadata(tx.Metadata)
+	meta, err := metadata.Canonical(tx.Metadata)
 	if err != nil {
 		return nil, err
 	}

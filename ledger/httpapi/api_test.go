@@ -52,7 +52,9 @@ func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 		t.Fatal(err)
 	}
 	api := httpapi.New(set, auth, httpapi.NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv := httptest.NewServer(api.Handler())
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = api.Server() // the limits the service runs with
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return &client{t: t, base: srv.URL, set: set}
 }
@@ -577,5 +579,48 @@ func TestDatabaseProblemsMatchGoCatalogue(t *testing.T) {
 		if body != string(want) || status != code.Status() {
 			t.Errorf("%s:\n sql %d %s\n go  %d %s", code, status, body, code.Status(), want)
 		}
+	}
+}
+
+// What a new user probing the API found answering 500 ("safe to retry", which could never
+// succeed) or differently from its promise: each is a client error, or the same bytes.
+func TestProbesAnswerClientErrors(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	a := c.account("alice", "USD")
+	for _, body := range []string{`{"owner":"a\u0000b","asset":"USD"}`, `{"owner":"a\u0007","asset":"USD"}`} {
+		if r := c.do("POST", "/v1/accounts", body); r.status != 400 || r.code() != ledger.CodeInvalidRequest {
+			t.Errorf("POST /v1/accounts %s: %d %s", body, r.status, r.body)
+		}
+	}
+	for _, q := range []string{"%00", "%ff", "a%00b"} {
+		if r := c.do("GET", "/v1/accounts?owner="+q, ""); r.status != 400 || r.code() != ledger.CodeInvalidRequest {
+			t.Errorf("GET /v1/accounts?owner=%s: %d %s", q, r.status, r.body)
+		}
+	}
+	for i, meta := range []string{`{"a":"\u0000"}`, `{"a":1e200000}`, `{"\u0000":1}`, `{"a":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`} {
+		body := fmt.Sprintf(`{"from_account":"external","to_account":%q,"amount":"1","asset":"USD","metadata":%s}`, a, meta)
+		if r := c.do("POST", "/v1/transfers", body, "Idempotency-Key", fmt.Sprint("poison", i)); r.status != 400 || r.code() != ledger.CodeInvalidRequest {
+			t.Errorf("metadata %.40s: %d %s", meta, r.status, r.body)
+		}
+		if r := c.do("POST", "/v1/accounts", `{"owner":"bob","asset":"USD","metadata":`+meta+`}`); r.status != 400 {
+			t.Errorf("account metadata %.40s: %d %s", meta, r.status, r.body)
+		}
+	}
+	// GET answers exactly what the POST answered, whatever spelling the numbers had.
+	body := fmt.Sprintf(`{"from_account":"external","to_account":%q,"amount":"1","asset":"USD","metadata":{"n":1e3,"z":-0,"f":1.50e1,"s":1E-3}}`, a)
+	posted := c.must(201, c.do("POST", "/v1/transfers", body, "Idempotency-Key", "numbers"))
+	got := c.must(200, c.do("GET", "/v1/transactions/"+posted.field("id"), ""))
+	if !bytes.Equal(got.body, posted.body) || !bytes.Contains(posted.body, []byte(`{"f":15.0,"n":1000,"s":0.001,"z":0}`)) {
+		t.Errorf("POST answered %s\nGET answered  %s", posted.body, got.body)
+	}
+	acc := c.must(201, c.do("POST", "/v1/accounts", `{"owner":"carol","asset":"USD","metadata":{"n":2E2}}`))
+	if again := c.must(200, c.do("GET", "/v1/accounts/"+acc.field("id"), "")); !bytes.Equal(again.body, acc.body) {
+		t.Errorf("account POST %s, GET %s", acc.body, again.body)
+	}
+	// A header past the limit gets a problem document, not the server's plain text.
+	r := c.do("GET", "/v1/assets", "", "X-Big", strings.Repeat("x", 2<<20))
+	if r.status != 431 || r.code() != ledger.CodeHeaderTooLarge || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("2 MB header: %d %s %.100s", r.status, r.header.Get("Content-Type"), r.body)
 	}
 }

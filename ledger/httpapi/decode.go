@@ -86,29 +86,6 @@ func jsonKind(goKind string) string {
 	}
 }
 
-// canonicalMetadata checks that metadata is a JSON object within the size limit and
-// returns it in one canonical spelling (compact, keys sorted), so that the hash of a
-// request and the bytes of a response do not depend on whitespace or key order.
-func canonicalMetadata(raw json.RawMessage) (json.RawMessage, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return json.RawMessage("{}"), nil
-	}
-	if len(raw) > ledger.MaxMetadataBytes {
-		return nil, ledger.Errorf(ledger.CodeInvalidRequest, "metadata exceeds %d bytes", ledger.MaxMetadataBytes)
-	}
-	var obj map[string]any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if err := dec.Decode(&obj); err != nil || obj == nil {
-		return nil, ledger.Errorf(ledger.CodeInvalidRequest, "metadata must be a JSON object")
-	}
-	out, err := marshal(obj)
-	if err != nil {
-		return nil, ledger.Errorf(ledger.CodeInvalidRequest, "metadata: %v", err)
-	}
-	return out, nil
-}
-
 // marshal is json.Marshal without HTML escaping, so stored bytes read as sent.
 func marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer

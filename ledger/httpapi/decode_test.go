@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/metadata"
 )
 
 // FuzzDecodeTransfer feeds arbitrary bodies to the request decoder: it must never panic,
@@ -21,7 +22,7 @@ func FuzzDecodeTransfer(f *testing.F) {
 		var req transferRequest
 		err := decodeBytes(body, &req)
 		if err == nil {
-			if _, merr := canonicalMetadata(req.Metadata); merr != nil && ledger.CodeOf(merr) != ledger.CodeInvalidRequest {
+			if _, merr := metadata.Canonical(req.Metadata); merr != nil && ledger.CodeOf(merr) != ledger.CodeInvalidRequest {
 				t.Fatalf("metadata error %v is not a client error", merr)
 			}
 			return
@@ -33,24 +34,4 @@ func FuzzDecodeTransfer(f *testing.F) {
 		var tx transactionRequest
 		_ = decodeBytes(body, &tx)
 	})
-}
-
-func TestCanonicalMetadata(t *testing.T) {
-	tests := map[string]string{
-		``:                                      `{}`,
-		`null`:                                  `{}`,
-		`{ "b" : 1, "a" : "<x>" }`:              `{"a":"<x>","b":1}`,
-		`{"n":1.50,"big":12345678901234567890}`: `{"big":12345678901234567890,"n":1.50}`,
-	}
-	for in, want := range tests {
-		got, err := canonicalMetadata([]byte(in))
-		if err != nil || string(got) != want {
-			t.Errorf("canonicalMetadata(%q) = %s, %v; want %s", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{`[]`, `"x"`, `1`, `{"a":}`} {
-		if _, err := canonicalMetadata([]byte(bad)); err == nil {
-			t.Errorf("canonicalMetadata(%q) accepted", bad)
-		}
-	}
 }

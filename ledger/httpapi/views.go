@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
 )
 
@@ -40,7 +41,7 @@ func viewAccount(a ledger.Account) (accountView, error) {
 		f := money.Format(a.BalanceFloor, a.Scale)
 		v.BalanceFloor = &f
 	}
-	meta, err := canonicalMetadata(a.Metadata)
+	meta, err := metadata.Canonical(a.Metadata)
 	v.Metadata = meta
 	return v, err
 }

@@ -59,6 +59,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 type batchCollector struct {
 	batchers                               []*batcher.Batcher
 	batches, requests, busy, queued, reads *prometheus.Desc
+	isolations                             *prometheus.Desc
 }
 
 func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
@@ -72,12 +73,14 @@ func newBatchCollector(batchers []*batcher.Batcher) *batchCollector {
 		busy:     d("busy_seconds_total", "Time the shard's writers spent posting batches."),
 		queued:   d("queued_requests", "Transaction requests waiting for one of the shard's writers."),
 		reads:    d("queued_reads", "Balance reads waiting for one of the shard's readers."),
+		isolations: d("isolations_total",
+			"Batches PostgreSQL refused because of one request, split to answer it alone; any is a validation gap."),
 	}
 }
 
 // Describe sends the batcher metrics' descriptions.
 func (c *batchCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy, c.queued, c.reads} {
+	for _, d := range []*prometheus.Desc{c.batches, c.requests, c.busy, c.queued, c.reads, c.isolations} {
 		ch <- d
 	}
 }
@@ -92,5 +95,6 @@ func (c *batchCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.busy, prometheus.CounterValue, s.Busy.Seconds(), shard)
 		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.QueuedRequests), shard)
 		ch <- prometheus.MustNewConstMetric(c.reads, prometheus.GaugeValue, float64(s.QueuedReads), shard)
+		ch <- prometheus.MustNewConstMetric(c.isolations, prometheus.CounterValue, float64(s.Isolations), shard)
 	}
 }

@@ -48,8 +48,10 @@ type Config struct {
 	TokensFile           string   // caller:token lines; empty leaves the API open
 	IdempotencyRetention time.Duration
 	MaxConnsPerShard     int32
-	Batching             batcher.Config // zero takes the batcher's defaults
-	Log                  *slog.Logger
+	// MaxConcurrentRequests bounds the API requests served at once (zero: the API's default).
+	MaxConcurrentRequests int
+	Batching              batcher.Config // zero takes the batcher's defaults
+	Log                   *slog.Logger
 	// Ready, when set, receives the API's address once it is listening.
 	Ready chan<- string
 }
@@ -135,6 +137,9 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Log.Warn("no tokens file: the API is open to anyone who can reach it, as caller " + httpapi.AnonymousCaller)
 	}
 	api := httpapi.New(set, auth, httpapi.NewMetrics(reg), cfg.Log)
+	if cfg.MaxConcurrentRequests > 0 {
+		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
+	}
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -145,7 +150,7 @@ func Run(ctx context.Context, cfg Config) error {
 		apiLn.Close()
 		return fmt.Errorf("server: listen %s: %w", cfg.OpsListen, err)
 	}
-	apiSrv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	apiSrv := api.Server()
 	opsSrv := &http.Server{Handler: opsHandler(reg, stores), ReadHeaderTimeout: 10 * time.Second}
 
 	errc := make(chan error, 2)

@@ -8,13 +8,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/metadata"
 )
 
 // maxAttempts bounds retries of a statement that failed only because of a transient
@@ -237,8 +242,62 @@ type Request struct {
 	Body        []byte // the success response, rendered in advance
 }
 
+// Validate checks everything a request carries into a batch, so that PostgreSQL cannot
+// refuse a batch because of it: strings PostgreSQL's text stores (valid UTF-8, no NUL),
+// the bounds post_batch asserts, metadata in canonical form, and times it can represent.
+// The batcher calls it before a request joins a batch.
+func (r Request) Validate() error {
+	tx := r.Transaction
+	switch {
+	case !storableText(r.Caller) || r.Caller == "" || len(r.Caller) > ledger.MaxCallerLength:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the caller must be 1 to %d characters of UTF-8 without NUL", ledger.MaxCallerLength)
+	case !storableText(r.Key) || r.Key == "" || len(r.Key) > ledger.MaxIdempotencyKey:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d characters of UTF-8 without NUL", ledger.MaxIdempotencyKey)
+	case !storableText(string(r.Body)):
+		return fmt.Errorf("store: the rendered response is not UTF-8 text without NUL")
+	case tx.ID == ledger.TransactionID{}:
+		return fmt.Errorf("store: the transaction has no id")
+	case tx.CreatedAt.Year() < 1 || tx.CreatedAt.Year() > 9999:
+		return fmt.Errorf("store: created_at %s is outside the years 1 to 9999", tx.CreatedAt)
+	case len(tx.Postings) == 0 || len(tx.Postings) > ledger.MaxPostings:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "a transaction needs 1 to %d postings", ledger.MaxPostings)
+	case len(tx.Metadata) > 0 && !metadata.IsCanonical(tx.Metadata):
+		return ledger.Errorf(ledger.CodeInvalidRequest, "metadata must be a JSON object in canonical form (see ledger/metadata)")
+	}
+	for i, p := range tx.Postings {
+		if p.Amount <= 0 || p.Asset == "" || !storableText(p.Asset) {
+			return ledger.Errorf(ledger.CodeInvalidRequest, "posting %d needs a positive amount and an asset", i)
+		}
+	}
+	return nil
+}
+
+// storableText reports whether PostgreSQL's text type (UTF-8 database) accepts s.
+func storableText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// RequestFault reports whether err is PostgreSQL refusing a statement for what it was
+// given (a data exception, a violated constraint or check, a program limit) rather than
+// for the state of the connection or the server: the kind of failure one request of a
+// batch can cause, which posting the batch without it avoids.
+func RequestFault(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "22", "23", "54", "P0":
+		return true
+	}
+	return false
+}
+
 // PostTransaction applies one request: a batch of one. See PostBatch.
 func (s *Store) PostTransaction(ctx context.Context, req Request) (ledger.Outcome, error) {
+	if err := req.Validate(); err != nil {
+		return ledger.Outcome{}, err
+	}
 	outs, err := s.PostBatch(ctx, []Request{req})
 	if err != nil {
 		return ledger.Outcome{}, err
@@ -248,7 +307,13 @@ func (s *Store) PostTransaction(ctx context.Context, req Request) (ledger.Outcom
 
 // PostBatch applies the requests in one database transaction and one round trip (see
 // tally.post_batch), and returns each request's own outcome, in order. Requests must have
-// distinct (caller, key). If it returns an error, nothing of the batch was applied.
+// distinct (caller, key) and pass Validate.
+//
+// An error from PostgreSQL (a *pgconn.PgError) means the transaction rolled back: nothing
+// of the batch was applied. Any other error may have come after PostgreSQL committed (the
+// connection broke while the answer was on its way), so the batch may or may not have
+// been applied: only a replay of each request with its idempotency key, within the
+// retention window, tells which. A replay never applies a request twice.
 func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome, error) {
 	n := len(reqs)
 	callers, keys, hashes := make([]string, n), make([]string, n), make([][]byte, n)
@@ -282,7 +347,7 @@ func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome
 			break
 		}
 	}
-	return nil, wrap("post batch", err)
+	return nil, wrapWrite("post batch", err)
 }
 
 func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) ([]ledger.Outcome, error) {
@@ -413,16 +478,49 @@ func retryable(err error) bool {
 	return pgconn.SafeToRetry(err)
 }
 
-// wrap adds the operation's name, and turns an unreachable database into CodeUnavailable
-// so the API answers 503 rather than 500.
+// wrap adds the operation's name, and turns a database that cannot serve now (unreachable,
+// restarting, shutting down, read-only after a failover, out of connections) into
+// CodeUnavailable, so the API answers 503 with Retry-After rather than 500.
 func wrap(op string, err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
-	var connErr *pgconn.ConnectError
-	if errors.As(err, &connErr) || pgconn.Timeout(err) || errors.Is(err, pgx.ErrTxClosed) {
-		return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the database is unreachable"}, err)
+	if unavailable(err) {
+		return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the shard's database is unavailable (restarting or failing over); retry shortly"}, err)
 	}
 	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// wrapWrite is wrap for a write, which must also say whether it may have been applied:
+// PostgreSQL's own error means it rolled back, and so does an error before anything was
+// sent; otherwise the connection broke while the commit may have happened.
+func wrapWrite(op string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) || !unavailable(err) {
+		return wrap(op, err)
+	}
+	return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the connection to the shard's database broke " +
+		"while the request was committing, so it may or may not have been applied: retry with the same Idempotency-Key " +
+		"(within the idempotency retention) to learn its outcome; a retry never applies it twice"}, err)
+}
+
+// unavailable reports whether err says the database cannot serve now, rather than that
+// it refused what it was asked.
+func unavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+			strings.HasPrefix(pgErr.Code, "57P"), // admin or crash shutdown, starting up
+			pgErr.Code == "25006",                // read-only transaction: a standby now
+			pgErr.Code == "53300":                // too many connections
+			return true
+		}
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, pgx.ErrTxClosed) ||
+		strings.Contains(err.Error(), "conn closed")
 }
