@@ -35,10 +35,20 @@ type client struct {
 // newClient serves the API over fresh databases, one per shard.
 func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 	t.Helper()
-	stores := make([]*store.Store, shards)
-	fronts := make([]shardset.Front, shards)
+	dbs := make([]*pgtest.DB, shards)
+	for i := range dbs {
+		dbs[i] = pgtest.NewShardDB(t, i)
+	}
+	return newClientOver(t, dbs, auth)
+}
+
+// newClientOver serves the API over the given shard databases, in shard order.
+func newClientOver(t *testing.T, dbs []*pgtest.DB, auth *httpapi.Authenticator) *client {
+	t.Helper()
+	stores := make([]*store.Store, len(dbs))
+	fronts := make([]shardset.Front, len(dbs))
 	for i := range stores {
-		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, 20))
+		stores[i] = store.New(dbs[i].AppPool(t, 20))
 		b, err := batcher.New(stores[i], batcher.Config{})
 		if err != nil {
 			t.Fatal(err)
@@ -623,4 +633,44 @@ func TestProbesAnswerClientErrors(t *testing.T) {
 	if r.status != 431 || r.code() != ledger.CodeHeaderTooLarge || r.header.Get("Content-Type") != "application/problem+json" {
 		t.Errorf("2 MB header: %d %s %.100s", r.status, r.header.Get("Content-Type"), r.body)
 	}
+}
+
+// Scaling 1 -> 2 shards with assets in use: the new shard gets every asset and its
+// external account before it serves (SyncAssets, as the service runs at start), and an
+// asset registered meanwhile by a replica that knows only the old shard is usable on the
+// new one too. Before, every account opening and transfer routed to the new shard
+// answered asset_not_found.
+func TestScalingShardsKeepsAssets(t *testing.T) {
+	shard0 := pgtest.NewShardDB(t, 0)
+	old := newClientOver(t, []*pgtest.DB{shard0}, nil)
+	old.asset("USD", 2)
+	alice := old.account("alice", "USD")
+	old.must(201, old.transfer("d1", "external", alice, "100", "USD"))
+
+	grown := newClientOver(t, []*pgtest.DB{shard0, pgtest.NewShardDB(t, 1)}, nil)
+	if err := grown.set.SyncAssets(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old.asset("EUR", 2) // a replica of the old shape registers an asset on shard 0 only
+	var asset struct {
+		ExternalAccounts []string `json:"external_accounts"`
+	}
+	_ = json.Unmarshal(grown.must(200, grown.do("GET", "/v1/assets/USD", "")).body, &asset)
+	if len(asset.ExternalAccounts) != 2 {
+		t.Fatalf("USD after scaling: %+v", asset)
+	}
+	onNew := map[int]int{}
+	for i := 0; len(onNew) < 2; i++ { // owners until one lands on each shard
+		owner := fmt.Sprint("owner", i)
+		onNew[grown.set.Placement(owner)]++
+		for _, code := range []string{"USD", "EUR"} {
+			id := grown.account(owner, code)
+			grown.must(201, grown.transfer("in"+owner+code, "external", id, "5", code))
+			grown.must(201, grown.transfer("out"+owner+code, id, "external", "1", code))
+			if b := grown.balance(id); b != "4.00" {
+				t.Errorf("%s's %s balance %s", owner, code, b)
+			}
+		}
+	}
+	grown.must(201, grown.transfer("d2", alice, "external", "1", "USD"))
 }

@@ -122,6 +122,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if err := set.SyncAssets(ctx); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	var auth *httpapi.Authenticator
 	if cfg.TokensFile != "" {
 		f, err := os.Open(cfg.TokensFile)

@@ -97,7 +97,10 @@ func (s *Set) RegisterAsset(ctx context.Context, code string, scale int) (ledger
 	return asset, anyCreated, nil
 }
 
-// Asset returns a registered asset.
+// Asset returns a registered asset. An asset found on some shards but missing on others
+// is registered on those first: a shard added by scaling, or one that was down when the
+// asset was registered (perhaps by a ledger replica that did not know it yet), gets it
+// here, so an asset is usable on every shard as soon as it is usable on one.
 func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
 	s.mu.RLock()
 	a, ok := s.assets[code]
@@ -105,16 +108,28 @@ func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
 	if ok {
 		return a, nil
 	}
-	a = ledger.Asset{Code: code, ExternalAccounts: make([]ledger.AccountID, len(s.shards))}
+	a = ledger.Asset{Code: code, Scale: -1, ExternalAccounts: make([]ledger.AccountID, len(s.shards))}
+	var missing []int
 	for i, st := range s.shards {
 		got, ext, err := st.Asset(ctx, code)
+		if ledger.CodeOf(err) == ledger.CodeAssetNotFound {
+			missing = append(missing, i)
+			continue
+		}
 		if err != nil {
 			return a, err
 		}
-		if i > 0 && got.Scale != a.Scale {
-			return a, fmt.Errorf("shardset: asset %s has scale %d on shard 0 but %d on shard %d", code, a.Scale, got.Scale, i)
+		if a.Scale >= 0 && got.Scale != a.Scale {
+			return a, fmt.Errorf("shardset: asset %s has scale %d on one shard but %d on shard %d", code, a.Scale, got.Scale, i)
 		}
 		a.Scale, a.ExternalAccounts[i] = got.Scale, ext
+	}
+	if a.Scale < 0 {
+		return a, ledger.Errorf(ledger.CodeAssetNotFound, "asset %s is not registered", code)
+	}
+	if len(missing) > 0 {
+		registered, _, err := s.RegisterAsset(ctx, code, a.Scale)
+		return registered, err
 	}
 	s.mu.Lock()
 	s.assets[code] = a
@@ -122,12 +137,41 @@ func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
 	return a, nil
 }
 
+// SyncAssets registers every asset found on any shard on every shard that lacks it. The
+// service runs it before it serves, so a shard added by scaling has every asset and its
+// external account before any request is routed to it.
+func (s *Set) SyncAssets(ctx context.Context) error {
+	seen := map[string]bool{}
+	for i, st := range s.shards {
+		codes, err := st.AssetCodes(ctx)
+		if err != nil {
+			return fmt.Errorf("shardset: list assets of shard %d: %w", i, err)
+		}
+		for _, code := range codes {
+			if seen[code] {
+				continue
+			}
+			seen[code] = true
+			if _, err := s.Asset(ctx, code); err != nil {
+				return fmt.Errorf("shardset: sync asset %s: %w", code, err)
+			}
+		}
+	}
+	return nil
+}
+
 // Assets lists the registered assets in code order.
 func (s *Set) Assets(ctx context.Context) ([]ledger.Asset, error) {
-	codes, err := s.shards[0].AssetCodes(ctx)
-	if err != nil {
-		return nil, err
+	var codes []string
+	for _, st := range s.shards {
+		got, err := st.AssetCodes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		codes = append(codes, got...)
 	}
+	slices.Sort(codes)
+	codes = slices.Compact(codes)
 	assets := make([]ledger.Asset, 0, len(codes))
 	for _, code := range codes {
 		a, err := s.Asset(ctx, code)
