@@ -67,6 +67,9 @@ type Config struct {
 	// reported too. Zero means one.
 	Rounds   int
 	Accounts int
+	// MinOps is how many operations each client completes at least, however long that
+	// takes past Duration: a run on a slow or busy machine still measures something.
+	MinOps   int
 	Batching batcher.Config // for the service and the store mode alike
 	Out      io.Writer      // the table
 	JSON     io.Writer      // one JSON object per result
@@ -125,7 +128,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 			for round := 1; round <= rounds; round++ {
 				var ceiling float64
 				for _, mode := range modes {
-					r, err := env.run(ctx, scenario, mode, clients, cfg.Duration)
+					r, err := env.run(ctx, scenario, mode, clients, cfg.Duration, cfg.MinOps)
 					if err != nil {
 						return results, fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
 					}
@@ -475,7 +478,7 @@ func (e *env) httpDo(ctx context.Context, method, path, body string, headers map
 
 // run drives one scenario with the given clients for the duration, then checks every
 // invariant.
-func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration) (Result, error) {
+func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration, minOps int) (Result, error) {
 	batchedSet, b, err := e.batchedSet(e.batching)
 	if err != nil {
 		return Result{}, err
@@ -514,7 +517,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		}
 		firstErr = "wrk does not say which (socket errors, timeouts and non-2xx statuses count)"
 	} else {
-		firstErr = drive(runCtx, op, clients, &r)
+		firstErr = drive(ctx, runCtx, op, clients, minOps, &r)
 	}
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
@@ -540,9 +543,10 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	return r, nil
 }
 
-// drive runs the clients, each doing op after op until ctx ends, and fills r's counts;
-// it returns the first error seen.
-func drive(ctx context.Context, op opFunc, clients int, r *Result) (firstErr string) {
+// drive runs the clients, each doing op after op until run ends and it has done at least
+// minOps, and fills r's counts; it returns the first error seen. Operations run on ctx,
+// so the end of the run never cuts one short.
+func drive(ctx, run context.Context, op opFunc, clients, minOps int, r *Result) (firstErr string) {
 	latencies := make([]*histogram, clients)
 	for c := range latencies {
 		latencies[c] = newHistogram()
@@ -556,11 +560,11 @@ func drive(ctx context.Context, op opFunc, clients int, r *Result) (firstErr str
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
-			for ctx.Err() == nil {
+			for n := 0; (run.Err() == nil || n < minOps) && ctx.Err() == nil; n++ {
 				t0 := time.Now()
 				rej, err := op(ctx, rng)
 				if ctx.Err() != nil && err != nil {
-					return // the run ended mid-request
+					return // the harness was stopped mid-request
 				}
 				latencies[c].add(time.Since(t0))
 				switch {
