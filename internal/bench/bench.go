@@ -283,6 +283,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	pcfg.MaxConns = int32(maxClients + 4)
+	store.ConfigurePool(pcfg)
 	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, err
 	}

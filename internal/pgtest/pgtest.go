@@ -18,6 +18,7 @@ import (
 
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/store"
 )
 
 // AppRole is the login role tests connect as: a member of tally_app, the same
@@ -97,6 +98,7 @@ func (d *DB) AppPool(t testing.TB, maxConns int32) *pgxpool.Pool {
 		t.Fatalf("pgtest: %v", err)
 	}
 	cfg.MaxConns = maxConns
+	store.ConfigurePool(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("pgtest: open pool: %v", err)

@@ -186,6 +186,7 @@ func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, e
 		return nil, fmt.Errorf("parse database URL: %w", err)
 	}
 	cfg.MaxConns = maxConns
+	store.ConfigurePool(cfg)
 	cfg.ConnConfig.RuntimeParams["application_name"] = "tally-ledger"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -31,8 +31,32 @@ type Store struct {
 	pool *pgxpool.Pool
 }
 
-// New returns a store over the pool; the caller owns and closes the pool.
+// New returns a store over the pool; the caller owns and closes the pool. A pool that
+// the store writes through must have its configuration passed through ConfigurePool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// syncRepCancelledKey marks, in a connection's CustomData, that PostgreSQL stopped
+// waiting for the synchronous standbys of a commit on it.
+const syncRepCancelledKey = "tally.sync_rep_wait_cancelled"
+
+// ConfigurePool makes a pool's connections watch for PostgreSQL's warning that a commit
+// stopped waiting for its synchronous standbys (the wait was cancelled, by a statement
+// timeout, a client's cancel request or pg_cancel_backend). PostgreSQL then reports the
+// commit as a success although it may exist on the primary alone, where a failover can
+// lose it; PostBatch must not acknowledge such a commit. PostgreSQL gives the warning no
+// code of its own (01000, or 57P01 when it also terminates the connection), so its text is
+// matched, as the server's C-locale messages spell it.
+func ConfigurePool(cfg *pgxpool.Config) {
+	prev := cfg.ConnConfig.OnNotice
+	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
+		if strings.Contains(n.Message, "wait for synchronous replication") {
+			c.CustomData()[syncRepCancelledKey] = true
+		}
+		if prev != nil {
+			prev(c, n)
+		}
+	}
+}
 
 // Pool returns the underlying connection pool, for health checks and metrics.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -350,8 +374,30 @@ func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome
 	return nil, wrapWrite("post batch", err)
 }
 
+// errNotDurable is a commit whose wait for the synchronous standbys was cancelled.
+var errNotDurable = &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the request was committed on the shard's primary " +
+	"but not confirmed by its synchronous standbys, so it is not acknowledged: retry with the same Idempotency-Key, " +
+	"whose replay answers once the standbys hold it"}
+
 func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) ([]ledger.Outcome, error) {
-	rows, err := s.pool.Query(ctx, `SELECT req, status, body, replayed FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	pgConn := conn.Conn().PgConn()
+	delete(pgConn.CustomData(), syncRepCancelledKey)
+	outs, err := postBatchOn(ctx, conn, n, args...)
+	if pgConn.CustomData()[syncRepCancelledKey] == true {
+		// Whatever the statement answered, its commit may be on the primary alone.
+		delete(pgConn.CustomData(), syncRepCancelledKey)
+		return nil, errNotDurable
+	}
+	return outs, err
+}
+
+func postBatchOn(ctx context.Context, conn *pgxpool.Conn, n int, args ...any) ([]ledger.Outcome, error) {
+	rows, err := conn.Query(ctx, `SELECT req, status, body, replayed FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
 	if err != nil {
 		return nil, err
 	}
