@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -230,18 +232,36 @@ func opsHandler(reg *prometheus.Registry, stores []*store.Store) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n")) //nolint:errcheck
 	})
-	// Ready only while every shard's primary answers: a ledger that cannot write to one
-	// of its shards should not receive traffic for it.
+	// Ready while any shard's primary answers: one shard failing over must not take the
+	// others' traffic away (requests for it answer 503 with Retry-After meanwhile). Not
+	// ready when none answers, since then no request could succeed. The body names each
+	// shard's state.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), readyCheckTimeout)
 		defer cancel()
+		states := make([]error, len(stores))
+		var wg sync.WaitGroup
 		for i, st := range stores {
-			if err := st.Ping(ctx); err != nil {
-				http.Error(w, fmt.Sprintf("shard %d: %v", i, err), http.StatusServiceUnavailable)
-				return
+			wg.Go(func() { states[i] = st.Ping(ctx) })
+		}
+		wg.Wait()
+		var body strings.Builder
+		up := 0
+		for i, err := range states {
+			if err != nil {
+				fmt.Fprintf(&body, "shard %d: %v\n", i, err)
+			} else {
+				up++
+				fmt.Fprintf(&body, "shard %d: ok\n", i)
 			}
 		}
-		w.Write([]byte("ok\n")) //nolint:errcheck
+		status := http.StatusOK
+		if up == 0 {
+			status = http.StatusServiceUnavailable
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(status)
+		w.Write([]byte(body.String())) //nolint:errcheck
 	})
 	return mux
 }

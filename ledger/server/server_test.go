@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/server"
+	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
 )
 
@@ -49,7 +51,7 @@ func serve(t *testing.T, cfg server.Config) (addr, ops string, stop func() error
 	case err := <-done:
 		cancel()
 		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
+	case <-time.After(5 * time.Minute): // only a hung start; a slow one is fine
 		cancel()
 		t.Fatal("server not ready")
 	}
@@ -204,4 +206,103 @@ func freePort(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return strconv.Itoa(port)
+}
+
+// One shard down (here: its database refuses connections, as during a failover) leaves
+// the service ready and the other shard serving; requests for the lost shard get 503
+// unavailable with Retry-After, and serve again once it is back.
+func TestOneShardDownLeavesOthersServing(t *testing.T) {
+	shard0, shard1 := pgtest.NewShardDB(t, 0), pgtest.NewShardDB(t, 1)
+	addr, ops, stop := serve(t, server.Config{ShardDSNs: []string{shard0.AppDSN(), shard1.AppDSN()}})
+	defer stop() //nolint:errcheck
+	api := "http://" + addr
+	if code, body := post(t, api+"/v1/assets", `{"code":"USD","scale":2}`, ""); code != 201 {
+		t.Fatalf("asset: %d %s", code, body)
+	}
+	placement, err := shardset.New(make([]*store.Store, 2), nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := map[int]string{}
+	for i := 0; len(accounts) < 2; i++ {
+		owner := "owner" + strconv.Itoa(i)
+		if _, ok := accounts[placement.Placement(owner)]; ok {
+			continue
+		}
+		code, body := post(t, api+"/v1/accounts", `{"owner":"`+owner+`","asset":"USD"}`, "")
+		if code != 201 {
+			t.Fatalf("account: %d %s", code, body)
+		}
+		accounts[placement.Placement(owner)] = jsonField(body, "id")
+	}
+	deposit := func(shard int, key string) (int, string, http.Header) {
+		return postHeaders(t, api+"/v1/transfers", `{"from_account":"external","to_account":"`+accounts[shard]+`","amount":"1","asset":"USD"}`, key)
+	}
+	setConnections := func(allow bool) {
+		admin, err := pgx.Connect(context.Background(), pgtest.Server(t).DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close(context.Background())
+		if _, err := admin.Exec(context.Background(), "ALTER DATABASE "+shard1.Name+" ALLOW_CONNECTIONS "+strconv.FormatBool(allow)); err != nil {
+			t.Fatal(err)
+		}
+		if !allow {
+			if _, err := admin.Exec(context.Background(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", shard1.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	setConnections(false)
+	if code, body := get(t, "http://"+ops+"/readyz"); code != 200 || !strings.Contains(body, "shard 0: ok") || strings.Contains(body, "shard 1: ok") {
+		t.Errorf("readyz with shard 1 down: %d %s", code, body)
+	}
+	if code, body, _ := deposit(0, "a"); code != 201 {
+		t.Errorf("shard 0 with shard 1 down: %d %s", code, body)
+	}
+	for i := range 3 { // the first finds a terminated connection, the next a refusal
+		code, body, h := deposit(1, "b"+strconv.Itoa(i))
+		if code != 503 || !strings.Contains(body, `"code":"unavailable"`) || h.Get("Retry-After") == "" {
+			t.Errorf("shard 1 down, try %d: %d %s Retry-After %q", i, code, body, h.Get("Retry-After"))
+		}
+	}
+	if code, body := get(t, api+"/v1/accounts/"+accounts[1]+"/balance"); code != 503 {
+		t.Errorf("balance on shard 1 down: %d %s", code, body)
+	}
+	setConnections(true)
+	if code, body, _ := deposit(1, "c"); code != 201 {
+		t.Errorf("shard 1 back: %d %s", code, body)
+	}
+}
+
+func post(t *testing.T, url, body, key string) (int, string) {
+	t.Helper()
+	code, b, _ := postHeaders(t, url, body, key)
+	return code, b
+}
+
+func postHeaders(t *testing.T, url, body, key string) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func jsonField(body, name string) string {
+	var m map[string]any
+	_ = json.Unmarshal([]byte(body), &m)
+	s, _ := m[name].(string)
+	return s
 }

@@ -553,6 +553,10 @@ func wrapWrite(op string, err error) error {
 // unavailable reports whether err says the database cannot serve now, rather than that
 // it refused what it was asked.
 func unavailable(err error) bool {
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) { // whatever the server said while refusing the connection
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
@@ -564,9 +568,8 @@ func unavailable(err error) bool {
 		}
 		return false
 	}
-	var connErr *pgconn.ConnectError
 	var netErr net.Error
-	return errors.As(err, &connErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+	return errors.As(err, &netErr) || pgconn.Timeout(err) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, pgx.ErrTxClosed) ||
 		strings.Contains(err.Error(), "conn closed")
 }
