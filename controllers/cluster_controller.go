@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -45,6 +46,8 @@ type clusterState struct {
 	shards        []v1alpha1.LedgerShard // existing, by index
 	serving       int32                  // shards the ledger serves
 	blocked       []string
+	lost          []int32  // status.lostShards: indexes deleted with their accounts
+	deleting      []string // shards the cluster lists whose deletion waits, and why
 	migrated      bool
 	migrationFail string
 	deployment    *appsv1.Deployment
@@ -53,6 +56,7 @@ type clusterState struct {
 
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgerclusters,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgerclusters/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgerclusters/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;secrets,verbs=get;list;watch;create;update;patch;delete
 
@@ -103,7 +107,17 @@ func (r *ClusterReconciler) reconcileShards(ctx context.Context, cluster *v1alph
 	for _, s := range existing {
 		have[s.Spec.Index] = true
 	}
+	st.lost = observeLostShards(cluster, existing)
 	for i := int32(0); i < cluster.Spec.Shards; i++ {
+		if slices.Contains(st.lost, i) {
+			continue // never created again empty: see decideShardDeletion
+		}
+		if s := shardAt(existing, i); s != nil && !s.DeletionTimestamp.IsZero() {
+			if c := meta.FindStatusCondition(s.Status.Conditions, v1alpha1.ConditionDegraded); c != nil && c.Reason == v1alpha1.ReasonDeletionBlocked {
+				st.deleting = append(st.deleting, c.Message)
+			}
+			continue
+		}
 		u, err := specs.Shard(cluster, i, r.Image)
 		if err != nil {
 			return err
@@ -138,6 +152,42 @@ func (r *ClusterReconciler) reconcileShards(ctx context.Context, cluster *v1alph
 		if prev == nil || prev.Reason != v1alpha1.ReasonScaleDownBlocked {
 			r.Recorder.Eventf(cluster, nil, corev1.EventTypeWarning, v1alpha1.ReasonScaleDownBlocked, "Scale",
 				"refusing to remove shards: %s", strings.Join(d.Blocked, "; "))
+		}
+	}
+	return nil
+}
+
+// observeLostShards is the cluster's record of shards deleted with their accounts: the
+// indexes recorded before that the cluster still lists (scaling below an index is how
+// a person acknowledges its loss), and any listed shard now being deleted under
+// deletionPolicy Delete that may hold accounts. The shard's finalizer waits for this
+// record before it lets the shard go.
+func observeLostShards(cluster *v1alpha1.LedgerCluster, existing []v1alpha1.LedgerShard) []int32 {
+	var lost []int32
+	for _, i := range cluster.Status.LostShards {
+		if i < cluster.Spec.Shards {
+			lost = append(lost, i)
+		}
+	}
+	for i := range existing {
+		s := &existing[i]
+		if s.DeletionTimestamp.IsZero() || slices.Contains(lost, s.Spec.Index) {
+			continue
+		}
+		d := decideShardDeletion(shardDeletionFacts{Index: s.Spec.Index, Policy: s.Spec.DeletionPolicy, ClusterLive: true,
+			Listed: s.Spec.Index < cluster.Spec.Shards, Accounts: s.Status.Accounts})
+		if d.Lost {
+			lost = append(lost, s.Spec.Index)
+		}
+	}
+	slices.Sort(lost)
+	return lost
+}
+
+func shardAt(shards []v1alpha1.LedgerShard, index int32) *v1alpha1.LedgerShard {
+	for i := range shards {
+		if shards[i].Spec.Index == index {
+			return &shards[i]
 		}
 	}
 	return nil
@@ -267,7 +317,14 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 	} else {
 		set(v1alpha1.ConditionProgressing, true, meta.FindStatusCondition(s.Conditions, v1alpha1.ConditionReady).Reason, "")
 	}
+	s.LostShards = st.lost
 	switch {
+	case len(st.lost) > 0:
+		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonShardLost, fmt.Sprintf("shard indexes %v were deleted with their volumes "+
+			"(deletionPolicy Delete) while they may have held accounts, which are gone; they are not created again empty. "+
+			"Restore them from a backup, or scale the cluster below the lowest to acknowledge the loss", st.lost))
+	case len(st.deleting) > 0:
+		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonDeletionBlocked, strings.Join(st.deleting, "; "))
 	case len(st.blocked) > 0:
 		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonScaleDownBlocked, strings.Join(st.blocked, "; "))
 	case st.migrationFail != "":

@@ -177,10 +177,11 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 		if got := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; got.String() != specs.DefaultStorageSize {
 			t.Errorf("pvc %s size %s", name, got.String())
 		}
-		for _, obj := range []client.Object{&pod, &pvc} {
-			if err := controlledBy(obj, "LedgerShard", shard); err != nil {
-				t.Error(err)
-			}
+		if err := controlledBy(&pod, "LedgerShard", shard); err != nil {
+			t.Error(err)
+		}
+		if len(pvc.OwnerReferences) > 0 { // deletionPolicy Retain, the default
+			t.Errorf("pvc %s owned by %+v", name, pvc.OwnerReferences)
 		}
 	}
 	for svc, role := range map[string]string{specs.ServiceRW(shard): "primary", specs.ServiceRO(shard): "replica", specs.ServiceR(shard): ""} {

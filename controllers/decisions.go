@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/instance"
 )
 
@@ -239,4 +240,72 @@ func decideRetire(in retireInput) retireDecision {
 			Reason: fmt.Sprintf("%d of the remaining standbys flushed past %s, %d needed", caught, in.Mark, in.Rule.Number)}
 	}
 	return retireDecision{Step: retireDelete, Seen: true, Mark: in.Mark}
+}
+
+// shardDeletion is what a deleted LedgerShard's finalizer may do.
+type shardDeletion struct {
+	// Release lets the deletion finish; otherwise the shard waits, and keeps serving.
+	Release bool
+	// Lost says the cluster must record the shard's index as lost before it is released:
+	// its accounts go with its volumes.
+	Lost bool
+	// Wait says why the shard waits.
+	Wait string
+}
+
+// shardDeletionFacts is what decideShardDeletion looks at.
+type shardDeletionFacts struct {
+	Shard   string
+	Index   int32
+	Policy  v1alpha1.DeletionPolicy
+	Cluster string
+	// ClusterLive: the cluster exists and is not being deleted.
+	ClusterLive bool
+	// Listed: the cluster's spec.shards still covers this index.
+	Listed bool
+	// Accounts is the last count of the shard's accounts; nil when unknown.
+	Accounts *int64
+	// RecordedLost: the cluster's status.lostShards holds this index.
+	RecordedLost bool
+}
+
+// decideShardDeletion decides whether a deleted LedgerShard may go.
+//
+// Why a shard may always go once its cluster is gone or being deleted, or no longer lists
+// it: deleting the cluster is the way to end a ledger, and under Retain its volumes and
+// credentials are owned by nothing, so they stay whatever is deleted; a shard the cluster
+// no longer lists was removed by a scale-down, which only ever removes empty shards.
+//
+// Why an empty shard may go: it holds no money. A count that failed is not "empty".
+//
+// Why a shard that holds accounts waits under Retain: its cluster still routes accounts
+// to it, so deleting it by hand would take its instances away and the cluster would
+// create it again on its retained volumes: an outage with nothing gained. It keeps
+// serving, and the cluster says why (Degraded/DeletionBlocked).
+//
+// Why it may go under Delete only once the cluster has recorded it as lost: its volumes
+// go with it, and a shard created again empty under the same index would answer "no such
+// account" for accounts that existed. The record, in the cluster's status, keeps the
+// cluster from creating it again until someone acknowledges the loss.
+func decideShardDeletion(f shardDeletionFacts) shardDeletion {
+	switch {
+	case !f.ClusterLive || !f.Listed:
+		return shardDeletion{Release: true}
+	case f.Accounts != nil && *f.Accounts == 0:
+		return shardDeletion{Release: true}
+	}
+	holds := "an unknown number of"
+	if f.Accounts != nil {
+		holds = fmt.Sprint(*f.Accounts)
+	}
+	if f.Policy.Resolved() == v1alpha1.DeletionPolicyRetain {
+		return shardDeletion{Wait: fmt.Sprintf("shard %s holds %s accounts and cluster %s still lists it, so its deletion waits "+
+			"and it keeps serving (deletionPolicy Retain); to remove it, scale the cluster below %d (refused while it holds "+
+			"accounts), delete the cluster (its volumes are kept), or set deletionPolicy: Delete", f.Shard, holds, f.Cluster, f.Index)}
+	}
+	if !f.RecordedLost {
+		return shardDeletion{Lost: true, Wait: fmt.Sprintf("shard %s holds %s accounts and goes with its volumes (deletionPolicy Delete); "+
+			"waiting for cluster %s to record it as lost", f.Shard, holds, f.Cluster)}
+	}
+	return shardDeletion{Release: true, Lost: true}
 }

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/instance"
 )
 
@@ -119,6 +120,42 @@ func TestDecideRetire(t *testing.T) {
 		}
 		if got.Step == retireWait && decideRetire(tt.in).Reason == "" {
 			t.Errorf("%s: waits without saying why", tt.name)
+		}
+	}
+}
+
+func TestDecideShardDeletion(t *testing.T) {
+	live := shardDeletionFacts{Shard: "pay-1", Index: 1, Cluster: "pay", ClusterLive: true, Listed: true, Accounts: count(3)}
+	with := func(change func(*shardDeletionFacts)) shardDeletionFacts {
+		f := live
+		change(&f)
+		return f
+	}
+	tests := []struct {
+		name                string
+		facts               shardDeletionFacts
+		release, lost, wait bool
+	}{
+		{"Retain, listed, holds accounts: waits", live, false, false, true},
+		{"Retain, listed, count unknown: waits", with(func(f *shardDeletionFacts) { f.Accounts = nil }), false, false, true},
+		{"Retain, listed, empty: goes", with(func(f *shardDeletionFacts) { f.Accounts = count(0) }), true, false, false},
+		{"cluster gone: goes", with(func(f *shardDeletionFacts) { f.ClusterLive = false }), true, false, false},
+		{"scaled below it: goes", with(func(f *shardDeletionFacts) { f.Listed = false }), true, false, false},
+		{"Delete, holds accounts, not recorded: waits for the record", with(func(f *shardDeletionFacts) { f.Policy = v1alpha1.DeletionPolicyDelete }), false, true, true},
+		{"Delete, holds accounts, recorded: goes as lost", with(func(f *shardDeletionFacts) {
+			f.Policy, f.RecordedLost = v1alpha1.DeletionPolicyDelete, true
+		}), true, true, false},
+		{"Delete, empty: goes, nothing lost", with(func(f *shardDeletionFacts) {
+			f.Policy, f.Accounts = v1alpha1.DeletionPolicyDelete, count(0)
+		}), true, false, false},
+		{"Delete, cluster deleted: goes", with(func(f *shardDeletionFacts) {
+			f.Policy, f.ClusterLive = v1alpha1.DeletionPolicyDelete, false
+		}), true, false, false},
+	}
+	for _, tt := range tests {
+		d := decideShardDeletion(tt.facts)
+		if d.Release != tt.release || d.Lost != tt.lost || (d.Wait != "") != tt.wait {
+			t.Errorf("%s: %+v", tt.name, d)
 		}
 	}
 }

@@ -71,10 +71,12 @@ type shardState struct {
 	migration      string // reason of MigrationsApplied
 	migrationMsg   string
 	accounts       *int64
+	deletion       string // why a deleted shard waits, if it does
 }
 
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods;services;persistentvolumeclaims;configmaps;secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
@@ -88,10 +90,19 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.Get(ctx, req.NamespacedName, shard); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if !shard.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // owner references take the children with it
-	}
 	st := &shardState{primary: shard.Status.CurrentPrimary, target: shard.Status.TargetPrimary, schemaVersion: shard.Status.SchemaVersion, accounts: shard.Status.Accounts}
+	if c := meta.FindStatusCondition(shard.Status.Conditions, v1alpha1.ConditionDegraded); c != nil && c.Reason == v1alpha1.ReasonDeletionBlocked {
+		st.deletion = c.Message
+	}
+	if !shard.DeletionTimestamp.IsZero() {
+		// Released: owner references take the children the policy lets go. Waiting: the
+		// shard keeps running, every step below included.
+		if released, err := r.reconcileDeletion(ctx, shard, st); released || err != nil {
+			return ctrl.Result{}, err
+		}
+	} else {
+		st.deletion = ""
+	}
 	if st.primary == "" {
 		st.primary = specs.InstanceName(shard.Name, 1) // a new shard bootstraps on its first instance
 		st.target = st.primary
@@ -100,6 +111,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		name string
 		run  func(context.Context, *v1alpha1.LedgerShard, *shardState) error
 	}{
+		{"protection", r.reconcileProtection},
 		{"secrets", r.reconcileSecrets},
 		{"instance access", r.reconcileInstanceAccess},
 		{"config", r.reconcileConfig},
@@ -353,6 +365,8 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonMigrationFailed, st.migrationMsg)
 	case st.ha == v1alpha1.ReasonFailoverBlocked:
 		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonFailoverBlocked, st.haMsg)
+	case st.deletion != "":
+		set(v1alpha1.ConditionDegraded, true, v1alpha1.ReasonDeletionBlocked, st.deletion)
 	default:
 		set(v1alpha1.ConditionDegraded, false, v1alpha1.ReasonAsExpected, "")
 	}

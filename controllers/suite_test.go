@@ -117,10 +117,11 @@ func newNamespace(t *testing.T) string {
 	return ns.Name
 }
 
-// eventually polls cond until it returns nil or the time is up.
+// eventually polls cond until it returns nil or the time is up: two minutes, so that only
+// something that never happens fails, however busy the machine.
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	var err error
 	for time.Now().Before(deadline) {
 		if err = cond(); err == nil {

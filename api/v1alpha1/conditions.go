@@ -27,4 +27,6 @@ const (
 	ReasonSwitchingOver        = "SwitchingOver"
 	ReasonPrimaryUnreachable   = "PrimaryUnreachable"
 	ReasonRetiringInstances    = "RetiringInstances"
+	ReasonDeletionBlocked      = "DeletionBlocked"
+	ReasonShardLost            = "ShardLost"
 )

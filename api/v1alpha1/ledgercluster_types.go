@@ -20,6 +20,33 @@ type LedgerClusterSpec struct {
 	// Ledger describes the ledger service in front of the shards.
 	// +optional
 	Ledger LedgerSpec `json:"ledger,omitempty"`
+
+	// DeletionPolicy says what deleting the cluster or one of its shards does to the
+	// shards' volumes and credentials. Retain (the default) keeps them, owned by nothing,
+	// so no delete in any propagation mode erases a journal, and a cluster re-created
+	// under the same name finds them again; Delete lets them go with their shard. While
+	// a cluster lists a shard that holds accounts, deleting that LedgerShard waits
+	// (Degraded/DeletionBlocked) unless the policy is Delete.
+	// +optional
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// DeletionPolicy is what happens to a shard's data when the shard is deleted.
+// +kubebuilder:validation:Enum=Retain;Delete
+type DeletionPolicy string
+
+// Deletion policies.
+const (
+	DeletionPolicyRetain DeletionPolicy = "Retain"
+	DeletionPolicyDelete DeletionPolicy = "Delete"
+)
+
+// Resolved is the policy in force: Retain unless Delete is set.
+func (p DeletionPolicy) Resolved() DeletionPolicy {
+	if p == DeletionPolicyDelete {
+		return DeletionPolicyDelete
+	}
+	return DeletionPolicyRetain
 }
 
 // LedgerSpec is the ledger service Deployment.
@@ -101,6 +128,13 @@ type LedgerClusterStatus struct {
 	// Selector selects the ledger service pods, for the scale subresource.
 	// +optional
 	Selector string `json:"selector,omitempty"`
+	// LostShards are shard indexes deleted with their volumes (deletionPolicy Delete)
+	// while they held accounts. The operator does not create them again, since an empty
+	// shard would answer for accounts that existed; scaling the cluster below an index
+	// acknowledges its loss and forgets it.
+	// +listType=set
+	// +optional
+	LostShards []int32 `json:"lostShards,omitempty"`
 	// Conditions: Ready, Progressing, Degraded, MigrationsApplied.
 	// +listType=map
 	// +listMapKey=type

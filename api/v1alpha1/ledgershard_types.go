@@ -19,6 +19,10 @@ type LedgerShardSpec struct {
 	// Postgres describes this shard's instances.
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
+	// DeletionPolicy is the cluster's: whether the shard's volumes and credentials are
+	// kept (Retain, the default) or go with the shard (Delete).
+	// +optional
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
 	// Primary names the instance that should be primary. When it differs from
 	// status.currentPrimary and that instance is a healthy synchronous replica, the
 	// operator switches over to it, losing no acknowledged commit. After a failover it

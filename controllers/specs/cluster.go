@@ -57,6 +57,9 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 			"cluster": c.Name, "index": int64(index), "image": ResolveLedger(c.Spec.Ledger, tallyImage).Image, "postgres": pg,
 		},
 	}}
+	if c.Spec.DeletionPolicy != "" {
+		u.Object["spec"].(map[string]any)["deletionPolicy"] = string(c.Spec.DeletionPolicy)
+	}
 	return u, nil
 }
 

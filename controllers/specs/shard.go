@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	batchv1ac "k8s.io/client-go/applyconfigurations/batch/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -45,10 +46,26 @@ func shardOwner(shard *v1alpha1.LedgerShard) *metav1ac.OwnerReferenceApplyConfig
 		WithName(shard.Name).WithUID(shard.UID).WithController(true).WithBlockOwnerDeletion(true)
 }
 
-// Secret builds one of a shard's credentials. Secrets are created once with a generated
-// password and never re-applied, so a password never changes under a running database.
-func Secret(shard *v1alpha1.LedgerShard, name, username, password string) *corev1.Secret {
+// FinalizerShardProtection holds a deleted LedgerShard until the operator has decided
+// what its deletion may do (see the shard controller's deletion step).
+const FinalizerShardProtection = "ledger.tally.dev/shard-protection"
+
+// DataOwners are the owner references of what holds a shard's data, its volumes and
+// credentials: the shard under deletionPolicy Delete, so they go with it; none under
+// Retain, so no delete of the shard or its cluster, in any propagation mode, removes
+// them, and a shard created again under the same name finds them.
+func DataOwners(shard *v1alpha1.LedgerShard) []metav1.OwnerReference {
+	if shard.Spec.DeletionPolicy.Resolved() != v1alpha1.DeletionPolicyDelete {
+		return nil
+	}
 	t := true
+	return []metav1.OwnerReference{ownerRef(shard.Name, shard.UID, "LedgerShard", &t)}
+}
+
+// Secret builds one of a shard's credentials. Secrets are created once with a generated
+// password and never re-applied, so a password never changes under a running database;
+// their owners follow the deletion policy (DataOwners).
+func Secret(shard *v1alpha1.LedgerShard, name, username, password string) *corev1.Secret {
 	s := &corev1.Secret{
 		Type: corev1.SecretTypeBasicAuth,
 		StringData: map[string]string{
@@ -57,17 +74,16 @@ func Secret(shard *v1alpha1.LedgerShard, name, username, password string) *corev
 		},
 	}
 	s.Name, s.Namespace, s.Labels = name, shard.Namespace, ShardLabels(shard, ComponentPostgres)
-	s.OwnerReferences = append(s.OwnerReferences, ownerRef(shard.Name, shard.UID, "LedgerShard", &t))
+	s.OwnerReferences = DataOwners(shard)
 	return s
 }
 
 // StatusTokenSecret builds the Secret of the instance managers' status API token.
 // Like the credentials, it is created once and never re-applied.
 func StatusTokenSecret(shard *v1alpha1.LedgerShard, token string) *corev1.Secret {
-	t := true
 	s := &corev1.Secret{Type: corev1.SecretTypeOpaque, StringData: map[string]string{StatusTokenKey: token}}
 	s.Name, s.Namespace, s.Labels = SecretStatusToken(shard.Name), shard.Namespace, ShardLabels(shard, ComponentPostgres)
-	s.OwnerReferences = append(s.OwnerReferences, ownerRef(shard.Name, shard.UID, "LedgerShard", &t))
+	s.OwnerReferences = DataOwners(shard)
 	return s
 }
 
@@ -163,7 +179,7 @@ func Services(shard *v1alpha1.LedgerShard) []*corev1ac.ServiceApplyConfiguration
 	}
 }
 
-// PVC builds the data volume of one instance.
+// PVC builds the data volume of one instance, owned as DataOwners says.
 func PVC(shard *v1alpha1.LedgerShard, instance string) *corev1ac.PersistentVolumeClaimApplyConfiguration {
 	pg := ResolvePostgres(shard.Spec.Postgres)
 	labels := ShardLabels(shard, ComponentPostgres)
@@ -174,8 +190,11 @@ func PVC(shard *v1alpha1.LedgerShard, instance string) *corev1ac.PersistentVolum
 	if pg.StorageClass != nil {
 		spec = spec.WithStorageClassName(*pg.StorageClass)
 	}
-	return corev1ac.PersistentVolumeClaim(instance, shard.Namespace).
-		WithLabels(labels).WithOwnerReferences(shardOwner(shard)).WithSpec(spec)
+	pvc := corev1ac.PersistentVolumeClaim(instance, shard.Namespace).WithLabels(labels).WithSpec(spec)
+	if len(DataOwners(shard)) > 0 {
+		pvc = pvc.WithOwnerReferences(shardOwner(shard))
+	}
+	return pvc
 }
 
 // Pod builds one PostgreSQL instance. The pod runs the tally instance manager in the

@@ -115,3 +115,20 @@ func TestClusterObjectsGolden(t *testing.T) {
 	}
 	golden(t, "ledgershard", shard.Object)
 }
+
+// Volumes and credentials are owned by their shard only under deletionPolicy Delete.
+func TestDataOwnersFollowTheDeletionPolicy(t *testing.T) {
+	for policy, owned := range map[v1alpha1.DeletionPolicy]bool{"": false, v1alpha1.DeletionPolicyRetain: false, v1alpha1.DeletionPolicyDelete: true} {
+		s := sampleShard()
+		s.Spec.DeletionPolicy = policy
+		pvc := PVC(s, "pay-0-1")
+		secret := Secret(s, "pay-0-app", "tally", "pw")
+		token := StatusTokenSecret(s, "tok")
+		if got := len(pvc.OwnerReferences) == 1 && len(secret.OwnerReferences) == 1 && len(token.OwnerReferences) == 1; got != owned {
+			t.Errorf("policy %q: pvc %v, secret %v, token %v owners; want owned=%v", policy, pvc.OwnerReferences, secret.OwnerReferences, token.OwnerReferences, owned)
+		}
+		if !owned && (len(pvc.OwnerReferences) != 0 || len(secret.OwnerReferences) != 0) {
+			t.Errorf("policy %q: owners %v %v", policy, pvc.OwnerReferences, secret.OwnerReferences)
+		}
+	}
+}
