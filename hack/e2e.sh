@@ -52,10 +52,13 @@ kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout="$TIMEOU
 kubectl -n "$NS" get ledgercluster,ledgershard,pods,pvc,svc,pdb,jobs
 
 step "children are owned and labelled"
-for kind in pods pvc services secrets pdb jobs; do
+for kind in pods services pdb jobs; do
   owners=$(kubectl -n "$NS" get "$kind" -l ledger.tally.dev/cluster=e2e -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}' | sort -u)
   [[ -n $owners && $owners != *"<no value>"* ]] || { echo "$kind without owner references"; exit 1; }
 done
+# deletionPolicy Retain (the default): volumes and credentials are owned by nothing
+owned=$(kubectl -n "$NS" get pvc,secrets -l ledger.tally.dev/shard=e2e-0 -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}' | sort -u)
+[[ -z $owned ]] || { echo "volumes or credentials owned by $owned under Retain"; exit 1; }
 [[ $(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,ledger.tally.dev/role=primary -o name | wc -l) == 1 ]]
 # spec.ledger.batching reaches the service as flags, and the service starts with them
 kubectl -n "$NS" get deployment/e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- '--linger=1ms'
@@ -134,4 +137,7 @@ for _ in $(seq 60); do
   sleep 2
 done
 [[ $left == 0 ]] || { echo "children left behind"; exit 1; }
+step "the retained volumes and credentials stay, until deleted by label"
+[[ $(kubectl -n "$NS" get pvc -l ledger.tally.dev/cluster=e2e -o name | wc -l) -gt 0 ]] || { echo "retained volumes are gone"; exit 1; }
+kubectl -n "$NS" delete pvc,secrets -l ledger.tally.dev/cluster=e2e --wait=false
 echo "e2e: all scenarios passed"
