@@ -44,20 +44,53 @@ func Latest(ctx context.Context, conn *pgx.Conn) (int32, error) {
 	return int32(len(m.Migrations)), nil
 }
 
-// Apply migrates the database behind conn to the latest version and returns it.
+// Apply migrates the database behind conn to the latest version and returns the version
+// it is at. A schema already newer than this binary's (a rolled-back operator's Job) is
+// left as it is: by the upgrade rule (CheckCompatible) the version after ours still
+// serves us.
 func Apply(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	return ApplyTo(ctx, conn, Count())
+}
+
+// ApplyTo migrates the database behind conn up to version (never down) and returns the
+// version it is at; tests use it to stand up an earlier release's schema.
+func ApplyTo(ctx context.Context, conn *pgx.Conn, version int32) (int32, error) {
 	m, err := newMigrator(ctx, conn)
 	if err != nil {
 		return 0, err
-	}
-	if err := m.Migrate(ctx); err != nil {
-		return 0, fmt.Errorf("migrations: apply: %w", err)
 	}
 	v, err := m.GetCurrentVersion(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("migrations: read version: %w", err)
 	}
+	if v >= version {
+		return v, nil
+	}
+	if err := m.MigrateTo(ctx, version); err != nil {
+		return 0, fmt.Errorf("migrations: apply: %w", err)
+	}
+	if v, err = m.GetCurrentVersion(ctx); err != nil {
+		return 0, fmt.Errorf("migrations: read version: %w", err)
+	}
 	return v, nil
+}
+
+// CheckCompatible says whether a binary built for schema version built may serve a
+// database at version have. The rule that makes upgrades and rollbacks safe is expand,
+// then contract: migration N+1 only adds or widens (new functions, columns, looser
+// checks, replaced function bodies with the same signature and answers) and never
+// removes or narrows what a binary built for N uses; removing waits for a later
+// migration, once no binary for N can run. So a binary accepts its own version and the
+// next one: a ledger pod that restarts after the migration but before its own rollout
+// keeps serving, and an operator rolled back one version runs on the newer schema.
+func CheckCompatible(have, built int32) error {
+	switch {
+	case have < built:
+		return fmt.Errorf("schema version is %d, this binary needs %d: run tally migrate", have, built)
+	case have > built+1:
+		return fmt.Errorf("schema version is %d, more than one ahead of this binary's %d: run a newer tally", have, built)
+	}
+	return nil
 }
 
 // CurrentVersion returns the applied schema version, 0 for an empty database.

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/tallyhq/tally/ledger"
@@ -180,4 +181,48 @@ func TestBatchIntermediateOverflowFailsAlone(t *testing.T) {
 		t.Errorf("b=%d c=%d", f.balance(b), f.balance(c))
 	}
 	f.verify()
+}
+
+// Each leg's running balance is stored with its entry, so each must respect the floor:
+// a transaction that passes money through an account in the order given applies, the
+// same postings in an order that would take the account below its floor mid-way do not.
+// Before, only each account's net was checked, and the journal could show a balance
+// below the floor.
+func TestEveryLegRespectsTheFloor(t *testing.T) {
+	f := newFixture(t, 4)
+	a, b, c := f.account("a", 0), f.account("b", 0), f.account("c", 0)
+	f.post("dep", usd(f.external, a, 100))
+	out := f.post("dips", usd(b, c, 100), usd(a, b, 100))
+	if problemCode(t, out) != ledger.CodeInsufficientFunds {
+		t.Fatalf("b would sit at -100 between the legs: %d %s", out.Status, out.Body)
+	}
+	if out := f.post("through", usd(a, b, 100), usd(b, c, 100)); out.Status != 201 {
+		t.Fatalf("through b in order: %d %s", out.Status, out.Body)
+	}
+	if f.balance(a) != 0 || f.balance(b) != 0 || f.balance(c) != 100 {
+		t.Errorf("balances a=%d b=%d c=%d", f.balance(a), f.balance(b), f.balance(c))
+	}
+	entries, err := f.store.Entries(context.Background(), b, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.BalanceAfter < 0 {
+			t.Errorf("entry %d shows b at %d, below its floor", e.ID, e.BalanceAfter)
+		}
+	}
+	f.verify()
+}
+
+// A refusal for funds names the account, not what it holds.
+func TestInsufficientFundsRevealsNoBalance(t *testing.T) {
+	f := newFixture(t, 4)
+	a, b := f.account("a", 0), f.account("b", 0)
+	f.post("dep", usd(f.external, a, 4321))
+	for i, postings := range [][]ledger.Posting{{usd(a, b, 9999)}, {usd(a, b, 4000), usd(a, b, 999)}} {
+		out := f.post(fmt.Sprint("short", i), postings...)
+		if problemCode(t, out) != ledger.CodeInsufficientFunds || strings.Contains(string(out.Body), "4321") || !strings.Contains(string(out.Body), a.String()) {
+			t.Errorf("refusal %d: %s", i, out.Body)
+		}
+	}
 }
