@@ -43,7 +43,7 @@ func newClient(t *testing.T, shards int, auth *httpapi.Authenticator) *client {
 }
 
 // newClientOver serves the API over the given shard databases, in shard order.
-func newClientOver(t *testing.T, dbs []*pgtest.DB, auth *httpapi.Authenticator) *client {
+func newClientOver(t *testing.T, dbs []*pgtest.DB, auth *httpapi.Authenticator, configure ...func(*httpapi.API)) *client {
 	t.Helper()
 	stores := make([]*store.Store, len(dbs))
 	fronts := make([]shardset.Front, len(dbs))
@@ -62,6 +62,9 @@ func newClientOver(t *testing.T, dbs []*pgtest.DB, auth *httpapi.Authenticator) 
 		t.Fatal(err)
 	}
 	api := httpapi.New(set, auth, httpapi.NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, c := range configure {
+		c(api)
+	}
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config = api.Server() // the limits the service runs with
 	srv.Start()
@@ -673,4 +676,44 @@ func TestScalingShardsKeepsAssets(t *testing.T) {
 		}
 	}
 	grown.must(201, grown.transfer("d2", alice, "external", "1", "USD"))
+}
+
+// Requests beyond --max-concurrent-requests are answered 503 at once with Retry-After,
+// instead of queueing without bound; the ones in flight finish.
+func TestConcurrentRequestLimit(t *testing.T) {
+	db := pgtest.NewShardDB(t, 0)
+	c := newClientOver(t, []*pgtest.DB{db}, nil, func(a *httpapi.API) { a.WithMaxConcurrentRequests(1) })
+	c.asset("USD", 2)
+	a := c.account("alice", "USD")
+	// Hold alice's balance row, so a transfer to her waits in the database.
+	super := db.SuperConn(t)
+	tx, err := super.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), "SELECT 1 FROM tally.balances WHERE account_id = $1 FOR UPDATE", a); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan response, 1)
+	go func() { first <- c.transfer("held", "external", a, "1", "USD") }()
+	var waiting int
+	for deadline := time.Now().Add(time.Minute); waiting == 0; time.Sleep(10 * time.Millisecond) {
+		if err := super.QueryRow(context.Background(), "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first transfer never reached the lock")
+		}
+	}
+	r := c.do("GET", "/v1/assets", "")
+	if r.status != 503 || r.code() != ledger.CodeUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("second request while one is in flight: %d %s", r.status, r.body)
+	}
+	if err := tx.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-first; r.status != 201 {
+		t.Errorf("the request in flight: %d %s", r.status, r.body)
+	}
+	c.must(200, c.do("GET", "/v1/assets", ""))
 }

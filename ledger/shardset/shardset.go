@@ -308,6 +308,11 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	if err != nil {
 		return ledger.Outcome{}, err
 	}
+	// The service's clock, not the database's: the response is rendered before the one
+	// round trip and stored for replays, so its time must be known before the write. It
+	// is when the request was accepted; the journal's order comes from the database's
+	// entry sequence, never from this time, so replicas whose clocks differ by the
+	// milliseconds NTP allows cannot reorder it.
 	tx := ledger.Transaction{ID: txID, Metadata: req.Metadata, CreatedAt: s.now().UTC().Truncate(time.Microsecond)}
 	for _, p := range req.Postings {
 		from, err := s.resolve(ctx, p.From, p.Asset, shard)
