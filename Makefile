@@ -71,7 +71,9 @@ check-generated: $(CONTROLLER_GEN) $(KUSTOMIZE)
 	$(KUSTOMIZE) build config/samples >/dev/null
 
 ## dev: PostgreSQL in .tally/dev and the ledger API on 127.0.0.1:8080.
-dev: deps build
+dev: deps
+	@[ -x $(BIN) ] || echo "make dev: building $(BIN) (the first build downloads Go modules and compiles: several minutes on 2 cores; later builds take seconds)"
+	@$(MAKE) --no-print-directory build
 	$(BIN) dev
 
 ## bench: the throughput harness (tally bench: every scenario at 16 and 64 clients, through

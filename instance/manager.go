@@ -196,7 +196,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		err := m.tick(ctx)
 		m.op.Unlock()
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, errUpstreamNotReady):
+			m.log.Info("waiting for the primary to accept connections", "err", err.Error())
+		default:
 			m.log.Warn("instance check", "err", err.Error())
 		}
 		select {
@@ -517,10 +521,17 @@ func (m *Manager) clone(ctx context.Context, primary string) error {
 		"-X", "stream", "-c", "fast", "--no-password")
 	if err != nil {
 		_ = os.RemoveAll(m.cfg.DataDir)
+		if msg := err.Error(); strings.Contains(msg, "Connection refused") || strings.Contains(msg, "the database system is starting up") {
+			err = fmt.Errorf("%w: %w", errUpstreamNotReady, err) // a shard coming up: expected, not alarming
+		}
 		return fmt.Errorf("instance: clone from %s: %w", primary, err)
 	}
 	return m.markStandby()
 }
+
+// errUpstreamNotReady is a clone that found the primary not yet accepting connections,
+// as every replica of a new shard does while the primary bootstraps.
+var errUpstreamNotReady = errors.New("the primary does not accept connections yet")
 
 // rewind turns a former primary into a copy of the new primary's history with pg_rewind,
 // discarding whatever it wrote after the two diverged (none of it was acknowledged: a

@@ -24,11 +24,15 @@ func newID(shard int) (uuid.UUID, error) {
 	return id, nil
 }
 
+// exampleID is the id error messages show as the expected shape: a version 7 UUID of
+// shard 0, so pasting it routes like any id of a one-shard ledger.
+const exampleID = "0192f0c4-7d7e-7c3a-8000-002b3c4d5e6f"
+
 func parseID(kind, s string) (uuid.UUID, error) {
 	// Only the canonical 36-character form: one spelling per id keeps idempotency hashes
 	// and logs unambiguous.
 	if len(s) != 36 {
-		return uuid.Nil, fmt.Errorf("ledger: %s id %q is not a UUID like 0192f0c4-7d7e-7c3a-8000-1a2b3c4d5e6f", kind, truncate(s))
+		return uuid.Nil, fmt.Errorf("ledger: %s id %q is not a UUID like %s", kind, truncate(s), exampleID)
 	}
 	id, err := uuid.Parse(s)
 	if err != nil || id.Version() != 7 || id.Variant() != uuid.RFC4122 {

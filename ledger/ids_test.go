@@ -35,3 +35,15 @@ func TestIDsCarryTheirShard(t *testing.T) {
 		}
 	}
 }
+
+// The id an error message offers as an example is a valid id of shard 0, so pasting it
+// into a one-shard ledger answers "not found", not a routing error.
+func TestExampleIDIsShardZero(t *testing.T) {
+	id, err := ParseAccountID(exampleID)
+	if err != nil || id.Shard() != 0 {
+		t.Errorf("example id %s: shard %d, %v", exampleID, id.Shard(), err)
+	}
+	if _, err := ParseAccountID("x"); err == nil || !strings.Contains(err.Error(), exampleID) {
+		t.Errorf("error message: %v", err)
+	}
+}

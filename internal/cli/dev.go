@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -71,6 +73,18 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	if err := prepareDataDir(dir); err != nil {
 		return err
 	}
+	// Refuse at once what would fail later, before anything touches the data: a second
+	// tally dev on the same data, or an address already taken.
+	unlock, err := lockDataDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, addr := range []string{*listen, *opsListen} {
+		if err := checkFree(addr); err != nil {
+			return err
+		}
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var superDSN func(db string) string
 	var extra string
@@ -111,7 +125,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	go func() {
 		select {
 		case addr := <-ready:
-			fmt.Fprint(out, DevBanner(addr, *opsListen, dir)+extra)
+			fmt.Fprint(out, DevBanner(addr, *opsListen, dir, superDSN(devDatabase))+extra)
 		case <-ctx.Done():
 		}
 	}()
@@ -142,27 +156,50 @@ func startDevShard(ctx context.Context, dir string, n, proxyPort int, log *slog.
 	return localshard.Start(ctx, cfg)
 }
 
-// DevHABanner tells how to watch the local shard and make it fail over.
+// DevHABanner tells how to watch the local shard and make it fail over. Its commands
+// find the primary when they run, so they stay right after a failover.
 func DevHABanner(sh *localshard.Shard) string {
 	var ports []string
-	primaryStatus := ""
 	for _, m := range sh.Members() {
 		ports = append(ports, strings.TrimPrefix(m.StatusURL, "http://127.0.0.1:"))
-		if m.Name == sh.CurrentPrimary() {
-			primaryStatus = m.StatusURL
-		}
 	}
-	status := fmt.Sprintf(`for p in %s; do curl -s -H 'Authorization: Bearer %s' http://127.0.0.1:$p/v1/status; echo; done`, strings.Join(ports, " "), sh.Token())
+	auth := fmt.Sprintf("-H 'Authorization: Bearer %s'", sh.Token())
+	each := fmt.Sprintf("for p in %s; do", strings.Join(ports, " "))
 	return fmt.Sprintf(`
 High availability: %d instances, ANY 1 synchronous, failover after %s.
-  primary now   %s (PostgreSQL clients use 127.0.0.1:%d, which always leads to the primary)
-  watch it      %s
-  fail over     curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/fence
-                (fences the primary; a synchronous replica is promoted, and the old
-                primary rejoins as a replica through pg_rewind)
-  crash it      kill -9 $(head -1 %s/<primary>/pgdata/postmaster.pid)
-                (its manager restarts it; if it stays down past the delay, a failover)
-`, len(sh.Members()), localshard.DefaultFailoverDelay, sh.CurrentPrimary(), sh.ProxyPort(), status, sh.Token(), primaryStatus, sh.Dir())
+PostgreSQL clients use 127.0.0.1:%d, which always leads to the primary.
+  watch it      %s curl -s %s http://127.0.0.1:$p/v1/status; echo; done
+  fail over     %s curl -s %s http://127.0.0.1:$p/v1/status | grep -q '"role":"primary"' && curl -s -X POST %s http://127.0.0.1:$p/v1/fence; done
+                (fences whichever instance is primary; a synchronous replica is promoted,
+                and the old primary rejoins as a replica through pg_rewind)
+  crash it      for d in %s/*/pgdata; do [ -f $d/standby.signal ] || [ ! -f $d/postmaster.pid ] || kill -9 $(head -1 $d/postmaster.pid); done
+                (kills the primary's postgres; its manager restarts it; if it stays down
+                past the delay, a failover)
+`, len(sh.Members()), localshard.DefaultFailoverDelay, sh.ProxyPort(), each, auth, each, auth, auth, sh.Dir())
+}
+
+// lockDataDir holds an exclusive lock on the data directory while this process lives, so
+// a second tally dev on the same data refuses before it touches a running PostgreSQL.
+func lockDataDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, "tally-dev.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another tally dev is running on %s: stop it first, or give this one its own --data-dir", dir)
+	}
+	return func() { f.Close() }, nil
+}
+
+// checkFree reports an address that cannot be listened on, such as one another process
+// holds.
+func checkFree(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (is another tally dev running? choose another with --listen or --ops-listen): %w", addr, err)
+	}
+	return ln.Close()
 }
 
 // prepareDataDir creates the directory; when we are root, postgres runs as another user
@@ -210,18 +247,20 @@ func prepareDevDatabase(ctx context.Context, superDSN func(db string) string, cr
 
 // DevBanner is what `tally dev` prints once it serves: where things are, and curl
 // commands to paste, in order, into a POSIX shell.
-func DevBanner(addr, opsAddr, dataDir string) string {
+func DevBanner(addr, opsAddr, dataDir, databaseURL string) string {
 	return fmt.Sprintf(`
 Tally is running.
-  API      http://%[1]s
-  metrics  http://%[2]s/metrics   health http://%[2]s/healthz, /readyz
-  data     %[3]s (delete it to start afresh)
+  API       http://%[1]s
+  metrics   http://%[2]s/metrics   health http://%[2]s/healthz, /readyz
+  database  %[5]s
+  verify    bin/tally verify --database-url '%[5]s'
+  data      %[3]s (delete it to start afresh)
 Press Ctrl-C to stop.
 
 Try it (paste into a shell):
 
 %[4]s
-`, addr, opsAddr, dataDir, DevCurlScript(addr))
+`, addr, opsAddr, dataDir, DevCurlScript(addr), databaseURL)
 }
 
 // DevCurlScript registers USD, opens two accounts, deposits, transfers, and reads the
