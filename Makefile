@@ -69,6 +69,7 @@ check-generated: $(CONTROLLER_GEN) $(KUSTOMIZE)
 	if [ "$$before" != "$$after" ]; then echo "generated files were stale: run make generate manifests and commit"; exit 1; fi
 	$(KUSTOMIZE) build config/default >/dev/null
 	$(KUSTOMIZE) build config/samples >/dev/null
+	hack/check-image.sh $(KUSTOMIZE)
 
 ## dev: PostgreSQL in .tally/dev and the ledger API on 127.0.0.1:8080.
 dev: deps

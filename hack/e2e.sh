@@ -27,7 +27,6 @@ step() { printf '\n== %s\n' "$*"; }
 step "install the operator ($IMAGE)"
 cp -r "$root/config" "$work/config"
 (cd "$work/config/manager" && "$KUSTOMIZE" edit set image "tally=$IMAGE")
-sed -i "s|value: tally:latest|value: $IMAGE|" "$work/config/manager/manager.yaml"
 "$KUSTOMIZE" build "$work/config/default" | kubectl apply --server-side -f -
 kubectl -n tally-system rollout status deployment/tally-operator --timeout="$TIMEOUT"
 
