@@ -143,10 +143,19 @@ func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
 			t.Errorf("FailoverRefused recorded as %s, want Warning", e.Type)
 		}
 	}
+	// The time the primary was first found unhealthy is kept in status, where a
+	// restarted operator finds it, and is not restarted by later reconciles.
+	since := shardStatus(t, ns, shard).PrimaryUnhealthySince
+	if since == nil {
+		t.Fatal("status.primaryUnhealthySince not set while the primary is lost")
+	}
 	time.Sleep(2 * testFailoverDelay)
 	st := shardStatus(t, ns, shard)
 	if st.CurrentPrimary != p1 || st.TargetPrimary != p1 || roleLabel(t, ns, p1) != string(v1alpha1.RolePrimary) {
 		t.Fatalf("primary role moved or was withdrawn without a quorum: %+v", st)
+	}
+	if st.PrimaryUnhealthySince == nil || !st.PrimaryUnhealthySince.Equal(since) {
+		t.Errorf("primaryUnhealthySince moved from %v to %v", since, st.PrimaryUnhealthySince)
 	}
 	for n := int32(2); n <= 3; n++ {
 		if f := fakes.get(ns, specs.InstanceName(shard, n)); f.promotions != 0 {
@@ -156,8 +165,8 @@ func TestOperatorRefusesFailoverWithoutQuorum(t *testing.T) {
 	// The standby returns: now the failover can go ahead.
 	fakes.update(ns, p2, func(f *fakeInstance) { f.down = false })
 	eventually(t, "failover after the quorum returns", func() error {
-		if st := shardStatus(t, ns, shard); st.CurrentPrimary == p1 {
-			return fmt.Errorf("still %s", p1)
+		if st := shardStatus(t, ns, shard); st.CurrentPrimary == p1 || st.PrimaryUnhealthySince != nil {
+			return fmt.Errorf("primary %s, unhealthy since %v", st.CurrentPrimary, st.PrimaryUnhealthySince)
 		}
 		return nil
 	})

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,7 +19,13 @@ type Options struct {
 	// failover alone.
 	Instances     InstanceDialer
 	FailoverDelay time.Duration
+	// MaxConcurrentReconciles bounds the shards reconciled at once
+	// (DefaultMaxConcurrentReconciles when zero).
+	MaxConcurrentReconciles int
 }
+
+// DefaultMaxConcurrentReconciles is how many shards are reconciled at once by default.
+const DefaultMaxConcurrentReconciles = 8
 
 // Setup registers both reconcilers with the manager.
 func Setup(mgr ctrl.Manager, o Options) error {
@@ -32,5 +39,6 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	return (&ShardReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("tally-operator"), Accounts: &accounts, Metrics: metrics,
 		Instances: o.Instances, FailoverDelay: o.FailoverDelay,
+		MaxConcurrentReconciles: cmp.Or(o.MaxConcurrentReconciles, DefaultMaxConcurrentReconciles),
 	}).SetupWithManager(mgr)
 }

@@ -15,10 +15,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
@@ -49,9 +51,12 @@ type ShardReconciler struct {
 	// FailoverDelay is how long a primary must be lost before a failover
 	// (DefaultFailoverDelay when zero).
 	FailoverDelay time.Duration
+	// MaxConcurrentReconciles is how many shards are reconciled at once, so one shard's
+	// slow failover never delays another's (one shard is still reconciled by one worker
+	// at a time).
+	MaxConcurrentReconciles int
 
-	lostSince sync.Map // shard UID -> time.Time the primary was first seen unhealthy
-	retireAt  sync.Map // shard UID -> retireMark, while instances beyond the spec retire
+	retireAt sync.Map // shard UID -> retireMark, while instances beyond the spec retire
 }
 
 // shardState carries what the steps observed to the status update.
@@ -71,7 +76,8 @@ type shardState struct {
 	migration      string // reason of MigrationsApplied
 	migrationMsg   string
 	accounts       *int64
-	deletion       string // why a deleted shard waits, if it does
+	deletion       string       // why a deleted shard waits, if it does
+	lostSince      *metav1.Time // status.primaryUnhealthySince
 }
 
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards,verbs=get;list;watch;create;update;patch;delete
@@ -90,7 +96,8 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.Get(ctx, req.NamespacedName, shard); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	st := &shardState{primary: shard.Status.CurrentPrimary, target: shard.Status.TargetPrimary, schemaVersion: shard.Status.SchemaVersion, accounts: shard.Status.Accounts}
+	st := &shardState{primary: shard.Status.CurrentPrimary, target: shard.Status.TargetPrimary, schemaVersion: shard.Status.SchemaVersion,
+		accounts: shard.Status.Accounts, lostSince: shard.Status.PrimaryUnhealthySince}
 	if c := meta.FindStatusCondition(shard.Status.Conditions, v1alpha1.ConditionDegraded); c != nil && c.Reason == v1alpha1.ReasonDeletionBlocked {
 		st.deletion = c.Message
 	}
@@ -325,6 +332,7 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	s := shard.Status.DeepCopy()
 	s.ObservedGeneration = shard.Generation
 	s.CurrentPrimary, s.TargetPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.target, st.instances, st.schemaVersion, st.accounts
+	s.PrimaryUnhealthySince = st.lostSince
 	migrated := st.migration == v1alpha1.ReasonMigrationsCurrent
 	allReady := true
 	for _, in := range st.instances {
@@ -393,5 +401,6 @@ func (r *ShardReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Secret{}).Owns(&corev1.ConfigMap{}).Owns(&policyv1.PodDisruptionBudget{}).
 		Owns(&batchv1.Job{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
 		Named("ledgershard").
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)
 }

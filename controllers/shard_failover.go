@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -83,7 +84,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	st.requeue = haResync
 	switch {
 	case failover.PrimaryHealthy(primary):
-		r.lostSince.Delete(shard.UID)
+		st.lostSince = nil
 		// A rolling update moves the primary on its own; spec.primary waits for it. An
 		// instance beyond spec.instances is on its way out (reconcileRetire), so a
 		// spec.primary naming one is not followed.
@@ -97,8 +98,10 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		return nil // never served: bootstrap, not failover
 	}
 	now := time.Now()
-	since, _ := r.lostSince.LoadOrStore(shard.UID, now)
-	down := since.(time.Time)
+	if st.lostSince == nil {
+		st.lostSince = &metav1.Time{Time: now}
+	}
+	down := st.lostSince.Time
 	delay := r.FailoverDelay
 	if delay <= 0 {
 		delay = DefaultFailoverDelay
@@ -116,7 +119,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		r.Metrics.observeFailover(shard.Namespace, shard.Name, "refused")
 		return nil
 	}
-	r.lostSince.Delete(shard.UID)
+	st.lostSince = nil
 	st.primary = newPrimary
 	r.Metrics.observeFailover(shard.Namespace, shard.Name, "succeeded")
 	return nil

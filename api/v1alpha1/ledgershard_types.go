@@ -88,6 +88,12 @@ type LedgerShardStatus struct {
 	// +listMapKey=name
 	// +optional
 	Instances []InstanceStatus `json:"instances,omitempty"`
+	// PrimaryUnhealthySince is when the operator first found the current primary
+	// unhealthy, cleared once it is healthy or replaced. It lives in status so that a
+	// restarted or newly elected operator keeps counting toward the failover delay
+	// instead of starting again.
+	// +optional
+	PrimaryUnhealthySince *metav1.Time `json:"primaryUnhealthySince,omitempty"`
 	// SchemaVersion is the ledger schema version applied to this shard.
 	// +optional
 	SchemaVersion int32 `json:"schemaVersion,omitempty"`

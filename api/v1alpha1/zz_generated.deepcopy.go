@@ -246,6 +246,10 @@ func (in *LedgerShardStatus) DeepCopyInto(out *LedgerShardStatus) {
 		*out = make([]InstanceStatus, len(*in))
 		copy(*out, *in)
 	}
+	if in.PrimaryUnhealthySince != nil {
+		in, out := &in.PrimaryUnhealthySince, &out.PrimaryUnhealthySince
+		*out = (*in).DeepCopy()
+	}
 	if in.Accounts != nil {
 		in, out := &in.Accounts, &out.Accounts
 		*out = new(int64)

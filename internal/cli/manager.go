@@ -28,6 +28,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 	leaderElect := fs.Bool("leader-elect", true, "elect a leader, so only one replica reconciles")
 	image := fs.String("image", os.Getenv(imageEnv), "the operator's own image, the default ledger image (default $"+imageEnv+")")
 	failoverDelay := fs.Duration("failover-delay", controllers.DefaultFailoverDelay, "how long a primary must be lost before a failover")
+	concurrency := fs.Int("max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "shards reconciled at once")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -60,6 +61,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 	if err := controllers.Setup(mgr, controllers.Options{
 		Image: *image, Accounts: controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient())},
 		Registry: ctrlmetrics.Registry, Instances: controllers.StatusAPIDialer(mgr.GetClient()), FailoverDelay: *failoverDelay,
+		MaxConcurrentReconciles: *concurrency,
 	}); err != nil {
 		return err
 	}
