@@ -80,7 +80,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 	for _, step := range steps {
 		if err := step.run(ctx, cluster, st); err != nil {
-			return ctrl.Result{}, fmt.Errorf("cluster %s: %s: %w", cluster.Name, step.name, err)
+			return ctrl.Result{}, reportStepError(ctx, r.Client, cluster, &cluster.Status.Conditions, step.name, err)
 		}
 	}
 	return r.updateStatus(ctx, cluster, st)

@@ -133,7 +133,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	}
 	for _, step := range steps {
 		if err := step.run(ctx, shard, st); err != nil {
-			return ctrl.Result{}, fmt.Errorf("shard %s: %s: %w", shard.Name, step.name, err)
+			return ctrl.Result{}, reportStepError(ctx, r.Client, shard, &shard.Status.Conditions, step.name, err)
 		}
 	}
 	return r.updateStatus(ctx, shard, st)

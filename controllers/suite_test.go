@@ -34,6 +34,7 @@ const testImage = "registry.example/tally:test"
 // PostgreSQL database the account counter connects to, shared by the tests of this binary.
 var (
 	k8s             client.Client
+	cached          client.Reader // the manager's cache, as the reconcilers read
 	operatorMetrics = prometheus.NewRegistry()
 	scheme          = k8sruntime.NewScheme()
 	shardDSNs       sync.Map // "namespace/shard" -> DSN
@@ -85,11 +86,12 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		return 1
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}, Cache: controllers.CacheOptions()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "manager:", err)
 		return 1
 	}
+	cached = mgr.GetCache()
 	if err := controllers.Setup(mgr, controllers.Options{
 		Image: testImage, Accounts: counter, Registry: operatorMetrics,
 		Instances: fakes.dial, FailoverDelay: testFailoverDelay,

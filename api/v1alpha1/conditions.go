@@ -29,4 +29,5 @@ const (
 	ReasonRetiringInstances    = "RetiringInstances"
 	ReasonDeletionBlocked      = "DeletionBlocked"
 	ReasonShardLost            = "ShardLost"
+	ReasonReconcileError       = "ReconcileError"
 )

@@ -115,9 +115,13 @@ func LedgerName(cluster string) string { return cluster + "-ledger" }
 func ClusterLabels(cluster, component string) map[string]string {
 	return map[string]string{
 		LabelName: "tally", LabelInstance: cluster, LabelComponent: component,
-		LabelManagedBy: "tally-operator", LabelCluster: cluster,
+		LabelManagedBy: ManagedBy, LabelCluster: cluster,
 	}
 }
+
+// ManagedBy is the managed-by label of everything the operator makes; its cache holds
+// only objects that carry it.
+const ManagedBy = "tally-operator"
 
 // ShardLabels are on every object of a shard.
 func ShardLabels(shard *v1alpha1.LedgerShard, component string) map[string]string {

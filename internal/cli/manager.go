@@ -54,6 +54,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 		LeaderElection:                *leaderElect,
 		LeaderElectionID:              "tally-operator.ledger.tally.dev",
 		LeaderElectionReleaseOnCancel: true,
+		Cache:                         controllers.CacheOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
