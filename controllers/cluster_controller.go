@@ -279,7 +279,7 @@ func (r *ClusterReconciler) updateStatus(ctx context.Context, cluster *v1alpha1.
 	s := cluster.Status.DeepCopy()
 	s.ObservedGeneration = cluster.Generation
 	s.Shards = int32(len(st.shards))
-	s.Selector = labels.SelectorFromSet(specs.LedgerSelector(cluster.Name)).String()
+	s.Selector = labels.SelectorFromSet(specs.PrimarySelector(cluster.Name)).String()
 	s.ReadyShards = 0
 	for _, sh := range st.shards {
 		if meta.IsStatusConditionTrue(sh.Status.Conditions, v1alpha1.ConditionReady) {

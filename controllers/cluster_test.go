@@ -147,7 +147,7 @@ func controlledBy(obj client.Object, kind, name string) error {
 func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	ns := newNamespace(t)
 	createCluster(t, ns, "books", 1, func(c *v1alpha1.LedgerCluster) {
-		c.Spec.Postgres.Parameters = map[string]string{"max_connections": "300"}
+		c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"max_connections": "300"}
 		c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Method: v1alpha1.SynchronousFirst}
 	})
 	shard := specs.ShardName("books", 0)
@@ -394,7 +394,8 @@ func TestScaleSubresourceAddsAndRemovesShards(t *testing.T) {
 		if err := k8s.SubResource("scale").Get(ctx, &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cash"}}, &sc); err != nil {
 			return err
 		}
-		if sc.Status.Replicas != 2 || !strings.Contains(sc.Status.Selector, "ledger.tally.dev/cluster=cash") {
+		if sc.Status.Replicas != 2 || !strings.Contains(sc.Status.Selector, "ledger.tally.dev/cluster=cash") ||
+			!strings.Contains(sc.Status.Selector, "ledger.tally.dev/role=primary") || !strings.Contains(sc.Status.Selector, "component=postgres") {
 			return fmt.Errorf("scale status %+v", sc.Status)
 		}
 		return nil
@@ -503,7 +504,11 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		"unknown method": func(c *v1alpha1.LedgerCluster) {
 			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Method: "all"}
 		},
-		"forbidden param":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]string{"fsync": "off"} },
+		"forbidden param":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"fsync": "off"} },
+		"param backslash":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": `8MB\`} },
+		"param newline":      func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": "8MB\nfsync = off"} },
+		"param quote":        func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"log_statement": "all'"} },
+		"param empty":        func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": ""} },
 		"negative replicas":  func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
 		"too many instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },
 		"no writers":         batching(v1alpha1.BatchingSpec{Writers: int32p(0)}),
@@ -522,6 +527,15 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		if err := k8s.Create(ctx, c); err == nil || !apierrors.IsInvalid(err) {
 			t.Errorf("%s: accepted or wrong error: %v", name, err)
 		}
+	}
+	// Every allow-listed kind of value is accepted: sizes, durations, fractions, words.
+	ok := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "params-ok"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1}}
+	ok.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": "8MB", "checkpoint_timeout": "15min", "checkpoint_completion_target": "0.9",
+		"log_statement": "ddl", "wal_compression": "on", "log_min_duration_statement": "-1", "max_wal_size": "4 GB"}
+	if err := k8s.Create(ctx, ok); err != nil {
+		t.Errorf("ordinary parameter values refused: %v", err)
+	} else if err := k8s.Delete(ctx, ok); err != nil {
+		t.Error(err)
 	}
 	// The batcher's own bounds are accepted: the CRD and the service agree.
 	limits := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "batching-limits"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1}}

@@ -382,6 +382,11 @@ func TestShrinkSwitchesOverLeavingPrimary(t *testing.T) {
 		}
 		return nil
 	})
+	// The leaving instance gives up the label the -rw Service selects at once, though it
+	// is beyond spec.instances and not yet deleted.
+	if role := roleLabel(t, ns, p3); role != string(v1alpha1.RoleReplica) {
+		t.Errorf("the retiring former primary %s is labelled %q", p3, role)
+	}
 	fakes.update(ns, p1, func(f *fakeInstance) {
 		f.st.SyncStandbyNames = fmt.Sprintf(`ANY 1 (%q)`, p2)
 		f.st.Standbys = []instance.Standby{{Name: p2, FlushLSN: f.st.WAL}}
@@ -390,4 +395,40 @@ func TestShrinkSwitchesOverLeavingPrimary(t *testing.T) {
 	if st := shardStatus(t, ns, shard); st.CurrentPrimary != p1 {
 		t.Fatalf("primary %s after retiring %s; spec.primary still names it", st.CurrentPrimary, p3)
 	}
+}
+
+// While a failover has withdrawn the primary role (status.targetPrimary empty) and cannot
+// finish (here every promotion fails), no pod carries the primary label: the reconcile
+// that re-applies pods must not hand it back to the lost primary, whose -rw Service
+// would then take writes again.
+func TestWithdrawnRoleStaysWithdrawn(t *testing.T) {
+	ns, shard := haShard(t, "withdrawn")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	for _, p := range []string{p2, p3} {
+		fakes.update(ns, p, func(f *fakeInstance) { f.refuse = true })
+	}
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+	expectEvent(t, ns, "PromotionFailed")
+	eventually(t, "role withdrawn", func() error {
+		if st := shardStatus(t, ns, shard); st.TargetPrimary != "" {
+			return fmt.Errorf("target %q", st.TargetPrimary)
+		}
+		return nil
+	})
+	time.Sleep(4 * testFailoverDelay) // several reconciles, each applying the pods
+	for _, p := range []string{p1, p2, p3} {
+		if role := roleLabel(t, ns, p); role == string(v1alpha1.RolePrimary) {
+			t.Errorf("%s is labelled primary while the role is withdrawn", p)
+		}
+	}
+	for _, p := range []string{p2, p3} { // let the failover finish
+		fakes.update(ns, p, func(f *fakeInstance) { f.refuse = false })
+	}
+	eventually(t, "a new primary", func() error {
+		if st := shardStatus(t, ns, shard); st.TargetPrimary == "" || st.TargetPrimary == p1 {
+			return fmt.Errorf("target %q", st.TargetPrimary)
+		}
+		return nil
+	})
 }

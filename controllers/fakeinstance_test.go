@@ -30,6 +30,7 @@ type fakeInstance struct {
 	set        *fakeInstances
 	ns, name   string
 	down       bool // the manager does not answer
+	refuse     bool // the manager answers but refuses to promote
 	st         instance.Status
 	promotions int
 }
@@ -100,6 +101,12 @@ func (fi *fakeInstance) act(change func()) error {
 }
 
 func (fi *fakeInstance) Promote(context.Context) error {
+	fi.set.mu.Lock()
+	refuse := fi.refuse
+	fi.set.mu.Unlock()
+	if refuse {
+		return errors.New("promotion refused")
+	}
 	return fi.act(func() {
 		fi.st.Role, fi.st.Upstream, fi.st.Timeline = instance.RolePrimary, "", fi.st.Timeline+1
 		fi.promotions++

@@ -210,8 +210,11 @@ func (r *ShardReconciler) reconcileInstances(ctx context.Context, shard *v1alpha
 		if err := apply(ctx, r.Client, specs.PVC(shard, name)); err != nil {
 			return err
 		}
+		// While status.targetPrimary is empty the role is withdrawn from every instance (a
+		// failover or switchover decides); applying the last primary's label now would
+		// send writes to it through the -rw Service.
 		role := v1alpha1.RoleReplica
-		if name == st.primary {
+		if name == st.primary && st.target != "" {
 			role = v1alpha1.RolePrimary
 		}
 		var pod corev1.Pod

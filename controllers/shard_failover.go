@@ -224,14 +224,19 @@ type rolePublisher struct {
 // name is empty. The labels move first, so the -rw Service stops sending writes to the
 // old primary at once; then the status, so no manager starts as primary meanwhile.
 func (p *rolePublisher) Primary(ctx context.Context, name string) error {
-	pg := specs.ResolvePostgres(p.shard.Spec.Postgres)
-	for n := int32(1); n <= pg.Instances; n++ {
-		pod := specs.InstanceName(p.shard.Name, n)
+	// Every pod of the shard, those beyond spec.instances on their way out included: a
+	// retiring instance that was primary must not keep the label the -rw Service selects.
+	var pods corev1.PodList
+	if err := p.r.List(ctx, &pods, client.InNamespace(p.shard.Namespace),
+		client.MatchingLabels{specs.LabelShard: p.shard.Name, specs.LabelComponent: specs.ComponentPostgres}); err != nil {
+		return err
+	}
+	for _, pod := range pods.Items {
 		role := v1alpha1.RoleReplica
-		if pod == name {
+		if pod.Name == name {
 			role = v1alpha1.RolePrimary
 		}
-		if err := p.r.setRoleLabel(ctx, p.shard.Namespace, pod, role); err != nil {
+		if err := p.r.setRoleLabel(ctx, p.shard.Namespace, pod.Name, role); err != nil {
 			return err
 		}
 	}

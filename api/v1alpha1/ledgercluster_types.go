@@ -125,7 +125,9 @@ type LedgerClusterStatus struct {
 	// ReadyShards counts shards whose primary is ready and whose schema is current.
 	// +optional
 	ReadyShards int32 `json:"readyShards,omitempty"`
-	// Selector selects the ledger service pods, for the scale subresource.
+	// Selector selects one pod per shard, each shard's primary, for the scale
+	// subresource: spec.shards counts shards, so an autoscaler reading it must see shards'
+	// pods (their database load), not the ledger service's.
 	// +optional
 	Selector string `json:"selector,omitempty"`
 	// LostShards are shard indexes deleted with their volumes (deletionPolicy Delete)

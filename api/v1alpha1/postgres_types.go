@@ -34,10 +34,13 @@ type PostgresSpec struct {
 
 	// Parameters are PostgreSQL settings, from an allow-list; the operator owns the rest
 	// (replication, durability, listen addresses).
+	// Values are at most 64 characters of letters, digits, spaces and . _ - : (enough for
+	// every allow-listed setting: sizes, durations, numbers, words), so no value can break
+	// the configuration file it is written to.
 	// +kubebuilder:validation:MaxProperties=32
 	// +kubebuilder:validation:XValidation:rule="self.all(k, k in ['max_connections', 'shared_buffers', 'work_mem', 'maintenance_work_mem', 'effective_cache_size', 'wal_compression', 'checkpoint_timeout', 'checkpoint_completion_target', 'max_wal_size', 'min_wal_size', 'random_page_cost', 'effective_io_concurrency', 'log_min_duration_statement', 'statement_timeout', 'idle_in_transaction_session_timeout', 'lock_timeout', 'log_statement', 'log_lock_waits', 'track_io_timing', 'autovacuum_vacuum_scale_factor', 'autovacuum_analyze_scale_factor', 'autovacuum_max_workers', 'autovacuum_naptime'])",message="only allow-listed PostgreSQL parameters may be set; see the LedgerCluster documentation"
 	// +optional
-	Parameters map[string]string `json:"parameters,omitempty"`
+	Parameters map[string]ParameterValue `json:"parameters,omitempty"`
 }
 
 // SynchronousMethod chooses how synchronous_standby_names counts standbys.
@@ -83,3 +86,10 @@ type StorageSpec struct {
 	// +optional
 	StorageClass *string `json:"storageClass,omitempty"`
 }
+
+// ParameterValue is one PostgreSQL setting's value: letters, digits, spaces and . _ - :
+// only, so it cannot break out of the configuration file it is written to.
+// +kubebuilder:validation:MinLength=1
+// +kubebuilder:validation:MaxLength=64
+// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._: -]+$`
+type ParameterValue string

@@ -35,7 +35,13 @@ func ResolvePostgres(p v1alpha1.PostgresSpec) Postgres {
 	r := Postgres{
 		Image: p.Image, Instances: DefaultInstances, SyncMethod: v1alpha1.SynchronousAny,
 		SyncNumber: DefaultSyncNumber, Durability: v1alpha1.DurabilityRequired,
-		StorageSize: resource.MustParse(DefaultStorageSize), Parameters: p.Parameters,
+		StorageSize: resource.MustParse(DefaultStorageSize),
+	}
+	if len(p.Parameters) > 0 {
+		r.Parameters = make(map[string]string, len(p.Parameters))
+		for k, v := range p.Parameters {
+			r.Parameters[k] = string(v)
+		}
 	}
 	if r.Image == "" {
 		r.Image = DefaultPostgresImage

@@ -130,6 +130,11 @@ func ShardLabels(shard *v1alpha1.LedgerShard, component string) map[string]strin
 	return l
 }
 
+// PrimarySelector selects every shard's primary pod of a cluster: one pod per shard.
+func PrimarySelector(cluster string) map[string]string {
+	return map[string]string{LabelCluster: cluster, LabelComponent: ComponentPostgres, LabelRole: string(v1alpha1.RolePrimary)}
+}
+
 // LedgerSelector selects the ledger service pods.
 func LedgerSelector(cluster string) map[string]string {
 	return map[string]string{LabelCluster: cluster, LabelComponent: ComponentLedger}

@@ -71,7 +71,7 @@ func golden(t *testing.T, name string, v any) {
 func sampleShard() *v1alpha1.LedgerShard {
 	s := &v1alpha1.LedgerShard{ObjectMeta: metav1.ObjectMeta{Name: "pay-0", Namespace: "money", UID: "uid-shard"},
 		Spec: v1alpha1.LedgerShardSpec{Cluster: "pay", Index: 0, Image: "tally:1",
-			Postgres: v1alpha1.PostgresSpec{Parameters: map[string]string{"work_mem": "8MB", "max_connections": "150"}}}}
+			Postgres: v1alpha1.PostgresSpec{Parameters: map[string]v1alpha1.ParameterValue{"work_mem": "8MB", "max_connections": "150"}}}}
 	return s
 }
 
