@@ -469,23 +469,24 @@ func (m *Manager) bootstrapRoles(ctx context.Context) error {
 		"SET synchronous_commit TO local",
 		fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s REPLICATION LOGIN; END IF; END $$`, quoteLiteral(m.cfg.ReplicationUser), repl),
 	}
-	if m.cfg.ReplicationPassword != "" {
-		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", repl, quoteLiteral(m.cfg.ReplicationPassword)))
-	}
-	if m.cfg.SuperuserPassword != "" {
-		stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", pgx.Identifier{postgres.Superuser}.Sanitize(), quoteLiteral(m.cfg.SuperuserPassword)))
-	}
+	passwords := map[string]string{m.cfg.ReplicationUser: m.cfg.ReplicationPassword, postgres.Superuser: m.cfg.SuperuserPassword}
 	if b := m.cfg.Bootstrap; b.AppUser != "" {
 		app := pgx.Identifier{b.AppUser}.Sanitize()
 		stmts = append(stmts,
 			fmt.Sprintf(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s LOGIN; END IF; END $$`, quoteLiteral(b.AppUser), app))
-		if b.AppPassword != "" {
-			stmts = append(stmts, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", app, quoteLiteral(b.AppPassword)))
-		}
+		passwords[b.AppUser] = b.AppPassword
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return fmt.Errorf("instance: bootstrap roles: %w", err)
+		}
+	}
+	for role, password := range passwords {
+		if password == "" {
+			continue
+		}
+		if err := setPassword(ctx, conn, role, password); err != nil {
+			return err
 		}
 	}
 	if db := m.cfg.Bootstrap.Database; db != "" {
