@@ -504,11 +504,21 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		"unknown method": func(c *v1alpha1.LedgerCluster) {
 			c.Spec.Postgres.Synchronous = &v1alpha1.SynchronousSpec{Method: "all"}
 		},
-		"forbidden param":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"fsync": "off"} },
-		"param backslash":    func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": `8MB\`} },
-		"param newline":      func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": "8MB\nfsync = off"} },
-		"param quote":        func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"log_statement": "all'"} },
-		"param empty":        func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": ""} },
+		"forbidden param": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"fsync": "off"}
+		},
+		"param backslash": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": `8MB\`}
+		},
+		"param newline": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": "8MB\nfsync = off"}
+		},
+		"param quote": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"log_statement": "all'"}
+		},
+		"param empty": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": ""}
+		},
 		"negative replicas":  func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
 		"too many instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },
 		"no writers":         batching(v1alpha1.BatchingSpec{Writers: int32p(0)}),
