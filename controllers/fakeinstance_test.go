@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -81,6 +82,7 @@ func (fi *fakeInstance) Status(context.Context) (instance.Status, error) {
 		return instance.Status{}, errors.New("connection refused")
 	}
 	st := fi.st
+	st.Standbys = slices.Clone(st.Standbys) // a real manager's answer shares nothing with it
 	st.WALReceiver = ""
 	if st.Running && st.Role == instance.RoleReplica {
 		if up := fi.set.byPod[fi.ns+"/"+st.Upstream]; up != nil && !up.down && up.st.Running && up.st.Role == instance.RolePrimary {
