@@ -5,6 +5,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/instance"
@@ -308,4 +311,69 @@ func decideShardDeletion(f shardDeletionFacts) shardDeletion {
 			"waiting for cluster %s to record it as lost", f.Shard, holds, f.Cluster)}
 	}
 	return shardDeletion{Release: true, Lost: true}
+}
+
+// nodeReady reports whether a node's kubelet says it is Ready.
+func nodeReady(node *corev1.Node) bool {
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podStuckOnLostNode decides whether a pod is deleted for good by the operator: it is
+// being deleted, grace has passed since its deadline to be gone, its node is missing or
+// not Ready, and it is not the instance the shard's writes go to.
+//
+// Why: a pod on a lost node is never confirmed dead, since only its kubelet can do that,
+// so it stays Terminating forever (Kubernetes evicts it after its tolerations, 5 minutes
+// by default, and then waits), its instance is never re-created, and rollouts that wait
+// for it stall.
+//
+// Why it is safe: the instance is not the target primary (a lost primary is failed over
+// first, its manager being unreachable), so the instances left hold every acknowledged
+// commit. Should the node come back, its instance manager finds it is not the target
+// primary and follows the new one; and while it cannot, synchronous replication keeps an
+// isolated former primary from acknowledging anything, its standbys following another.
+//
+// Why not the target primary: with no replica to promote (a failover the quorum rule
+// refuses), the lost primary's data is the only complete copy; a new pod on another node
+// would compete with the old one for its volume. A person decides that case.
+func podStuckOnLostNode(pod *corev1.Pod, node *corev1.Node, target string, now time.Time, grace time.Duration) bool {
+	if pod.DeletionTimestamp.IsZero() || pod.Name == target || now.Before(pod.DeletionTimestamp.Add(grace)) {
+		return false
+	}
+	return node == nil || !nodeReady(node)
+}
+
+// drainCandidate is a replica as the drain decision sees it.
+type drainCandidate struct {
+	Name string
+	// Healthy: ready, reachable, streaming, not fenced (instanceHealthy).
+	Healthy bool
+	// Schedulable: its node takes pods (not cordoned) and is Ready.
+	Schedulable bool
+}
+
+// decideDrainSwitchover picks the replica to switch over to when the primary's node is
+// cordoned, or "" for none.
+//
+// Why: kubectl drain cordons a node, then evicts its pods, and the primary's disruption
+// budget allows no eviction of the primary, so a drain of its node would wait forever.
+// Moving the role first lets the drain go on: the old primary becomes a replica, whose
+// budget allows one at a time. The target must be healthy (a switchover to a replica that
+// lags would wait or lose the quorum) and on a node that is not being drained too, or the
+// next drain would move the role straight back.
+func decideDrainSwitchover(primaryCordoned bool, replicas []drainCandidate) string {
+	if !primaryCordoned {
+		return ""
+	}
+	for _, r := range replicas {
+		if r.Healthy && r.Schedulable {
+			return r.Name
+		}
+	}
+	return ""
 }

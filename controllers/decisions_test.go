@@ -3,6 +3,10 @@ package controllers
 import (
 	"reflect"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/instance"
@@ -156,6 +160,56 @@ func TestDecideShardDeletion(t *testing.T) {
 		d := decideShardDeletion(tt.facts)
 		if d.Release != tt.release || d.Lost != tt.lost || (d.Wait != "") != tt.wait {
 			t.Errorf("%s: %+v", tt.name, d)
+		}
+	}
+}
+
+func TestPodStuckOnLostNode(t *testing.T) {
+	now := time.Now()
+	past := metav1.NewTime(now.Add(-time.Minute))
+	soon := metav1.NewTime(now.Add(time.Minute))
+	ready := &corev1.Node{Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	lost := &corev1.Node{Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionUnknown}}}}
+	pod := func(name string, deleting *metav1.Time) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, DeletionTimestamp: deleting}}
+	}
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		node *corev1.Node
+		want bool
+	}{
+		{"terminating past its deadline on a lost node", pod("r", &past), lost, true},
+		{"on a node that is gone", pod("r", &past), nil, true},
+		{"on a ready node: its kubelet will finish", pod("r", &past), ready, false},
+		{"not past its deadline and the grace", pod("r", &soon), lost, false},
+		{"not being deleted", pod("r", nil), lost, false},
+		{"the target primary: a person decides", pod("p", &past), lost, false},
+	}
+	for _, tt := range tests {
+		if got := podStuckOnLostNode(tt.pod, tt.node, "p", now, 10*time.Second); got != tt.want {
+			t.Errorf("%s: %v", tt.name, got)
+		}
+	}
+}
+
+func TestDecideDrainSwitchover(t *testing.T) {
+	healthy := drainCandidate{Name: "b", Healthy: true, Schedulable: true}
+	tests := []struct {
+		name     string
+		cordoned bool
+		replicas []drainCandidate
+		want     string
+	}{
+		{"primary's node not cordoned", false, []drainCandidate{healthy}, ""},
+		{"a healthy replica on a schedulable node", true, []drainCandidate{healthy}, "b"},
+		{"lagging replica skipped", true, []drainCandidate{{Name: "a", Schedulable: true}, healthy}, "b"},
+		{"replica on a cordoned node skipped", true, []drainCandidate{{Name: "a", Healthy: true}, healthy}, "b"},
+		{"nobody fit", true, []drainCandidate{{Name: "a", Healthy: true}, {Name: "c", Schedulable: true}}, ""},
+	}
+	for _, tt := range tests {
+		if got := decideDrainSwitchover(tt.cordoned, tt.replicas); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
 		}
 	}
 }

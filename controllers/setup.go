@@ -32,6 +32,8 @@ type Options struct {
 	// MaxConcurrentReconciles bounds the shards reconciled at once
 	// (DefaultMaxConcurrentReconciles when zero).
 	MaxConcurrentReconciles int
+	// LostNodeGrace: see ShardReconciler.LostNodeGrace.
+	LostNodeGrace time.Duration
 }
 
 // DefaultMaxConcurrentReconciles is how many shards are reconciled at once by default.
@@ -64,5 +66,6 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("tally-operator"), Accounts: &accounts, Metrics: metrics,
 		Instances: o.Instances, FailoverDelay: o.FailoverDelay,
 		MaxConcurrentReconciles: cmp.Or(o.MaxConcurrentReconciles, DefaultMaxConcurrentReconciles),
+		LostNodeGrace:           o.LostNodeGrace,
 	}).SetupWithManager(mgr)
 }

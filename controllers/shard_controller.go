@@ -55,6 +55,9 @@ type ShardReconciler struct {
 	// slow failover never delays another's (one shard is still reconciled by one worker
 	// at a time).
 	MaxConcurrentReconciles int
+	// LostNodeGrace is how long past its deadline a pod on a lost node may stay
+	// Terminating before it is deleted for good (DefaultLostNodeGrace when zero).
+	LostNodeGrace time.Duration
 
 	retireAt sync.Map // shard UID -> retireMark, while instances beyond the spec retire
 }
@@ -78,6 +81,10 @@ type shardState struct {
 	accounts       *int64
 	deletion       string       // why a deleted shard waits, if it does
 	lostSince      *metav1.Time // status.primaryUnhealthySince
+	// nodeSchedulable says, per instance, whether its node is Ready and not cordoned;
+	// primaryCordoned, whether the primary's node is being drained.
+	nodeSchedulable map[string]bool
+	primaryCordoned bool
 }
 
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards,verbs=get;list;watch;create;update;patch;delete
@@ -124,7 +131,9 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		{"config", r.reconcileConfig},
 		{"services", r.reconcileServices},
 		{"instances", r.reconcileInstances},
+		{"nodes", r.reconcileNodes},
 		{"failover", r.reconcileFailover},
+		{"drain", r.reconcileDrain},
 		{"rollout", r.reconcileRollout},
 		{"retire", r.reconcileRetire},
 		{"disruption budgets", r.reconcilePDBs},

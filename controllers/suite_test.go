@@ -94,7 +94,7 @@ func run(m *testing.M) int {
 	cached = mgr.GetCache()
 	if err := controllers.Setup(mgr, controllers.Options{
 		Image: testImage, Accounts: counter, Registry: operatorMetrics,
-		Instances: fakes.dial, FailoverDelay: testFailoverDelay,
+		Instances: fakes.dial, FailoverDelay: testFailoverDelay, LostNodeGrace: time.Millisecond,
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		return 1

@@ -100,6 +100,19 @@ echo "$(wc -l <"$work/acked") acknowledged transfers, all present"
 newprimary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
 kubectl -n "$NS" exec "$newprimary" -c postgres -- /controller/tally verify --database-url "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
 
+if [[ $(kubectl get nodes -o name | wc -l) -ge 2 ]]; then
+  step "draining the primary's node switches over first, then the drain completes"
+  primary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
+  node=$(kubectl -n "$NS" get pod "$primary" -o jsonpath='{.spec.nodeName}')
+  kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --timeout="$TIMEOUT"
+  moved=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
+  [[ $moved != "$primary" ]] || { echo "the drain finished with the primary still on $node"; exit 1; }
+  kubectl uncordon "$node"
+  kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
+else
+  step "draining the primary's node: skipped, the cluster has one node"
+fi
+
 step "scale to two shards with kubectl scale"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
 kubectl -n "$NS" wait ledgershard/e2e-1 --for=condition=Ready --timeout="$TIMEOUT"

@@ -32,6 +32,11 @@ type PostgresSpec struct {
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
+	// Affinity spreads a shard's instances, so that losing one node (or zone) loses one
+	// instance of a shard, not its primary with its synchronous standbys.
+	// +optional
+	Affinity *AffinitySpec `json:"affinity,omitempty"`
+
 	// Parameters are PostgreSQL settings, from an allow-list; the operator owns the rest
 	// (replication, durability, listen addresses).
 	// Values are at most 64 characters of letters, digits, spaces and . _ - : (enough for
@@ -93,3 +98,18 @@ type StorageSpec struct {
 // +kubebuilder:validation:MaxLength=64
 // +kubebuilder:validation:Pattern=`^[A-Za-z0-9._: -]+$`
 type ParameterValue string
+
+// AffinitySpec says how a shard's instances are spread.
+type AffinitySpec struct {
+	// PodAntiAffinityType is preferred (the default: spread when the cluster can, so a
+	// one-node cluster still runs every instance) or required (never two instances of a
+	// shard in one topology domain; an instance without a free domain stays Pending).
+	// +kubebuilder:validation:Enum=preferred;required
+	// +optional
+	PodAntiAffinityType string `json:"podAntiAffinityType,omitempty"`
+	// TopologyKey is the node label whose values are the domains to spread over.
+	// Default: kubernetes.io/hostname; topology.kubernetes.io/zone spreads over zones.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	TopologyKey string `json:"topologyKey,omitempty"`
+}

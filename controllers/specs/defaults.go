@@ -28,6 +28,9 @@ type Postgres struct {
 	StorageClass *string
 	Resources    corev1.ResourceRequirements
 	Parameters   map[string]string
+	// AntiAffinityRequired and TopologyKey spread the instances (AffinitySpec).
+	AntiAffinityRequired bool
+	TopologyKey          string
 }
 
 // ResolvePostgres fills in the defaults of a PostgresSpec.
@@ -36,6 +39,13 @@ func ResolvePostgres(p v1alpha1.PostgresSpec) Postgres {
 		Image: p.Image, Instances: DefaultInstances, SyncMethod: v1alpha1.SynchronousAny,
 		SyncNumber: DefaultSyncNumber, Durability: v1alpha1.DurabilityRequired,
 		StorageSize: resource.MustParse(DefaultStorageSize),
+	}
+	r.TopologyKey = corev1.LabelHostname
+	if a := p.Affinity; a != nil {
+		r.AntiAffinityRequired = a.PodAntiAffinityType == "required"
+		if a.TopologyKey != "" {
+			r.TopologyKey = a.TopologyKey
+		}
 	}
 	if len(p.Parameters) > 0 {
 		r.Parameters = make(map[string]string, len(p.Parameters))

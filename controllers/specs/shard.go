@@ -239,7 +239,17 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("status"))).
 			WithPeriodSeconds(period).WithTimeoutSeconds(3)
 	}
+	// Instances of one shard avoid sharing a topology domain (a node by default).
+	term := corev1ac.PodAffinityTerm().WithTopologyKey(pg.TopologyKey).
+		WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres}))
+	anti := corev1ac.PodAntiAffinity()
+	if pg.AntiAffinityRequired {
+		anti = anti.WithRequiredDuringSchedulingIgnoredDuringExecution(term)
+	} else {
+		anti = anti.WithPreferredDuringSchedulingIgnoredDuringExecution(corev1ac.WeightedPodAffinityTerm().WithWeight(100).WithPodAffinityTerm(term))
+	}
 	return corev1ac.PodSpec().
+		WithAffinity(corev1ac.Affinity().WithPodAntiAffinity(anti)).
 		WithHostname(instance).WithSubdomain(ServiceInstances(shard.Name)).
 		WithServiceAccountName(InstanceAccount(shard.Name)).
 		WithTerminationGracePeriodSeconds(60).

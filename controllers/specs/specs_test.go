@@ -132,3 +132,19 @@ func TestDataOwnersFollowTheDeletionPolicy(t *testing.T) {
 		}
 	}
 }
+
+// Instances of a shard avoid each other's node by default (preferred, so one node still
+// runs them all); required and another topology key are honoured.
+func TestInstancesSpreadAcrossNodes(t *testing.T) {
+	s := sampleShard()
+	anti := Pod(s, "pay-0-1", v1alpha1.RoleReplica).Spec.Affinity.PodAntiAffinity
+	if len(anti.PreferredDuringSchedulingIgnoredDuringExecution) != 1 || len(anti.RequiredDuringSchedulingIgnoredDuringExecution) != 0 ||
+		*anti.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm.TopologyKey != "kubernetes.io/hostname" {
+		t.Errorf("default anti-affinity %+v", anti)
+	}
+	s.Spec.Postgres.Affinity = &v1alpha1.AffinitySpec{PodAntiAffinityType: "required", TopologyKey: "topology.kubernetes.io/zone"}
+	anti = Pod(s, "pay-0-1", v1alpha1.RoleReplica).Spec.Affinity.PodAntiAffinity
+	if len(anti.RequiredDuringSchedulingIgnoredDuringExecution) != 1 || *anti.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "topology.kubernetes.io/zone" {
+		t.Errorf("required zone anti-affinity %+v", anti)
+	}
+}
