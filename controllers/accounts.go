@@ -21,7 +21,8 @@ const countTimeout = 5 * time.Second
 
 // AccountCounter counts the customer accounts a shard holds, for scale-down decisions.
 type AccountCounter struct {
-	// DSN returns a superuser connection string for the shard's primary.
+	// DSN returns a connection string for the shard's primary as a member of
+	// tally_monitor, which may count accounts and do nothing else.
 	DSN func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error)
 }
 
@@ -39,19 +40,21 @@ func (a AccountCounter) Count(ctx context.Context, shard *v1alpha1.LedgerShard) 
 	}
 	defer conn.Close(ctx)
 	var n int64
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM tally.accounts WHERE kind = 'standard'").Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT tally.count_accounts()").Scan(&n); err != nil {
 		return 0, fmt.Errorf("count accounts of %s: %w", shard.Name, err)
 	}
 	return n, nil
 }
 
-// ServiceDSN reaches a shard through its -rw Service with the superuser Secret: how the
-// operator reaches shards when it runs inside the cluster.
+// ServiceDSN reaches a shard through its -rw Service with the monitor login's Secret:
+// how the operator reaches shards when it runs inside the cluster. It never logs in as
+// the superuser; until the migration Job has created the monitor login, a count fails
+// and the shard is treated as holding accounts.
 func ServiceDSN(c client.Client) func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error) {
 	return func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error) {
 		var secret corev1.Secret
-		if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretSuperuser(shard.Name)}, &secret); err != nil {
-			return "", fmt.Errorf("superuser secret of %s: %w", shard.Name, err)
+		if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretMonitor(shard.Name)}, &secret); err != nil {
+			return "", fmt.Errorf("monitor secret of %s: %w", shard.Name, err)
 		}
 		u := url.URL{
 			Scheme: "postgres",

@@ -485,7 +485,7 @@ func (m *Manager) bootstrapRoles(ctx context.Context) error {
 		if password == "" {
 			continue
 		}
-		if err := setPassword(ctx, conn, role, password); err != nil {
+		if err := postgres.SetPassword(ctx, conn, role, password); err != nil {
 			return err
 		}
 	}

@@ -35,10 +35,12 @@ const (
 
 // Well-known names inside every shard database.
 const (
-	Database     = "tally"
-	AppUser      = "tally_service"
-	Superuser    = "postgres"
-	Replicator   = "streaming_replica"
+	Database   = "tally"
+	AppUser    = "tally_service"
+	Superuser  = "postgres"
+	Replicator = "streaming_replica"
+	// MonitorUser is the operator's own login: it may only count accounts.
+	MonitorUser  = "tally_operator"
 	PostgresPort = 5432
 	StatusPort   = 8000 // the instance manager's status API
 	// StatusTokenKey is the key of the status API token in its Secret.
@@ -89,6 +91,9 @@ func SecretSuperuser(shard string) string { return shard + "-superuser" }
 
 // SecretApp names the secret of the ledger service's database login.
 func SecretApp(shard string) string { return shard + "-app" }
+
+// SecretMonitor names the secret of the operator's login, which may only count accounts.
+func SecretMonitor(shard string) string { return shard + "-monitor" }
 
 // SecretReplication names the secret of the replication login.
 func SecretReplication(shard string) string { return shard + "-replication" }

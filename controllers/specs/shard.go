@@ -322,7 +322,9 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobAppl
 				WithRestartPolicy(corev1.RestartPolicyNever).
 				WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532)).
 				WithContainers(corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).
-					WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser).
+					WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
+						"--monitor-login", MonitorUser).
 					WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
+						secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
 						corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))))))
 }

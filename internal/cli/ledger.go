@@ -52,13 +52,21 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	return server.Run(ctx, cfg)
 }
 
+// monitorPasswordEnv holds the password of tally migrate --monitor-login.
+const monitorPasswordEnv = "TALLY_MONITOR_PASSWORD"
+
 func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("migrate", out)
 	url := fs.String("database-url", "", "PostgreSQL URL of the shard, as the schema owner (default $DATABASE_URL)")
 	shard := fs.Int("shard", -1, "the shard index this database holds (required the first time)")
 	grant := fs.String("grant-login", "", "a login role to make a member of tally_app, the role the service uses")
+	monitor := fs.String("monitor-login", "", "a login role that may only count accounts (the operator's), its password from $"+monitorPasswordEnv)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	password := os.Getenv(monitorPasswordEnv)
+	if *monitor != "" && password == "" {
+		return fmt.Errorf("--monitor-login needs its password in $%s", monitorPasswordEnv)
 	}
 	conn, err := connect(ctx, *url)
 	if err != nil {
@@ -68,6 +76,11 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	version, err := migrations.Setup(ctx, conn, *shard, *grant)
 	if err != nil {
 		return err
+	}
+	if *monitor != "" {
+		if err := migrations.GrantMonitor(ctx, conn, *monitor, password); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(out, "schema version %d\n", version)
 	return nil

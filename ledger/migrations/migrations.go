@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/tern/v2/migrate"
+
+	"github.com/tallyhq/tally/internal/postgres"
 )
 
 //go:embed sql/*.sql
@@ -133,6 +136,28 @@ func GrantLogin(ctx context.Context, conn *pgx.Conn, role string) error {
 	}
 	return nil
 }
+
+// MonitorRole is the database role that may count a shard's accounts and nothing else
+// (migration 006); the operator logs in as a member of it.
+const MonitorRole = "tally_monitor"
+
+// GrantMonitor makes login a login role with the given password (stored as a SCRAM
+// verifier, never sent in clear) and a member of MonitorRole, and nothing more.
+func GrantMonitor(ctx context.Context, conn *pgx.Conn, login, password string) error {
+	role := pgx.Identifier{login}.Sanitize()
+	if _, err := conn.Exec(ctx, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = `+quoteLiteral(login)+`) THEN CREATE ROLE `+role+` LOGIN; END IF; END $$`); err != nil {
+		return fmt.Errorf("migrations: create %s: %w", login, err)
+	}
+	if err := postgres.SetPassword(ctx, conn, login, password); err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "GRANT "+MonitorRole+" TO "+role); err != nil {
+		return fmt.Errorf("migrations: grant %s to %s: %w", MonitorRole, login, err)
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Setup applies the schema, records the shard index (skipped when shard < 0) and, when
 // login is not empty, lets that role log in as the service: everything `tally migrate`

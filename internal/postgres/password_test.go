@@ -1,4 +1,4 @@
-package instance
+package postgres
 
 import (
 	"context"
@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tallyhq/tally/internal/postgres"
 )
 
 // A password set through its SCRAM verifier lets the role log in with scram-sha-256 and
@@ -25,11 +23,11 @@ func TestPasswordNeverTravelsInSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	hba := filepath.Join(dir, "hba.conf")
-	if err = os.WriteFile(hba, []byte("host all "+postgres.Superuser+" 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"), 0o644); err != nil {
+	if err = os.WriteFile(hba, []byte("host all "+Superuser+" 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	srv, err := postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"),
+	srv, err := Start(ctx, Config{DataDir: filepath.Join(dir, "data"),
 		Params: map[string]string{"hba_file": hba, "log_statement": "all", "log_min_error_statement": "info"}})
 	if err != nil {
 		t.Fatal(err)
@@ -44,11 +42,11 @@ func TestPasswordNeverTravelsInSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	const password = "K7QW2ZJXN4MPR5TY3VBH6CDL8EFG9SAU"
-	if err := setPassword(ctx, conn, "app", password); err != nil {
+	if err := SetPassword(ctx, conn, "app", password); err != nil {
 		t.Fatal(err)
 	}
 	as := func(pw string) error {
-		dsn := strings.Replace(srv.DSN("postgres"), postgres.Superuser+"@", "app:"+pw+"@", 1)
+		dsn := strings.Replace(srv.DSN("postgres"), Superuser+"@", "app:"+pw+"@", 1)
 		c, err := pgx.Connect(ctx, dsn)
 		if err == nil {
 			c.Close(ctx)

@@ -1,4 +1,4 @@
-package instance
+package postgres
 
 import (
 	"context"
@@ -15,16 +15,17 @@ import (
 // scramIterations is PostgreSQL's default iteration count for SCRAM-SHA-256.
 const scramIterations = 4096
 
-// setPassword gives a role its password as a SCRAM-SHA-256 verifier computed here, the
+// SetPassword gives a role its password as a SCRAM-SHA-256 verifier computed here, the
 // way psql's \password does: the password itself never travels in a statement, so no
 // log_statement, log_min_error_statement or statistics view can record it.
-func setPassword(ctx context.Context, conn *pgx.Conn, role, password string) error {
+func SetPassword(ctx context.Context, conn *pgx.Conn, role, password string) error {
 	verifier, err := scramVerifier(password)
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD %s", pgx.Identifier{role}.Sanitize(), quoteLiteral(verifier))); err != nil {
-		return fmt.Errorf("instance: set the password of %s: %w", role, err)
+	// The verifier is base64 and '$:' only: nothing in it needs escaping in a literal.
+	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER ROLE %s PASSWORD '%s'", pgx.Identifier{role}.Sanitize(), verifier)); err != nil {
+		return fmt.Errorf("postgres: set the password of %s: %w", role, err)
 	}
 	return nil
 }
@@ -35,11 +36,11 @@ func setPassword(ctx context.Context, conn *pgx.Conn, role, password string) err
 func scramVerifier(password string) (string, error) {
 	salt := make([]byte, 16)
 	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("instance: salt: %w", err)
+		return "", fmt.Errorf("postgres: salt: %w", err)
 	}
 	salted, err := pbkdf2.Key(sha256.New, password, salt, scramIterations, sha256.Size)
 	if err != nil {
-		return "", fmt.Errorf("instance: derive key: %w", err)
+		return "", fmt.Errorf("postgres: derive key: %w", err)
 	}
 	mac := func(key []byte, msg string) []byte {
 		h := hmac.New(sha256.New, key)
