@@ -216,7 +216,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	markPodReady(t, ns, specs.InstanceName(shard, 1))
 	waitFor(t, ns, specs.MigrationJobName(shard, migrations.Count()), &job)
 	cmd := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
-	if cmd != "/tally migrate --shard 0 --grant-login tally_service" || job.Spec.Template.Spec.Containers[0].Image != testImage {
+	if cmd != "/tally migrate --shard 0 --grant-login tally_service --monitor-login tally_operator" || job.Spec.Template.Spec.Containers[0].Image != testImage {
 		t.Errorf("migration job runs %q in %s", cmd, job.Spec.Template.Spec.Containers[0].Image)
 	}
 	var dep appsv1.Deployment
