@@ -36,6 +36,22 @@ func withAccount(t *testing.T, ns, shard string, index int) {
 	}
 }
 
+// waitProtected waits for the shard's protection finalizer and returns the shard.
+func waitProtected(t *testing.T, ns, name string) v1alpha1.LedgerShard {
+	t.Helper()
+	var shard v1alpha1.LedgerShard
+	eventually(t, "protection finalizer on "+name, func() error {
+		if err := get(ns, name, &shard); err != nil {
+			return err
+		}
+		if !controllerutil.ContainsFinalizer(&shard, specs.FinalizerShardProtection) {
+			return errors.New("no finalizer")
+		}
+		return nil
+	})
+	return shard
+}
+
 func waitAccounts(t *testing.T, ns, shard string) {
 	t.Helper()
 	eventually(t, shard+" counted", func() error {
@@ -78,16 +94,7 @@ func TestRetainKeepsVolumesAndBlocksHandDeletion(t *testing.T) {
 			t.Errorf("secret %s owned by %+v under Retain", name, s.OwnerReferences)
 		}
 	}
-	var shard v1alpha1.LedgerShard
-	eventually(t, "protection finalizer", func() error {
-		if err := get(ns, "keep-0", &shard); err != nil {
-			return err
-		}
-		if !controllerutil.ContainsFinalizer(&shard, specs.FinalizerShardProtection) {
-			return errors.New("no finalizer")
-		}
-		return nil
-	})
+	shard := waitProtected(t, ns, "keep-0")
 
 	if err := k8s.Delete(ctx, &shard); err != nil {
 		t.Fatal(err)
@@ -138,16 +145,7 @@ func TestDeletePolicyRecordsLostShard(t *testing.T) {
 	if err := controlledBy(&pvc, "LedgerShard", "drop-1"); err != nil {
 		t.Error(err)
 	}
-	var shard v1alpha1.LedgerShard
-	eventually(t, "protection finalizer", func() error {
-		if err := get(ns, "drop-1", &shard); err != nil {
-			return err
-		}
-		if !controllerutil.ContainsFinalizer(&shard, specs.FinalizerShardProtection) {
-			return errors.New("no finalizer")
-		}
-		return nil
-	})
+	shard := waitProtected(t, ns, "drop-1")
 	if err := k8s.Delete(ctx, &shard); err != nil {
 		t.Fatal(err)
 	}
