@@ -339,6 +339,24 @@ func (s *Store) PostTransaction(ctx context.Context, req Request) (ledger.Outcom
 // been applied: only a replay of each request with its idempotency key, within the
 // retention window, tells which. A replay never applies a request twice.
 func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome, error) {
+	args := BatchArgs(reqs)
+	var err error
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		var outs []ledger.Outcome
+		outs, err = s.postBatchOnce(ctx, len(reqs), args...)
+		if err == nil {
+			return outs, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, wrapWrite("post batch", err)
+}
+
+// BatchArgs are tally.post_batch's twelve arguments for the requests, in order; tests
+// that call the function directly use them too.
+func BatchArgs(reqs []Request) []any {
 	n := len(reqs)
 	callers, keys, hashes := make([]string, n), make([]string, n), make([][]byte, n)
 	ids, created, metas, bodies := make([][16]byte, n), make([]time.Time, n), make([][]byte, n), make([]string, n)
@@ -360,18 +378,7 @@ func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome
 			amounts, assets = append(amounts, p.Amount), append(assets, p.Asset)
 		}
 	}
-	var err error
-	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		var outs []ledger.Outcome
-		outs, err = s.postBatchOnce(ctx, n, callers, keys, hashes, ids, created, metas, bodies, reqIdx, from, to, amounts, assets)
-		if err == nil {
-			return outs, nil
-		}
-		if !retryable(err) || ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, wrapWrite("post batch", err)
+	return []any{callers, keys, hashes, ids, created, metas, bodies, reqIdx, from, to, amounts, assets}
 }
 
 // errNotDurable is a commit whose wait for the synchronous standbys was cancelled.
