@@ -92,6 +92,7 @@ bench: deps build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./ledger/money
 	$(GO) test -run '^$$' -fuzz FuzzDecodeTransfer -fuzztime 30s ./ledger/httpapi
+	$(GO) test -run '^$$' -fuzz FuzzCanonicalAgainstPostgres -fuzztime 60s ./ledger/metadata
 
 ## image: the one container image (needs a container runtime).
 image:
