@@ -432,3 +432,28 @@ func TestWithdrawnRoleStaysWithdrawn(t *testing.T) {
 		return nil
 	})
 }
+
+// A switchover waits for the old primary's WAL receivers to stop (up to 30 s); that wait
+// runs outside the reconcile, which goes on reporting the shard: Progressing/SwitchingOver
+// while it lasts, then the new primary. Before, the reconcile blocked in the wait and the
+// shard's status said nothing until it ended.
+func TestSwitchoverWaitDoesNotBlockReconcile(t *testing.T) {
+	ns, shard := haShard(t, "slowswitch")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	for _, p := range []string{p2, p3} {
+		fakes.update(ns, p, func(f *fakeInstance) { f.stuck = true })
+	}
+	setSpecPrimary(t, ns, shard, p2)
+	eventually(t, "Progressing/SwitchingOver during the wait", func() error {
+		c := meta.FindStatusCondition(shardStatus(t, ns, shard).Conditions, v1alpha1.ConditionProgressing)
+		if c == nil || c.Reason != v1alpha1.ReasonSwitchingOver {
+			return fmt.Errorf("Progressing %+v", c)
+		}
+		return nil
+	})
+	for _, p := range []string{p2, p3} {
+		fakes.update(ns, p, func(f *fakeInstance) { f.stuck = false })
+	}
+	waitPrimary(t, ns, shard, p2)
+}

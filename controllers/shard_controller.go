@@ -60,6 +60,7 @@ type ShardReconciler struct {
 	LostNodeGrace time.Duration
 
 	retireAt sync.Map // shard UID -> retireMark, while instances beyond the spec retire
+	haJobs   sync.Map // shard UID -> *haJob, a failover or switchover in flight
 }
 
 // shardState carries what the steps observed to the status update.
@@ -371,6 +372,8 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	switch {
 	case st.ha == v1alpha1.ReasonPrimaryUnreachable:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonFailingOver, st.haMsg)
+	case st.ha == v1alpha1.ReasonSwitchingOver:
+		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonSwitchingOver, st.haMsg)
 	case len(st.rolloutPending) > 0:
 		set(v1alpha1.ConditionProgressing, true, v1alpha1.ReasonRollingOut, fmt.Sprintf("instances %v run an outdated spec", st.rolloutPending))
 	case st.retire != "":

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
@@ -75,6 +76,29 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	obs := fs.Observe(ctx)
 	st.observe(obs)
 	st.fs, st.observed = fs, obs
+	// A failover or switchover in flight acts alone on the roles; when it is done, its
+	// result is the shard's.
+	inFlight, job := r.pollHAJob(shard.UID, st)
+	if inFlight {
+		return nil
+	}
+	if job != nil {
+		if job.err != nil {
+			st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, job.err.Error()
+			st.requeue = failoverRetry
+			if job.what == "failover" {
+				r.Metrics.observeFailover(shard.Namespace, shard.Name, "refused")
+			}
+			return nil
+		}
+		st.primary, st.target = job.primary, job.primary
+		if job.what == "failover" {
+			st.lostSince = nil
+			r.Metrics.observeFailover(shard.Namespace, shard.Name, "succeeded")
+		}
+		st.requeue = time.Second
+		return nil
+	}
 	var primary failover.Observation
 	for _, o := range obs {
 		if o.Name == st.primary {
@@ -90,7 +114,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		// spec.primary naming one is not followed.
 		if want := shard.Spec.Primary; want != "" && want != st.primary && len(st.rolloutPending) == 0 &&
 			specs.InSpec(shard.Name, want, specs.ResolvePostgres(shard.Spec.Postgres).Instances) {
-			return r.switchover(ctx, shard, fs, st, want)
+			return r.switchover(shard, fs, st, want)
 		}
 		fs.Converge(ctx, obs)
 		return nil
@@ -112,31 +136,16 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		return nil
 	}
 	r.Metrics.observeFailover(shard.Namespace, shard.Name, "started")
-	newPrimary, err := failover.Failover(ctx, fs)
-	if err != nil {
-		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, err.Error()
-		st.requeue = failoverRetry
-		r.Metrics.observeFailover(shard.Namespace, shard.Name, "refused")
-		return nil
-	}
-	st.lostSince = nil
-	st.primary = newPrimary
-	r.Metrics.observeFailover(shard.Namespace, shard.Name, "succeeded")
+	r.startHAJob(st, shard.UID, "failover", func(ctx context.Context) (string, error) { return failover.Failover(ctx, fs) })
 	return nil
 }
 
-func (r *ShardReconciler) switchover(ctx context.Context, shard *v1alpha1.LedgerShard, fs *failover.Shard, st *shardState, target string) error {
+func (r *ShardReconciler) switchover(shard *v1alpha1.LedgerShard, fs *failover.Shard, st *shardState, target string) error {
 	if fs.Instances[target] == nil {
 		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, fmt.Sprintf("spec.primary %s is not a reachable instance of this shard", target)
 		return nil
 	}
-	newPrimary, err := failover.Switchover(ctx, fs, target)
-	if err != nil {
-		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, "switchover: "+err.Error()
-		st.requeue = failoverRetry
-		return nil
-	}
-	st.primary = newPrimary
+	r.plannedSwitchover(st, shard.UID, target, "spec.primary")
 	return nil
 }
 
@@ -144,15 +153,18 @@ func (r *ShardReconciler) switchover(ctx context.Context, shard *v1alpha1.Ledger
 // client for every instance whose pod can be reached.
 func (r *ShardReconciler) failoverShard(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) (*failover.Shard, error) {
 	pg := specs.ResolvePostgres(shard.Spec.Postgres)
+	// The sequence may outlive this reconcile (a failover or switchover job): it gets a
+	// copy of the shard, never the object this reconcile goes on to change.
+	own := shard.DeepCopy()
 	fs := &failover.Shard{
 		Rule: SyncRule(pg), Primary: st.primary, Instances: map[string]failover.Instance{},
-		Publisher: &rolePublisher{r: r, shard: shard, st: st},
+		Publisher: &rolePublisher{r: r, shard: own},
 		Event: func(e failover.Event) {
 			kind := corev1.EventTypeNormal
 			if e.Warning {
 				kind = corev1.EventTypeWarning
 			}
-			r.Recorder.Eventf(shard, nil, kind, e.Reason, "Failover", "%s", e.Message)
+			r.Recorder.Eventf(own, nil, kind, e.Reason, "Failover", "%s", e.Message)
 		},
 	}
 	// Members are the spec's instances plus every instance pod that still exists. Why
@@ -216,8 +228,7 @@ func (st *shardState) observe(obs []failover.Observation) {
 // instance managers read, and the role labels the -rw and -ro Services select on.
 type rolePublisher struct {
 	r     *ShardReconciler
-	shard *v1alpha1.LedgerShard
-	st    *shardState
+	shard *v1alpha1.LedgerShard // a copy: its name, namespace and uid
 }
 
 // Primary publishes name as the primary, or withdraws the role from every instance when
@@ -240,13 +251,22 @@ func (p *rolePublisher) Primary(ctx context.Context, name string) error {
 			return err
 		}
 	}
-	p.shard.Status.TargetPrimary = name
-	if name != "" {
-		p.shard.Status.CurrentPrimary = name
-		p.st.primary = name
-	}
-	p.st.target = name
-	if err := p.r.Status().Update(ctx, p.shard); err != nil {
+	// A fresh read for every try: reconciles write the status meanwhile.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var shard v1alpha1.LedgerShard
+		if err := p.r.Get(ctx, client.ObjectKeyFromObject(p.shard), &shard); err != nil {
+			return err
+		}
+		if shard.UID != p.shard.UID {
+			return fmt.Errorf("shard %s was replaced", shard.Name)
+		}
+		shard.Status.TargetPrimary = name
+		if name != "" {
+			shard.Status.CurrentPrimary = name
+		}
+		return p.r.Status().Update(ctx, &shard)
+	})
+	if err != nil {
 		return fmt.Errorf("publish primary %q: %w", name, err)
 	}
 	return nil
@@ -304,7 +324,7 @@ func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.
 		st.requeue = time.Second
 	case rolloutSwitchover:
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "RolloutSwitchover", "Rollout", "switching over to updated replica %s before replacing primary %s", name, st.primary)
-		plannedSwitchover(ctx, st, name, "rollout")
+		r.plannedSwitchover(st, shard.UID, name, "rollout")
 	}
 	return nil
 }
@@ -313,17 +333,4 @@ func (r *ShardReconciler) reconcileRollout(ctx context.Context, shard *v1alpha1.
 // replica streams from the primary.
 func instanceHealthy(in v1alpha1.InstanceStatus, primary bool) bool {
 	return in.Ready && in.Reachable && !in.Fenced && (primary || in.Streaming)
-}
-
-// plannedSwitchover hands the primary role to target for a step of the reconcile path
-// (what names the step in the message if it is refused).
-func plannedSwitchover(ctx context.Context, st *shardState, target, what string) {
-	newPrimary, err := failover.Switchover(ctx, st.fs, target)
-	if err != nil {
-		st.ha, st.haMsg = v1alpha1.ReasonFailoverBlocked, what+" switchover: "+err.Error()
-		st.requeue = failoverRetry
-		return
-	}
-	st.primary = newPrimary
-	st.requeue = time.Second
 }

@@ -90,6 +90,6 @@ func (r *ShardReconciler) reconcileDrain(ctx context.Context, shard *v1alpha1.Le
 	}
 	r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "DrainSwitchover", "Switchover",
 		"switching over to %s: the node of primary %s is cordoned (a drain would wait on the primary's disruption budget)", target, st.primary)
-	plannedSwitchover(ctx, st, target, "drain")
+	r.plannedSwitchover(st, shard.UID, target, "drain")
 	return nil
 }

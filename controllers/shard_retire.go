@@ -66,7 +66,7 @@ func (r *ShardReconciler) reconcileRetire(ctx context.Context, shard *v1alpha1.L
 	case retireSwitchover:
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "RetireSwitchover", "Retire",
 			"switching over to %s: primary %s is beyond spec.instances", d.Target, st.primary)
-		plannedSwitchover(ctx, st, d.Target, "retire")
+		r.plannedSwitchover(st, shard.UID, d.Target, "retire")
 	case retireDelete:
 		for _, name := range leaving {
 			if err := r.deleteInstance(ctx, shard.Namespace, name); err != nil {
