@@ -325,24 +325,25 @@ func nodeReady(node *corev1.Node) bool {
 
 // podStuckOnLostNode decides whether a pod is deleted for good by the operator: it is
 // being deleted, grace has passed since its deadline to be gone, its node is missing or
-// not Ready, and it is not the instance the shard's writes go to.
+// not Ready, and it is none of primaries (the shard's current and target primary: the
+// instance its writes go to, or went to until a failover in flight decides).
 //
 // Why: a pod on a lost node is never confirmed dead, since only its kubelet can do that,
 // so it stays Terminating forever (Kubernetes evicts it after its tolerations, 5 minutes
 // by default, and then waits), its instance is never re-created, and rollouts that wait
 // for it stall.
 //
-// Why it is safe: the instance is not the target primary (a lost primary is failed over
-// first, its manager being unreachable), so the instances left hold every acknowledged
+// Why it is safe: the instance is not a primary (a lost primary is failed over first,
+// its manager being unreachable, and only then is its pod one to delete), so the instances left hold every acknowledged
 // commit. Should the node come back, its instance manager finds it is not the target
 // primary and follows the new one; and while it cannot, synchronous replication keeps an
 // isolated former primary from acknowledging anything, its standbys following another.
 //
-// Why not the target primary: with no replica to promote (a failover the quorum rule
+// Why not a primary: with no replica to promote (a failover the quorum rule
 // refuses), the lost primary's data is the only complete copy; a new pod on another node
 // would compete with the old one for its volume. A person decides that case.
-func podStuckOnLostNode(pod *corev1.Pod, node *corev1.Node, target string, now time.Time, grace time.Duration) bool {
-	if pod.DeletionTimestamp.IsZero() || pod.Name == target || now.Before(pod.DeletionTimestamp.Add(grace)) {
+func podStuckOnLostNode(pod *corev1.Pod, node *corev1.Node, primaries []string, now time.Time, grace time.Duration) bool {
+	if pod.DeletionTimestamp.IsZero() || slices.Contains(primaries, pod.Name) || now.Before(pod.DeletionTimestamp.Add(grace)) {
 		return false
 	}
 	return node == nil || !nodeReady(node)

@@ -184,10 +184,11 @@ func TestPodStuckOnLostNode(t *testing.T) {
 		{"on a ready node: its kubelet will finish", pod("r", &past), ready, false},
 		{"not past its deadline and the grace", pod("r", &soon), lost, false},
 		{"not being deleted", pod("r", nil), lost, false},
-		{"the target primary: a person decides", pod("p", &past), lost, false},
+		{"the current primary: failed over first", pod("p", &past), lost, false},
+		{"the target primary: a person decides", pod("q", &past), lost, false},
 	}
 	for _, tt := range tests {
-		if got := podStuckOnLostNode(tt.pod, tt.node, "p", now, 10*time.Second); got != tt.want {
+		if got := podStuckOnLostNode(tt.pod, tt.node, []string{"p", "q"}, now, 10*time.Second); got != tt.want {
 			t.Errorf("%s: %v", tt.name, got)
 		}
 	}

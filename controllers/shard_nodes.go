@@ -54,7 +54,7 @@ func (r *ShardReconciler) reconcileNodes(ctx context.Context, shard *v1alpha1.Le
 		if pod.Name == st.primary && node != nil && node.Spec.Unschedulable {
 			st.primaryCordoned = true
 		}
-		if !podStuckOnLostNode(pod, node, st.target, time.Now(), grace) {
+		if !podStuckOnLostNode(pod, node, []string{st.primary, st.target}, time.Now(), grace) {
 			continue
 		}
 		zero := int64(0)
