@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,6 +44,7 @@ type haLedger struct {
 	store    *store.Store
 	external ledger.AccountID
 	accounts []ledger.AccountID
+	log      string // the instance managers' log file
 }
 
 func startHALedger(t *testing.T) *haLedger {
@@ -50,6 +54,12 @@ func startHALedger(t *testing.T) *haLedger {
 
 // startHALedgerOf is startHALedger with another number of instances and rule.
 func startHALedgerOf(t *testing.T, instances int, rule instance.SyncRule) *haLedger {
+	t.Helper()
+	return startHALedgerWith(t, instances, rule, time.Second)
+}
+
+// startHALedgerWith is startHALedgerOf with another failover delay.
+func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, failoverDelay time.Duration) *haLedger {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-ha-")
 	if err != nil {
@@ -76,7 +86,7 @@ func startHALedgerOf(t *testing.T, instances int, rule instance.SyncRule) *haLed
 	})
 	sh, err := localshard.Start(ctx, localshard.Config{
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
-		Dir: dir, Instances: instances, Sync: rule, FailoverDelay: time.Second, Tick: 200 * time.Millisecond,
+		Dir: dir, Instances: instances, Sync: rule, FailoverDelay: failoverDelay, Tick: 200 * time.Millisecond,
 		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser},
 		Event:     func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
 	})
@@ -97,12 +107,13 @@ func startHALedgerOf(t *testing.T, instances int, rule instance.SyncRule) *haLed
 		t.Fatal(err)
 	}
 	cfg.MaxConns = 16
+	store.ConfigurePool(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	h := &haLedger{t: t, shard: sh, store: store.New(pool)}
+	h := &haLedger{t: t, shard: sh, store: store.New(pool), log: logFile.Name()}
 	extID, _ := ledger.NewAccountID(0)
 	if _, h.external, _, err = h.store.RegisterAsset(ctx, "USD", 2, extID); err != nil {
 		t.Fatal(err)
@@ -530,4 +541,68 @@ func TestDivergedStandbyRejoins(t *testing.T) {
 		t.Fatalf("after the rejoin: %v %s", err, out.Body)
 	}
 	h.checkLedger(ctx, ahead, []string{"after-rejoin"})
+}
+
+// rewinds counts the rewinds the instance managers have logged so far.
+func (h *haLedger) rewinds() int {
+	b, err := os.ReadFile(h.log)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return strings.Count(string(b), "msg=rewound")
+}
+
+// waitStreaming waits until every instance but primary streams from it.
+func (h *haLedger) waitStreaming(primary string) {
+	h.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, r := range h.replicas(primary) {
+		for {
+			st, err := h.shard.Client(r).Status(context.Background())
+			if err == nil && st.WALReceiver == "streaming" && st.Upstream == primary {
+				break
+			}
+			if time.Now().After(deadline) {
+				h.t.Fatalf("%s does not stream from %s: %+v %v", r, primary, st, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// After a switchover (a new timeline), a crash and restart of the new primary leaves its
+// standbys alone: they resume streaming without a rewind. Before, their control files
+// still named the old timeline, so the divergence check took them for diverged and
+// every standby was stopped, rewound ("no rewind required") and restarted.
+func TestPrimaryRestartAfterSwitchoverRewindsNothing(t *testing.T) {
+	h := startHALedgerWith(t, 3, anyOneRequired, time.Minute) // a restart, not a failover
+	ctx := context.Background()
+	old := h.shard.CurrentPrimary()
+	target := h.replicas(old)[0]
+	if err := h.shard.Switchover(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStreaming(target)
+	time.Sleep(time.Second) // a few manager ticks while streaming on the new timeline
+	before := h.rewinds()
+	// kill -9 of the primary's postgres alone, as a crash would: its manager restarts it.
+	pidFile, err := os.ReadFile(filepath.Join(h.shard.Dir(), target, "pgdata", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the standbys find the primary gone before it is back
+	h.waitStreaming(target)
+	if got := h.shard.CurrentPrimary(); got != target {
+		t.Fatalf("primary %s, want %s restarted in place", got, target)
+	}
+	if after := h.rewinds(); after != before {
+		t.Errorf("%d standby rewinds after the primary restarted, want none", after-before)
+	}
 }

@@ -110,6 +110,12 @@ type Manager struct {
 	peers *peerChecker
 
 	op sync.Mutex // serialises changes to the instance: the loop's and the API's
+	// streamed is the upstream this standby last streamed from and the timeline it
+	// received from it; diverged reads and writes it under op.
+	streamed struct {
+		from string
+		tli  int64
+	}
 
 	mu            sync.Mutex // guards the fields below, which Status reads
 	members       []Member
@@ -333,22 +339,33 @@ func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
 		return false, err
 	}
 	defer local.Close(ctx)
-	var streaming bool
-	var ourTLI int64
+	var streamingTLI, ourTLI int64
 	var ourLSN *int64
 	// The timeline of the last restartpoint lags behind a timeline switch the standby
 	// already replayed; the one of its minimum recovery point follows sooner. The later
 	// of the two, so a standby that followed a promotion is not taken for diverged.
 	err = local.QueryRow(ctx, `
-		SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+		SELECT coalesce((SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'), 0)::bigint,
 		       greatest((SELECT timeline_id FROM pg_control_checkpoint()),
 		                (SELECT min_recovery_end_timeline FROM pg_control_recovery()))::bigint,
-		       (greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0')::bigint`).Scan(&streaming, &ourTLI, &ourLSN)
+		       (greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0')::bigint`).Scan(&streamingTLI, &ourTLI, &ourLSN)
 	if err != nil {
 		return false, fmt.Errorf("instance: read standby position: %w", err)
 	}
-	if streaming || ourLSN == nil {
+	if streamingTLI > 0 {
+		m.streamed.from, m.streamed.tli = m.currentUpstream(), streamingTLI
 		return false, nil
+	}
+	if ourLSN == nil {
+		return false, nil
+	}
+	// Both control-file timelines can still name the timeline before a switch this
+	// standby already followed, long after it (no restartpoint since). A standby that
+	// streamed a timeline from this very primary holds that timeline's WAL as the primary
+	// wrote it, so it is on that timeline: without this, every restart of a primary after
+	// a failover made its standbys rewind and restart for nothing.
+	if m.streamed.from == primary && m.streamed.tli > ourTLI {
+		ourTLI = m.streamed.tli
 	}
 	remote, err := m.connectMember(ctx, primary)
 	if err != nil {
