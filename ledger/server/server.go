@@ -13,14 +13,17 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
@@ -96,13 +99,21 @@ func Run(ctx context.Context, cfg Config) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	stores := make([]*store.Store, len(cfg.ShardDSNs))
+	pending := map[int]*pgxpool.Pool{} // shards that did not answer at start
 	for i, dsn := range cfg.ShardDSNs {
 		pool, err := openPool(ctx, dsn, cfg.MaxConnsPerShard)
 		if err != nil {
 			return fmt.Errorf("server: shard %d: %w", i, err)
 		}
 		defer pool.Close()
-		if err := checkShard(ctx, pool, i); err != nil {
+		switch err := checkShardSoon(ctx, pool, i); {
+		case err == nil:
+		case unreachable(err):
+			// One shard failing over must not keep the service from serving the others;
+			// its hot operations wait behind a gate until it answers and checks out.
+			cfg.Log.Warn("shard unreachable at start: serving the others, and it once it answers", "shard", i, "err", err.Error())
+			pending[i] = pool
+		default:
 			return fmt.Errorf("server: shard %d: %w", i, err)
 		}
 		stores[i] = store.New(pool)
@@ -110,6 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg.MustRegister(newPoolCollector(stores))
 	fronts := make([]shardset.Front, len(stores))
 	batchers := make([]*batcher.Batcher, len(stores))
+	gates := make([]*shardGate, len(stores))
 	for i, st := range stores {
 		b, err := batcher.New(st, batching)
 		if err != nil {
@@ -117,15 +129,24 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		b.Start()
 		defer b.Stop() // after the API has drained: queued requests finish first
-		fronts[i], batchers[i] = b, b
+		gates[i] = &shardGate{Front: b, shard: i}
+		gates[i].open.Store(pending[i] == nil)
+		fronts[i], batchers[i] = gates[i], b
 	}
 	reg.MustRegister(newBatchCollector(batchers))
 	set, err := shardset.New(stores, fronts, time.Now)
 	if err != nil {
 		return err
 	}
-	if err := set.SyncAssets(ctx); err != nil {
-		return fmt.Errorf("server: %w", err)
+	errc := make(chan error, 3)
+	if len(pending) == 0 {
+		if err := set.SyncAssets(ctx); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+	} else {
+		awaitCtx, stopAwait := context.WithCancel(ctx)
+		defer stopAwait()
+		go awaitShards(awaitCtx, pending, set, gates, cfg.Log, errc)
 	}
 	var auth *httpapi.Authenticator
 	if cfg.TokensFile != "" {
@@ -158,7 +179,6 @@ func Run(ctx context.Context, cfg Config) error {
 	apiSrv := api.Server()
 	opsSrv := &http.Server{Handler: opsHandler(reg, stores), ReadHeaderTimeout: 10 * time.Second}
 
-	errc := make(chan error, 2)
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- opsSrv.Serve(opsLn) }()
 	cleanupCtx, stopCleanup := context.WithCancel(ctx)
@@ -180,6 +200,92 @@ func Run(ctx context.Context, cfg Config) error {
 	errAPI := apiSrv.Shutdown(shutdownCtx)
 	errOps := opsSrv.Shutdown(shutdownCtx)
 	return errors.Join(errAPI, errOps)
+}
+
+// shardStartCheckTimeout bounds the first check of each shard at start, so an
+// unreachable one (a failover in progress) delays the service by seconds, not minutes.
+const shardStartCheckTimeout = 5 * time.Second
+
+// shardRecheck is how often a shard unreachable at start is tried again.
+const shardRecheck = 2 * time.Second
+
+func checkShardSoon(ctx context.Context, pool *pgxpool.Pool, index int) error {
+	ctx, cancel := context.WithTimeout(ctx, shardStartCheckTimeout)
+	defer cancel()
+	return checkShard(ctx, pool, index)
+}
+
+// unreachable reports whether a shard check failed for want of an answer, rather than
+// because the database is not what this service needs (schema, shard index).
+func unreachable(err error) bool {
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// shardGate holds a shard's hot operations (posting, balance reads) until its database
+// has been checked, answering 503 meanwhile.
+type shardGate struct {
+	shardset.Front
+	shard int
+	open  atomic.Bool
+}
+
+func (g *shardGate) closed() error {
+	return ledger.Errorf(ledger.CodeUnavailable, "shard %d has not answered since the service started; retry shortly", g.shard)
+}
+
+// PostTransaction posts through the shard's batcher once the shard is checked.
+func (g *shardGate) PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error) {
+	if !g.open.Load() {
+		return ledger.Outcome{}, g.closed()
+	}
+	return g.Front.PostTransaction(ctx, req)
+}
+
+// Balance reads through the shard's batcher once the shard is checked.
+func (g *shardGate) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
+	if !g.open.Load() {
+		return ledger.Balance{}, g.closed()
+	}
+	return g.Front.Balance(ctx, id)
+}
+
+// awaitShards checks the shards that did not answer at start until each does, then
+// registers every asset everywhere and opens their gates. A shard that answers but is
+// not what this service needs stops the service, as it would have at start.
+func awaitShards(ctx context.Context, pending map[int]*pgxpool.Pool, set *shardset.Set, gates []*shardGate, log *slog.Logger, errc chan<- error) {
+	t := time.NewTicker(shardRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for i, pool := range pending {
+			err := checkShardSoon(ctx, pool, i)
+			switch {
+			case err == nil:
+				delete(pending, i)
+			case !unreachable(err):
+				errc <- fmt.Errorf("server: shard %d: %w", i, err)
+				return
+			}
+		}
+		if len(pending) > 0 {
+			continue
+		}
+		if err := set.SyncAssets(ctx); err != nil {
+			log.Warn("registering assets on every shard", "err", err.Error())
+			continue
+		}
+		for _, g := range gates {
+			g.open.Store(true)
+		}
+		log.Info("every shard answers: serving them all")
+		return
+	}
 }
 
 func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {

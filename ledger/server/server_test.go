@@ -238,21 +238,7 @@ func TestOneShardDownLeavesOthersServing(t *testing.T) {
 	deposit := func(shard int, key string) (int, string, http.Header) {
 		return postHeaders(t, api+"/v1/transfers", `{"from_account":"external","to_account":"`+accounts[shard]+`","amount":"1","asset":"USD"}`, key)
 	}
-	setConnections := func(allow bool) {
-		admin, err := pgx.Connect(context.Background(), pgtest.Server(t).DSN("postgres"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer admin.Close(context.Background())
-		if _, err := admin.Exec(context.Background(), "ALTER DATABASE "+shard1.Name+" ALLOW_CONNECTIONS "+strconv.FormatBool(allow)); err != nil {
-			t.Fatal(err)
-		}
-		if !allow {
-			if _, err := admin.Exec(context.Background(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", shard1.Name); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	setConnections := func(allow bool) { allowConnections(t, shard1, allow) }
 	setConnections(false)
 	if code, body := get(t, "http://"+ops+"/readyz"); code != 200 || !strings.Contains(body, "shard 0: ok") || strings.Contains(body, "shard 1: ok") {
 		t.Errorf("readyz with shard 1 down: %d %s", code, body)
@@ -313,4 +299,73 @@ func jsonField(body, name string) string {
 	_ = json.Unmarshal([]byte(body), &m)
 	s, _ := m[name].(string)
 	return s
+}
+
+// allowConnections lets a shard's database take connections or not (then ending those it
+// has), as a shard failing over would.
+func allowConnections(t *testing.T, db *pgtest.DB, allow bool) {
+	t.Helper()
+	admin, err := pgx.Connect(context.Background(), pgtest.Server(t).DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(context.Background(), "ALTER DATABASE "+db.Name+" ALLOW_CONNECTIONS "+strconv.FormatBool(allow)); err != nil {
+		t.Fatal(err)
+	}
+	if !allow {
+		if _, err := admin.Exec(context.Background(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A shard that does not answer when the service starts (a ledger pod restarting during
+// that shard's failover) does not keep the service from serving the others: it starts,
+// the other shard serves, the lost one answers 503, and once it answers it serves too,
+// with every asset registered on it. Before, the service refused to start at all.
+func TestShardDownAtStartIsServedOnceBack(t *testing.T) {
+	shard0, shard1 := pgtest.NewShardDB(t, 0), pgtest.NewShardDB(t, 1)
+	allowConnections(t, shard1, false)
+	addr, _, stop := serve(t, server.Config{ShardDSNs: []string{shard0.AppDSN(), shard1.AppDSN()}})
+	defer stop() //nolint:errcheck
+	api := "http://" + addr
+	if code, body := post(t, api+"/v1/assets", `{"code":"USD","scale":2}`, ""); code != 503 {
+		t.Errorf("registering an asset with shard 1 down: %d %s", code, body)
+	}
+	placement, err := shardset.New(make([]*store.Store, 2), nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := map[int]string{}
+	for i := 0; len(owners) < 2; i++ {
+		owner := "owner" + strconv.Itoa(i)
+		if _, ok := owners[placement.Placement(owner)]; !ok {
+			owners[placement.Placement(owner)] = owner
+		}
+	}
+	if code, body := post(t, api+"/v1/accounts", `{"owner":"`+owners[0]+`","asset":"USD"}`, ""); code != 201 {
+		t.Fatalf("account on shard 0 with shard 1 down: %d %s", code, body)
+	}
+	allowConnections(t, shard1, true)
+	var id string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		code, body := post(t, api+"/v1/accounts", `{"owner":"`+owners[1]+`","asset":"USD"}`, "")
+		if code == 201 {
+			id = jsonField(body, "id")
+			break
+		}
+		if code != 503 || time.Now().After(deadline) {
+			t.Fatalf("account on shard 1 once back: %d %s", code, body)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		code, body, _ := postHeaders(t, api+"/v1/transfers", `{"from_account":"external","to_account":"`+id+`","amount":"1","asset":"USD"}`, "after")
+		if code == 201 {
+			break
+		}
+		if code != 503 || time.Now().After(deadline) {
+			t.Fatalf("transfer on shard 1 once back: %d %s", code, body)
+		}
+	}
 }

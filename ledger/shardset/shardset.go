@@ -110,10 +110,15 @@ func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
 	}
 	a = ledger.Asset{Code: code, Scale: -1, ExternalAccounts: make([]ledger.AccountID, len(s.shards))}
 	var missing []int
+	unavailable := false
 	for i, st := range s.shards {
 		got, ext, err := st.Asset(ctx, code)
-		if ledger.CodeOf(err) == ledger.CodeAssetNotFound {
+		switch ledger.CodeOf(err) {
+		case ledger.CodeAssetNotFound:
 			missing = append(missing, i)
+			continue
+		case ledger.CodeUnavailable:
+			unavailable = true // its external account stays unknown (zero) for now
 			continue
 		}
 		if err != nil {
@@ -124,8 +129,15 @@ func (s *Set) Asset(ctx context.Context, code string) (ledger.Asset, error) {
 		}
 		a.Scale, a.ExternalAccounts[i] = got.Scale, ext
 	}
-	if a.Scale < 0 {
+	switch {
+	case a.Scale < 0 && unavailable:
+		return a, ledger.Errorf(ledger.CodeUnavailable, "asset %s cannot be looked up while a shard is unavailable; retry shortly", code)
+	case a.Scale < 0:
 		return a, ledger.Errorf(ledger.CodeAssetNotFound, "asset %s is not registered", code)
+	case unavailable:
+		// Usable on the shards that answer; neither cached nor completed until every
+		// shard answers, so an unknown external account is looked up again then.
+		return a, nil
 	}
 	if len(missing) > 0 {
 		registered, _, err := s.RegisterAsset(ctx, code, a.Scale)
@@ -339,6 +351,9 @@ func (s *Set) resolve(ctx context.Context, a Account, asset string, shard int) (
 	as, err := s.Asset(ctx, asset)
 	if err != nil {
 		return ledger.AccountID{}, err
+	}
+	if as.ExternalAccounts[shard] == (ledger.AccountID{}) {
+		return ledger.AccountID{}, ledger.Errorf(ledger.CodeUnavailable, "shard %d is unavailable; retry shortly", shard)
 	}
 	return as.ExternalAccounts[shard], nil
 }
