@@ -174,7 +174,11 @@ func (a *API) registerAsset(w http.ResponseWriter, r *http.Request) error {
 	if created {
 		status = http.StatusCreated
 	}
-	return writeJSON(w, status, viewAsset(asset))
+	v, err := viewAsset(asset)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, status, v)
 }
 
 func validAssetCode(s string) bool {
@@ -197,7 +201,11 @@ func (a *API) listAssets(w http.ResponseWriter, r *http.Request) error {
 	}
 	views := make([]assetView, 0, len(assets))
 	for _, as := range assets {
-		views = append(views, viewAsset(as))
+		v, err := viewAsset(as)
+		if err != nil {
+			return err
+		}
+		views = append(views, v)
 	}
 	return writeJSON(w, http.StatusOK, page[assetView]{Data: views})
 }
@@ -211,7 +219,11 @@ func (a *API) getAsset(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, viewAsset(asset))
+	v, err := viewAsset(asset)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, v)
 }
 
 // --- accounts ---

@@ -19,8 +19,15 @@ type assetView struct {
 	ExternalAccounts []ledger.AccountID `json:"external_accounts"`
 }
 
-func viewAsset(a ledger.Asset) assetView {
-	return assetView{Code: a.Code, Scale: a.Scale, ExternalAccounts: a.ExternalAccounts}
+// viewAsset renders an asset with every shard's external account; while a shard has not
+// answered, its external account is unknown and the asset cannot be shown whole.
+func viewAsset(a ledger.Asset) (assetView, error) {
+	for i, ext := range a.ExternalAccounts {
+		if ext == (ledger.AccountID{}) {
+			return assetView{}, ledger.Errorf(ledger.CodeUnavailable, "shard %d is unavailable, so asset %s cannot be shown whole; retry shortly", i, a.Code)
+		}
+	}
+	return assetView{Code: a.Code, Scale: a.Scale, ExternalAccounts: a.ExternalAccounts}, nil
 }
 
 type accountView struct {

@@ -347,6 +347,9 @@ func TestShardDownAtStartIsServedOnceBack(t *testing.T) {
 	if code, body := post(t, api+"/v1/accounts", `{"owner":"`+owners[0]+`","asset":"USD"}`, ""); code != 201 {
 		t.Fatalf("account on shard 0 with shard 1 down: %d %s", code, body)
 	}
+	if code, body := get(t, api+"/v1/assets/USD"); code != 503 {
+		t.Errorf("an asset shown while a shard's external account is unknown: %d %s", code, body)
+	}
 	allowConnections(t, shard1, true)
 	var id string
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
