@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -11,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
@@ -251,21 +251,20 @@ func (p *rolePublisher) Primary(ctx context.Context, name string) error {
 			return err
 		}
 	}
-	// A fresh read for every try: reconciles write the status meanwhile.
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var shard v1alpha1.LedgerShard
-		if err := p.r.Get(ctx, client.ObjectKeyFromObject(p.shard), &shard); err != nil {
-			return err
-		}
-		if shard.UID != p.shard.UID {
-			return fmt.Errorf("shard %s was replaced", shard.Name)
-		}
-		shard.Status.TargetPrimary = name
-		if name != "" {
-			shard.Status.CurrentPrimary = name
-		}
-		return p.r.Status().Update(ctx, &shard)
-	})
+	// A patch of just these fields: reconciles write the status meanwhile, and a read
+	// from the cache could be older than the last publish. Its test of the uid refuses a
+	// shard deleted and created again under the same name.
+	ops := []map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": p.shard.UID},
+		{"op": "add", "path": "/status/targetPrimary", "value": name},
+	}
+	if name != "" {
+		ops = append(ops, map[string]any{"op": "add", "path": "/status/currentPrimary", "value": name})
+	}
+	body, err := json.Marshal(ops)
+	if err == nil {
+		err = p.r.Status().Patch(ctx, p.shard.DeepCopy(), client.RawPatch(types.JSONPatchType, body))
+	}
 	if err != nil {
 		return fmt.Errorf("publish primary %q: %w", name, err)
 	}
