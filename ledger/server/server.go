@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -218,9 +217,7 @@ func checkShardSoon(ctx context.Context, pool *pgxpool.Pool, index int) error {
 // unreachable reports whether a shard check failed for want of an answer, rather than
 // because the database is not what this service needs (schema, shard index).
 func unreachable(err error) bool {
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
-	return errors.As(err, &connErr) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
+	return store.Unavailable(err) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // shardGate holds a shard's hot operations (posting, balance reads) until its database

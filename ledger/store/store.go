@@ -538,7 +538,7 @@ func wrap(op string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("store: %s: %w", op, err)
 	}
-	if unavailable(err) {
+	if Unavailable(err) {
 		return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the shard's database is unavailable (restarting or failing over); retry shortly"}, err)
 	}
 	return fmt.Errorf("store: %s: %w", op, err)
@@ -549,7 +549,7 @@ func wrap(op string, err error) error {
 // sent; otherwise the connection broke while the commit may have happened.
 func wrapWrite(op string, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) || !unavailable(err) {
+	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) || !Unavailable(err) {
 		return wrap(op, err)
 	}
 	return fmt.Errorf("store: %s: %w: %w", op, &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the connection to the shard's database broke " +
@@ -557,9 +557,10 @@ func wrapWrite(op string, err error) error {
 		"(within the idempotency retention) to learn its outcome; a retry never applies it twice"}, err)
 }
 
-// unavailable reports whether err says the database cannot serve now, rather than that
-// it refused what it was asked.
-func unavailable(err error) bool {
+// Unavailable reports whether err says the database cannot serve now (unreachable,
+// restarting, shutting down, read-only after a failover, out of connections), rather
+// than that it refused what it was asked.
+func Unavailable(err error) bool {
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) { // whatever the server said while refusing the connection
 		return true
