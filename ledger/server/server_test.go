@@ -219,21 +219,13 @@ func TestOneShardDownLeavesOthersServing(t *testing.T) {
 	if code, body := post(t, api+"/v1/assets", `{"code":"USD","scale":2}`, ""); code != 201 {
 		t.Fatalf("asset: %d %s", code, body)
 	}
-	placement, err := shardset.New(make([]*store.Store, 2), nil, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
 	accounts := map[int]string{}
-	for i := 0; len(accounts) < 2; i++ {
-		owner := "owner" + strconv.Itoa(i)
-		if _, ok := accounts[placement.Placement(owner)]; ok {
-			continue
-		}
+	for shard, owner := range ownersByShard(t, 2) {
 		code, body := post(t, api+"/v1/accounts", `{"owner":"`+owner+`","asset":"USD"}`, "")
 		if code != 201 {
 			t.Fatalf("account: %d %s", code, body)
 		}
-		accounts[placement.Placement(owner)] = jsonField(body, "id")
+		accounts[shard] = jsonField(body, "id")
 	}
 	deposit := func(shard int, key string) (int, string, http.Header) {
 		return postHeaders(t, api+"/v1/transfers", `{"from_account":"external","to_account":"`+accounts[shard]+`","amount":"1","asset":"USD"}`, key)
@@ -258,15 +250,8 @@ func TestOneShardDownLeavesOthersServing(t *testing.T) {
 	setConnections(true)
 	// Back: it serves again, at once or after a pooled connection that died with the
 	// shard is found dead (a 503, retried with the same key as a client would).
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		code, body, _ := deposit(1, "c")
-		if code == 201 {
-			break
-		}
-		if code != 503 || time.Now().After(deadline) {
-			t.Fatalf("shard 1 back: %d %s", code, body)
-		}
-	}
+	postUntilServed(t, "a deposit on shard 1 once back", api+"/v1/transfers",
+		`{"from_account":"external","to_account":"`+accounts[1]+`","amount":"1","asset":"USD"}`, "c")
 }
 
 func post(t *testing.T, url, body, key string) (int, string) {
@@ -333,17 +318,7 @@ func TestShardDownAtStartIsServedOnceBack(t *testing.T) {
 	if code, body := post(t, api+"/v1/assets", `{"code":"USD","scale":2}`, ""); code != 503 {
 		t.Errorf("registering an asset with shard 1 down: %d %s", code, body)
 	}
-	placement, err := shardset.New(make([]*store.Store, 2), nil, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	owners := map[int]string{}
-	for i := 0; len(owners) < 2; i++ {
-		owner := "owner" + strconv.Itoa(i)
-		if _, ok := owners[placement.Placement(owner)]; !ok {
-			owners[placement.Placement(owner)] = owner
-		}
-	}
+	owners := ownersByShard(t, 2)
 	if code, body := post(t, api+"/v1/accounts", `{"owner":"`+owners[0]+`","asset":"USD"}`, ""); code != 201 {
 		t.Fatalf("account on shard 0 with shard 1 down: %d %s", code, body)
 	}
@@ -351,24 +326,38 @@ func TestShardDownAtStartIsServedOnceBack(t *testing.T) {
 		t.Errorf("an asset shown while a shard's external account is unknown: %d %s", code, body)
 	}
 	allowConnections(t, shard1, true)
-	var id string
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		code, body := post(t, api+"/v1/accounts", `{"owner":"`+owners[1]+`","asset":"USD"}`, "")
-		if code == 201 {
-			id = jsonField(body, "id")
-			break
-		}
-		if code != 503 || time.Now().After(deadline) {
-			t.Fatalf("account on shard 1 once back: %d %s", code, body)
+	id := jsonField(postUntilServed(t, "an account on shard 1 once back", api+"/v1/accounts", `{"owner":"`+owners[1]+`","asset":"USD"}`, ""), "id")
+	postUntilServed(t, "a transfer on shard 1 once back", api+"/v1/transfers",
+		`{"from_account":"external","to_account":"`+id+`","amount":"1","asset":"USD"}`, "after")}
+
+// ownersByShard finds an owner name that places on each of n shards.
+func ownersByShard(t *testing.T, n int) map[int]string {
+	t.Helper()
+	placement, err := shardset.New(make([]*store.Store, n), nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := map[int]string{}
+	for i := 0; len(owners) < n; i++ {
+		owner := "owner" + strconv.Itoa(i)
+		if _, ok := owners[placement.Placement(owner)]; !ok {
+			owners[placement.Placement(owner)] = owner
 		}
 	}
+	return owners
+}
+
+// postUntilServed posts until the answer is 201, retrying 503s (with the same key, as
+// a client would) for up to a minute, and returns the body; any other answer fails.
+func postUntilServed(t *testing.T, what, url, body, key string) string {
+	t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		code, body, _ := postHeaders(t, api+"/v1/transfers", `{"from_account":"external","to_account":"`+id+`","amount":"1","asset":"USD"}`, "after")
+		code, got, _ := postHeaders(t, url, body, key)
 		if code == 201 {
-			break
+			return got
 		}
 		if code != 503 || time.Now().After(deadline) {
-			t.Fatalf("transfer on shard 1 once back: %d %s", code, body)
+			t.Fatalf("%s: %d %s", what, code, got)
 		}
 	}
 }
