@@ -328,7 +328,8 @@ func TestShardDownAtStartIsServedOnceBack(t *testing.T) {
 	allowConnections(t, shard1, true)
 	id := jsonField(postUntilServed(t, "an account on shard 1 once back", api+"/v1/accounts", `{"owner":"`+owners[1]+`","asset":"USD"}`, ""), "id")
 	postUntilServed(t, "a transfer on shard 1 once back", api+"/v1/transfers",
-		`{"from_account":"external","to_account":"`+id+`","amount":"1","asset":"USD"}`, "after")}
+		`{"from_account":"external","to_account":"`+id+`","amount":"1","asset":"USD"}`, "after")
+}
 
 // ownersByShard finds an owner name that places on each of n shards.
 func ownersByShard(t *testing.T, n int) map[int]string {
