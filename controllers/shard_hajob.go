@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/failover"
 )
@@ -34,7 +36,7 @@ type haJob struct {
 }
 
 // startHAJob runs sequence for the shard in the background; pollHAJob reports it.
-func (r *ShardReconciler) startHAJob(st *shardState, uid any, what string, sequence func(context.Context) (string, error)) {
+func (r *ShardReconciler) startHAJob(st *shardState, uid types.UID, what string, sequence func(context.Context) (string, error)) {
 	job := &haJob{what: what, done: make(chan struct{})}
 	r.haJobs.Store(uid, job)
 	go func() {
@@ -43,8 +45,13 @@ func (r *ShardReconciler) startHAJob(st *shardState, uid any, what string, seque
 		defer cancel()
 		job.primary, job.err = sequence(ctx)
 	}()
-	st.ha, st.haMsg = v1alpha1.ReasonSwitchingOver, what+" in progress"
-	if what == "failover" {
+	job.report(st)
+}
+
+// report says in st that the job is in flight, and when to look again.
+func (j *haJob) report(st *shardState) {
+	st.ha, st.haMsg = v1alpha1.ReasonSwitchingOver, j.what+" in progress"
+	if j.what == "failover" {
 		st.ha = v1alpha1.ReasonPrimaryUnreachable
 	}
 	st.requeue = haJobPoll
@@ -53,7 +60,7 @@ func (r *ShardReconciler) startHAJob(st *shardState, uid any, what string, seque
 // pollHAJob looks at the shard's job, if any: in flight, it says so in st and reports
 // true, so nothing else acts on the shard's roles meanwhile; done, it takes the result
 // (the new primary, or why it failed) and forgets the job.
-func (r *ShardReconciler) pollHAJob(uid any, st *shardState) (inFlight bool, finished *haJob) {
+func (r *ShardReconciler) pollHAJob(uid types.UID, st *shardState) (inFlight bool, finished *haJob) {
 	v, ok := r.haJobs.Load(uid)
 	if !ok {
 		return false, nil
@@ -64,18 +71,14 @@ func (r *ShardReconciler) pollHAJob(uid any, st *shardState) (inFlight bool, fin
 		r.haJobs.Delete(uid)
 		return false, job
 	default:
-		st.ha, st.haMsg = v1alpha1.ReasonSwitchingOver, job.what+" in progress"
-		if job.what == "failover" {
-			st.ha = v1alpha1.ReasonPrimaryUnreachable
-		}
-		st.requeue = haJobPoll
+		job.report(st)
 		return true, nil
 	}
 }
 
 // plannedSwitchover starts a switchover to target for a step of the reconcile path
 // (what names the step in the message if it is refused).
-func (r *ShardReconciler) plannedSwitchover(st *shardState, uid any, target, what string) {
+func (r *ShardReconciler) plannedSwitchover(st *shardState, uid types.UID, target, what string) {
 	fs := st.fs
 	r.startHAJob(st, uid, what+" switchover to "+target, func(ctx context.Context) (string, error) {
 		p, err := failover.Switchover(ctx, fs, target)
