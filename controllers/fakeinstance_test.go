@@ -125,3 +125,7 @@ func (fi *fakeInstance) Follow(_ context.Context, primary string) error {
 		fi.st.Fenced, fi.st.Running, fi.st.Role, fi.st.Upstream = false, true, instance.RoleReplica, primary
 	})
 }
+
+func (fi *fakeInstance) Detach(context.Context) error {
+	return fi.act(func() { fi.st.Upstream, fi.st.WALReceiver = "", "" })
+}

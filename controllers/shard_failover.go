@@ -23,12 +23,14 @@ import (
 // Timing of the failover step.
 const (
 	// DefaultFailoverDelay is how long a primary must stay unhealthy before a failover:
-	// long enough for its manager to restart a crashed postgres, short enough to matter.
-	DefaultFailoverDelay = 10 * time.Second
+	// long enough for its manager to restart a crashed postgres, short enough that a hung
+	// primary costs under 15 s of writes.
+	DefaultFailoverDelay = 5 * time.Second
 	// failoverRetry is how soon a refused or failed failover or switchover is retried.
 	failoverRetry = 5 * time.Second
-	// haResync is how often a healthy shard's instances are observed again.
-	haResync = 10 * time.Second
+	// haResync is how often a healthy shard's instances are observed again: the time a
+	// primary that hangs without its pod changing may go unnoticed.
+	haResync = 2 * time.Second
 )
 
 // InstanceDialer returns a client for one instance's manager; an error means it cannot
@@ -73,6 +75,9 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	if err != nil {
 		return err
 	}
+	// a primary that does not answer is lost from when it was asked, not from when the
+	// question timed out
+	asked := time.Now()
 	obs := fs.Observe(ctx)
 	st.observe(obs)
 	st.fs, st.observed = fs, obs
@@ -123,7 +128,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 	}
 	now := time.Now()
 	if st.lostSince == nil {
-		st.lostSince = &metav1.Time{Time: now}
+		st.lostSince = &metav1.Time{Time: asked}
 	}
 	down := st.lostSince.Time
 	delay := r.FailoverDelay
@@ -136,7 +141,7 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 		return nil
 	}
 	r.Metrics.observeFailover(shard.Namespace, shard.Name, "started")
-	r.startHAJob(st, shard.UID, "failover", func(ctx context.Context) (string, error) { return failover.Failover(ctx, fs) })
+	r.startHAJob(st, shard.UID, "failover", func(ctx context.Context) (string, error) { return failover.Failover(ctx, fs, obs) })
 	return nil
 }
 

@@ -12,15 +12,20 @@ import (
 
 // Bounds of the sequences.
 const (
-	// fenceTimeout bounds the call that tells the old primary to shut down; it is best
-	// effort, since a lost primary does not answer.
+	// fenceTimeout bounds the call that tells the old primary to shut down cleanly in a
+	// switchover.
 	fenceTimeout = 5 * time.Second
+	// lostFenceTimeout bounds the same call in a failover: it is best effort, since a lost
+	// primary does not answer, and the detached replicas already keep it from
+	// acknowledging anything.
+	lostFenceTimeout = 2 * time.Second
 	// DefaultReceiverWait bounds the wait for every WAL receiver to stop.
 	DefaultReceiverWait = 30 * time.Second
 	// pollInterval is how often a waiting step looks again.
 	pollInterval = 100 * time.Millisecond
-	// observeTimeout bounds one status call.
-	observeTimeout = 3 * time.Second
+	// observeTimeout bounds one status call: a healthy manager answers in milliseconds,
+	// and every look at a hung primary costs this much.
+	observeTimeout = 2 * time.Second
 	// promoteWait bounds the wait for the promoted replica to report itself primary.
 	promoteWait = 90 * time.Second
 )
@@ -31,6 +36,7 @@ type Instance interface {
 	Promote(ctx context.Context) error
 	Fence(ctx context.Context) error
 	Follow(ctx context.Context, primary string) error
+	Detach(ctx context.Context) error
 }
 
 // Publisher moves the primary role where clients and managers see it: in Kubernetes the
@@ -75,13 +81,17 @@ func (s *Shard) warning(reason, format string, args ...any) {
 }
 
 // Observe asks every instance for its status at once.
-func (s *Shard) Observe(ctx context.Context) []Observation {
+func (s *Shard) Observe(ctx context.Context) []Observation { return s.observe(ctx, "") }
+
+// observe is Observe without asking skip: a lost primary would hold every look for
+// observeTimeout.
+func (s *Shard) observe(ctx context.Context, skip string) []Observation {
 	obs := make([]Observation, len(s.Members))
 	var wg sync.WaitGroup
 	for i, name := range s.Members {
 		obs[i].Name = name
 		inst := s.Instances[name]
-		if inst == nil {
+		if inst == nil || name == skip {
 			continue
 		}
 		wg.Add(1)
@@ -106,9 +116,11 @@ func (s *Shard) Observe(ctx context.Context) []Observation {
 // failover that cannot finish would only take writes away from a primary that may come
 // back. And if an earlier failover promoted a replica but was cut off before publishing
 // it, that primary is adopted instead of promoting another.
-func Failover(ctx context.Context, s *Shard) (string, error) {
+//
+// obs is the Observe that found the primary lost: looking again would cost another
+// observeTimeout on a primary that does not answer.
+func Failover(ctx context.Context, s *Shard, obs []Observation) (string, error) {
 	old := s.Primary
-	obs := s.Observe(ctx)
 	if name, ok := AdoptablePrimary(old, obs); ok {
 		if err := s.Publisher.Primary(ctx, name); err != nil {
 			return "", fmt.Errorf("failover: publish primary %s: %w", name, err)
@@ -123,7 +135,7 @@ func Failover(ctx context.Context, s *Shard) (string, error) {
 		return "", err
 	}
 	s.event("FailoverStarted", "primary %s is lost; failing over", old)
-	return s.replace(ctx, old, "")
+	return s.replace(ctx, old, "", true)
 }
 
 // Switchover hands the primary role from the current primary to target with no
@@ -148,27 +160,28 @@ func Switchover(ctx context.Context, s *Shard, target string) (string, error) {
 		return "", fmt.Errorf("failover: switchover target %s is not a streaming replica", target)
 	}
 	s.event("SwitchoverStarted", "switching the primary from %s to %s", s.Primary, target)
-	return s.replace(ctx, s.Primary, target)
+	return s.replace(ctx, s.Primary, target, false)
 }
 
-func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error) {
+// replace moves the primary role from old to the best replica (prefer on a tie). lost
+// says old is lost (a failover) rather than handing over (a switchover).
+func (s *Shard) replace(ctx context.Context, old, prefer string, lost bool) (string, error) {
 	if err := s.Publisher.Primary(ctx, ""); err != nil {
 		return "", fmt.Errorf("failover: withdraw the primary role: %w", err)
 	}
 	s.event("PrimaryRoleWithdrawn", "no instance takes writes until a new primary is promoted")
-	if inst := s.Instances[old]; inst != nil {
-		fctx, cancel := context.WithTimeout(ctx, fenceTimeout)
-		err := inst.Fence(fctx)
-		cancel()
-		if err != nil {
-			s.warning("FenceUnanswered", "old primary %s did not answer the fence: %v", old, err)
-		} else {
-			s.event("Fenced", "old primary %s is shut down and fenced", old)
-		}
+	if lost {
+		fenced := s.cutOff(ctx, old)
+		defer fenced()
+	} else {
+		s.fence(ctx, old, fenceTimeout)
 	}
 	obs, err := s.waitReceiversStopped(ctx, old)
 	if err != nil {
 		return "", err
+	}
+	if lost {
+		obs = detachedOnly(obs)
 	}
 	choice, err := ChoosePromotion(s.Rule, s.Members, old, prefer, obs)
 	if err != nil {
@@ -189,6 +202,67 @@ func (s *Shard) replace(ctx context.Context, old, prefer string) (string, error)
 	return choice.Name, nil
 }
 
+// fence tells old to shut down and stay down, waiting at most timeout for its answer.
+func (s *Shard) fence(ctx context.Context, old string, timeout time.Duration) {
+	inst := s.Instances[old]
+	if inst == nil {
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := inst.Fence(fctx); err != nil {
+		s.warning("FenceUnanswered", "old primary %s did not answer the fence: %v", old, err)
+		return
+	}
+	s.event("Fenced", "old primary %s is shut down and fenced", old)
+}
+
+// cutOff detaches every instance but old from its upstream and tells old to fence
+// itself (best effort); it returns once every detach answered, and the returned func
+// waits for the fence, which nothing before the promotion needs.
+//
+// Why detach: a primary that froze (a stopped process, a stalled disk) can wake up after
+// the failover chose whom to promote. If a standby still followed it, it could get a
+// commit acknowledged that the new primary never receives. A detached standby streams
+// from nobody until Converge points it at the new primary, so the old primary cannot
+// reach its synchronous quorum again; only detached standbys are counted for the
+// promotion (detachedOnly).
+func (s *Shard) cutOff(ctx context.Context, old string) (fenced func()) {
+	var fence sync.WaitGroup
+	fence.Go(func() { s.fence(ctx, old, lostFenceTimeout) })
+	var wg sync.WaitGroup
+	for _, name := range s.Members {
+		inst := s.Instances[name]
+		if name == old || inst == nil {
+			continue
+		}
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, observeTimeout)
+			defer cancel()
+			if err := inst.Detach(dctx); err != nil {
+				s.warning("DetachFailed", "%s did not detach from %s: %v", name, old, err)
+				return
+			}
+			s.event("Detached", "%s streams from nobody until it follows the new primary", name)
+		})
+	}
+	wg.Wait()
+	return fence.Wait
+}
+
+// detachedOnly keeps the observations of replicas that stream from nobody; the others
+// count as not answering.
+func detachedOnly(obs []Observation) []Observation {
+	out := make([]Observation, len(obs))
+	for i, o := range obs {
+		out[i].Name = o.Name
+		if o.Status != nil && (o.Status.Role != instance.RoleReplica || o.Status.Upstream == "") {
+			out[i].Status = o.Status
+		}
+	}
+	return out
+}
+
 func (s *Shard) waitReceiversStopped(ctx context.Context, old string) ([]Observation, error) {
 	wait := s.ReceiverWait
 	if wait <= 0 {
@@ -196,7 +270,7 @@ func (s *Shard) waitReceiversStopped(ctx context.Context, old string) ([]Observa
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		obs := s.Observe(ctx)
+		obs := s.observe(ctx, old)
 		if ReceiversStopped(old, obs) {
 			s.event("ReceiversStopped", "no replica streams from %s any more", old)
 			return obs, nil

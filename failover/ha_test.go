@@ -352,6 +352,55 @@ func TestKillPrimaryUnderLoad(t *testing.T) {
 	h.checkLedger(ctx, old, acked)
 }
 
+// TestHungPrimaryUnderLoad freezes every process of the primary (SIGSTOP; its
+// connections stay open and its status API answers nothing) while transfers run. The
+// replicas' connections to it go silent rather than closed, so this is the case where a
+// failover waited a minute for PostgreSQL's default wal_receiver_timeout: now the
+// replicas drop the silent primary within seconds, are detached, and one is promoted.
+// When the old primary wakes up it must not acknowledge anything, and it rejoins as a
+// replica.
+func TestHungPrimaryUnderLoad(t *testing.T) {
+	h := startHALedger(t)
+	ctx := context.Background()
+	l := h.startLoad(8)
+	time.Sleep(2 * time.Second)
+	old := h.shard.CurrentPrimary()
+	if err := h.shard.Freeze(old); err != nil {
+		t.Fatal(err)
+	}
+	frozen := l.markFault()
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = h.shard.Thaw(old)
+		}
+	}()
+	// Well inside PostgreSQL's default 60 s receiver timeout, and loose enough for a
+	// slow machine: the failover itself takes a few seconds here.
+	newPrimary := waitPrimaryOtherThan(t, h.shard, old, 45*time.Second)
+	firstWrite := l.waitForWriteAfterFault(t, time.Minute)
+	if err := h.shard.Thaw(old); err != nil {
+		t.Fatal(err)
+	}
+	thawed = true
+	time.Sleep(time.Second)
+	acked := l.finish()
+	t.Logf("failover: SIGSTOP of %s to first acknowledged write on %s: %s; longest pause in acknowledged writes %s (%d transfers acknowledged, %d failed)",
+		old, newPrimary, firstWrite.Sub(frozen).Round(time.Millisecond), l.longestPause().Round(time.Millisecond), len(acked), l.failed.Load())
+	h.checkLedger(ctx, newPrimary, acked)
+	if err := h.shard.WaitReady(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.shard.Client(old).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != instance.RoleReplica || st.Upstream != newPrimary {
+		t.Fatalf("old primary did not rejoin as a replica of %s: %+v", newPrimary, st)
+	}
+	h.checkLedger(ctx, old, acked)
+}
+
 // TestStaleReplicaNeverPromoted: a replica that was down while transfers were
 // acknowledged must not become primary. With one synchronous standby required of two,
 // a failover waits until both answer, and then takes the one that is ahead.

@@ -20,6 +20,7 @@ const (
 	PathFence    = "/v1/fence"
 	PathUnfence  = "/v1/unfence"
 	PathFollow   = "/v1/follow"
+	PathDetach   = "/v1/detach"
 	PathDemote   = "/v1/demote" // the same as follow, named for a primary stepping down
 	PathHealthz  = "/healthz"
 	PathReadyz   = "/readyz"
@@ -62,6 +63,7 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathPromote, action(m.Promote))
 	mux.HandleFunc("POST "+PathFence, action(m.Fence))
 	mux.HandleFunc("POST "+PathUnfence, action(m.Unfence))
+	mux.HandleFunc("POST "+PathDetach, action(m.Detach))
 	follow := m.authed(func(w http.ResponseWriter, r *http.Request) {
 		var req FollowRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
@@ -215,6 +217,12 @@ func (c *Client) Fence(ctx context.Context) error {
 // Unfence lets a fenced instance start again.
 func (c *Client) Unfence(ctx context.Context) error {
 	_, err := c.call(ctx, http.MethodPost, PathUnfence, nil)
+	return err
+}
+
+// Detach asks a replica to stop streaming from its upstream and stay where it is.
+func (c *Client) Detach(ctx context.Context) error {
+	_, err := c.call(ctx, http.MethodPost, PathDetach, nil)
 	return err
 }
 

@@ -671,6 +671,12 @@ func (m *Manager) staticParams() map[string]string {
 		"synchronous_commit": "on",
 		"fsync":              "on",
 		"full_page_writes":   "on",
+		// A peer that stops answering (a frozen pod, a cut network) is dropped after 5 s
+		// rather than PostgreSQL's 60 s: a replica whose connection to a hung primary stays
+		// open counts as streaming, and a failover waits until no replica streams. Each side
+		// pings the other at half the timeout, so a live but idle peer is never dropped.
+		"wal_receiver_timeout": "5s",
+		"wal_sender_timeout":   "5s",
 	} {
 		p[k] = v
 	}
@@ -707,7 +713,9 @@ func (m *Manager) writeSettings(upstream string, streaming []string) error {
 		if err != nil {
 			return err
 		}
-		conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", src.Host, src.Port, m.cfg.ReplicationUser, conninfoQuote(m.cfg.Name))
+		// connect_timeout: a connection attempt to a frozen primary (the kernel completes
+		// the TCP handshake, nobody answers) gives up instead of hanging.
+		conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5", src.Host, src.Port, m.cfg.ReplicationUser, conninfoQuote(m.cfg.Name))
 		if m.cfg.ReplicationPassword != "" {
 			conninfo += " password=" + conninfoQuote(m.cfg.ReplicationPassword)
 		}
@@ -965,6 +973,31 @@ func (m *Manager) Unfence(_ context.Context) error {
 		return fmt.Errorf("instance: unfence: %w", err)
 	}
 	m.log.Info("unfenced")
+	return nil
+}
+
+// Detach makes a running replica stop streaming from its upstream and stay a replica of
+// nobody until Follow. A failover detaches every replica before it chooses whom to
+// promote, so a lost primary that comes back cannot get a commit acknowledged by a
+// standby the new primary will not have.
+func (m *Manager) Detach(ctx context.Context) error {
+	m.op.Lock()
+	defer m.op.Unlock()
+	pg := m.server()
+	if pg == nil || pg.Exited() {
+		return errors.New("instance: postgres is not running")
+	}
+	primary, err := m.inRecovery(ctx)
+	if err != nil {
+		return err
+	}
+	if primary {
+		return errors.New("instance: a primary has no upstream to detach from")
+	}
+	if err := m.repoint(ctx, ""); err != nil {
+		return err
+	}
+	m.log.Warn("detached from the upstream: streaming from nobody until told whom to follow")
 	return nil
 }
 

@@ -107,7 +107,7 @@ func TestStatusAPIRequiresToken(t *testing.T) {
 			t.Errorf("GET %s without a token: %d", path, resp.StatusCode)
 		}
 	}
-	for _, path := range []string{PathPromote, PathFence, PathUnfence, PathFollow, PathDemote} {
+	for _, path := range []string{PathPromote, PathFence, PathUnfence, PathFollow, PathDemote, PathDetach} {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(`{"primary":"b"}`))
 		req.Header.Set("Authorization", "Bearer wrong")
 		resp, err := http.DefaultClient.Do(req)

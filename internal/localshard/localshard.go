@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tallyhq/tally/failover"
@@ -74,10 +75,53 @@ type Shard struct {
 
 // run is one instance manager running with its status server: one "pod".
 type run struct {
-	mgr    *instance.Manager
-	cancel context.CancelFunc
-	done   chan struct{}
-	srv    *http.Server
+	mgr     *instance.Manager
+	cancel  context.CancelFunc
+	done    chan struct{}
+	srv     *http.Server
+	dataDir string
+	gate    *gate
+}
+
+// gate holds every status API request while the instance is frozen, as a stopped
+// process's listening socket does: connections are accepted and never answered.
+type gate struct {
+	mu     sync.Mutex
+	thawed chan struct{} // closed while not frozen
+}
+
+func newGate() *gate {
+	g := &gate{thawed: make(chan struct{})}
+	close(g.thawed)
+	return g
+}
+
+func (g *gate) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		thawed := g.thawed
+		g.mu.Unlock()
+		select {
+		case <-thawed:
+			h.ServeHTTP(w, r)
+		case <-r.Context().Done():
+		}
+	})
+}
+
+func (g *gate) set(frozen bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.thawed:
+		if frozen {
+			g.thawed = make(chan struct{})
+		}
+	default:
+		if !frozen {
+			close(g.thawed)
+		}
+	}
 }
 
 // Start brings the shard up (first instance primary unless the directory remembers
@@ -262,7 +306,9 @@ func (s *Shard) Restart(name string) error {
 		return fmt.Errorf("localshard: status listener of %s: %w", name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &run{mgr: mgr, cancel: cancel, done: make(chan struct{}), srv: &http.Server{Handler: mgr.Handler(), ReadHeaderTimeout: 5 * time.Second}}
+	g := newGate()
+	r := &run{mgr: mgr, cancel: cancel, done: make(chan struct{}), dataDir: filepath.Join(stateDir, "pgdata"), gate: g,
+		srv: &http.Server{Handler: g.wrap(mgr.Handler()), ReadHeaderTimeout: 5 * time.Second}}
 	go func() { _ = r.srv.Serve(ln) }()
 	go func() { defer close(r.done); _ = mgr.Run(ctx) }()
 	s.runs[name] = r
@@ -276,6 +322,41 @@ func (s *Shard) Kill(name string) {
 		r.mgr.Kill()
 		r.stop()
 	}
+}
+
+// Freeze hangs one instance as a frozen pod hangs: PostgreSQL and every one of its
+// processes get SIGSTOP (their connections stay open), and its status API accepts
+// connections but answers nothing. Thaw resumes it.
+func (s *Shard) Freeze(name string) error { return s.signal(name, syscall.SIGSTOP, true) }
+
+// Thaw resumes an instance Freeze hung.
+func (s *Shard) Thaw(name string) error { return s.signal(name, syscall.SIGCONT, false) }
+
+// signal sends sig to the instance's postmaster and all its children, and sets the gate
+// of its status API.
+func (s *Shard) signal(name string, sig syscall.Signal, frozen bool) error {
+	s.mu.Lock()
+	r := s.runs[name]
+	s.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("localshard: %s is not running", name)
+	}
+	pids, err := postgres.ProcessTree(r.dataDir)
+	if err != nil {
+		return err
+	}
+	if frozen {
+		r.gate.set(true)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("localshard: signal %d: %w", pid, err)
+		}
+	}
+	if !frozen {
+		r.gate.set(false)
+	}
+	return nil
 }
 
 // StopInstance shuts one instance down cleanly (its manager stops PostgreSQL).
@@ -395,7 +476,7 @@ func (s *Shard) control(ctx context.Context) {
 		case downSince.IsZero():
 			downSince = now
 		case failover.PrimaryLost(primary, downSince, now, s.cfg.FailoverDelay):
-			if _, err := failover.Failover(ctx, s.fs); err != nil && ctx.Err() == nil {
+			if _, err := failover.Failover(ctx, s.fs, obs); err != nil && ctx.Err() == nil {
 				s.cfg.Log.Warn("failover did not complete; will retry", "err", err.Error())
 			}
 			downSince = time.Time{}
