@@ -13,7 +13,7 @@ IMAGE         ?= ghcr.io/tallyhq/tally:dev
 BENCH_TIME    ?= 10s
 BENCH_ROUNDS  ?= 1
 
-.PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests check-generated e2e image clean
+.PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests check-generated e2e e2e-local image clean
 
 all: build
 
@@ -102,6 +102,12 @@ image:
 ## it end to end. Build and load IMAGE first (for kind: make image && kind load docker-image $(IMAGE)).
 e2e: $(KUSTOMIZE)
 	IMAGE=$(IMAGE) KUSTOMIZE=$(KUSTOMIZE) hack/e2e.sh
+
+## e2e-local: bring up a single-node Kubernetes on this machine (needs root; binaries and
+## images built once and cached under $(CACHE)), run the e2e on it, and take it down again,
+## also on failure. KEEP=1 leaves it running and says how to use it.
+e2e-local: $(KUSTOMIZE)
+	KEEP=$(KEEP) KUSTOMIZE=$(KUSTOMIZE) hack/e2e-local.sh
 
 clean:
 	rm -rf bin

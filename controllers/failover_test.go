@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,6 +115,37 @@ func TestOperatorFailsOverLostPrimary(t *testing.T) {
 		return nil
 	})
 	expectEvent(t, ns, "Following")
+}
+
+// Once a pass has found the primary lost, no later pass tries to count its accounts: the
+// count would wait out its timeout on every pass and hold the failover back.
+func TestLostPrimaryIsNotCounted(t *testing.T) {
+	ns, shard := haShard(t, "uncounted")
+	p1, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	var mu sync.Mutex
+	var counted []string
+	countSeen.Store(ns+"/"+shard, func(s *v1alpha1.LedgerShard) {
+		if s.Status.CurrentPrimary != p1 {
+			return
+		}
+		for _, in := range s.Status.Instances {
+			if in.Name == p1 && !in.Reachable {
+				mu.Lock()
+				counted = append(counted, s.ResourceVersion)
+				mu.Unlock()
+			}
+		}
+	})
+	t.Cleanup(func() { countSeen.Delete(ns + "/" + shard) })
+	fakes.update(ns, p3, func(f *fakeInstance) { f.st.WAL = 6000 })
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+	waitPrimary(t, ns, shard, p3)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(counted) > 0 {
+		t.Errorf("accounts counted on the lost primary %s in %d passes after it was seen lost", p1, len(counted))
+	}
 }
 
 // With one of two synchronous standbys missing nobody can prove it has every

@@ -255,6 +255,20 @@ func (r *ShardReconciler) reconcileInstances(ctx context.Context, shard *v1alpha
 	return nil
 }
 
+// primaryAnswers: the primary's Pod is Ready and, when this pass observed the instances,
+// the primary answered as a healthy primary.
+func (st *shardState) primaryAnswers() bool {
+	if !st.primaryReady {
+		return false
+	}
+	for _, o := range st.observed {
+		if o.Name == st.primary {
+			return failover.PrimaryHealthy(o)
+		}
+	}
+	return st.observed == nil
+}
+
 func podReady(pod *corev1.Pod) bool {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady {
@@ -331,6 +345,12 @@ func jobCondition(job *batchv1.Job, t batchv1.JobConditionType) bool {
 // reconcileAccounts refreshes the informational account count of a migrated shard.
 func (r *ShardReconciler) reconcileAccounts(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
 	if r.Accounts == nil || st.migration != v1alpha1.ReasonMigrationsCurrent {
+		return nil
+	}
+	if !st.primaryAnswers() {
+		// Counting would wait out its timeout on every pass, and hold this reconcile's
+		// next observation of a lost primary (and so its failover) back by as much.
+		st.accounts = nil
 		return nil
 	}
 	n, err := r.Accounts.Count(ctx, shard)

@@ -38,7 +38,11 @@ var (
 	operatorMetrics = prometheus.NewRegistry()
 	scheme          = k8sruntime.NewScheme()
 	shardDSNs       sync.Map // "namespace/shard" -> DSN
+	countSeen       sync.Map // "namespace/shard" -> func(*v1alpha1.LedgerShard), told of each count
 	counter         = controllers.AccountCounter{DSN: func(_ context.Context, s *v1alpha1.LedgerShard) (string, error) {
+		if seen, ok := countSeen.Load(s.Namespace + "/" + s.Name); ok {
+			seen.(func(*v1alpha1.LedgerShard))(s)
+		}
 		if dsn, ok := shardDSNs.Load(s.Namespace + "/" + s.Name); ok {
 			return dsn.(string), nil
 		}

@@ -1,37 +1,225 @@
 #!/usr/bin/env bash
-# End-to-end scenarios against the real cluster KUBECONFIG names (kind works): install the
-# operator from config/default, create a LedgerCluster, move money through the ledger
-# service, lose the primary PostgreSQL pod under load and check that no acknowledged
-# transfer is lost, scale shards up, check that a scale-down of shards holding accounts
-# is refused, and retire an instance by lowering postgres.instances. Needs kubectl,
-# curl, and IMAGE loaded into the cluster.
-set -euo pipefail
+# End-to-end scenarios against the real cluster KUBECONFIG names: install the operator from
+# config/default, create a LedgerCluster, move money through the ledger service, and then,
+# under continuous load from several clients and checking after each that every
+# acknowledged transfer is present:
+#   - fail over from a primary cut off the network (needs E2E_NODE_ACCESS=1: this machine
+#     is the node and may enter the pods' network namespaces; hack/e2e-local.sh sets it);
+#   - fail over from a hung primary (every process of its pod stopped with SIGSTOP);
+#   - switch over through the LedgerShard's spec.primary;
+#   - roll the PostgreSQL image (E2E_POSTGRES_IMAGE_NEXT);
+#   - drain the primary's node (clusters with two nodes or more);
+#   - scale to two shards and move money on both; refuse a scale-down of a shard holding
+#     accounts; retire an instance by lowering postgres.instances; delete the cluster.
+# Each wait says what it waits for; a failure prints the cluster's state, events and logs.
+# Needs kubectl, curl, kustomize, IMAGE loaded into the cluster, and go (or TALLY_BIN).
+set -eEuo pipefail
 
 IMAGE=${IMAGE:?set IMAGE to a tally image the cluster can pull}
 KUSTOMIZE=${KUSTOMIZE:-kustomize}
 NS=${E2E_NAMESPACE:-tally-e2e}
 TIMEOUT=${E2E_TIMEOUT:-600s}
+PG_IMAGE=${E2E_POSTGRES_IMAGE:-}
+PG_IMAGE_NEXT=${E2E_POSTGRES_IMAGE_NEXT:-}
+# how soon writes must resume after the primary hangs (the issue's bound is 15 s; the
+# default leaves room for a machine busier than the one that measured it)
+RESUME_WITHIN=${E2E_RESUME_WITHIN:-30}
+CLIENTS=${E2E_CLIENTS:-4}
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 pf_pid=""
+load_pids=()
+started=$(date +%s)
+
+step() { printf '\n== [%4ds] %s\n' "$(($(date +%s) - started))" "$*"; }
+say() { echo "   $*"; }
+ms() { date +%s%3N; }
+
+# diagnose: what a failed step needs to be understood.
+diagnose() {
+  local rc=$? line=$1
+  trap - ERR
+  echo
+  echo "!! e2e failed at hack/e2e.sh:$line (exit $rc): $BASH_COMMAND"
+  echo "-- cluster state"
+  kubectl -n "$NS" get ledgercluster,ledgershard,pods,pvc -o wide 2>&1 || true
+  kubectl -n "$NS" get ledgershard -o jsonpath='{range .items[*]}{.metadata.name}: {.status}{"\n"}{end}' 2>&1 || true
+  echo "-- events"
+  events 40 || true
+  echo "-- operator log"
+  kubectl -n tally-system logs deployment/tally-operator --tail=80 2>&1 || true
+  echo "-- ledger log"
+  kubectl -n "$NS" logs -l app.kubernetes.io/component=ledger --tail=30 --prefix 2>&1 || true
+  exit "$rc"
+}
+trap 'diagnose $LINENO' ERR
+
 cleanup() {
-  if [[ -n $pf_pid ]]; then kill "$pf_pid" 2>/dev/null || true; fi
+  load_stop 2>/dev/null || true
+  if [[ -n $pf_pid ]]; then
+    pkill -P "$pf_pid" 2>/dev/null || true
+    kill "$pf_pid" 2>/dev/null || true
+  fi
+  mend_all 2>/dev/null || true
   rm -rf "$work"
   if [[ ${E2E_KEEP:-} != 1 ]]; then
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
-step() { printf '\n== %s\n' "$*"; }
+
+# events [n]: the namespace's last n events, oldest first, with their messages.
+events() {
+  kubectl -n "$NS" get events --sort-by=.metadata.creationTimestamp \
+    -o custom-columns=TIME:.metadata.creationTimestamp,OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message |
+    tail -"${1:-20}"
+}
+
+# until_true <what> <seconds> <command...>: retries the command until it succeeds; fails
+# loudly with what it waited for.
+until_true() {
+  local what=$1 secs=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + secs))
+  until "$@" >/dev/null 2>&1; do
+    if (($(date +%s) >= deadline)); then
+      echo "!! waited ${secs}s for $what"
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+shard_field() { kubectl -n "$NS" get ledgershard "$1" -o jsonpath="$2"; }
+primary_of() { shard_field "$1" '{.status.currentPrimary}'; }
+shard_ready() { kubectl -n "$NS" wait "ledgershard/$1" --for=condition=Ready --timeout=1s; }
+cluster_ready() { kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout=1s; }
+primary_is_not() { local p; p=$(primary_of "$1"); [[ -n $p && $p != "$2" ]]; }
+primary_is() { [[ $(primary_of "$1") == "$2" ]]; }
+# streaming_replica <shard> <instance>: the instance runs as a replica that streams
+streaming_replica() {
+  [[ $(shard_field "$1" "{.status.instances[?(@.name==\"$2\")].role}") == replica &&
+    $(shard_field "$1" "{.status.instances[?(@.name==\"$2\")].streaming}") == true ]]
+}
+# event_seen <object> <reason> <message part>
+event_seen() {
+  kubectl -n "$NS" get events --field-selector "involvedObject.name=$1,reason=$2" \
+    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -qF -- "$3"
+}
+
+# api <method> <path> [body] [idempotency key]: one call to the ledger service; prints
+# the body, fails on anything but 2xx.
+api() {
+  curl -sf -m 30 -X "$1" "http://$LEDGER$2" -H 'Content-Type: application/json' \
+    ${4:+-H "Idempotency-Key: $4"} ${3:+-d "$3"}
+}
+id_of() { sed -E 's/.*"id":"([^"]+)".*/\1/'; }
+# shard_of <account id>: the shard index carried in bytes 9 and 10 of the id
+shard_of() { local id=$1; echo $((16#${id:21:2} * 256 + 16#${id:24:2})); }
+balance_of() { api GET "/v1/accounts/$1/balance" | sed -E 's/.*"balance":"([^"]+)".*/\1/'; }
+# pay <from> <to> <amount> <idempotency key>
+pay() {
+  api POST /v1/transfers "{\"from_account\":\"$1\",\"to_account\":\"$2\",\"amount\":\"$3\",\"asset\":\"USD\"}" "$4" >/dev/null
+}
+# open_funded <owner> <amount>: an account credited with amount from the external account
+open_funded() {
+  local id
+  id=$(api POST /v1/accounts "{\"owner\":\"$1\",\"asset\":\"USD\"}" | id_of)
+  pay external "$id" "$2" "fund-$id"
+  echo "$id"
+}
+
+# load_start <name> <from> <to>: CLIENTS clients post 0.01 transfers from -> to in a loop,
+# each logging "start_ms end_ms http_status transaction_id" per request.
+load_start() {
+  local name=$1 from=$2 to=$3 c
+  rm -f "$work/stop"
+  for ((c = 0; c < CLIENTS; c++)); do
+    (
+      trap - ERR
+      set +e
+      i=0
+      while [[ ! -e $work/stop ]]; do
+        i=$((i + 1))
+        t0=$(ms)
+        out=$(curl -s -m 10 -X POST "http://$LEDGER/v1/transfers" -H 'Content-Type: application/json' \
+          -H "Idempotency-Key: $name-$c-$i" -w '\n%{http_code}' \
+          -d "{\"from_account\":\"$from\",\"to_account\":\"$to\",\"amount\":\"0.01\",\"asset\":\"USD\"}")
+        code=${out##*$'\n'}
+        id=-
+        [[ $code == 201 ]] && id=$(head -1 <<<"$out" | id_of)
+        echo "$t0 $(ms) ${code:-000} $id" >>"$work/load-$name-$c"
+        [[ $code == 201 ]] || sleep 0.1
+      done
+    ) &
+    load_pids+=($!)
+  done
+}
+load_stop() {
+  touch "$work/stop"
+  ((${#load_pids[@]} == 0)) || wait "${load_pids[@]}" 2>/dev/null || true
+  load_pids=()
+}
+# acked <name>: the transaction ids acknowledged to the load named name
+acked() { cat "$work"/load-"$1"-* | awk '$3 == 201 {print $4}'; }
+# first_ack_after <name> <ms>: milliseconds from <ms> to the first acknowledgement of a
+# request sent after it
+first_ack_after() {
+  cat "$work"/load-"$1"-* | awk -v t="$2" '$3 == 201 && $1 >= t && (m == "" || $2 < m) {m = $2} END {if (m == "") exit 1; print m - t}'
+}
+# check_acked <name>: every acknowledged transfer is in the ledger; prints a summary.
+check_acked() {
+  local n failed
+  n=$(acked "$1" | wc -l)
+  ((n > 0)) || { echo "!! the load $1 had no acknowledged transfer"; return 1; }
+  failed=$(cat "$work"/load-"$1"-* | awk '$3 != 201' | wc -l)
+  acked "$1" | xargs -P 4 -I{} sh -c 'curl -sf -m 30 "http://$0/v1/transactions/{}" >/dev/null || echo "!! acknowledged transfer {} is gone"' "$LEDGER" >"$work/gone"
+  if [[ -s $work/gone ]]; then
+    cat "$work/gone"
+    return 1
+  fi
+  say "$n acknowledged transfers of load $1, all present ($failed requests failed or timed out, none acknowledged)"
+}
+# verify <shard>: tally verify on the shard's primary
+verify() {
+  local p
+  p=$(primary_of "$1")
+  kubectl -n "$NS" exec "$p" -c postgres -- /controller/tally verify \
+    --database-url "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
+}
+
+# pod_netns <pod>: the network namespace on this node that holds the pod's IP.
+pod_netns() {
+  local ip ns
+  ip=$(kubectl -n "$NS" get pod "$1" -o jsonpath='{.status.podIP}')
+  for ns in $(ip netns list | awk '{print $1}'); do
+    if ip netns exec "$ns" ip -o -4 addr show 2>/dev/null | grep -q " inet $ip/"; then
+      echo "$ns"
+      return
+    fi
+  done
+  return 1
+}
+cut_ns=()
+cut_off() {
+  ip netns exec "$1" iptables -I INPUT 1 -i eth0 -j DROP
+  ip netns exec "$1" iptables -I OUTPUT 1 -o eth0 -j DROP
+  cut_ns+=("$1")
+}
+mend() {
+  ip netns exec "$1" iptables -D INPUT -i eth0 -j DROP 2>/dev/null || true
+  ip netns exec "$1" iptables -D OUTPUT -o eth0 -j DROP 2>/dev/null || true
+}
+mend_all() { local ns; for ns in "${cut_ns[@]}"; do mend "$ns"; done; }
 
 step "install the operator ($IMAGE)"
 cp -r "$root/config" "$work/config"
 (cd "$work/config/manager" && "$KUSTOMIZE" edit set image "tally=$IMAGE")
-"$KUSTOMIZE" build "$work/config/default" | kubectl apply --server-side -f -
+"$KUSTOMIZE" build "$work/config/default" | kubectl apply --server-side -f - >/dev/null
 kubectl -n tally-system rollout status deployment/tally-operator --timeout="$TIMEOUT"
 
-step "create LedgerCluster e2e with one shard"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+step "create LedgerCluster e2e with one shard of three instances"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$NS" apply -f - <<YAML
 apiVersion: ledger.tally.dev/v1alpha1
 kind: LedgerCluster
@@ -41,85 +229,186 @@ spec:
   shards: 1
   postgres:
     instances: 3
+    ${PG_IMAGE:+image: $PG_IMAGE}
     synchronous: {method: any, number: 1, dataDurability: required}
     storage: {size: 1Gi}
   ledger:
     replicas: 2
     batching: {linger: 1ms}
 YAML
-kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout="$TIMEOUT"
+until_true "LedgerCluster e2e to be Ready" 600 cluster_ready
+say "ready $(($(date +%s) - started)) s after the start"
 kubectl -n "$NS" get ledgercluster,ledgershard,pods,pvc,svc,pdb,jobs
 
 step "children are owned and labelled"
 for kind in pods services pdb jobs; do
   owners=$(kubectl -n "$NS" get "$kind" -l ledger.tally.dev/cluster=e2e -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}' | sort -u)
-  [[ -n $owners && $owners != *"<no value>"* ]] || { echo "$kind without owner references"; exit 1; }
+  [[ -n $owners && $owners != *"<no value>"* ]] || { echo "!! $kind without owner references"; false; }
 done
 # deletionPolicy Retain (the default): volumes and credentials are owned by nothing
 owned=$(kubectl -n "$NS" get pvc,secrets -l ledger.tally.dev/shard=e2e-0 -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}' | sort -u)
-[[ -z $owned ]] || { echo "volumes or credentials owned by $owned under Retain"; exit 1; }
+[[ -z $owned ]] || { echo "!! volumes or credentials owned by $owned under Retain"; false; }
 [[ $(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,ledger.tally.dev/role=primary -o name | wc -l) == 1 ]]
 # spec.ledger.batching reaches the service as flags, and the service starts with them
 kubectl -n "$NS" get deployment/e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- '--linger=1ms'
 
+step "reach the ledger service"
+# Its ClusterIP when this machine routes to Services (it is the node), else a port-forward
+# started again whenever it ends: the ledger Deployment rolls on every shard change.
+ip=$(kubectl -n "$NS" get service e2e-ledger -o jsonpath='{.spec.clusterIP}')
+if [[ ${E2E_LEDGER_VIA:-} != port-forward ]] && curl -sf -m 3 "http://$ip:8080/v1/assets" >/dev/null 2>&1; then
+  LEDGER=$ip:8080
+  say "through its ClusterIP $LEDGER"
+else
+  LEDGER=127.0.0.1:18080
+  (
+    trap - ERR
+    while :; do
+      kubectl -n "$NS" port-forward service/e2e-ledger 18080:8080 >>"$work/port-forward.log" 2>&1 || true
+      sleep 0.5
+    done
+  ) &
+  pf_pid=$!
+  until_true "the port-forward to the ledger service" 60 curl -sf -m 2 "http://$LEDGER/v1/assets"
+  say "through a port-forward to $LEDGER"
+fi
+
 step "move money through the ledger service"
-kubectl -n "$NS" port-forward service/e2e-ledger 18080:8080 >/dev/null 2>&1 &
-pf_pid=$!
-for _ in $(seq 50); do curl -sf localhost:18080/v1/assets >/dev/null && break; sleep 0.2; done
-(cd "$root" && go run . dev --print-script 127.0.0.1:18080) >"$work/script.sh"
+if [[ -n ${TALLY_BIN:-} ]]; then
+  "$TALLY_BIN" dev --print-script "$LEDGER" >"$work/script.sh"
+else
+  (cd "$root" && go run . dev --print-script "$LEDGER") >"$work/script.sh"
+fi
 bash -euo pipefail "$work/script.sh" | tee "$work/out"
 grep -q '"balance":"12.34"' "$work/out"
+SRC=$(open_funded load-source 1000000.00)
+DST=$(api POST /v1/accounts '{"owner":"load-sink","asset":"USD"}' | id_of)
+say "load moves 0.01 at a time from $SRC to $DST with $CLIENTS clients"
 
-step "lose the primary pod under load: no acknowledged transfer may be lost"
-ALICE=$(grep -o 'alice=[^ ]*' "$work/out" | cut -d= -f2)
-BOB=$(grep -o 'bob=[^ ]*' "$work/out" | cut -d= -f2)
-primary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
-: >"$work/acked"
-(
-  for i in $(seq 600); do
-    body=$(curl -s -m 5 -X POST localhost:18080/v1/transfers -H 'Content-Type: application/json' \
-      -H "Idempotency-Key: e2e-load-$i" -d '{"from_account":"'"$BOB"'","to_account":"'"$ALICE"'","amount":"0.01","asset":"USD"}' -w '\n%{http_code}') || continue
-    [[ $(tail -1 <<<"$body") == 201 ]] && head -1 <<<"$body" | sed -E 's/.*"id":"([^"]+)".*/\1/' >>"$work/acked"
-    sleep 0.05
-  done
-) &
-load_pid=$!
+if [[ ${E2E_NODE_ACCESS:-} == 1 ]]; then
+  step "failover: the primary is cut off the network under load"
+  load_start cut "$SRC" "$DST"
+  sleep 5
+  old=$(primary_of e2e-0)
+  ns=$(pod_netns "$old")
+  t0=$(ms)
+  cut_off "$ns"
+  say "cut $old off (network namespace $ns)"
+  until_true "a replica of e2e-0 to be promoted in place of $old" 180 primary_is_not e2e-0 "$old"
+  new=$(primary_of e2e-0)
+  say "$new promoted $(($(ms) - t0)) ms after the cut"
+  until_true "a transfer acknowledged after the cut" 120 first_ack_after cut "$t0"
+  say "first acknowledged write $(first_ack_after cut "$t0") ms after the cut"
+  sleep 3
+  load_stop
+  until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
+  events 12
+  check_acked cut
+  mend "$ns"
+  say "$old is on the network again"
+  until_true "$old to rejoin e2e-0 as a streaming replica" 300 streaming_replica e2e-0 "$old"
+  until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
+  verify e2e-0
+else
+  step "failover from a primary cut off the network: skipped (needs E2E_NODE_ACCESS=1 on the node)"
+fi
+
+step "failover: every process of the primary's pod is stopped (SIGSTOP), connections left open"
+load_start hung "$SRC" "$DST"
 sleep 5
-kubectl -n "$NS" delete pod "$primary" --grace-period=0 --force
-wait "$load_pid"
-kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
-echo "primary was $primary, now $(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')"
-kubectl -n "$NS" get events --field-selector involvedObject.name=e2e-0 -o custom-columns=REASON:.reason,MESSAGE:.note | tail -20
-lost=0
-while read -r id; do
-  [[ -z $id ]] && continue
-  curl -sf "localhost:18080/v1/transactions/$id" >/dev/null || { echo "acknowledged transfer $id is gone"; lost=1; }
-done <"$work/acked"
-[[ $lost == 0 ]] || exit 1
-echo "$(wc -l <"$work/acked") acknowledged transfers, all present"
-newprimary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
-kubectl -n "$NS" exec "$newprimary" -c postgres -- /controller/tally verify --database-url "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
+old=$(primary_of e2e-0)
+t0=$(ms)
+kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -STOP -1'
+say "froze every process of $old"
+until_true "a replica of e2e-0 to be promoted in place of the hung $old" 180 primary_is_not e2e-0 "$old"
+new=$(primary_of e2e-0)
+say "$new promoted $(($(ms) - t0)) ms after the freeze"
+until_true "a transfer acknowledged after the freeze" 120 first_ack_after hung "$t0"
+resumed=$(first_ack_after hung "$t0")
+say "first acknowledged write $resumed ms after the freeze"
+sleep 3
+load_stop
+until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
+check_acked hung
+kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -CONT -1' || true
+say "thawed $old"
+((resumed <= RESUME_WITHIN * 1000)) || { echo "!! writes resumed ${resumed} ms after the freeze, more than ${RESUME_WITHIN} s"; false; }
+until_true "$old to rejoin e2e-0 as a streaming replica" 300 streaming_replica e2e-0 "$old"
+until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
+verify e2e-0
+
+step "switchover through the LedgerShard's spec.primary, under load"
+load_start switch "$SRC" "$DST"
+sleep 3
+old=$(primary_of e2e-0)
+target=$(shard_field e2e-0 '{.status.instances[?(@.role=="replica")].name}' | awk '{print $1}')
+kubectl -n "$NS" patch ledgershard/e2e-0 --type merge -p "{\"spec\":{\"primary\":\"$target\"}}"
+until_true "$target to be the primary of e2e-0" 120 primary_is e2e-0 "$target"
+sleep 3
+load_stop
+event_seen e2e-0 SwitchoverStarted "$target"
+check_acked switch
+until_true "$old to stream from $target" 180 streaming_replica e2e-0 "$old"
+kubectl -n "$NS" patch ledgershard/e2e-0 --type json -p '[{"op":"remove","path":"/spec/primary"}]'
+until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
+
+if [[ -n $PG_IMAGE_NEXT ]]; then
+  step "rolling update of the PostgreSQL image to $PG_IMAGE_NEXT, under load"
+  load_start roll "$SRC" "$DST"
+  kubectl -n "$NS" patch ledgercluster/e2e --type merge -p "{\"spec\":{\"postgres\":{\"image\":\"$PG_IMAGE_NEXT\"}}}"
+  rolled() {
+    local images
+    images=$(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,app.kubernetes.io/component=postgres \
+      -o jsonpath='{range .items[*]}{.spec.containers[?(@.name=="postgres")].image}{"\n"}{end}' | sort -u)
+    [[ $images == "$PG_IMAGE_NEXT" ]] && shard_ready e2e-0
+  }
+  until_true "every instance of e2e-0 to run $PG_IMAGE_NEXT" 600 rolled
+  sleep 3
+  load_stop
+  event_seen e2e-0 RolloutSwitchover "switching over"
+  check_acked roll
+  verify e2e-0
+else
+  step "rolling update of the PostgreSQL image: skipped (set E2E_POSTGRES_IMAGE_NEXT)"
+fi
 
 if [[ $(kubectl get nodes -o name | wc -l) -ge 2 ]]; then
   step "draining the primary's node switches over first, then the drain completes"
-  primary=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
+  primary=$(primary_of e2e-0)
   node=$(kubectl -n "$NS" get pod "$primary" -o jsonpath='{.spec.nodeName}')
   kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --timeout="$TIMEOUT"
-  moved=$(kubectl -n "$NS" get ledgershard e2e-0 -o jsonpath='{.status.currentPrimary}')
-  [[ $moved != "$primary" ]] || { echo "the drain finished with the primary still on $node"; exit 1; }
+  moved=$(primary_of e2e-0)
+  [[ $moved != "$primary" ]] || { echo "!! the drain finished with the primary still on $node"; false; }
   kubectl uncordon "$node"
-  kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
+  until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
 else
   step "draining the primary's node: skipped, the cluster has one node"
 fi
 
-step "scale to two shards with kubectl scale"
+step "scale to two shards with kubectl scale; money moves on both"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
-kubectl -n "$NS" wait ledgershard/e2e-1 --for=condition=Ready --timeout="$TIMEOUT"
-kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout="$TIMEOUT"
-for i in $(seq 20); do
-  curl -sf -X POST localhost:18080/v1/accounts -H 'Content-Type: application/json' -d "{\"owner\":\"owner-$i\",\"asset\":\"USD\"}" >/dev/null
+until_true "LedgerShard e2e-1 to be Ready" 600 shard_ready e2e-1
+until_true "LedgerCluster e2e to be Ready with two shards" 300 cluster_ready
+# an owner's accounts live on one shard: open pairs until both shards hold one
+declare -A pair=()
+for i in $(seq 40); do
+  a=$(api POST /v1/accounts "{\"owner\":\"scaled-$i\",\"asset\":\"USD\"}" | id_of)
+  s=$(shard_of "$a")
+  [[ -n ${pair[$s]:-} ]] && continue
+  b=$(api POST /v1/accounts "{\"owner\":\"scaled-$i\",\"asset\":\"USD\"}" | id_of)
+  [[ $(shard_of "$b") == "$s" ]] || { echo "!! two accounts of owner scaled-$i on different shards"; false; }
+  pair[$s]="$a $b"
+  [[ -n ${pair[0]:-} && -n ${pair[1]:-} ]] && break
 done
+[[ -n ${pair[0]:-} && -n ${pair[1]:-} ]] || { echo "!! 40 owners and no account on both shards: ${!pair[*]}"; false; }
+for s in 0 1; do
+  read -r a b <<<"${pair[$s]}"
+  pay external "$a" 50.00 "scaled-fund-$a"
+  pay "$a" "$b" 7.50 "scaled-pay-$a"
+  [[ $(balance_of "$a") == 42.50 && $(balance_of "$b") == 7.50 ]] || { echo "!! balances on shard $s: $(balance_of "$a") $(balance_of "$b")"; false; }
+  say "shard $s: $a paid 7.50 to $b"
+done
+verify e2e-1
 
 step "a scale-down of a shard holding accounts is refused"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=1
@@ -131,25 +420,17 @@ step "lowering postgres.instances retires the instance beyond it, pod and volume
 kubectl -n "$NS" patch ledgercluster/e2e --type merge -p '{"spec":{"postgres":{"instances":2}}}'
 # The primary's manager learns the new shape from its ConfigMap (the kubelet refreshes
 # it within a minute or two); if the primary is e2e-0-3 it is switched over first.
-for _ in $(seq 150); do
-  left=$(kubectl -n "$NS" get pods,pvc -l ledger.tally.dev/shard=e2e-0 -o name | grep -c '/e2e-0-3$' || true)
-  [[ $left == 0 ]] && break
-  sleep 2
-done
-[[ $left == 0 ]] || { kubectl -n "$NS" get ledgershard e2e-0 -o yaml; echo "instance e2e-0-3 was not retired"; exit 1; }
-kubectl -n "$NS" get events --field-selector involvedObject.name=e2e-0 -o custom-columns=REASON:.reason,MESSAGE:.note | grep -E 'Retire' || true
-kubectl -n "$NS" wait ledgershard/e2e-0 --for=condition=Ready --timeout="$TIMEOUT"
-curl -sf -m 30 -X POST localhost:18080/v1/accounts -H 'Content-Type: application/json' -d '{"owner":"after-retire","asset":"USD"}' >/dev/null
+retired() { ! kubectl -n "$NS" get pods,pvc -l ledger.tally.dev/shard=e2e-0 -o name | grep -q '/e2e-0-3$'; }
+until_true "instance e2e-0-3 to be retired, pod and volume" 300 retired
+event_seen e2e-0 InstanceRetired e2e-0-3
+until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
+api POST /v1/accounts '{"owner":"after-retire","asset":"USD"}' >/dev/null
 
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"
-for _ in $(seq 60); do
-  left=$(kubectl -n "$NS" get ledgershard,pods,svc,deploy -l ledger.tally.dev/cluster=e2e -o name | wc -l)
-  [[ $left == 0 ]] && break
-  sleep 2
-done
-[[ $left == 0 ]] || { echo "children left behind"; exit 1; }
+gone() { [[ $(kubectl -n "$NS" get ledgershard,pods,svc,deploy -l ledger.tally.dev/cluster=e2e -o name | wc -l) == 0 ]]; }
+until_true "the cluster's children to be deleted" 120 gone
 step "the retained volumes and credentials stay, until deleted by label"
-[[ $(kubectl -n "$NS" get pvc -l ledger.tally.dev/cluster=e2e -o name | wc -l) -gt 0 ]] || { echo "retained volumes are gone"; exit 1; }
+[[ $(kubectl -n "$NS" get pvc -l ledger.tally.dev/cluster=e2e -o name | wc -l) -gt 0 ]] || { echo "!! retained volumes are gone"; false; }
 kubectl -n "$NS" delete pvc,secrets -l ledger.tally.dev/cluster=e2e --wait=false
-echo "e2e: all scenarios passed"
+step "e2e: all scenarios passed in $(($(date +%s) - started)) s"

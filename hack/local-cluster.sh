@@ -116,6 +116,10 @@ save_host() {
   iptables-save >"$STATE/saved/iptables"
   ip6tables-save >"$STATE/saved/ip6tables"
   ip netns list | awk '{print $1}' | sort >"$STATE/saved/netns"
+  local d
+  for d in /var/log/containers /var/log/pods; do
+    [[ -d $d ]] || echo "$d"
+  done >"$STATE/saved/new-dirs"
 }
 
 pki() {
@@ -188,7 +192,8 @@ control_plane() {
     --kubelet-client-certificate "$d/admin.crt" --kubelet-client-key "$d/admin.key" \
     --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --enable-admission-plugins NodeRestriction --allow-privileged=true
+    --enable-admission-plugins NodeRestriction --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP
   wait_for kube-apiserver 120 kctl get --raw /readyz
   start kube-controller-manager "$K8S/kube-controller-manager" --kubeconfig "$STATE/kubeconfig" \
     --service-account-private-key-file "$d/sa.key" --root-ca-file "$d/ca.crt" \
@@ -199,7 +204,7 @@ control_plane() {
 
 node() {
   local d=$STATE/pki c=$STATE/containerd
-  mkdir -p "$c" "$STATE/cni/net.d" "$STATE/kubelet"
+  mkdir -p "$c" "$STATE/cni/net.d" "$STATE/kubelet" "$STATE/pod-logs"
   cat >"$c/config.toml" <<TOML
 version = 2
 root = "$c/root"
@@ -263,6 +268,7 @@ clusterDNS: [$NODE_IP]
 clusterDomain: cluster.local
 containerRuntimeEndpoint: unix://$c/containerd.sock
 resolvConf: $STATE/resolv.conf
+podLogsDir: $STATE/pod-logs
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
@@ -353,6 +359,9 @@ down() {
     comm -13 "$STATE/saved/netns" <(ip netns list | awk '{print $1}' | sort) | while read -r ns; do ip netns delete "$ns" || true; done
   fi
   ip link delete "$BRIDGE" 2>/dev/null || true
+  # the kubelet links every container's log from here to its pod log under the state dir
+  find /var/log/containers -maxdepth 1 -lname "$STATE/*" -delete 2>/dev/null || true
+  [[ ! -f $STATE/saved/new-dirs ]] || xargs -r rmdir --ignore-fail-on-non-empty <"$STATE/saved/new-dirs" 2>/dev/null || true
   # cgroups kubelet made, deepest first
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} \; 2>/dev/null || true
   if [[ -f $STATE/saved/sysctl ]]; then

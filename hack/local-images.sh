@@ -59,6 +59,7 @@ tally_image() {
   mkdir -p "$work/root/tmp"
   chmod 1777 "$work/root/tmp"
   (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/root/tally" .)
+  cp "$work/root/tally" "$IMAGES/tally" # the e2e runs the same binary on the host
   archive "$work/root" "$TALLY_IMAGE" "$work/tally.tar" '["/tally"]' 65532:65532
   import "$work/tally.tar"
   rm -rf "$work"

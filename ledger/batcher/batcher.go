@@ -30,9 +30,15 @@ const (
 	DefaultLinger = 500 * time.Microsecond
 	// queueLength bounds requests waiting for a writer.
 	queueLength = 10000
-	// batchTimeout bounds one batch's round trip, so a hung database fails the batch
-	// instead of holding its callers forever.
-	batchTimeout = 30 * time.Second
+	// DefaultTimeout bounds one batch's round trip (connecting included), so a hung
+	// database fails the batch instead of holding its writer and every request queued
+	// behind it: a batch takes milliseconds, and a primary whose processes stopped keeps
+	// its connections open, so only a timeout tells. Past it the batch's outcome is
+	// unknown (503, retry with the same key). The failover of a hung primary takes about
+	// ten seconds; writes resume after it only if no writer is still waiting on the old one.
+	DefaultTimeout = 5 * time.Second
+	// MaxTimeout bounds Config.Timeout.
+	MaxTimeout = time.Minute
 	// MaxWriters (also for readers), MaxBatchLimit and MaxLinger bound the configuration.
 	MaxWriters    = 16
 	MaxBatchLimit = 1000
@@ -48,6 +54,7 @@ type Config struct {
 	MaxBatch int
 	Linger   time.Duration
 	Readers  int
+	Timeout  time.Duration
 }
 
 // Resolve returns c with its zero fields set to the defaults, or an error if a field is
@@ -65,9 +72,13 @@ func (c Config) Resolve() (Config, error) {
 	if c.Readers == 0 {
 		c.Readers = DefaultReaders
 	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
 	if c.Writers < 1 || c.Writers > MaxWriters || c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit || c.Linger < 0 || c.Linger > MaxLinger ||
-		c.Readers < 1 || c.Readers > MaxWriters {
-		return c, fmt.Errorf("batcher: writers and readers must be 1..%d, max batch 1..%d, linger 0..%s; got %+v", MaxWriters, MaxBatchLimit, MaxLinger, c)
+		c.Readers < 1 || c.Readers > MaxWriters || c.Timeout < 0 || c.Timeout > MaxTimeout {
+		return c, fmt.Errorf("batcher: writers and readers must be 1..%d, max batch 1..%d, linger 0..%s, timeout up to %s; got %+v",
+			MaxWriters, MaxBatchLimit, MaxLinger, MaxTimeout, c)
 	}
 	return c, nil
 }
@@ -268,7 +279,7 @@ func (b *Batcher) collect(carry []*pending) (batch, next []*pending, open bool) 
 func (b *Batcher) post(batch []*pending) {
 	// The batch is decided on its own context: once taken, it commits or fails as a
 	// whole, whatever happens to the callers' contexts.
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
 	b.postIsolating(ctx, batch)
 }

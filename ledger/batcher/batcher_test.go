@@ -5,9 +5,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
@@ -231,5 +236,138 @@ func TestPoisonedRequestFailsAlone(t *testing.T) {
 	}
 	if s := b.Stats(); s.Isolations == 0 {
 		t.Errorf("the poisoned batch was never split: %+v", s)
+	}
+}
+
+// freezingProxy forwards connections to PostgreSQL until frozen; then the connections it
+// holds stay open and carry nothing more, as a hung primary's do (its kernel still
+// acknowledges), while new connections reach the server, as the Service does once it
+// leads to the new primary.
+type freezingProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []*atomic.Bool // one frozen flag per connection
+	done   chan struct{}
+}
+
+func newFreezingProxy(t *testing.T, target string) *freezingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezingProxy{ln: ln, target: target, done: make(chan struct{})}
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			frozen := &atomic.Bool{}
+			p.mu.Lock()
+			p.conns = append(p.conns, frozen)
+			p.mu.Unlock()
+			go p.pipe(client, server, frozen)
+			go p.pipe(server, client, frozen)
+		}
+	}()
+	t.Cleanup(func() { close(p.done); ln.Close() })
+	return p
+}
+
+func (p *freezingProxy) pipe(from, to net.Conn, frozen *atomic.Bool) {
+	defer to.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if frozen.Load() {
+			<-p.done
+			from.Close()
+			return
+		}
+		if n > 0 {
+			if _, werr := to.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *freezingProxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range p.conns {
+		f.Store(true)
+	}
+}
+
+// A batch stuck on a connection whose server stopped answering (a hung primary) fails
+// after the batch timeout, and no later batch rides on a connection opened before that:
+// once the address leads to a live server again, the next batch reaches it, instead of
+// each pooled connection to the hung server costing a batch timeout in turn.
+func TestHungServerCostsOneBatch(t *testing.T) {
+	db := pgtest.NewDB(t)
+	cfg, err := pgxpool.ParseConfig(db.AppDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newFreezingProxy(t, net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))))
+	cfg.ConnConfig.Host, cfg.ConnConfig.Port = "127.0.0.1", uint16(p.ln.Addr().(*net.TCPAddr).Port)
+	cfg.MaxConns = 4
+	store.ConfigurePool(cfg)
+	ctx := context.Background()
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	st := store.New(pool)
+	ext, _ := ledger.NewAccountID(0)
+	if _, _, _, err := st.RegisterAsset(ctx, "USD", 2, ext); err != nil {
+		t.Fatal(err)
+	}
+	acc, _ := ledger.NewAccountID(0)
+	if _, err := st.CreateAccount(ctx, ledger.Account{ID: acc, Owner: "a", Asset: "USD"}); err != nil {
+		t.Fatal(err)
+	}
+	// every connection the pool may hold is open, to the server about to hang
+	var held []*pgxpool.Conn
+	for range cfg.MaxConns {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		c.Release()
+	}
+	b, err := batcher.New(st, batcher.Config{Writers: 1, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Stop()
+	if out, err := b.PostTransaction(ctx, deposit(t, "before", ext, acc)); err != nil || out.Status != 201 {
+		t.Fatalf("before the hang: %v %+v", err, out)
+	}
+	p.freeze()
+	// The first batch after the hang is ambiguous: it may have reached the server.
+	if _, err := b.PostTransaction(ctx, deposit(t, "hung", ext, acc)); !errors.Is(err, context.DeadlineExceeded) && !store.Unavailable(err) {
+		t.Fatalf("on the hung server: %v, want a timeout", err)
+	}
+	for i := range 3 {
+		if out, err := b.PostTransaction(ctx, deposit(t, fmt.Sprintf("after-%d", i), ext, acc)); err != nil || out.Status != 201 {
+			t.Fatalf("batch %d after the one that timed out: %v %+v; it rode on a connection to the hung server", i+1, err, out)
+		}
 	}
 }

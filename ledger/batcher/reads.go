@@ -88,7 +88,7 @@ func (b *Batcher) answerReads(batch []*balanceRead) {
 	for i, r := range live {
 		ids[i] = r.id
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
 	balances, missing, err := b.store.Balances(ctx, ids)
 	for i, r := range live {

@@ -233,6 +233,7 @@ func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances 
 		JOIN tally.balances b ON b.account_id = u.id
 		JOIN tally.accounts a ON a.id = u.id`, keys)
 	if err != nil {
+		s.reconnectAfter(err)
 		return nil, nil, wrap("read balances", err)
 	}
 	var i int64
@@ -351,7 +352,18 @@ func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome
 			break
 		}
 	}
+	s.reconnectAfter(err)
 	return nil, wrapWrite("post batch", err)
+}
+
+// reconnectAfter drops every pooled connection when err says the server may be gone (a
+// timeout, a broken connection): the other connections lead to the same server, and
+// after a failover the Service leads elsewhere, so the next statements connect again
+// rather than each wait out a timeout on a connection to a hung primary in turn.
+func (s *Store) reconnectAfter(err error) {
+	if Unavailable(err) || errors.Is(err, context.DeadlineExceeded) {
+		s.pool.Reset()
+	}
 }
 
 // BatchArgs are tally.post_batch's twelve arguments for the requests, in order; tests
