@@ -117,6 +117,26 @@ func TestOperatorFailsOverLostPrimary(t *testing.T) {
 	expectEvent(t, ns, "Following")
 }
 
+// A hung primary keeps its connections open, so its standbys' WAL receivers go on
+// "streaming" until their timeout. With synchronous standbys required that is no reason
+// to wait: the failover detaches every standby before it promotes, and a primary without
+// standbys cannot acknowledge a commit.
+func TestHungPrimaryFailsOverWhileReceiversStream(t *testing.T) {
+	ns, shard := haShard(t, "hung")
+	p1, p2, p3 := specs.InstanceName(shard, 1), specs.InstanceName(shard, 2), specs.InstanceName(shard, 3)
+	waitPrimary(t, ns, shard, p1)
+	fakes.update(ns, p3, func(f *fakeInstance) { f.st.WAL = 6000 })
+	for _, p := range []string{p2, p3} {
+		fakes.update(ns, p, func(f *fakeInstance) { f.stuck = true })
+	}
+	fakes.update(ns, p1, func(f *fakeInstance) { f.down = true })
+	waitPrimary(t, ns, shard, p3)
+	expectEvent(t, ns, "Detached")
+	if f := fakes.get(ns, p2); f.st.Upstream != p3 {
+		t.Errorf("%s follows %q, want %s", p2, f.st.Upstream, p3)
+	}
+}
+
 // Once a pass has found the primary lost, no later pass tries to count its accounts: the
 // count would wait out its timeout on every pass and hold the failover back.
 func TestLostPrimaryIsNotCounted(t *testing.T) {

@@ -32,7 +32,7 @@ type fakeInstance struct {
 	ns, name   string
 	down       bool // the manager does not answer
 	refuse     bool // the manager answers but refuses to promote
-	stuck      bool // a replica whose WAL receiver still streams, whatever its upstream does
+	stuck      bool // a replica whose WAL receiver still streams, whatever its upstream does, until detached
 	st         instance.Status
 	promotions int
 }
@@ -86,7 +86,7 @@ func (fi *fakeInstance) Status(context.Context) (instance.Status, error) {
 	st.Standbys = slices.Clone(st.Standbys) // a real manager's answer shares nothing with it
 	st.WALReceiver = ""
 	if st.Running && st.Role == instance.RoleReplica {
-		if up := fi.set.byPod[fi.ns+"/"+st.Upstream]; fi.stuck || up != nil && !up.down && up.st.Running && up.st.Role == instance.RolePrimary {
+		if up := fi.set.byPod[fi.ns+"/"+st.Upstream]; fi.stuck && st.Upstream != "" || up != nil && !up.down && up.st.Running && up.st.Role == instance.RolePrimary {
 			st.WALReceiver = "streaming"
 		}
 	}

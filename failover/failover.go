@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -130,7 +131,7 @@ func Failover(ctx context.Context, s *Shard, obs []Observation) (string, error) 
 		s.Converge(ctx, s.Observe(ctx))
 		return name, nil
 	}
-	if _, err := ChoosePromotion(s.Rule, s.Members, old, "", obs); err != nil {
+	if _, err := ChoosePromotion(s.Rule, s.Members, old, "", s.onceDetached(old, obs)); err != nil {
 		s.warning("FailoverRefused", "primary %s is lost, but no replica can be promoted safely now: %v", old, err)
 		return "", err
 	}
@@ -248,6 +249,28 @@ func (s *Shard) cutOff(ctx context.Context, old string) (fenced func()) {
 	}
 	wg.Wait()
 	return fence.Wait
+}
+
+// onceDetached is obs as the promotion will see it after cutOff. When commits need
+// synchronous standbys, a standby still streaming from the lost primary is no sign that
+// a promotion would be unsafe: the failover detaches it first, and a primary without its
+// standbys cannot acknowledge a commit, hung or alive. A hung primary keeps its
+// connections open, so its standbys stream on until their receiver timeout; waiting for
+// that cost writes several seconds more. Without that rule only the fence stops the old
+// primary, so a streaming standby means it may be alive, and the failover waits.
+func (s *Shard) onceDetached(old string, obs []Observation) []Observation {
+	if !s.Rule.Required || s.Rule.Number == 0 {
+		return obs
+	}
+	out := slices.Clone(obs)
+	for i, o := range out {
+		if o.Status != nil && o.Status.Role == instance.RoleReplica && o.Status.Upstream == old {
+			st := *o.Status
+			st.Upstream, st.WALReceiver = "", ""
+			out[i].Status = &st
+		}
+	}
+	return out
 }
 
 // detachedOnly keeps the observations of replicas that stream from nobody; the others

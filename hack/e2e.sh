@@ -14,6 +14,8 @@
 # Each wait says what it waits for; a failure prints the cluster's state, events and logs.
 # Needs kubectl, curl, kustomize, IMAGE loaded into the cluster, and go (or TALLY_BIN).
 set -eEuo pipefail
+# (no `| grep -q` under pipefail: grep leaves early, the writer dies of SIGPIPE, and a
+# match reads as a failure)
 
 IMAGE=${IMAGE:?set IMAGE to a tally image the cluster can pull}
 KUSTOMIZE=${KUSTOMIZE:-kustomize}
@@ -104,7 +106,7 @@ streaming_replica() {
 # event_seen <object> <reason> <message part>
 event_seen() {
   kubectl -n "$NS" get events --field-selector "involvedObject.name=$1,reason=$2" \
-    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -qF -- "$3"
+    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -F -- "$3" >/dev/null
 }
 
 # api <method> <path> [body] [idempotency key]: one call to the ledger service; prints
@@ -162,10 +164,10 @@ load_stop() {
 }
 # acked <name>: the transaction ids acknowledged to the load named name
 acked() { cat "$work"/load-"$1"-* | awk '$3 == 201 {print $4}'; }
-# first_ack_after <name> <ms>: milliseconds from <ms> to the first acknowledgement of a
-# request sent after it
+# first_ack_after <name> <sent> <from>: milliseconds from <from> to the first
+# acknowledgement of a request sent after <sent> (both in ms since the epoch)
 first_ack_after() {
-  cat "$work"/load-"$1"-* | awk -v t="$2" '$3 == 201 && $1 >= t && (m == "" || $2 < m) {m = $2} END {if (m == "") exit 1; print m - t}'
+  cat "$work"/load-"$1"-* | awk -v s="$2" -v t="$3" '$3 == 201 && $1 >= s && (m == "" || $2 < m) {m = $2} END {if (m == "") exit 1; print m - t}'
 }
 # check_acked <name>: every acknowledged transfer is in the ledger; prints a summary.
 check_acked() {
@@ -193,7 +195,7 @@ pod_netns() {
   local ip ns
   ip=$(kubectl -n "$NS" get pod "$1" -o jsonpath='{.status.podIP}')
   for ns in $(ip netns list | awk '{print $1}'); do
-    if ip netns exec "$ns" ip -o -4 addr show 2>/dev/null | grep -q " inet $ip/"; then
+    if ip netns exec "$ns" ip -o -4 addr show 2>/dev/null | grep " inet $ip/" >/dev/null; then
       echo "$ns"
       return
     fi
@@ -250,7 +252,7 @@ owned=$(kubectl -n "$NS" get pvc,secrets -l ledger.tally.dev/shard=e2e-0 -o json
 [[ -z $owned ]] || { echo "!! volumes or credentials owned by $owned under Retain"; false; }
 [[ $(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,ledger.tally.dev/role=primary -o name | wc -l) == 1 ]]
 # spec.ledger.batching reaches the service as flags, and the service starts with them
-kubectl -n "$NS" get deployment/e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- '--linger=1ms'
+kubectl -n "$NS" get deployment/e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -- '--linger=1ms' >/dev/null
 
 step "reach the ledger service"
 # Its ClusterIP when this machine routes to Services (it is the node), else a port-forward
@@ -293,12 +295,13 @@ if [[ ${E2E_NODE_ACCESS:-} == 1 ]]; then
   ns=$(pod_netns "$old")
   t0=$(ms)
   cut_off "$ns"
+  t1=$(ms)
   say "cut $old off (network namespace $ns)"
   until_true "a replica of e2e-0 to be promoted in place of $old" 180 primary_is_not e2e-0 "$old"
   new=$(primary_of e2e-0)
   say "$new promoted $(($(ms) - t0)) ms after the cut"
-  until_true "a transfer acknowledged after the cut" 120 first_ack_after cut "$t0"
-  say "first acknowledged write $(first_ack_after cut "$t0") ms after the cut"
+  until_true "a transfer acknowledged after the cut" 120 first_ack_after cut "$t1" "$t0"
+  say "first acknowledged write $(first_ack_after cut "$t1" "$t0") ms after the cut"
   sleep 3
   load_stop
   until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
@@ -319,12 +322,13 @@ sleep 5
 old=$(primary_of e2e-0)
 t0=$(ms)
 kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -STOP -1'
-say "froze every process of $old"
+t1=$(ms)
+say "froze every process of $old ($((t1 - t0)) ms to run kubectl exec)"
 until_true "a replica of e2e-0 to be promoted in place of the hung $old" 180 primary_is_not e2e-0 "$old"
 new=$(primary_of e2e-0)
 say "$new promoted $(($(ms) - t0)) ms after the freeze"
-until_true "a transfer acknowledged after the freeze" 120 first_ack_after hung "$t0"
-resumed=$(first_ack_after hung "$t0")
+until_true "a transfer acknowledged after the freeze" 120 first_ack_after hung "$t1" "$t0"
+resumed=$(first_ack_after hung "$t1" "$t0")
 say "first acknowledged write $resumed ms after the freeze"
 sleep 3
 load_stop
@@ -420,7 +424,11 @@ step "lowering postgres.instances retires the instance beyond it, pod and volume
 kubectl -n "$NS" patch ledgercluster/e2e --type merge -p '{"spec":{"postgres":{"instances":2}}}'
 # The primary's manager learns the new shape from its ConfigMap (the kubelet refreshes
 # it within a minute or two); if the primary is e2e-0-3 it is switched over first.
-retired() { ! kubectl -n "$NS" get pods,pvc -l ledger.tally.dev/shard=e2e-0 -o name | grep -q '/e2e-0-3$'; }
+retired() {
+  local left
+  left=$(kubectl -n "$NS" get pods,pvc -l ledger.tally.dev/shard=e2e-0 -o name)
+  [[ $'\n'$left$'\n' != *$'/e2e-0-3\n'* ]]
+}
 until_true "instance e2e-0-3 to be retired, pod and volume" 300 retired
 event_seen e2e-0 InstanceRetired e2e-0-3
 until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
