@@ -401,6 +401,42 @@ func TestHungPrimaryUnderLoad(t *testing.T) {
 	h.checkLedger(ctx, old, acked)
 }
 
+// TestStandbyDetachesWhilePrimaryHangs: a standby answers a Detach at once while its
+// primary hangs. Its manager's loop asks the primary whether the standby diverged, a
+// question that hangs with the primary; asked under the lock every change of the
+// instance takes, it held a failover's Detach (and Promote) for the question's timeout,
+// and the failover gave up on the standby.
+func TestStandbyDetachesWhilePrimaryHangs(t *testing.T) {
+	h := startHALedgerWith(t, 3, anyOneRequired, time.Hour) // no failover of its own
+	ctx := context.Background()
+	old := h.shard.CurrentPrimary()
+	if err := h.shard.Freeze(old); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = h.shard.Thaw(old) }()
+	standby := h.replicas(old)[0]
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := h.shard.Client(standby).Status(ctx)
+		if err == nil && st.WALReceiver != "streaming" {
+			break // its receiver gave up on the silent primary; the loop now asks it
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still streams from the frozen %s: %+v %v", standby, old, st, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i := range 5 {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := h.shard.Client(standby).Detach(dctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("detach %d of %s while %s hangs: %v", i+1, standby, old, err)
+		}
+		time.Sleep(time.Second) // its loop follows the frozen primary again, and asks it
+	}
+}
+
 // TestStaleReplicaNeverPromoted: a replica that was down while transfers were
 // acknowledged must not become primary. With one synchronous standby required of two,
 // a failover waits until both answer, and then takes the one that is ahead.

@@ -110,8 +110,11 @@ type Manager struct {
 	peers *peerChecker
 
 	op sync.Mutex // serialises changes to the instance: the loop's and the API's
+	// divergenceCheck names the primary the loop asks, outside op, whether this standby
+	// diverged from it (tickReplica sets it under op; Run takes it).
+	divergenceCheck string
 	// streamed is the upstream this standby last streamed from and the timeline it
-	// received from it; diverged reads and writes it under op.
+	// received from it; only the loop's divergence check reads and writes it.
 	streamed struct {
 		from string
 		tli  int64
@@ -201,7 +204,12 @@ func (m *Manager) Run(ctx context.Context) error {
 			return nil
 		}
 		err := m.tick(ctx)
+		check := m.divergenceCheck
+		m.divergenceCheck = ""
 		m.op.Unlock()
+		if err == nil && check != "" {
+			err = m.rejoinIfDiverged(ctx, check)
+		}
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, errUpstreamNotReady):
@@ -301,8 +309,8 @@ func (m *Manager) checkIsolation(ctx context.Context, locatorErr error) error {
 	return nil
 }
 
-// tickReplica follows the target primary if it moved, and rejoins it through pg_rewind
-// if this standby's history diverged from it.
+// tickReplica follows the target primary if it moved; whether this standby diverged
+// from it is asked next, outside op (rejoinIfDiverged).
 func (m *Manager) tickReplica(ctx context.Context) error {
 	target, err := m.cfg.Locator.TargetPrimary(ctx)
 	if err != nil || target == "" || target == m.cfg.Name {
@@ -312,7 +320,17 @@ func (m *Manager) tickReplica(ctx context.Context) error {
 		m.log.Info("following the new primary", "primary", target)
 		return m.repoint(ctx, target)
 	}
-	diverged, err := m.diverged(ctx, target)
+	m.divergenceCheck = target
+	return nil
+}
+
+// rejoinIfDiverged rewinds this standby and restarts it following primary if its
+// history diverged from the primary's. The question connects to the primary, which may
+// hang with its connections open: asked under op, it would hold a failover's Detach or
+// Promote of this instance for as long. So it is asked without op, and acted on only if
+// the instance still follows primary as a standby.
+func (m *Manager) rejoinIfDiverged(ctx context.Context, primary string) error {
+	diverged, err := m.diverged(ctx, primary)
 	if err != nil {
 		m.log.Debug("cannot tell whether this standby diverged", "err", err.Error())
 		return nil
@@ -320,17 +338,25 @@ func (m *Manager) tickReplica(ctx context.Context) error {
 	if !diverged {
 		return nil
 	}
-	m.log.Warn("this standby holds WAL the primary's history does not; rewinding to rejoin it", "primary", target)
+	m.op.Lock()
+	defer m.op.Unlock()
+	if m.killed || m.fenced() || m.currentUpstream() != primary {
+		return nil // detached, repointed or stopped meanwhile: the next tick looks again
+	}
+	if pg := m.server(); pg == nil || pg.Exited() {
+		return nil
+	}
+	if isPrimary, err := m.inRecovery(ctx); err != nil || isPrimary {
+		return err // promoted meanwhile
+	}
+	m.log.Warn("this standby holds WAL the primary's history does not; rewinding to rejoin it", "primary", primary)
 	m.stopPostgres()
-	if err := m.rewind(ctx, target); err != nil {
+	if err := m.rewind(ctx, primary); err != nil {
 		return err
 	}
-	return m.startAs(ctx, target)
+	return m.startAs(ctx, primary)
 }
 
-// diverged reports whether this standby, not streaming, has WAL past the point where the
-// primary's history left the standby's timeline (see divergedFrom). A streaming standby
-// has not.
 func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
