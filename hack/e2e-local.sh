@@ -12,7 +12,11 @@ export POSTGRES_IMAGE=${POSTGRES_IMAGE:-tally-postgres:15}
 cluster=$root/hack/local-cluster.sh
 log() { echo "hack/e2e-local.sh: $*" >&2; }
 
-[[ $(id -u) == 0 ]] || { log "needs root (kubelet, containerd, the cluster's network)"; exit 1; }
+if [[ $(id -u) != 0 ]]; then
+  # kubelet, containerd and the cluster's network need root
+  command -v sudo >/dev/null || { log "needs root, and sudo is not installed"; exit 1; }
+  exec sudo env PATH="$PATH" HOME="$HOME" KEEP="${KEEP:-}" KUSTOMIZE="${KUSTOMIZE:-kustomize}" "$0" "$@"
+fi
 k8s=$("$root/hack/envtest-binaries.sh")
 if [[ -d $STATE ]]; then
   log "a cluster from an earlier run is at $STATE: taking it down first"

@@ -269,6 +269,8 @@ clusterDomain: cluster.local
 containerRuntimeEndpoint: unix://$c/containerd.sock
 resolvConf: $STATE/resolv.conf
 podLogsDir: $STATE/pod-logs
+# mounted ConfigMaps (the instance managers' shape) refresh within seconds, not a minute
+syncFrequency: 10s
 serializeImagePulls: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
