@@ -49,7 +49,7 @@ diagnose() {
   echo "-- events"
   events 40 || true
   echo "-- operator log"
-  kubectl -n tally-system logs deployment/tally-operator --tail=80 2>&1 || true
+  kubectl -n tally-system logs -l app.kubernetes.io/component=operator --tail=60 --prefix 2>&1 || true
   echo "-- ledger log"
   kubectl -n "$NS" logs -l app.kubernetes.io/component=ledger --tail=30 --prefix 2>&1 || true
   exit "$rc"
@@ -194,7 +194,7 @@ verify() {
 pod_netns() {
   local ip ns
   ip=$(kubectl -n "$NS" get pod "$1" -o jsonpath='{.status.podIP}')
-  for ns in $(ip netns list | awk '{print $1}'); do
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     if ip netns exec "$ns" ip -o -4 addr show 2>/dev/null | grep " inet $ip/" >/dev/null; then
       echo "$ns"
       return

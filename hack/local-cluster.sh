@@ -115,7 +115,7 @@ save_host() {
   done >"$STATE/saved/sysctl"
   iptables-save >"$STATE/saved/iptables"
   ip6tables-save >"$STATE/saved/ip6tables"
-  ip netns list | awk '{print $1}' | sort >"$STATE/saved/netns"
+  ip netns list 2>/dev/null | awk '{print $1}' | sort >"$STATE/saved/netns"
   local d
   for d in /var/log/containers /var/log/pods; do
     [[ -d $d ]] || echo "$d"
@@ -358,7 +358,7 @@ down() {
   awk -v s="$STATE" '$5 ~ "^"s || $5 ~ "^/run/netns/cni-" || $5 ~ "^/run/containerd/" {print $5}' /proc/self/mountinfo |
     sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if [[ -f $STATE/saved/netns ]]; then
-    comm -13 "$STATE/saved/netns" <(ip netns list | awk '{print $1}' | sort) | while read -r ns; do ip netns delete "$ns" || true; done
+    comm -13 "$STATE/saved/netns" <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | while read -r ns; do ip netns delete "$ns" || true; done
   fi
   ip link delete "$BRIDGE" 2>/dev/null || true
   # the kubelet links every container's log from here to its pod log under the state dir

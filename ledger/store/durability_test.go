@@ -237,3 +237,43 @@ func TestCancelledSyncRepWaitIsNotAcknowledged(t *testing.T) {
 		t.Errorf("balance %d", f.balance(a))
 	}
 }
+
+// A connection to a server that accepts and never answers (a hung primary still behind
+// its Service) gives up after ConnectTimeout, not when its caller's deadline runs out.
+func TestConnectToSilentServerTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn // accepted, never answered
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	cfg, err := pgxpool.ParseConfig("postgres://tally@" + ln.Addr().String() + "/tally?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.ConfigurePool(cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := pool.Ping(ctx); err == nil || ctx.Err() != nil {
+		t.Fatalf("ping of a silent server: %v (caller's context: %v), want a connect timeout", err, ctx.Err())
+	}
+}

@@ -35,6 +35,10 @@ type Store struct {
 // the store writes through must have its configuration passed through ConfigurePool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
+// ConnectTimeout bounds opening one connection (TCP, TLS and login): milliseconds on a
+// healthy network.
+const ConnectTimeout = 2 * time.Second
+
 // syncRepCancelledKey marks, in a connection's CustomData, that PostgreSQL stopped
 // waiting for the synchronous standbys of a commit on it.
 const syncRepCancelledKey = "tally.sync_rep_wait_cancelled"
@@ -46,7 +50,15 @@ const syncRepCancelledKey = "tally.sync_rep_wait_cancelled"
 // lose it; PostBatch must not acknowledge such a commit. PostgreSQL gives the warning no
 // code of its own (01000, or 57P01 when it also terminates the connection), so its text is
 // matched, as the server's C-locale messages spell it.
+//
+// It also bounds each new connection to ConnectTimeout, unless the URL set its own
+// connect_timeout: a connection opened while the Service still leads to a primary that
+// is gone or hung would otherwise wait out the whole batch's timeout, again for each
+// batch, until the role labels move.
 func ConfigurePool(cfg *pgxpool.Config) {
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = ConnectTimeout
+	}
 	prev := cfg.ConnConfig.OnNotice
 	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
 		if strings.Contains(n.Message, "wait for synchronous replication") {
