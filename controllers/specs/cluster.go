@@ -19,6 +19,11 @@ import (
 	"github.com/tallyhq/tally/api/v1alpha1"
 )
 
+
+// ledgerDrainSeconds is how long a ledger pod that is being replaced goes on serving
+// before it stops: longer than kube-proxy takes to drop it from the Service.
+const ledgerDrainSeconds = 5
+
 func ownerRef(name string, uid types.UID, kind string, controller *bool) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: v1alpha1.GroupVersion.String(), Kind: kind, Name: name, UID: uid,
 		Controller: controller, BlockOwnerDeletion: controller}
@@ -114,6 +119,9 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 			corev1ac.ContainerPort().WithName("metrics").WithContainerPort(OpsPort)).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(5)).
 		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(10)).
+		// A replaced pod keeps serving while its address leaves every node's Service rules:
+		// stopped at once, the connections opened meanwhile to it would hang unanswered.
+		WithLifecycle(corev1ac.Lifecycle().WithPreStop(corev1ac.LifecycleHandler().WithSleep(corev1ac.SleepAction().WithSeconds(ledgerDrainSeconds)))).
 		WithSecurityContext(corev1ac.SecurityContext().WithAllowPrivilegeEscalation(false).WithReadOnlyRootFilesystem(true).
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
 	if l.Resources.Requests != nil {
