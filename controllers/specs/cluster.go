@@ -19,7 +19,6 @@ import (
 	"github.com/tallyhq/tally/api/v1alpha1"
 )
 
-
 // ledgerDrainSeconds is how long a ledger pod that is being replaced goes on serving
 // before it stops: longer than kube-proxy takes to drop it from the Service.
 const ledgerDrainSeconds = 5
