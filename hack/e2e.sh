@@ -333,6 +333,7 @@ say "first acknowledged write $resumed ms after the freeze"
 sleep 3
 load_stop
 until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
+events 12
 check_acked hung
 kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -CONT -1' || true
 say "thawed $old"
