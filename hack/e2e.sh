@@ -95,7 +95,23 @@ until_true() {
 shard_field() { kubectl -n "$NS" get ledgershard "$1" -o jsonpath="$2"; }
 primary_of() { shard_field "$1" '{.status.currentPrimary}'; }
 shard_ready() { kubectl -n "$NS" wait "ledgershard/$1" --for=condition=Ready --timeout=1s; }
-cluster_ready() { kubectl -n "$NS" wait ledgercluster/e2e --for=condition=Ready --timeout=1s; }
+# cluster_ready: Ready, as of the cluster's current generation (a condition set before the
+# last change is stale)
+cluster_ready() {
+  local got
+  got=$(kubectl -n "$NS" get ledgercluster e2e -o jsonpath='{.metadata.generation} {.status.conditions[?(@.type=="Ready")].observedGeneration} {.status.conditions[?(@.type=="Ready")].status}')
+  read -r gen seen ready <<<"$got"
+  [[ $ready == True && $seen == "$gen" ]]
+}
+# ledger_settled: the ledger Deployment has rolled out and its replaced pods are gone, so
+# every request reaches a pod that knows the current shards
+ledger_settled() {
+  kubectl -n "$NS" rollout status deployment/e2e-ledger --timeout=1s >/dev/null || return 1
+  local want pods
+  want=$(kubectl -n "$NS" get deployment e2e-ledger -o jsonpath='{.spec.replicas}')
+  pods=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=ledger -o name | wc -l)
+  [[ $pods == "$want" ]]
+}
 primary_is_not() { local p; p=$(primary_of "$1"); [[ -n $p && $p != "$2" ]]; }
 primary_is() { [[ $(primary_of "$1") == "$2" ]]; }
 # streaming_replica <shard> <instance>: the instance runs as a replica that streams
@@ -394,6 +410,7 @@ step "scale to two shards with kubectl scale; money moves on both"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
 until_true "LedgerShard e2e-1 to be Ready" 600 shard_ready e2e-1
 until_true "LedgerCluster e2e to be Ready with two shards" 300 cluster_ready
+until_true "the ledger service to serve both shards, and no replaced pod to serve" 300 ledger_settled
 # an owner's accounts live on one shard: open pairs until both shards hold one
 declare -A pair=()
 for i in $(seq 40); do
