@@ -206,6 +206,30 @@ verify() {
     --database-url "postgres://postgres@127.0.0.1:5432/tally?sslmode=disable"
 }
 
+# failed_over <load> <old primary> <loss ms> <loss done ms>: a replica of e2e-0 replaces
+# the lost primary, writes resume (sets resumed, in ms from the loss), the load stops, the
+# promotion is an event, and every acknowledged transfer is present.
+failed_over() {
+  local load=$1 old=$2 t0=$3 t1=$4 new
+  until_true "a replica of e2e-0 to be promoted in place of $old" 180 primary_is_not e2e-0 "$old"
+  new=$(primary_of e2e-0)
+  say "$new promoted $(($(ms) - t0)) ms after the loss of $old"
+  until_true "a transfer acknowledged after the loss" 120 first_ack_after "$load" "$t1" "$t0"
+  resumed=$(first_ack_after "$load" "$t1" "$t0")
+  say "first acknowledged write $resumed ms after the loss"
+  sleep 3
+  load_stop
+  until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
+  events 12
+  check_acked "$load"
+}
+# rejoined <old primary>: it streams from the new one, the shard is Ready, verify is clean
+rejoined() {
+  until_true "$1 to rejoin e2e-0 as a streaming replica" 300 streaming_replica e2e-0 "$1"
+  until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
+  verify e2e-0
+}
+
 # pod_netns <pod>: the network namespace on this node that holds the pod's IP.
 pod_netns() {
   local ip ns
@@ -313,21 +337,10 @@ if [[ ${E2E_NODE_ACCESS:-} == 1 ]]; then
   cut_off "$ns"
   t1=$(ms)
   say "cut $old off (network namespace $ns)"
-  until_true "a replica of e2e-0 to be promoted in place of $old" 180 primary_is_not e2e-0 "$old"
-  new=$(primary_of e2e-0)
-  say "$new promoted $(($(ms) - t0)) ms after the cut"
-  until_true "a transfer acknowledged after the cut" 120 first_ack_after cut "$t1" "$t0"
-  say "first acknowledged write $(first_ack_after cut "$t1" "$t0") ms after the cut"
-  sleep 3
-  load_stop
-  until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
-  events 12
-  check_acked cut
+  failed_over cut "$old" "$t0" "$t1"
   mend "$ns"
   say "$old is on the network again"
-  until_true "$old to rejoin e2e-0 as a streaming replica" 300 streaming_replica e2e-0 "$old"
-  until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
-  verify e2e-0
+  rejoined "$old"
 else
   step "failover from a primary cut off the network: skipped (needs E2E_NODE_ACCESS=1 on the node)"
 fi
@@ -340,23 +353,11 @@ t0=$(ms)
 kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -STOP -1'
 t1=$(ms)
 say "froze every process of $old ($((t1 - t0)) ms to run kubectl exec)"
-until_true "a replica of e2e-0 to be promoted in place of the hung $old" 180 primary_is_not e2e-0 "$old"
-new=$(primary_of e2e-0)
-say "$new promoted $(($(ms) - t0)) ms after the freeze"
-until_true "a transfer acknowledged after the freeze" 120 first_ack_after hung "$t1" "$t0"
-resumed=$(first_ack_after hung "$t1" "$t0")
-say "first acknowledged write $resumed ms after the freeze"
-sleep 3
-load_stop
-until_true "the Promoted event of $new on LedgerShard e2e-0" 30 event_seen e2e-0 Promoted "$new is the primary"
-events 12
-check_acked hung
+failed_over hung "$old" "$t0" "$t1"
 kubectl -n "$NS" exec "$old" -c postgres -- bash -c 'kill -CONT -1' || true
 say "thawed $old"
 ((resumed <= RESUME_WITHIN * 1000)) || { echo "!! writes resumed ${resumed} ms after the freeze, more than ${RESUME_WITHIN} s"; false; }
-until_true "$old to rejoin e2e-0 as a streaming replica" 300 streaming_replica e2e-0 "$old"
-until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
-verify e2e-0
+rejoined "$old"
 
 step "switchover through the LedgerShard's spec.primary, under load"
 load_start switch "$SRC" "$DST"

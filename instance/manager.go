@@ -357,6 +357,9 @@ func (m *Manager) rejoinIfDiverged(ctx context.Context, primary string) error {
 	return m.startAs(ctx, primary)
 }
 
+// diverged reports whether this standby, not streaming, has WAL past the point where the
+// primary's history left the standby's timeline (see divergedFrom). A streaming standby
+// has not.
 func (m *Manager) diverged(ctx context.Context, primary string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
