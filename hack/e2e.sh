@@ -38,9 +38,11 @@ say() { echo "   $*"; }
 ms() { date +%s%3N; }
 
 # diagnose: what a failed step needs to be understood.
+# It writes to stderr: a failure inside $(...) would otherwise end up in a variable.
 diagnose() {
   local rc=$? line=$1
   trap - ERR
+  exec >&2
   echo
   echo "!! e2e failed at hack/e2e.sh:$line (exit $rc): $BASH_COMMAND"
   echo "-- cluster state"
@@ -128,7 +130,7 @@ event_seen() {
 # api <method> <path> [body] [idempotency key]: one call to the ledger service; prints
 # the body, fails on anything but 2xx.
 api() {
-  curl -sf -m 30 -X "$1" "http://$LEDGER$2" -H 'Content-Type: application/json' \
+  curl -sSf -m 30 -X "$1" "http://$LEDGER$2" -H 'Content-Type: application/json' \
     ${4:+-H "Idempotency-Key: $4"} ${3:+-d "$3"}
 }
 id_of() { sed -E 's/.*"id":"([^"]+)".*/\1/'; }
