@@ -691,7 +691,16 @@ func (m *Manager) staticParams() map[string]string {
 	for k, v := range m.cfg.Params {
 		p[k] = v
 	}
-	for k, v := range map[string]string{
+	for k, v := range ServerParams() {
+		p[k] = v
+	}
+	return p
+}
+
+// ServerParams are the PostgreSQL settings every instance runs with, whatever its
+// LedgerCluster asks for: durable commits and what replication and pg_rewind need.
+func ServerParams() map[string]string {
+	return map[string]string{
 		"wal_level":          "replica",
 		"hot_standby":        "on",
 		"max_wal_senders":    "10",
@@ -706,10 +715,7 @@ func (m *Manager) staticParams() map[string]string {
 		// pings the other at half the timeout, so a live but idle peer is never dropped.
 		"wal_receiver_timeout": "5s",
 		"wal_sender_timeout":   "5s",
-	} {
-		p[k] = v
 	}
-	return p
 }
 
 // writeSettings writes tally.conf (synchronous standbys and, on a replica, where to

@@ -1,9 +1,12 @@
 // Package bench is the throughput harness behind `tally bench` and `make bench`. It
-// starts its own PostgreSQL (as the tests do), seeds accounts, and drives transfers and
-// balance reads through the HTTP API and, separately, straight into the shard set, in
-// the scenarios uniform, hot, mixed and reads. In the same run it measures the reference
-// ceiling, one plpgsql call per transfer with no batching, and reports every result as a
-// ratio to it: machines here are noisy, so ratios within one run are what count.
+// starts its own PostgreSQL with a production shard's settings, seeds accounts, and drives
+// transfers and balance reads through the HTTP API and, separately, straight into the
+// shard set, in the scenarios uniform, hot, hot-credit, mixed and reads. In the same run,
+// on the same server, with the same client code and client counts, it drives the
+// reference ceiling (ReferenceCeiling, in its own database) and reports every result as a
+// ratio to it: machines here are noisy, so ratios within one run are what count. Each
+// result also says what a transfer cost the database (WAL and bytes on disk) and the
+// machine's load while it ran.
 package bench
 
 import (
@@ -15,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -32,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
@@ -43,30 +48,47 @@ import (
 
 // Scenario names.
 const (
-	Uniform = "uniform" // random accounts among all
-	Hot     = "hot"     // every transfer touches one account
-	Mixed   = "mixed"   // 90% uniform, 10% hot
-	Reads   = "reads"   // balance reads of random accounts
+	Uniform   = "uniform"    // random accounts among all
+	Hot       = "hot"        // every transfer debits or credits one account, at random
+	HotCredit = "hot-credit" // every transfer credits one account: a merchant paid by many
+	Mixed     = "mixed"      // 90% uniform, 10% hot
+	Reads     = "reads"      // balance reads of random accounts
 )
 
-// Modes: through the HTTP API, straight into the shard set (batched), and the ceiling.
+// Modes: through the HTTP API, straight into the shard set (batched), Tally's own
+// transaction function called once per transfer with no batching, and the reference.
 const (
-	ModeHTTP    = "http"
-	ModeStore   = "store"
-	ModeCeiling = "ceiling"
+	ModeHTTP      = "http"
+	ModeStore     = "store"
+	ModeOneCall   = "one-call"
+	ModeReference = "reference"
 )
+
+// Settings of the bench's PostgreSQL beyond instance.ServerParams: what a production
+// shard on a machine like this one is given (the sample LedgerCluster sets the same).
+var productionSizing = map[string]string{
+	"shared_buffers":     "1GB",
+	"max_wal_size":       "4GB",
+	"checkpoint_timeout": "15min",
+}
 
 // Config is one harness run.
 type Config struct {
 	Duration  time.Duration
 	Clients   []int
 	Scenarios []string
-	Modes     []string // http and/or store; the ceiling always runs for transfer scenarios
-	// Rounds repeats every scenario and client count, ceiling and modes in turn, so that
-	// each ratio is measured next to its own ceiling; with more than one, the medians are
-	// reported too. Zero means one.
+	Modes     []string // http, wrk, store and/or one-call; the reference always runs for transfer scenarios
+	// Rounds repeats every scenario and client count, reference and modes in turn, so
+	// that each ratio is measured next to its own reference; with more than one, the
+	// medians are reported too. Zero means one.
 	Rounds   int
 	Accounts int
+	// LargeAccounts, when above Accounts, adds a last scenario: the accounts grow to this
+	// many (in Tally and in the reference) and uniform runs again at the largest client
+	// count, to show what a big table costs.
+	LargeAccounts int
+	// Reference is the SQL of the reference ceiling; nil means ReferenceCeiling.
+	Reference []byte
 	// MinOps is how many operations each client completes at least, however long that
 	// takes past Duration: a run on a slow or busy machine still measures something.
 	MinOps   int
@@ -77,22 +99,28 @@ type Config struct {
 
 // Result is one measured scenario.
 type Result struct {
-	Scenario   string  `json:"scenario"`
-	Mode       string  `json:"mode"`
-	Clients    int     `json:"clients"`
-	Seconds    float64 `json:"seconds"`
-	Ops        int64   `json:"ops"`
-	PerSecond  float64 `json:"per_second"`
-	P50ms      float64 `json:"p50_ms"`
-	P90ms      float64 `json:"p90_ms"`
-	P99ms      float64 `json:"p99_ms"`
-	MaxMs      float64 `json:"max_ms"`
-	Errors     int64   `json:"errors"`
-	Rejected   int64   `json:"rejected"`
-	Ratio      float64 `json:"ratio_to_ceiling,omitempty"`
-	MeanBatch  float64 `json:"mean_batch,omitempty"` // requests per database transaction
-	HeapMB     float64 `json:"heap_mb"`              // in use at the end of the run
-	HeapMaxMB  float64 `json:"heap_max_mb"`          // the most in use, sampled each second
+	Scenario  string  `json:"scenario"`
+	Mode      string  `json:"mode"`
+	Clients   int     `json:"clients"`
+	Accounts  int     `json:"accounts"`
+	Seconds   float64 `json:"seconds"`
+	Ops       int64   `json:"ops"`
+	PerSecond float64 `json:"per_second"`
+	P50ms     float64 `json:"p50_ms"`
+	P90ms     float64 `json:"p90_ms"`
+	P99ms     float64 `json:"p99_ms"`
+	MaxMs     float64 `json:"max_ms"`
+	Errors    int64   `json:"errors"`
+	Rejected  int64   `json:"rejected"`
+	Ratio     float64 `json:"ratio_to_reference,omitempty"`
+	MeanBatch float64 `json:"mean_batch,omitempty"` // requests per database transaction
+	// WALBytes is WAL written per operation (pg_current_wal_lsn before and after the run);
+	// DiskBytes is growth of the database's files per operation.
+	WALBytes   float64 `json:"wal_bytes_per_op"`
+	DiskBytes  float64 `json:"disk_bytes_per_op"`
+	Load1      float64 `json:"load1"`       // the machine's one-minute load average at the end
+	HeapMB     float64 `json:"heap_mb"`     // in use at the end of the run
+	HeapMaxMB  float64 `json:"heap_max_mb"` // the most in use, sampled each second
 	Violations int     `json:"invariant_violations"`
 	// Round is which round this is (1-based); 0 marks a line of medians over Rounds.
 	Round  int `json:"round"`
@@ -118,46 +146,65 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 	}
 	var results, medians []Result
+	measure := func(scenario string, clients int) error {
+		modes := slices.Clone(cfg.Modes)
+		if scenario == Reads {
+			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall }) // it reads as store does
+		} else {
+			modes = append([]string{ModeReference}, modes...)
+		}
+		byMode := map[string][]Result{}
+		for round := 1; round <= rounds; round++ {
+			var reference float64
+			for _, mode := range modes {
+				r, err := env.run(ctx, scenario, mode, clients, cfg.Duration, cfg.MinOps)
+				if err != nil {
+					return fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
+				}
+				r.Round = round
+				if mode == ModeReference {
+					reference = r.PerSecond
+				} else if reference > 0 {
+					r.Ratio = r.PerSecond / reference
+				}
+				results = append(results, r)
+				byMode[mode] = append(byMode[mode], r)
+				emit(r)
+			}
+		}
+		if rounds > 1 {
+			for _, mode := range modes {
+				m := median(byMode[mode])
+				medians = append(medians, m)
+				emit(m)
+			}
+		}
+		return nil
+	}
 	for _, scenario := range cfg.Scenarios {
 		for _, clients := range cfg.Clients {
-			modes := slices.Clone(cfg.Modes)
-			if scenario != Reads {
-				modes = append([]string{ModeCeiling}, modes...)
+			if err := measure(scenario, clients); err != nil {
+				return results, err
 			}
-			byMode := map[string][]Result{}
-			for round := 1; round <= rounds; round++ {
-				var ceiling float64
-				for _, mode := range modes {
-					r, err := env.run(ctx, scenario, mode, clients, cfg.Duration, cfg.MinOps)
-					if err != nil {
-						return results, fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
-					}
-					r.Round = round
-					if mode == ModeCeiling {
-						ceiling = r.PerSecond
-					} else if ceiling > 0 {
-						r.Ratio = r.PerSecond / ceiling
-					}
-					results = append(results, r)
-					byMode[mode] = append(byMode[mode], r)
-					emit(r)
-				}
-			}
-			if rounds > 1 {
-				for _, mode := range modes {
-					m := median(byMode[mode])
-					medians = append(medians, m)
-					emit(m)
-				}
-			}
+		}
+	}
+	if cfg.LargeAccounts > len(env.accounts) {
+		if err := env.grow(ctx, cfg.LargeAccounts); err != nil {
+			return results, fmt.Errorf("bench: grow to %d accounts: %w", cfg.LargeAccounts, err)
+		}
+		if err := measure(Uniform, slices.Max(cfg.Clients)); err != nil {
+			return results, err
 		}
 	}
 	if cfg.Out != nil {
 		printTable(cfg.Out, results)
+		summary := results
 		if len(medians) > 0 {
-			fmt.Fprintf(cfg.Out, "\nmedians over %d rounds (each ratio is to the ceiling of its own round):\n", rounds)
+			fmt.Fprintf(cfg.Out, "\nmedians over %d rounds (each ratio is to the reference of its own round):\n", rounds)
 			printTable(cfg.Out, medians)
+			summary = medians
 		}
+		printTargets(cfg.Out, summary)
 	}
 	return append(results, medians...), nil
 }
@@ -188,6 +235,9 @@ func median(rs []Result) Result {
 	m.MaxMs = of(func(r Result) float64 { return r.MaxMs })
 	m.HeapMB = of(func(r Result) float64 { return r.HeapMB })
 	m.HeapMaxMB = of(func(r Result) float64 { return r.HeapMaxMB })
+	m.WALBytes = of(func(r Result) float64 { return r.WALBytes })
+	m.DiskBytes = of(func(r Result) float64 { return r.DiskBytes })
+	m.Load1 = of(func(r Result) float64 { return r.Load1 })
 	m.Seconds, m.Ops, m.Errors, m.Rejected, m.Violations = 0, 0, 0, 0, 0
 	for _, r := range rs {
 		m.Seconds += r.Seconds
@@ -201,7 +251,7 @@ func median(rs []Result) Result {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\tops/s\tx ceiling\tbatch\tp50 ms\tp90 ms\tp99 ms\tmax ms\terrors\trejected\theap MB\tmax heap MB\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\terrors\trejected\tmax heap MB\tload\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
@@ -211,8 +261,78 @@ func printTable(w io.Writer, results []Result) {
 		if r.MeanBatch > 0 {
 			batch = fmt.Sprintf("%.1f", r.MeanBatch)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.0f\t%.0f\t%d\t\n",
-			r.Scenario, r.Mode, r.Clients, r.PerSecond, ratio, batch, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Errors, r.Rejected, r.HeapMB, r.HeapMaxMB, r.Violations)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
+	}
+	tw.Flush()
+}
+
+// printTargets sets the figures the performance targets name (at the largest client
+// count, through the API) beside the targets themselves.
+func printTargets(w io.Writer, results []Result) {
+	clients, accounts, large := 0, 0, 0
+	for _, r := range results {
+		clients = max(clients, r.Clients)
+	}
+	for _, r := range results {
+		if r.Clients == clients && r.Scenario == Uniform {
+			if accounts == 0 || r.Accounts < accounts {
+				accounts = r.Accounts
+			}
+			large = max(large, r.Accounts)
+		}
+	}
+	find := func(scenario, mode string, n int) (Result, bool) {
+		for _, r := range results {
+			if r.Scenario == scenario && r.Mode == mode && r.Clients == clients && r.Accounts == n {
+				return r, true
+			}
+		}
+		return Result{}, false
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "\ntarget (%d clients)\tmode\tmeasured\tmet\n", clients)
+	line := func(target, mode string, value float64, unit string, met bool) {
+		verdict := "no"
+		if met {
+			verdict = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f%s\t%s\n", target, mode, value, unit, verdict)
+	}
+	for _, mode := range []string{ModeWrk, ModeHTTP} {
+		if r, ok := find(Uniform, mode, accounts); ok {
+			line("uniform >= 3x reference", mode, r.Ratio, "x", r.Ratio >= 3)
+		}
+		if r, ok := find(HotCredit, mode, accounts); ok {
+			line("hot-credit >= 40x reference", mode, r.Ratio, "x", r.Ratio >= 40)
+		}
+		if r, ok := find(Hot, mode, accounts); ok {
+			line("hot (debits and credits) >= 20x reference", mode, r.Ratio, "x", r.Ratio >= 20)
+		}
+		worst := 0.0
+		for _, s := range []string{Uniform, Hot, HotCredit, Mixed} {
+			if r, ok := find(s, mode, accounts); ok {
+				worst = max(worst, r.P99ms)
+			}
+		}
+		if worst > 0 {
+			line("transfer p99 < 25 ms (worst scenario)", mode, worst, " ms", worst < 25)
+		}
+		if r, ok := find(Reads, mode, accounts); ok {
+			line("balance-read p99 < 5 ms", mode, r.P99ms, " ms", r.P99ms < 5)
+		}
+		small, ok1 := find(Uniform, mode, accounts)
+		big, ok2 := find(Uniform, mode, large)
+		if ok1 && ok2 && large > accounts {
+			ratio := big.PerSecond / small.PerSecond
+			line(fmt.Sprintf("uniform, %d accounts >= 0.8x of %d", large, accounts), mode, ratio, "x", ratio >= 0.8)
+		}
+		ref, ok1 := find(Uniform, ModeReference, accounts)
+		if r, ok2 := find(Uniform, mode, accounts); ok1 && ok2 && ref.WALBytes > 0 {
+			ratio := r.WALBytes / ref.WALBytes
+			line(fmt.Sprintf("uniform WAL per transfer <= 1.5x reference's (%.0f B vs %.0f B)", r.WALBytes, ref.WALBytes), mode, ratio, "x", ratio <= 1.5)
+			line("uniform bytes on disk per transfer <= 500", mode, r.DiskBytes, " B", r.DiskBytes <= 500)
+		}
 	}
 	tw.Flush()
 }
@@ -222,7 +342,8 @@ type env struct {
 	pg       *postgres.Server
 	pool     *pgxpool.Pool
 	store    *store.Store
-	direct   *shardset.Set // the ceiling: one post_batch call per transfer
+	direct   *shardset.Set // one-call: one post_batch call per transfer
+	ref      *reference
 	apiAddr  string
 	opsAddr  string
 	stopAPI  context.CancelFunc
@@ -230,6 +351,7 @@ type env struct {
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
+	external ledger.AccountID // the USD external account that funds the others
 	batching batcher.Config
 	seq      atomic.Int64
 }
@@ -250,9 +372,10 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	maxClients := slices.Max(cfg.Clients)
-	e.pg, err = postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"), Params: map[string]string{
-		"max_connections": strconv.Itoa(2*maxClients + 50), "shared_buffers": "256MB",
-	}})
+	params := instance.ServerParams()
+	maps.Copy(params, productionSizing)
+	params["max_connections"] = strconv.Itoa(3*maxClients + 50)
+	e.pg, err = postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"), Params: params})
 	if err != nil {
 		return nil, err
 	}
@@ -260,12 +383,19 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer admin.Close(ctx)
 	_, err = admin.Exec(ctx, "CREATE DATABASE tally")
 	if err == nil {
 		_, err = admin.Exec(ctx, "CREATE ROLE tally_service LOGIN")
 	}
-	admin.Close(ctx)
 	if err != nil {
+		return nil, err
+	}
+	sql := cfg.Reference
+	if sql == nil {
+		sql = ReferenceCeiling
+	}
+	if e.ref, err = loadReference(ctx, admin, e.pg.DSN(referenceDatabase), sql, cfg.Accounts, maxClients+4); err != nil {
 		return nil, err
 	}
 	conn, err := pgx.Connect(ctx, e.pg.DSN("tally"))
@@ -328,28 +458,53 @@ func (e *env) close() {
 	if e.pool != nil {
 		e.pool.Close()
 	}
+	if e.ref != nil {
+		e.ref.close()
+	}
 	if e.pg != nil {
 		_ = e.pg.Stop()
 	}
 	os.RemoveAll(e.dir)
 }
 
-// seed registers USD, opens the accounts in one statement, and funds them from the
-// external account through the ledger's own write path.
+// seed registers USD and opens and funds n accounts; the first is the hot one.
 func (e *env) seed(ctx context.Context, n int) error {
 	asset, _, err := e.direct.RegisterAsset(ctx, "USD", 2)
 	if err != nil {
 		return err
 	}
-	e.accounts = make([]ledger.AccountID, n)
-	ids := make([][16]byte, n)
-	for i := range e.accounts {
-		if e.accounts[i], err = ledger.NewAccountID(0); err != nil {
-			return err
-		}
-		ids[i] = [16]byte(e.accounts[i])
+	e.external = asset.ExternalAccounts[0]
+	if err := e.open(ctx, n); err != nil {
+		return err
 	}
 	e.hot = e.accounts[0]
+	return nil
+}
+
+// grow opens and funds accounts until there are total, and seeds the reference with as
+// many.
+func (e *env) grow(ctx context.Context, total int) error {
+	if err := e.open(ctx, total-len(e.accounts)); err != nil {
+		return err
+	}
+	if _, err := e.pool.Exec(ctx, "ANALYZE"); err != nil {
+		return err
+	}
+	return e.ref.seed(ctx, total)
+}
+
+// open opens n more accounts in one statement and funds them from the external account
+// through the ledger's own write path.
+func (e *env) open(ctx context.Context, n int) error {
+	fresh := make([]ledger.AccountID, n)
+	ids := make([][16]byte, n)
+	for i := range fresh {
+		var err error
+		if fresh[i], err = ledger.NewAccountID(0); err != nil {
+			return err
+		}
+		ids[i] = [16]byte(fresh[i])
+	}
 	if _, err := e.pool.Exec(ctx, `
 		WITH a AS (
 			INSERT INTO tally.accounts (id, owner, asset, scale)
@@ -362,8 +517,8 @@ func (e *env) seed(ctx context.Context, n int) error {
 	var reqs []store.Request
 	for i := 0; i < n; i += perRequest {
 		var postings []ledger.Posting
-		for _, id := range e.accounts[i:min(i+perRequest, n)] {
-			postings = append(postings, ledger.Posting{From: asset.ExternalAccounts[0], To: id, Amount: fundingPerAccount, Asset: "USD"})
+		for _, id := range fresh[i:min(i+perRequest, n)] {
+			postings = append(postings, ledger.Posting{From: e.external, To: id, Amount: fundingPerAccount, Asset: "USD"})
 		}
 		reqs = append(reqs, e.request("seed", postings))
 	}
@@ -380,6 +535,7 @@ func (e *env) seed(ctx context.Context, n int) error {
 			}
 		}
 	}
+	e.accounts = append(e.accounts, fresh...)
 	return nil
 }
 
@@ -390,22 +546,27 @@ func (e *env) request(prefix string, postings []ledger.Posting) store.Request {
 		Transaction: ledger.Transaction{ID: id, Postings: postings, CreatedAt: time.Now().UTC()}}
 }
 
-// pick returns the two accounts of the next transfer in a scenario.
-func (e *env) pick(rng *rand.Rand, scenario string) (from, to ledger.AccountID) {
+// pick returns the indexes of the two accounts of the next transfer in a scenario; index 0
+// is the hot account. Tally and the reference share it, so both see the same load.
+func (e *env) pick(scenario string) func(rng *rand.Rand) (from, to int) {
 	n := len(e.accounts)
-	hot := scenario == Hot || (scenario == Mixed && rng.IntN(10) == 0)
-	a := rng.IntN(n-1) + 1 // never the hot account unless chosen
-	if hot {
-		if rng.IntN(2) == 0 {
-			return e.hot, e.accounts[a]
+	return func(rng *rand.Rand) (from, to int) {
+		a := rng.IntN(n-1) + 1 // never the hot account unless chosen
+		switch {
+		case scenario == HotCredit:
+			return a, 0
+		case scenario == Hot || (scenario == Mixed && rng.IntN(10) == 0):
+			if rng.IntN(2) == 0 {
+				return 0, a
+			}
+			return a, 0
 		}
-		return e.accounts[a], e.hot
+		b := rng.IntN(n-2) + 1
+		if b >= a {
+			b++
+		}
+		return a, b
 	}
-	b := rng.IntN(n-2) + 1
-	if b >= a {
-		b++
-	}
-	return e.accounts[a], e.accounts[b]
 }
 
 type opFunc func(ctx context.Context, rng *rand.Rand) (rejected bool, err error)
@@ -423,11 +584,14 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 			return false, err
 		}
 	}
+	pick := e.pick(scenario)
 	switch mode {
+	case ModeReference:
+		return e.ref.op(pick)
 	case ModeHTTP:
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
-			from, to := e.pick(rng, scenario)
-			body := `{"from_account":"` + from.String() + `","to_account":"` + to.String() + `","amount":"1.00","asset":"USD"}`
+			from, to := pick(rng)
+			body := `{"from_account":"` + e.accounts[from].String() + `","to_account":"` + e.accounts[to].String() + `","amount":"1.00","asset":"USD"}`
 			return e.httpDo(ctx, http.MethodPost, "/v1/transfers", body, map[string]string{"Idempotency-Key": "h-" + strconv.FormatInt(e.seq.Add(1), 10)})
 		}
 	default:
@@ -436,11 +600,11 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 			set = batchedSet
 		}
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
-			from, to := e.pick(rng, scenario)
+			from, to := pick(rng)
 			key := "s-" + strconv.FormatInt(e.seq.Add(1), 10)
 			out, err := set.Post(ctx, shardset.TransactionRequest{
 				Caller: "bench", Key: key, Hash: sha256.Sum256([]byte(key)),
-				Postings: []shardset.PostingRequest{{From: shardset.Account{ID: from}, To: shardset.Account{ID: to}, Amount: 100, Asset: "USD"}},
+				Postings: []shardset.PostingRequest{{From: shardset.Account{ID: e.accounts[from]}, To: shardset.Account{ID: e.accounts[to]}, Amount: 100, Asset: "USD"}},
 			}, func(context.Context, ledger.Transaction) ([]byte, error) { return []byte(`{}`), nil })
 			if err != nil {
 				return false, err
@@ -490,6 +654,14 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if err != nil {
 		return Result{}, err
 	}
+	database := "tally"
+	if mode == ModeReference {
+		database = referenceDatabase
+	}
+	costBefore, err := e.cost(ctx, database)
+	if err != nil {
+		return Result{}, err
+	}
 	runtime.GC()
 	runCtx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -510,7 +682,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 			}
 		}
 	}()
-	r := Result{Scenario: scenario, Mode: mode, Clients: clients}
+	r := Result{Scenario: scenario, Mode: mode, Clients: clients, Accounts: len(e.accounts)}
 	var firstErr string
 	if mode == ModeWrk {
 		if err := e.wrk(ctx, scenario, clients, d, &r); err != nil {
@@ -530,7 +702,25 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if n := batchesAfter.Batches - batchesBefore.Batches; n > 0 {
 		r.MeanBatch = float64(batchesAfter.Requests-batchesBefore.Requests) / float64(n)
 	}
-	violations, err := e.store.Verify(ctx)
+	costAfter, err := e.cost(ctx, database)
+	if err != nil {
+		return r, err
+	}
+	if r.Ops > 0 {
+		r.WALBytes = float64(costAfter.wal-costBefore.wal) / float64(r.Ops)
+		r.DiskBytes = float64(costAfter.disk-costBefore.disk) / float64(r.Ops)
+	}
+	r.Load1 = loadAverage()
+	var violations []string
+	if mode == ModeReference {
+		violations, err = e.ref.violations(ctx)
+	} else {
+		var vs []store.Violation
+		vs, err = e.store.Verify(ctx)
+		for _, v := range vs {
+			violations = append(violations, v.String())
+		}
+	}
 	if err != nil {
 		return r, err
 	}
@@ -542,6 +732,30 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		return r, errors.New("more than 1% of operations failed; first: " + firstErr)
 	}
 	return r, nil
+}
+
+// databaseCost is where the server's WAL stands and how big a database's files are.
+type databaseCost struct{ wal, disk int64 }
+
+// cost reads the WAL position and a database's size. WAL is the whole server's, so runs
+// are measured one at a time and nothing else writes meanwhile.
+func (e *env) cost(ctx context.Context, database string) (databaseCost, error) {
+	var c databaseCost
+	err := e.ref.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn() - '0/0', pg_database_size($1)", database).Scan(&c.wal, &c.disk)
+	if err != nil {
+		return c, fmt.Errorf("database cost: %w", err)
+	}
+	return c, nil
+}
+
+// loadAverage is the one-minute load average, or 0 where /proc/loadavg is not.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f
 }
 
 // drive runs the clients, each doing op after op until run ends and it has done at least

@@ -3,7 +3,10 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -17,26 +20,37 @@ import (
 func TestHarnessRuns(t *testing.T) {
 	var table, lines bytes.Buffer
 	results, err := Run(context.Background(), Config{
-		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50,
-		Scenarios: []string{Uniform, Hot, Mixed, Reads}, Modes: []string{ModeHTTP, ModeWrk, ModeStore},
+		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, LargeAccounts: 80,
+		Scenarios: []string{Uniform, Hot, HotCredit, Mixed, Reads}, Modes: []string{ModeHTTP, ModeWrk, ModeStore, ModeOneCall},
 		Out: &table, JSON: &lines,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 3 transfer scenarios x (ceiling, http, wrk, store) + reads x (http, wrk, store)
-	if len(results) != 15 {
+	// 4 transfer scenarios x (reference, http, wrk, store, one-call) + reads x (http, wrk,
+	// store) + uniform on 80 accounts x 5
+	if len(results) != 28 {
 		t.Fatalf("%d results:\n%s", len(results), table.String())
 	}
-	for _, r := range results {
+	for i, r := range results {
 		if r.Ops == 0 || r.Errors != 0 || r.Violations != 0 || r.Rejected != 0 {
 			t.Errorf("%+v", r)
 		}
-		if r.Mode != ModeCeiling && r.Scenario != Reads && r.Ratio == 0 {
-			t.Errorf("%s/%s has no ratio to the ceiling", r.Scenario, r.Mode)
+		if want := map[bool]int{false: 50, true: 80}[i >= 23]; r.Accounts != want {
+			t.Errorf("%s/%s ran on %d accounts, want %d", r.Scenario, r.Mode, r.Accounts, want)
 		}
-		if batched := r.Mode != ModeCeiling && r.Scenario != Reads; batched != (r.MeanBatch >= 1) {
+		if r.Scenario == Reads {
+			continue
+		}
+		if r.Mode != ModeReference && r.Ratio == 0 {
+			t.Errorf("%s/%s has no ratio to the reference", r.Scenario, r.Mode)
+		}
+		if batched := r.Mode != ModeReference && r.Mode != ModeOneCall; batched != (r.MeanBatch >= 1) {
 			t.Errorf("%s/%s: mean batch %.1f", r.Scenario, r.Mode, r.MeanBatch)
+		}
+		// Every transfer writes a commit record at least.
+		if r.WALBytes < 50 {
+			t.Errorf("%s/%s: %.0f bytes of WAL per transfer", r.Scenario, r.Mode, r.WALBytes)
 		}
 		if r.P50ms <= 0 || r.P99ms < r.P50ms || r.MaxMs < r.P99ms {
 			t.Errorf("%s/%s: latencies p50 %.2f p99 %.2f max %.2f", r.Scenario, r.Mode, r.P50ms, r.P99ms, r.MaxMs)
@@ -49,7 +63,7 @@ func TestHarnessRuns(t *testing.T) {
 	if err := json.Unmarshal([]byte(strings.SplitN(lines.String(), "\n", 2)[0]), &first); err != nil || first.Scenario != Uniform {
 		t.Errorf("JSON line: %v %+v", err, first)
 	}
-	if !strings.Contains(table.String(), "x ceiling") {
+	if !strings.Contains(table.String(), "x reference") || !strings.Contains(table.String(), "uniform, 80 accounts >= 0.8x of 50") {
 		t.Errorf("table:\n%s", table.String())
 	}
 }
@@ -101,5 +115,21 @@ func TestHarnessRounds(t *testing.T) {
 	}
 	if !strings.Contains(table.String(), "medians over 3 rounds") {
 		t.Errorf("table:\n%s", table.String())
+	}
+}
+
+// TestReferenceIsTheSharedFile: the reference ceiling is the shared file, unedited; the
+// hash is the one the file was handed over with.
+func TestReferenceIsTheSharedFile(t *testing.T) {
+	const handedOver = "5c25e401dea9d8fb2b0f3d4c4daedf47608514f9f4e21ba8a947c29506c23963"
+	if sum := sha256.Sum256(ReferenceCeiling); hex.EncodeToString(sum[:]) != handedOver {
+		t.Errorf("reference_ceiling.sql has changed: sha256 %x", sum)
+	}
+	shared, err := os.ReadFile("../../../shared/bench/reference_ceiling.sql")
+	if err != nil {
+		t.Skipf("no shared copy beside the checkout to compare with: %v", err)
+	}
+	if !bytes.Equal(shared, ReferenceCeiling) {
+		t.Error("reference_ceiling.sql differs from the shared copy")
 	}
 }

@@ -46,7 +46,9 @@ request = function()
     return wrk.format("GET", "/v1/accounts/" .. accounts[math.random(#accounts)] .. "/balance")
   end
   local from, to
-  if scenario == "hot" or (scenario == "mixed" and math.random(10) == 1) then
+  if scenario == "hot-credit" then
+    from, to = other(), hot
+  elseif scenario == "hot" or (scenario == "mixed" and math.random(10) == 1) then
     if math.random(2) == 1 then from, to = hot, other() else from, to = other(), hot end
   else
     from = other()

@@ -18,14 +18,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("bench", out)
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	clients := fs.String("clients", "16,64", "concurrent clients, comma-separated")
-	scenarios := fs.String("scenarios", "uniform,hot,mixed,reads", "scenarios: uniform, hot, mixed, reads")
-	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk) and/or store (straight into the shard set); the ceiling always runs")
+	scenarios := fs.String("scenarios", "uniform,hot,hot-credit,mixed,reads", "scenarios: uniform, hot, hot-credit, mixed, reads")
+	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk), store (straight into the shard set) and/or one-call (Tally's transaction function once per transfer, unbatched); the reference ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
+	largeAccounts := fs.Int("large-accounts", 0, "if above --accounts, grow to this many accounts at the end and run uniform again at the largest client count")
+	referencePath := fs.String("reference", "", "the reference ceiling's SQL (default: the copy built in, identical to the shared reference_ceiling.sql)")
 	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
 	writers := fs.Int("writers", 0, "batcher writers per shard (0: the default)")
 	maxBatch := fs.Int("max-batch", 0, "largest batch (0: the default)")
 	linger := fs.Duration("linger", 0, "batcher linger (0: the default)")
-	rounds := fs.Int("rounds", 1, "repeat each scenario and client count, ceiling and modes in turn, and also report the medians")
+	rounds := fs.Int("rounds", 1, "repeat each scenario and client count, reference and modes in turn, and also report the medians")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (harness and service) to this file")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -34,7 +36,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("--rounds must be 1 to 99")
 	}
 	tuneGC()
-	cfg := bench.Config{Duration: *duration, Accounts: *accounts, Out: out, Rounds: *rounds,
+	cfg := bench.Config{Duration: *duration, Accounts: *accounts, LargeAccounts: *largeAccounts, Out: out, Rounds: *rounds,
 		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
 		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}
 	for _, c := range strings.Split(*clients, ",") {
@@ -45,17 +47,24 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		cfg.Clients = append(cfg.Clients, n)
 	}
 	for _, s := range cfg.Scenarios {
-		if s != bench.Uniform && s != bench.Hot && s != bench.Mixed && s != bench.Reads {
+		if s != bench.Uniform && s != bench.Hot && s != bench.HotCredit && s != bench.Mixed && s != bench.Reads {
 			return fmt.Errorf("--scenarios: unknown scenario %q", s)
 		}
 	}
 	for _, m := range cfg.Modes {
-		if m != bench.ModeHTTP && m != bench.ModeWrk && m != bench.ModeStore {
+		if m != bench.ModeHTTP && m != bench.ModeWrk && m != bench.ModeStore && m != bench.ModeOneCall {
 			return fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
 	if *accounts < 3 {
 		return fmt.Errorf("--accounts must be at least 3")
+	}
+	if *referencePath != "" {
+		sql, err := os.ReadFile(*referencePath)
+		if err != nil {
+			return fmt.Errorf("--reference: %w", err)
+		}
+		cfg.Reference = sql
 	}
 	if *jsonPath != "" {
 		f, err := os.Create(*jsonPath)

@@ -1,0 +1,1252 @@
+--
+-- PostgreSQL database dump
+--
+
+
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: tally; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA tally;
+
+
+--
+-- Name: check_account_has_balance(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_account_has_balance() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM tally.balances WHERE account_id = NEW.id) THEN
+    RAISE EXCEPTION 'tally: account % has no balance row', NEW.id USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: check_account_update(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_account_update() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF NEW.id <> OLD.id OR NEW.kind <> OLD.kind OR NEW.owner <> OLD.owner OR NEW.asset <> OLD.asset
+     OR NEW.scale <> OLD.scale OR NEW.created_at <> OLD.created_at THEN
+    RAISE EXCEPTION 'tally: an account''s id, kind, owner, asset, scale and created_at are immutable'
+      USING ERRCODE = 'check_violation';
+  END IF;
+  IF NEW.status <> OLD.status THEN
+    IF OLD.status = 'closed' THEN
+      RAISE EXCEPTION 'tally: account % is closed', OLD.id USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.status = 'closed' AND (SELECT posted FROM tally.balances WHERE account_id = OLD.id) <> 0 THEN
+      RAISE EXCEPTION 'tally: account % has a non-zero balance and cannot close', OLD.id
+        USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+
+--
+-- Name: check_balances_match_journal(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_balances_match_journal() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  v_bad record;
+BEGIN
+  SELECT c.account_id, c.posted, coalesce(last.balance_after, 0) AS journal INTO v_bad
+  FROM changed_balances c
+  LEFT JOIN LATERAL (SELECT e.balance_after FROM tally.entries e
+                     WHERE e.account_id = c.account_id ORDER BY e.account_id DESC, e.id DESC LIMIT 1) last ON true
+  WHERE c.posted <> coalesce(last.balance_after, 0)
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: balance of account % is %, the journal says %', v_bad.account_id, v_bad.posted, v_bad.journal
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: check_ids_on_this_shard(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_ids_on_this_shard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_shard integer;
+  v_id    uuid;
+BEGIN
+  SELECT shard_index INTO v_shard FROM tally.shard;
+  IF v_shard IS NULL THEN
+    RAISE EXCEPTION 'tally: this database has no shard index; run tally migrate --shard N'
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  SELECT n.id INTO v_id FROM new_rows n WHERE tally.id_shard(n.id) <> v_shard LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: id % belongs to shard %, this is shard %', v_id, tally.id_shard(v_id), v_shard
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: check_new_entries(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_new_entries() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  v_bad  record;
+  v_xmin xid;
+  v_cmin cid;
+BEGIN
+  SELECT n.transaction_id, n.posting, count(*) AS legs, sum(n.amount) AS total, min(n.asset) AS asset, max(n.asset) AS other
+  INTO v_bad FROM new_entries n
+  GROUP BY n.transaction_id, n.posting
+  HAVING count(*) <> 2 OR sum(n.amount) <> 0 OR min(n.asset) <> max(n.asset)
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, in % and %): a transaction must sum to zero per asset',
+      v_bad.transaction_id, v_bad.posting, v_bad.legs, v_bad.total, v_bad.asset, v_bad.other
+      USING ERRCODE = 'check_violation';
+  END IF;
+
+  -- Every entry joins a transaction written by this same statement: the transaction
+  -- exists, and its row carries the (sub)transaction and command ids that every row this
+  -- statement inserted carries. So entries never join a transaction afterwards, not even
+  -- one written earlier in the same database transaction. LATERAL ... LIMIT 1 keeps these
+  -- lookups one index probe per row: a join the planner may hash would read all of a
+  -- table that only grows.
+  SELECT e.xmin, e.cmin INTO v_xmin, v_cmin FROM tally.entries e WHERE e.id = (SELECT min(n.id) FROM new_entries n);
+  SELECT n.transaction_id, t.id IS NOT NULL AS found INTO v_bad
+  FROM (SELECT DISTINCT transaction_id FROM new_entries) n
+  LEFT JOIN LATERAL (SELECT t.id, t.xmin, t.cmin FROM tally.transactions t WHERE t.id = n.transaction_id LIMIT 1) t ON true
+  WHERE t.id IS NULL OR t.xmin <> v_xmin OR NOT t.cmin = v_cmin
+  LIMIT 1;
+  IF FOUND AND NOT v_bad.found THEN
+    RAISE EXCEPTION 'tally: entries name transaction %, which does not exist', v_bad.transaction_id
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF FOUND THEN
+    RAISE EXCEPTION 'tally: entries join transaction %, written by an earlier statement: a transaction and its entries arrive in one statement', v_bad.transaction_id
+      USING ERRCODE = 'check_violation';
+  END IF;
+
+  -- Each entry, in one pass over the statement's entries by account and id:
+  --  * continues its account's running balance: balance_after is the previous entry's
+  --    balance_after plus this amount. Only an account's first new entry has its
+  --    previous entry in the table; the others have it in this statement;
+  --  * names an account that exists and holds the entry's asset (the asset of the
+  --    account's previous entry, checked when that was written; only an account's first
+  --    entry ever needs the account row);
+  --  * and an account's last new entry is what its balance row says: entries never land
+  --    without their balance.
+  SELECT n.account_id, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
+         n.k, n.last, n.lo, n.hi, coalesce(before.asset, a.asset) AS holds, b.posted
+  INTO v_bad
+  FROM (SELECT e.account_id, e.id, e.asset, e.amount, e.balance_after,
+               lag(e.balance_after) OVER w AS prev, row_number() OVER w AS k,
+               lead(e.id) OVER w IS NULL AS last,
+               first_value(e.asset) OVER w AS lo, e.asset AS hi
+        FROM new_entries e WINDOW w AS (PARTITION BY e.account_id ORDER BY e.id)) n
+  LEFT JOIN LATERAL (SELECT e.balance_after, e.asset FROM tally.entries e
+                     WHERE n.k = 1 AND e.account_id = n.account_id AND e.id < n.id
+                     ORDER BY e.account_id DESC, e.id DESC LIMIT 1) before ON true
+  LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
+                     WHERE n.k = 1 AND before.asset IS NULL AND a.id = n.account_id LIMIT 1) a ON true
+  LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b WHERE n.last AND b.account_id = n.account_id LIMIT 1) b ON true
+  WHERE n.balance_after <> coalesce(n.prev, before.balance_after, 0) + n.amount
+     OR (n.k = 1 AND coalesce(before.asset, a.asset) IS DISTINCT FROM n.asset) OR n.lo <> n.hi
+     OR (n.last AND b.posted IS DISTINCT FROM n.balance_after)
+  LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  ELSIF v_bad.k = 1 AND v_bad.holds IS NULL THEN
+    RAISE EXCEPTION 'tally: entries name account %, which does not exist', v_bad.account_id
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF (v_bad.k = 1 AND v_bad.holds <> v_bad.asset) OR v_bad.lo <> v_bad.hi THEN
+    RAISE EXCEPTION 'tally: an entry on account % is in %, which is not the account''s asset', v_bad.account_id, v_bad.asset
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF v_bad.balance_after <> v_bad.prev + v_bad.amount THEN
+    RAISE EXCEPTION 'tally: entry on account % has balance_after %, expected % + %',
+      v_bad.account_id, v_bad.balance_after, v_bad.prev, v_bad.amount
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RAISE EXCEPTION 'tally: entries take account % to %, but its balance is %', v_bad.account_id, v_bad.balance_after, v_bad.posted
+    USING ERRCODE = 'check_violation';
+END
+$$;
+
+
+--
+-- Name: check_new_transactions_balanced(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_new_transactions_balanced() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  v_id    uuid;
+  v_asset text;
+  v_total numeric;
+BEGIN
+  -- One index probe per transaction: the sums of its entries per asset. No entries at
+  -- all leaves bool_or NULL, which counts as unbalanced.
+  SELECT n.id INTO v_id
+  FROM new_transactions n
+  CROSS JOIN LATERAL (SELECT bool_or(s.total <> 0) AS unbalanced
+                      FROM (SELECT sum(e.amount) AS total FROM tally.entries e
+                            WHERE e.transaction_id = n.id GROUP BY e.asset) s) c
+  WHERE c.unbalanced IS DISTINCT FROM false
+  LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  SELECT e.asset, sum(e.amount) INTO v_asset, v_total FROM tally.entries e
+  WHERE e.transaction_id = v_id GROUP BY e.asset HAVING sum(e.amount) <> 0 LIMIT 1;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'tally: transaction % has no entries', v_id USING ERRCODE = 'check_violation';
+  END IF;
+  RAISE EXCEPTION 'tally: transaction % sums to % in %, not zero', v_id, v_total, v_asset
+    USING ERRCODE = 'check_violation';
+END
+$$;
+
+
+--
+-- Name: count_accounts(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.count_accounts() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$ SELECT count(*) FROM tally.accounts WHERE kind = 'standard' $$;
+
+
+--
+-- Name: id_shard(uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.id_shard(id uuid) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$ SELECT (get_byte(uuid_send(id), 9) << 8) | get_byte(uuid_send(id), 10) $$;
+
+
+--
+-- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], text[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  m          integer := cardinality(p_req);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  claimed    boolean[];
+  -- accounts, sorted by id, with their balance carried through the batch
+  a_ids      uuid[];
+  a_bal      bigint[];
+  a_floor    bigint[];
+  a_status   text[];
+  a_asset    text[];
+  a_touched  integer[];
+  -- rows to write
+  t_ids      uuid[];
+  t_meta     jsonb[];
+  t_created  timestamptz[];
+  e_tx       uuid[];
+  e_posting  smallint[];
+  e_account  uuid[];
+  e_asset    text[];
+  e_amount   bigint[];
+  e_after    bigint[];
+  r_callers  text[] := '{}';
+  r_keys     text[] := '{}';
+  r_status   smallint[] := '{}';
+  r_body     text[] := '{}';
+  first_p    integer[];
+  last_p     integer[];
+  d_idx      integer[];
+  d_delta    numeric[];
+  pf         integer[];
+  pt         integer[];
+  n_tx       integer;
+  n_e        integer;
+  v_min      integer;
+  d_claimed  bigint[];
+  rec        record;
+  v_code     text;
+  v_detail   text;
+  v_f        integer;
+  v_t        integer;
+  v_x        integer;
+  v_p        integer;
+  v_new      numeric;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  -- Preconditions the service guarantees; here they are loud errors, never silent fixes.
+  IF n IS NULL OR n < 1 OR n > 1000
+     OR cardinality(p_keys) IS DISTINCT FROM n OR cardinality(p_hashes) IS DISTINCT FROM n
+     OR cardinality(p_ids) IS DISTINCT FROM n OR cardinality(p_created) IS DISTINCT FROM n
+     OR cardinality(p_metadata) IS DISTINCT FROM n OR cardinality(p_bodies) IS DISTINCT FROM n
+     OR m IS NULL OR cardinality(p_from) IS DISTINCT FROM m OR cardinality(p_to) IS DISTINCT FROM m
+     OR cardinality(p_amount) IS DISTINCT FROM m OR cardinality(p_asset) IS DISTINCT FROM m THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM unnest(p_req, p_from, p_to, p_amount, p_asset) u(r, f, t, a, s)
+             WHERE r IS NULL OR r < 1 OR r > n OR f IS NULL OR t IS NULL OR a IS NULL OR a <= 0 OR s IS NULL)
+     OR EXISTS (SELECT FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r HAVING count(*) > 64 OR max(i) - min(i) + 1 <> count(*))
+     OR (SELECT count(DISTINCT r) FROM unnest(p_req) r) <> n
+     OR (SELECT count(DISTINCT (c, k)) FROM unnest(p_callers, p_keys) u(c, k)) <> n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 64 contiguous postings per request, positive amounts, distinct keys'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  claimed := array_fill(false, ARRAY[n]);
+  SELECT array_agg(lo ORDER BY r), array_agg(hi ORDER BY r) INTO first_p, last_p
+  FROM (SELECT r, min(i) AS lo, max(i) AS hi FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r) x;
+
+  -- 1. Claim the idempotency keys, in (caller, key) order: every writer claims keys in
+  -- that one order and before any balance lock, so key waits cannot form a cycle either.
+  -- A key held by a concurrent, uncommitted batch makes us wait here for its outcome.
+  WITH ins AS (
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
+    SELECT c, k, h, 201, b FROM unnest(p_callers, p_keys, p_hashes, p_bodies) u(c, k, h, b) ORDER BY c, k
+    ON CONFLICT (caller, key) DO NOTHING
+    RETURNING caller, key)
+  SELECT array_agg(u.i) INTO d_claimed
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) JOIN ins ON ins.caller = u.c AND ins.key = u.k;
+  FOREACH v_x IN ARRAY coalesce(d_claimed, '{}') LOOP
+    claimed[v_x] := true;
+  END LOOP;
+
+  -- Requests whose key was already used replay its outcome, or are 409 if the request differs.
+  FOR rec IN
+    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body
+    FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
+    LEFT JOIN tally.idempotency_keys s ON s.caller = u.c AND s.key = u.k
+    WHERE NOT claimed[u.i]
+  LOOP
+    IF rec.same IS NULL THEN
+      RAISE EXCEPTION 'tally: idempotency record % vanished during the request', rec.k
+        USING ERRCODE = 'serialization_failure'; -- expired and cleaned up meanwhile: retry
+    ELSIF rec.same THEN
+      o_status[rec.i] := rec.status;
+      o_body[rec.i] := rec.body;
+      o_replayed[rec.i] := true;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('idempotency_key_reused',
+        format('Idempotency-Key %s was first used with a different request', to_json(rec.k)));
+      o_status[rec.i] := v_s;
+      o_body[rec.i] := v_b;
+    END IF;
+  END LOOP;
+
+  -- 2. Lock every balance row the claimed requests touch, once, in ascending account id
+  -- order: the one global lock order of every Tally writer, so deadlocks are impossible.
+  SELECT array_agg(l.account_id ORDER BY l.account_id), array_agg(l.posted ORDER BY l.account_id),
+         array_agg(l.floor ORDER BY l.account_id)
+  INTO a_ids, a_bal, a_floor
+  FROM (SELECT b.account_id, b.posted, b.floor FROM tally.balances b
+        WHERE b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+                               WHERE claimed[p_req[((j - 1) % m) + 1]])
+        ORDER BY b.account_id
+        FOR UPDATE) l;
+  a_ids := coalesce(a_ids, '{}');
+  a_touched := array_fill(0, ARRAY[greatest(cardinality(a_ids), 1)]);
+  -- Status and asset are read only now, in a statement whose snapshot starts after the
+  -- locks are held: freeze and close take the same lock first, so these cannot change
+  -- until we commit.
+  SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
+  FROM tally.accounts a WHERE a.id = ANY (a_ids);
+  -- Assigning one element turns a text array into plpgsql's expanded form, where reading
+  -- element i is O(1) instead of a walk over the elements before it.
+  IF cardinality(a_ids) > 0 THEN
+    a_status[1] := a_status[1];
+    a_asset[1] := a_asset[1];
+  END IF;
+  p_asset[1] := p_asset[1];
+
+  -- Where each posting's accounts sit in the sorted account arrays (NULL: no such
+  -- account), found for the whole batch in one hash join rather than per posting.
+  SELECT array_agg(af.n ORDER BY u.i), array_agg(at.n ORDER BY u.i) INTO pf, pt
+  FROM unnest(p_from, p_to) WITH ORDINALITY u(f, t, i)
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY af(id, n) ON af.id = u.f
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY at(id, n) ON at.id = u.t;
+  -- Output rows, filled in place (element assignment does not copy the array).
+  t_ids := array_fill(NULL::uuid, ARRAY[n]);
+  t_meta := array_fill(NULL::jsonb, ARRAY[n]);
+  t_created := array_fill(NULL::timestamptz, ARRAY[n]);
+  e_tx := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_posting := array_fill(NULL::smallint, ARRAY[2 * m]);
+  e_account := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_asset := array_fill(NULL::text, ARRAY[2 * m]);
+  e_amount := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_after := array_fill(NULL::bigint, ARRAY[2 * m]);
+  n_tx := 0;
+  n_e := 0;
+
+  -- 3. Judge each claimed request in arrival order against the balances as the requests
+  -- before it left them.
+  FOR i IN 1 .. n LOOP
+    CONTINUE WHEN NOT claimed[i];
+    v_code := NULL;
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      v_p := p - first_p[i];
+      IF v_f IS NULL OR v_t IS NULL THEN
+        v_code := 'account_not_found';
+        v_detail := format('account %s does not exist', CASE WHEN v_f IS NULL THEN p_from[p] ELSE p_to[p] END);
+      ELSIF v_f = v_t THEN
+        v_code := 'same_account';
+        v_detail := format('posting %s moves money from account %s to itself', v_p, p_from[p]);
+      ELSIF a_status[v_f] = 'closed' OR a_status[v_t] = 'closed' THEN
+        v_code := 'account_closed';
+        v_detail := format('account %s is closed', CASE WHEN a_status[v_f] = 'closed' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_status[v_f] = 'frozen' OR a_status[v_t] = 'frozen' THEN
+        v_code := 'account_frozen';
+        v_detail := format('account %s is frozen', CASE WHEN a_status[v_f] = 'frozen' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_asset[v_f] <> p_asset[p] OR a_asset[v_t] <> p_asset[p] THEN
+        v_code := 'asset_mismatch';
+        v_detail := format('posting %s is in %s but account %s holds %s', v_p, p_asset[p],
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN p_from[p] ELSE p_to[p] END,
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN a_asset[v_f] ELSE a_asset[v_t] END);
+      END IF;
+      EXIT WHEN v_code IS NOT NULL;
+    END LOOP;
+
+    IF v_code IS NULL THEN
+      -- Funds: each account's net movement in this request, against its running balance.
+      -- A request touches few accounts, so a short list beats a query. On the way, every
+      -- leg's running balance must fit a bigint too (it is stored with the entry), or one
+      -- request's arithmetic error would fail its whole batch.
+      d_idx := '{}';
+      d_delta := '{}';
+      FOR p IN first_p[i] .. last_p[i] LOOP
+        v_x := array_position(d_idx, pf[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pf[p];
+          d_delta := d_delta || (-p_amount[p])::numeric;
+          v_x := cardinality(d_idx);
+        ELSE
+          d_delta[v_x] := d_delta[v_x] - p_amount[p];
+        END IF;
+        v_f := v_x;
+        v_x := array_position(d_idx, pt[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pt[p];
+          d_delta := d_delta || p_amount[p]::numeric;
+          v_x := cardinality(d_idx);
+        ELSE
+          d_delta[v_x] := d_delta[v_x] + p_amount[p];
+        END IF;
+        IF a_bal[pf[p]] + d_delta[v_f] < -9223372036854775808 OR a_bal[pt[p]] + d_delta[v_x] > 9223372036854775807 THEN
+          v_code := 'balance_limit_exceeded';
+          v_detail := format('posting %s would take a running balance beyond the largest representable amount', p - first_p[i]);
+          EXIT;
+        END IF;
+        -- Every leg's running balance is stored with its entry, so each must respect the
+        -- account's floor, not only the net at the end: no entry ever shows a balance
+        -- the account may not have. Postings are applied in the order given.
+        IF a_bal[pf[p]] + d_delta[v_f] < a_floor[pf[p]] THEN
+          v_code := 'insufficient_funds';
+          v_detail := format('account %s has insufficient funds for posting %s', p_from[p], p - first_p[i]);
+          EXIT;
+        END IF;
+      END LOOP;
+      -- Then each account's net movement against its floor. Of several accounts short,
+      -- report the one with the smallest id, so the answer does not depend on posting order.
+      IF v_code IS NULL THEN
+        FOR k IN 1 .. cardinality(d_idx) LOOP
+          v_x := d_idx[k];
+          v_new := a_bal[v_x]::numeric + d_delta[k];
+          IF (v_new < a_floor[v_x] OR v_new > 9223372036854775807) AND (v_code IS NULL OR v_x < v_min) THEN
+            v_min := v_x;
+            v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
+            -- The detail names the account, never its balance: a caller refused for
+            -- funds must not learn what the account holds.
+            v_detail := CASE WHEN v_new < a_floor[v_x] THEN format('account %s has insufficient funds for this transaction', a_ids[v_x])
+                             ELSE format('account %s would exceed the largest representable balance', a_ids[v_x]) END;
+          END IF;
+        END LOOP;
+      END IF;
+    END IF;
+
+    IF v_code IS NOT NULL THEN
+      SELECT * INTO v_s, v_b FROM tally.problem(v_code, v_detail);
+      o_status[i] := v_s;
+      o_body[i] := v_b;
+      r_callers := r_callers || p_callers[i];
+      r_keys := r_keys || p_keys[i];
+      r_status := r_status || v_s;
+      r_body := r_body || v_b;
+      CONTINUE;
+    END IF;
+
+    -- Apply: the entries carry each account's running balance, leg by leg.
+    n_tx := n_tx + 1;
+    t_ids[n_tx] := p_ids[i];
+    t_meta[n_tx] := coalesce(p_metadata[i], '{}');
+    t_created[n_tx] := p_created[i];
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      a_bal[v_f] := a_bal[v_f] - p_amount[p];
+      a_bal[v_t] := a_bal[v_t] + p_amount[p];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_from[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := -p_amount[p];
+      e_after[n_e] := a_bal[v_f];
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_to[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := p_amount[p];
+      e_after[n_e] := a_bal[v_t];
+    END LOOP;
+    FOREACH v_x IN ARRAY d_idx LOOP
+      a_touched[v_x] := a_touched[v_x] + 1;
+    END LOOP;
+    o_status[i] := 201;
+    o_body[i] := p_bodies[i];
+  END LOOP;
+
+  -- 4. Write: one statement for the journal and the balances, one update for the
+  -- recorded rejections.
+  IF n_tx > 0 THEN
+    -- One statement writes the transactions, moves the balances and inserts the entries:
+    -- the checks at its end see all three, and none is ever visible without the others.
+    WITH journal AS (
+      INSERT INTO tally.transactions (id, metadata, created_at)
+      SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx])),
+    moved AS (
+      UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
+      FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
+      WHERE b.account_id = u.id AND u.touched > 0)
+    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
+    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
+    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e])
+         WITH ORDINALITY u(tx, posting, account, asset, amount, after, ord)
+    ORDER BY u.ord;
+  END IF;
+  IF cardinality(r_keys) > 0 THEN
+    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b
+    FROM unnest(r_callers, r_keys, r_status, r_body) u(c, key, s, b)
+    WHERE k.caller = u.c AND k.key = u.key;
+  END IF;
+
+  -- 5. A replay acknowledges an outcome committed earlier, perhaps by a commit whose wait
+  -- for the synchronous standbys was cancelled: on this primary, on no standby yet. A
+  -- batch of replays alone writes no WAL, so its commit would not wait either (an xid
+  -- alone is not enough: PostgreSQL waits only for commits that wrote WAL). Touching the
+  -- replayed records writes WAL, so this commit waits for the standbys like any other;
+  -- WAL is one ordered stream, so when it returns the replayed outcome is on the
+  -- standbys too. Nothing is acknowledged that a failover could lose.
+  -- The records are locked in (caller, key) order, the order step 1 claims keys in, so
+  -- two batches replaying the same keys cannot wait for each other in a cycle.
+  IF true = ANY (o_replayed) THEN
+    UPDATE tally.idempotency_keys s SET status = s.status
+    FROM (SELECT k.caller, k.key FROM tally.idempotency_keys k
+          JOIN unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) ON k.caller = u.c AND k.key = u.k
+          WHERE o_replayed[u.i]
+          ORDER BY k.caller, k.key
+          FOR UPDATE OF k) l
+    WHERE s.caller = l.caller AND s.key = l.key;
+  END IF;
+
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
+END
+$$;
+
+
+--
+-- Name: problem(text, text); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.problem(p_code text, p_detail text, OUT status smallint, OUT body text) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+DECLARE
+  v_title text;
+BEGIN
+  SELECT c.s, c.t INTO status, v_title FROM (VALUES
+    ('account_not_found',      404::smallint, 'Account not found'),
+    ('account_frozen',         422::smallint, 'Account is frozen'),
+    ('account_closed',         422::smallint, 'Account is closed'),
+    ('asset_mismatch',         422::smallint, 'Asset does not match the account'),
+    ('same_account',           422::smallint, 'Source and destination are the same account'),
+    ('insufficient_funds',     422::smallint, 'Insufficient funds'),
+    ('balance_limit_exceeded', 422::smallint, 'Balance would exceed the largest representable amount'),
+    ('idempotency_key_reused', 409::smallint, 'Idempotency key reused with a different request')
+  ) AS c(code, s, t) WHERE c.code = p_code;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  body := format('{"type":%s,"title":%s,"status":%s,"detail":%s,"code":%s}',
+    to_json('https://tally.dev/problems/' || p_code), to_json(v_title), status, to_json(p_detail), to_json(p_code));
+END
+$$;
+
+
+--
+-- Name: register_asset(text, smallint, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.register_asset(p_code text, p_scale smallint, p_external_id uuid, OUT code text, OUT scale smallint, OUT external_account_id uuid, OUT created boolean) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  INSERT INTO tally.assets (code, scale) VALUES (p_code, p_scale) ON CONFLICT DO NOTHING;
+  created := FOUND;
+  IF created THEN
+    INSERT INTO tally.accounts (id, kind, owner, asset, scale, balance_floor)
+    VALUES (p_external_id, 'external', 'tally:external', p_code, p_scale, -9223372036854775808);
+    INSERT INTO tally.balances (account_id, floor) VALUES (p_external_id, -9223372036854775808);
+  END IF;
+  SELECT s.code, s.scale, a.id INTO code, scale, external_account_id
+  FROM tally.assets s JOIN tally.accounts a ON a.asset = s.code AND a.kind = 'external'
+  WHERE s.code = p_code;
+END
+$$;
+
+
+--
+-- Name: reject_change(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.reject_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  RAISE EXCEPTION 'tally: % on %.% is not allowed: rows are immutable', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+
+--
+-- Name: reject_truncate(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.reject_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  RAISE EXCEPTION 'tally: TRUNCATE on %.% is not allowed: the journal is append-only', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+
+--
+-- Name: set_account_status(uuid, text); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.set_account_status(p_id uuid, p_status text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_posted bigint;
+  v_kind   text;
+  v_status text;
+BEGIN
+  SELECT b.posted INTO v_posted FROM tally.balances b WHERE b.account_id = p_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN 'account_not_found';
+  END IF;
+  SELECT a.kind, a.status INTO v_kind, v_status FROM tally.accounts a WHERE a.id = p_id;
+  IF v_status = p_status THEN
+    RETURN '';
+  ELSIF v_kind = 'external' THEN
+    RETURN 'external_account_immutable';
+  ELSIF v_status = 'closed' THEN
+    RETURN 'account_closed';
+  ELSIF p_status = 'closed' AND v_posted <> 0 THEN
+    RETURN 'account_balance_not_zero';
+  END IF;
+  UPDATE tally.accounts SET status = p_status WHERE id = p_id;
+  RETURN '';
+END
+$$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: accounts; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.accounts (
+    id uuid NOT NULL,
+    kind text DEFAULT 'standard'::text NOT NULL,
+    owner text NOT NULL,
+    asset text NOT NULL,
+    scale smallint NOT NULL,
+    status text DEFAULT 'active'::text NOT NULL,
+    balance_floor bigint DEFAULT 0 NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT accounts_check CHECK (((kind = 'standard'::text) OR ((status = 'active'::text) AND (balance_floor = '-9223372036854775808'::bigint)))),
+    CONSTRAINT accounts_kind_check CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text]))),
+    CONSTRAINT accounts_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT accounts_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
+    CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'frozen'::text, 'closed'::text])))
+);
+
+
+--
+-- Name: assets; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.assets (
+    code text NOT NULL,
+    scale smallint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT assets_code_check CHECK ((code ~ '^[A-Z][A-Z0-9_]{1,15}$'::text)),
+    CONSTRAINT assets_scale_check CHECK (((scale >= 0) AND (scale <= 18)))
+);
+
+
+--
+-- Name: balances; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.balances (
+    account_id uuid NOT NULL,
+    floor bigint NOT NULL,
+    posted bigint DEFAULT 0 NOT NULL,
+    version bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT balance_above_floor CHECK ((posted >= floor)),
+    CONSTRAINT balances_version_check CHECK ((version >= 0))
+)
+WITH (fillfactor='70');
+
+
+--
+-- Name: entries; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.entries (
+    id bigint NOT NULL,
+    transaction_id uuid NOT NULL,
+    posting smallint NOT NULL,
+    account_id uuid NOT NULL,
+    asset text NOT NULL,
+    amount bigint NOT NULL,
+    balance_after bigint NOT NULL,
+    CONSTRAINT entries_amount_check CHECK ((amount <> 0)),
+    CONSTRAINT entries_posting_check CHECK ((posting >= 0))
+);
+
+
+--
+-- Name: entries_id_seq; Type: SEQUENCE; Schema: tally; Owner: -
+--
+
+ALTER TABLE tally.entries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME tally.entries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: idempotency_keys; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.idempotency_keys (
+    caller text NOT NULL,
+    key text NOT NULL,
+    request_hash bytea NOT NULL,
+    status smallint NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT idempotency_keys_caller_check CHECK (((length(caller) >= 1) AND (length(caller) <= 200))),
+    CONSTRAINT idempotency_keys_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255))),
+    CONSTRAINT idempotency_keys_request_hash_check CHECK ((length(request_hash) = 32)),
+    CONSTRAINT idempotency_keys_status_check CHECK (((status >= 200) AND (status <= 599)))
+);
+
+
+--
+-- Name: shard; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.shard (
+    singleton boolean DEFAULT true NOT NULL,
+    shard_index integer NOT NULL,
+    CONSTRAINT shard_shard_index_check CHECK (((shard_index >= 0) AND (shard_index <= 65535))),
+    CONSTRAINT shard_singleton_check CHECK (singleton)
+);
+
+
+--
+-- Name: transactions; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.transactions (
+    id uuid NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    CONSTRAINT transactions_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text))
+);
+
+
+--
+-- Name: accounts accounts_id_asset_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.accounts
+    ADD CONSTRAINT accounts_id_asset_key UNIQUE (id, asset);
+
+
+--
+-- Name: accounts accounts_id_balance_floor_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.accounts
+    ADD CONSTRAINT accounts_id_balance_floor_key UNIQUE (id, balance_floor);
+
+
+--
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: assets assets_code_scale_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.assets
+    ADD CONSTRAINT assets_code_scale_key UNIQUE (code, scale);
+
+
+--
+-- Name: assets assets_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.assets
+    ADD CONSTRAINT assets_pkey PRIMARY KEY (code);
+
+
+--
+-- Name: balances balances_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.balances
+    ADD CONSTRAINT balances_pkey PRIMARY KEY (account_id);
+
+
+--
+-- Name: entries entries_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.entries
+    ADD CONSTRAINT entries_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+
+--
+-- Name: shard shard_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.shard
+    ADD CONSTRAINT shard_pkey PRIMARY KEY (singleton);
+
+
+--
+-- Name: transactions transactions_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.transactions
+    ADD CONSTRAINT transactions_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: accounts_by_owner; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX accounts_by_owner ON tally.accounts USING btree (owner, id);
+
+
+--
+-- Name: accounts_one_external_per_asset; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE UNIQUE INDEX accounts_one_external_per_asset ON tally.accounts USING btree (asset) WHERE (kind = 'external'::text);
+
+
+--
+-- Name: entries_by_account; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX entries_by_account ON tally.entries USING btree (account_id, id);
+
+
+--
+-- Name: entries_one_leg_per_side; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE UNIQUE INDEX entries_one_leg_per_side ON tally.entries USING btree (transaction_id, posting, ((amount > 0)));
+
+
+--
+-- Name: idempotency_keys_by_age; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (created_at);
+
+
+--
+-- Name: accounts accounts_have_balance; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER accounts_have_balance AFTER INSERT ON tally.accounts DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tally.check_account_has_balance();
+
+
+--
+-- Name: accounts accounts_no_delete; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_no_delete BEFORE DELETE ON tally.accounts FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: accounts accounts_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON tally.accounts FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: accounts accounts_on_this_shard; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_on_this_shard AFTER INSERT ON tally.accounts REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_ids_on_this_shard();
+
+
+--
+-- Name: accounts accounts_update_rules; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_update_rules BEFORE UPDATE ON tally.accounts FOR EACH ROW EXECUTE FUNCTION tally.check_account_update();
+
+
+--
+-- Name: assets assets_immutable; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER assets_immutable BEFORE DELETE OR UPDATE ON tally.assets FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: balances balances_inserted_match_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balances_inserted_match_journal AFTER INSERT ON tally.balances REFERENCING NEW TABLE AS changed_balances FOR EACH STATEMENT EXECUTE FUNCTION tally.check_balances_match_journal();
+
+
+--
+-- Name: balances balances_no_delete; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balances_no_delete BEFORE DELETE ON tally.balances FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: balances balances_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balances_no_truncate BEFORE TRUNCATE ON tally.balances FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: balances balances_updated_match_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balances_updated_match_journal AFTER UPDATE ON tally.balances REFERENCING NEW TABLE AS changed_balances FOR EACH STATEMENT EXECUTE FUNCTION tally.check_balances_match_journal();
+
+
+--
+-- Name: entries entries_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER entries_append_only BEFORE DELETE OR UPDATE ON tally.entries FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: entries entries_checked; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER entries_checked AFTER INSERT ON tally.entries REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION tally.check_new_entries();
+
+
+--
+-- Name: entries entries_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON tally.entries FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: transactions transactions_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER transactions_append_only BEFORE DELETE OR UPDATE ON tally.transactions FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: transactions transactions_balanced; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER transactions_balanced AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_transactions FOR EACH STATEMENT EXECUTE FUNCTION tally.check_new_transactions_balanced();
+
+
+--
+-- Name: transactions transactions_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON tally.transactions FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: transactions transactions_on_this_shard; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER transactions_on_this_shard AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_ids_on_this_shard();
+
+
+--
+-- Name: accounts accounts_asset_scale_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.accounts
+    ADD CONSTRAINT accounts_asset_scale_fkey FOREIGN KEY (asset, scale) REFERENCES tally.assets(code, scale);
+
+
+--
+-- Name: balances balances_account_id_floor_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.balances
+    ADD CONSTRAINT balances_account_id_floor_fkey FOREIGN KEY (account_id, floor) REFERENCES tally.accounts(id, balance_floor) ON UPDATE CASCADE;
+
+
+--
+-- Name: SCHEMA tally; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA tally TO tally_app;
+GRANT USAGE ON SCHEMA tally TO tally_monitor;
+
+
+--
+-- Name: FUNCTION check_account_has_balance(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.check_account_has_balance() TO tally_app;
+
+
+--
+-- Name: FUNCTION check_account_update(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.check_account_update() TO tally_app;
+
+
+--
+-- Name: FUNCTION count_accounts(); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.count_accounts() FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.count_accounts() TO tally_monitor;
+
+
+--
+-- Name: FUNCTION id_shard(id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) TO tally_app;
+
+
+--
+-- Name: FUNCTION problem(p_code text, p_detail text, OUT status smallint, OUT body text); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.problem(p_code text, p_detail text, OUT status smallint, OUT body text) TO tally_app;
+
+
+--
+-- Name: FUNCTION register_asset(p_code text, p_scale smallint, p_external_id uuid, OUT code text, OUT scale smallint, OUT external_account_id uuid, OUT created boolean); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.register_asset(p_code text, p_scale smallint, p_external_id uuid, OUT code text, OUT scale smallint, OUT external_account_id uuid, OUT created boolean) TO tally_app;
+
+
+--
+-- Name: FUNCTION reject_change(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.reject_change() TO tally_app;
+
+
+--
+-- Name: FUNCTION reject_truncate(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.reject_truncate() TO tally_app;
+
+
+--
+-- Name: FUNCTION set_account_status(p_id uuid, p_status text); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.set_account_status(p_id uuid, p_status text) TO tally_app;
+
+
+--
+-- Name: TABLE accounts; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.accounts TO tally_app;
+
+
+--
+-- Name: COLUMN accounts.status; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(status) ON TABLE tally.accounts TO tally_app;
+
+
+--
+-- Name: TABLE assets; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.assets TO tally_app;
+
+
+--
+-- Name: TABLE balances; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: COLUMN balances.posted; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(posted) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: COLUMN balances.version; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(version) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: TABLE entries; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.entries TO tally_app;
+
+
+--
+-- Name: TABLE idempotency_keys; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE tally.idempotency_keys TO tally_app;
+
+
+--
+-- Name: TABLE shard; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.shard TO tally_app;
+
+
+--
+-- Name: TABLE transactions; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.transactions TO tally_app;
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+
