@@ -107,4 +107,8 @@ type Outcome struct {
 	Status   int
 	Body     []byte
 	Replayed bool
+	// ReplayOf is, for a replayed 201 whose record keeps no body, the transaction first
+	// posted under the key: its response is rendered again from the journal, and Body is
+	// nil until then.
+	ReplayOf TransactionID
 }

@@ -98,6 +98,10 @@ func (d *DB) AppPool(t testing.TB, maxConns int32) *pgxpool.Pool {
 		t.Fatalf("pgtest: %v", err)
 	}
 	cfg.MaxConns = maxConns
+	// Tests open dozens of connections at once on machines far busier than production
+	// ones: a login there can take longer than store.ConnectTimeout, which is sized for a
+	// healthy shard. Tests of the timeout itself configure their own pools.
+	cfg.ConnConfig.ConnectTimeout = time.Minute
 	store.ConfigurePool(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {

@@ -618,7 +618,8 @@ func parseAccountRef(field, s string) (shardset.Account, error) {
 }
 
 // renderTransaction is the one rendering of a transaction, used for the POST response
-// (rendered before the write, and stored for replays) and for GET.
+// (rendered before the write), for its replays and for GET, from the journal: the same
+// bytes each time.
 func (a *API) renderTransaction(ctx context.Context, tx ledger.Transaction) ([]byte, error) {
 	meta, err := metadata.Canonical(tx.Metadata)
 	if err != nil {

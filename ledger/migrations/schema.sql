@@ -266,10 +266,10 @@ CREATE FUNCTION tally.id_shard(id uuid) RETURNS integer
 
 
 --
--- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], text[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean)
+CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     SET enable_seqscan TO 'off'
@@ -281,6 +281,7 @@ DECLARE
   o_status   smallint[];
   o_body     text[];
   o_replayed boolean[];
+  o_tx       uuid[];
   claimed    boolean[];
   -- accounts, sorted by id, with their balance carried through the batch
   a_ids      uuid[];
@@ -328,7 +329,7 @@ BEGIN
   IF n IS NULL OR n < 1 OR n > 1000
      OR cardinality(p_keys) IS DISTINCT FROM n OR cardinality(p_hashes) IS DISTINCT FROM n
      OR cardinality(p_ids) IS DISTINCT FROM n OR cardinality(p_created) IS DISTINCT FROM n
-     OR cardinality(p_metadata) IS DISTINCT FROM n OR cardinality(p_bodies) IS DISTINCT FROM n
+     OR cardinality(p_metadata) IS DISTINCT FROM n
      OR m IS NULL OR cardinality(p_from) IS DISTINCT FROM m OR cardinality(p_to) IS DISTINCT FROM m
      OR cardinality(p_amount) IS DISTINCT FROM m OR cardinality(p_asset) IS DISTINCT FROM m THEN
     RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
@@ -346,6 +347,7 @@ BEGIN
   o_status := array_fill(NULL::smallint, ARRAY[n]);
   o_body := array_fill(NULL::text, ARRAY[n]);
   o_replayed := array_fill(false, ARRAY[n]);
+  o_tx := array_fill(NULL::uuid, ARRAY[n]);
   claimed := array_fill(false, ARRAY[n]);
   SELECT array_agg(lo ORDER BY r), array_agg(hi ORDER BY r) INTO first_p, last_p
   FROM (SELECT r, min(i) AS lo, max(i) AS hi FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r) x;
@@ -354,8 +356,8 @@ BEGIN
   -- that one order and before any balance lock, so key waits cannot form a cycle either.
   -- A key held by a concurrent, uncommitted batch makes us wait here for its outcome.
   WITH ins AS (
-    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
-    SELECT c, k, h, 201, b FROM unnest(p_callers, p_keys, p_hashes, p_bodies) u(c, k, h, b) ORDER BY c, k
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, transaction_id)
+    SELECT c, k, h, 201, t FROM unnest(p_callers, p_keys, p_hashes, p_ids) u(c, k, h, t) ORDER BY c, k
     ON CONFLICT (caller, key) DO NOTHING
     RETURNING caller, key)
   SELECT array_agg(u.i) INTO d_claimed
@@ -366,7 +368,7 @@ BEGIN
 
   -- Requests whose key was already used replay its outcome, or are 409 if the request differs.
   FOR rec IN
-    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body
+    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body, s.transaction_id
     FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
     LEFT JOIN tally.idempotency_keys s ON s.caller = u.c AND s.key = u.k
     WHERE NOT claimed[u.i]
@@ -377,6 +379,7 @@ BEGIN
     ELSIF rec.same THEN
       o_status[rec.i] := rec.status;
       o_body[rec.i] := rec.body;
+      o_tx[rec.i] := rec.transaction_id;
       o_replayed[rec.i] := true;
     ELSE
       SELECT * INTO v_s, v_b FROM tally.problem('idempotency_key_reused',
@@ -557,7 +560,7 @@ BEGIN
       a_touched[v_x] := a_touched[v_x] + 1;
     END LOOP;
     o_status[i] := 201;
-    o_body[i] := p_bodies[i];
+    o_tx[i] := p_ids[i];
   END LOOP;
 
   -- 4. Write: one statement for the journal and the balances, one update for the
@@ -579,7 +582,7 @@ BEGIN
     ORDER BY u.ord;
   END IF;
   IF cardinality(r_keys) > 0 THEN
-    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b
+    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b, transaction_id = NULL
     FROM unnest(r_callers, r_keys, r_status, r_body) u(c, key, s, b)
     WHERE k.caller = u.c AND k.key = u.key;
   END IF;
@@ -603,6 +606,56 @@ BEGIN
     WHERE s.caller = l.caller AND s.key = l.key;
   END IF;
 
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i], o_tx[i] FROM generate_series(1, n) i;
+END
+$$;
+
+
+--
+-- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], text[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  applied    integer[] := '{}';
+  rec        record;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  IF cardinality(p_bodies) IS DISTINCT FROM n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  FOR rec IN SELECT * FROM tally.post_batch(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                            p_req, p_from, p_to, p_amount, p_asset) LOOP
+    o_status[rec.req] := rec.status;
+    o_replayed[rec.req] := rec.replayed;
+    IF rec.body IS NOT NULL THEN
+      o_body[rec.req] := rec.body;
+    ELSIF NOT rec.replayed THEN
+      o_body[rec.req] := p_bodies[rec.req];
+      applied := applied || rec.req;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('unavailable',
+        format('Idempotency-Key %s was first used through a newer ledger service; retry with the same key', to_json(p_keys[rec.req])));
+      o_status[rec.req] := v_s;
+      o_body[rec.req] := v_b;
+    END IF;
+  END LOOP;
+  IF cardinality(applied) > 0 THEN
+    UPDATE tally.idempotency_keys k SET body = p_bodies[u.i]
+    FROM unnest(applied) u(i)
+    WHERE k.caller = p_callers[u.i] AND k.key = p_keys[u.i];
+  END IF;
   RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
 END
 $$;
@@ -626,7 +679,8 @@ BEGIN
     ('same_account',           422::smallint, 'Source and destination are the same account'),
     ('insufficient_funds',     422::smallint, 'Insufficient funds'),
     ('balance_limit_exceeded', 422::smallint, 'Balance would exceed the largest representable amount'),
-    ('idempotency_key_reused', 409::smallint, 'Idempotency key reused with a different request')
+    ('idempotency_key_reused', 409::smallint, 'Idempotency key reused with a different request'),
+    ('unavailable',            503::smallint, 'Service unavailable')
   ) AS c(code, s, t) WHERE c.code = p_code;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
@@ -813,8 +867,10 @@ CREATE TABLE tally.idempotency_keys (
     key text NOT NULL,
     request_hash bytea NOT NULL,
     status smallint NOT NULL,
-    body text NOT NULL,
+    body text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    transaction_id uuid,
+    CONSTRAINT idempotency_keys_answerable CHECK (((body IS NOT NULL) OR ((status = 201) AND (transaction_id IS NOT NULL)))),
     CONSTRAINT idempotency_keys_caller_check CHECK (((length(caller) >= 1) AND (length(caller) <= 200))),
     CONSTRAINT idempotency_keys_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255))),
     CONSTRAINT idempotency_keys_request_hash_check CHECK ((length(request_hash) = 32)),
@@ -1131,6 +1187,13 @@ GRANT ALL ON FUNCTION tally.count_accounts() TO tally_monitor;
 --
 
 GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) TO tally_app;
 
 
 --

@@ -321,10 +321,10 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 		return ledger.Outcome{}, err
 	}
 	// The service's clock, not the database's: the response is rendered before the one
-	// round trip and stored for replays, so its time must be known before the write. It
-	// is when the request was accepted; the journal's order comes from the database's
-	// entry sequence, never from this time, so replicas whose clocks differ by the
-	// milliseconds NTP allows cannot reorder it.
+	// round trip, so its time must be known before the write (a replay renders the
+	// journal's copy of it the same way). It is when the request was accepted; the
+	// journal's order comes from the database's entry sequence, never from this time, so
+	// replicas whose clocks differ by the milliseconds NTP allows cannot reorder it.
 	tx := ledger.Transaction{ID: txID, Metadata: req.Metadata, CreatedAt: s.now().UTC().Truncate(time.Microsecond)}
 	for _, p := range req.Postings {
 		from, err := s.resolve(ctx, p.From, p.Asset, shard)
@@ -341,7 +341,20 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	if err != nil {
 		return ledger.Outcome{}, fmt.Errorf("shardset: render response: %w", err)
 	}
-	return s.fronts[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
+	out, err := s.fronts[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
+	if err != nil || out.Body != nil {
+		return out, err
+	}
+	// A replay whose record keeps the transaction, not the response: the same rendering
+	// of the same journal rows answers the same bytes.
+	first, err := s.shards[shard].Transaction(ctx, out.ReplayOf)
+	if err != nil {
+		return ledger.Outcome{}, fmt.Errorf("shardset: replay %s: %w", out.ReplayOf, err)
+	}
+	if out.Body, err = render(ctx, first); err != nil {
+		return ledger.Outcome{}, fmt.Errorf("shardset: render replay: %w", err)
+	}
+	return out, nil
 }
 
 func (s *Set) resolve(ctx context.Context, a Account, asset string, shard int) (ledger.AccountID, error) {

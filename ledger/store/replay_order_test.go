@@ -35,7 +35,7 @@ func TestReplaysNeverDeadlock(t *testing.T) {
 	for _, batch := range [][]store.Request{reqs, reversed} {
 		wg.Go(func() {
 			for range 30 {
-				rows, err := pool.Query(ctx, "SELECT req FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", store.BatchArgs(batch)...)
+				rows, err := pool.Query(ctx, "SELECT req FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", store.BatchArgs(batch)...)
 				if err == nil {
 					rows.Close()
 					err = rows.Err()

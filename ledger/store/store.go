@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -358,6 +359,11 @@ func (s *Store) PostBatch(ctx context.Context, reqs []Request) ([]ledger.Outcome
 		var outs []ledger.Outcome
 		outs, err = s.postBatchOnce(ctx, len(reqs), args...)
 		if err == nil {
+			for i := range outs {
+				if outs[i].Status == http.StatusCreated && !outs[i].Replayed {
+					outs[i].Body = reqs[i].Body
+				}
+			}
 			return outs, nil
 		}
 		if !retryable(err) || ctx.Err() != nil {
@@ -378,12 +384,13 @@ func (s *Store) reconnectAfter(err error) {
 	}
 }
 
-// BatchArgs are tally.post_batch's twelve arguments for the requests, in order; tests
-// that call the function directly use them too.
+// BatchArgs are tally.post_batch's eleven arguments for the requests, in order; tests
+// that call the function directly use them too. The responses stay here: the database
+// keeps a 201's transaction id, not its body (see PostBatch).
 func BatchArgs(reqs []Request) []any {
 	n := len(reqs)
 	callers, keys, hashes := make([]string, n), make([]string, n), make([][]byte, n)
-	ids, created, metas, bodies := make([][16]byte, n), make([]time.Time, n), make([][]byte, n), make([]string, n)
+	ids, created, metas := make([][16]byte, n), make([]time.Time, n), make([][]byte, n)
 	var reqIdx []int32
 	var from, to [][16]byte
 	var amounts []int64
@@ -391,7 +398,7 @@ func BatchArgs(reqs []Request) []any {
 	for i, r := range reqs {
 		tx := r.Transaction
 		callers[i], keys[i], hashes[i] = r.Caller, r.Key, r.Hash[:]
-		ids[i], created[i], bodies[i] = [16]byte(tx.ID), tx.CreatedAt, string(r.Body)
+		ids[i], created[i] = [16]byte(tx.ID), tx.CreatedAt
 		metas[i] = tx.Metadata
 		if len(metas[i]) == 0 {
 			metas[i] = []byte("{}")
@@ -402,7 +409,7 @@ func BatchArgs(reqs []Request) []any {
 			amounts, assets = append(amounts, p.Amount), append(assets, p.Asset)
 		}
 	}
-	return []any{callers, keys, hashes, ids, created, metas, bodies, reqIdx, from, to, amounts, assets}
+	return []any{callers, keys, hashes, ids, created, metas, reqIdx, from, to, amounts, assets}
 }
 
 // errNotDurable is a commit whose wait for the synchronous standbys was cancelled.
@@ -428,7 +435,7 @@ func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) ([]ledger
 }
 
 func postBatchOn(ctx context.Context, conn *pgxpool.Conn, n int, args ...any) ([]ledger.Outcome, error) {
-	rows, err := conn.Query(ctx, `SELECT req, status, body, replayed FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
+	rows, err := conn.Query(ctx, `SELECT req, status, body, replayed, transaction_id FROM tally.post_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -437,15 +444,23 @@ func postBatchOn(ctx context.Context, conn *pgxpool.Conn, n int, args ...any) ([
 	got := 0
 	for rows.Next() {
 		var idx int
-		var body string
+		var body *string
+		var txID *[16]byte
 		var o ledger.Outcome
-		if err := rows.Scan(&idx, &o.Status, &body, &o.Replayed); err != nil {
+		if err := rows.Scan(&idx, &o.Status, &body, &o.Replayed, &txID); err != nil {
 			return nil, err
 		}
 		if idx < 1 || idx > n {
 			return nil, fmt.Errorf("post_batch answered for request %d of %d", idx, n)
 		}
-		o.Body = []byte(body)
+		switch {
+		case body != nil:
+			o.Body = []byte(*body)
+		case o.Status != http.StatusCreated || txID == nil:
+			return nil, fmt.Errorf("post_batch answered request %d with status %d and neither a body nor a transaction", idx, o.Status)
+		case o.Replayed:
+			o.ReplayOf = ledger.TransactionID(*txID)
+		}
 		outs[idx-1] = o
 		got++
 	}
