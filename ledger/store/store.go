@@ -36,9 +36,12 @@ type Store struct {
 // the store writes through must have its configuration passed through ConfigurePool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// ConnectTimeout bounds opening one connection (TCP, TLS and login): milliseconds on a
-// healthy network.
-const ConnectTimeout = 2 * time.Second
+// ConnectTimeout bounds opening one connection (TCP, TLS and login). One login takes
+// milliseconds, but a burst of them queues on the server's cores: 64 at once (a pool
+// opening, or reopening after a failover) took 1.7 s on a quiet 2-core machine, so 2 s was
+// too tight. A silent server costs a pool slot this long; a request still waits no longer
+// than its own deadline.
+const ConnectTimeout = 5 * time.Second
 
 // syncRepCancelledKey marks, in a connection's CustomData, that PostgreSQL stopped
 // waiting for the synchronous standbys of a commit on it.
