@@ -60,9 +60,15 @@ type Account struct {
 	Scale        int
 	Status       Status
 	BalanceFloor int64 // NoFloor for none
+	// BalanceSlots is how many rows hold the balance (1 to MaxBalanceSlots): more than one
+	// lets batches credit a hot account side by side; such an account has floor 0.
+	BalanceSlots int
 	Metadata     json.RawMessage
 	CreatedAt    time.Time
 }
+
+// MaxBalanceSlots bounds an account's balance slots; the schema checks the same.
+const MaxBalanceSlots = 64
 
 // Balance is an account's posted balance; Version counts the transactions that moved it.
 type Balance struct {
@@ -98,7 +104,8 @@ type Entry struct {
 	AccountID     AccountID
 	Asset         string
 	Amount        int64
-	BalanceAfter  int64
+	BalanceAfter  int64 // the running balance of the entry's slot
+	Slot          int   // 0 for an account of one slot, else 1 to its BalanceSlots
 	CreatedAt     time.Time
 }
 

@@ -232,6 +232,7 @@ type createAccountRequest struct {
 	Owner        string          `json:"owner"`
 	Asset        string          `json:"asset"`
 	BalanceFloor *string         `json:"balance_floor"`
+	BalanceSlots *int            `json:"balance_slots"`
 	Metadata     json.RawMessage `json:"metadata"`
 }
 
@@ -257,11 +258,21 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 			return ledger.Errorf(ledger.CodeInvalidAmount, "balance_floor must be zero or negative, and above the smallest amount")
 		}
 	}
+	slots := 1
+	if req.BalanceSlots != nil {
+		slots = *req.BalanceSlots
+		if slots < 1 || slots > ledger.MaxBalanceSlots {
+			return ledger.Errorf(ledger.CodeInvalidRequest, "balance_slots must be 1 to %d", ledger.MaxBalanceSlots)
+		}
+		if slots > 1 && floor != 0 {
+			return ledger.Errorf(ledger.CodeInvalidRequest, "an account with more than one balance slot cannot have a balance_floor below zero")
+		}
+	}
 	meta, err := metadata.Canonical(req.Metadata)
 	if err != nil {
 		return err
 	}
-	acc, err := a.set.CreateAccount(r.Context(), ledger.Account{Owner: req.Owner, Asset: asset.Code, BalanceFloor: floor, Metadata: meta})
+	acc, err := a.set.CreateAccount(r.Context(), ledger.Account{Owner: req.Owner, Asset: asset.Code, BalanceFloor: floor, BalanceSlots: slots, Metadata: meta})
 	if err != nil {
 		return err
 	}
@@ -454,7 +465,7 @@ func (a *API) listEntries(w http.ResponseWriter, r *http.Request) error {
 		}
 		p.Data = append(p.Data, entryView{
 			ID: strconv.FormatInt(e.ID, 10), TransactionID: e.TransactionID, Posting: e.Posting, AccountID: e.AccountID,
-			Asset: e.Asset, Amount: money.Format(e.Amount, asset.Scale), BalanceAfter: money.Format(e.BalanceAfter, asset.Scale),
+			Asset: e.Asset, Amount: money.Format(e.Amount, asset.Scale), BalanceAfter: money.Format(e.BalanceAfter, asset.Scale), Slot: e.Slot,
 			CreatedAt: e.CreatedAt.UTC(),
 		})
 	}

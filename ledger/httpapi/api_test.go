@@ -198,18 +198,21 @@ func TestAccountsEndpoints(t *testing.T) {
 		t.Errorf("balance %s", b)
 	}
 	bad := map[string]ledger.Code{
-		`{"owner":"","asset":"USD"}`:                          ledger.CodeInvalidRequest,
-		`{"owner":"tally:x","asset":"USD"}`:                   ledger.CodeInvalidRequest,
-		`{"owner":"a","asset":"USD","extra":1}`:               ledger.CodeInvalidRequest,
-		`{"owner":"a","asset":"EUR"}`:                         ledger.CodeAssetNotFound,
-		`{"owner":"a","asset":"USD","balance_floor":"5"}`:     ledger.CodeInvalidAmount,
-		`{"owner":"a","asset":"USD","balance_floor":"1.001"}`: ledger.CodeInvalidAmount,
-		`{"owner":"a","asset":"USD","metadata":[1]}`:          ledger.CodeInvalidRequest,
-		`{"owner":"a","asset":"USD","metadata":"x"}`:          ledger.CodeInvalidRequest,
-		`{"owner":"a","asset":"USD"} {}`:                      ledger.CodeInvalidRequest,
-		`{"owner":"a",`:                                       ledger.CodeInvalidRequest,
-		`[]`:                                                  ledger.CodeInvalidRequest,
-		`{"owner":5,"asset":"USD"}`:                           ledger.CodeInvalidRequest,
+		`{"owner":"","asset":"USD"}`:                                         ledger.CodeInvalidRequest,
+		`{"owner":"tally:x","asset":"USD"}`:                                  ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","extra":1}`:                              ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"EUR"}`:                                        ledger.CodeAssetNotFound,
+		`{"owner":"a","asset":"USD","balance_floor":"5"}`:                    ledger.CodeInvalidAmount,
+		`{"owner":"a","asset":"USD","balance_floor":"1.001"}`:                ledger.CodeInvalidAmount,
+		`{"owner":"a","asset":"USD","metadata":[1]}`:                         ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","metadata":"x"}`:                         ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD"} {}`:                                     ledger.CodeInvalidRequest,
+		`{"owner":"a",`:                                                      ledger.CodeInvalidRequest,
+		`[]`:                                                                 ledger.CodeInvalidRequest,
+		`{"owner":5,"asset":"USD"}`:                                          ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","balance_slots":0}`:                      ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","balance_slots":65}`:                     ledger.CodeInvalidRequest,
+		`{"owner":"a","asset":"USD","balance_slots":2,"balance_floor":"-1"}`: ledger.CodeInvalidRequest,
 	}
 	for body, want := range bad {
 		if r := c.do("POST", "/v1/accounts", body); r.code() != want || r.status != want.Status() {
@@ -716,4 +719,39 @@ func TestConcurrentRequestLimit(t *testing.T) {
 		t.Errorf("the request in flight: %d %s", r.status, r.body)
 	}
 	c.must(200, c.do("GET", "/v1/assets", ""))
+}
+
+// TestSlottedAccountThroughTheAPI: an account opened with balance slots reads as one
+// account: its balance is the sum of the slots, its entries name their slot, and a debit
+// drawn from several slots reads back as the posting that was sent.
+func TestSlottedAccountThroughTheAPI(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	r := c.must(201, c.do("POST", "/v1/accounts", `{"owner":"shop","asset":"USD","balance_slots":4}`))
+	shop := r.field("id")
+	if !bytes.Contains(r.body, []byte(`"balance_slots":4`)) {
+		t.Errorf("created account: %s", r.body)
+	}
+	alice := c.account("alice", "USD")
+	c.must(201, c.transfer("dep", "external", alice, "100", "USD"))
+	for i := range 12 {
+		c.must(201, c.transfer(fmt.Sprint("buy", i), alice, shop, "2.50", "USD"))
+	}
+	if b := c.balance(shop); b != "30.00" {
+		t.Errorf("shop balance %s, want 30.00", b)
+	}
+	sweep := c.must(201, c.transfer("sweep", shop, alice, "30", "USD"))
+	if got := c.must(200, c.do("GET", "/v1/transactions/"+sweep.field("id"), "")); !bytes.Equal(got.body, sweep.body) {
+		t.Errorf("GET %s, POST %s", got.body, sweep.body)
+	}
+	if b := c.balance(shop); b != "0.00" {
+		t.Errorf("shop balance %s after the sweep", b)
+	}
+	entries := c.must(200, c.do("GET", "/v1/accounts/"+shop+"/entries", ""))
+	if !bytes.Contains(entries.body, []byte(`"slot":`)) {
+		t.Errorf("entries of a slotted account: %s", entries.body)
+	}
+	if plain := c.must(200, c.do("GET", "/v1/accounts/"+alice+"/entries", "")); bytes.Contains(plain.body, []byte(`"slot":`)) {
+		t.Errorf("entries of an account of one slot: %s", plain.body)
+	}
 }

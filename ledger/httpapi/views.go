@@ -38,12 +38,13 @@ type accountView struct {
 	Scale        int              `json:"scale"`
 	Status       ledger.Status    `json:"status"`
 	BalanceFloor *string          `json:"balance_floor"` // null: no floor
+	BalanceSlots int              `json:"balance_slots"`
 	Metadata     json.RawMessage  `json:"metadata"`
 	CreatedAt    time.Time        `json:"created_at"`
 }
 
 func viewAccount(a ledger.Account) (accountView, error) {
-	v := accountView{ID: a.ID, Kind: a.Kind, Owner: a.Owner, Asset: a.Asset, Scale: a.Scale, Status: a.Status, CreatedAt: a.CreatedAt.UTC()}
+	v := accountView{ID: a.ID, Kind: a.Kind, Owner: a.Owner, Asset: a.Asset, Scale: a.Scale, Status: a.Status, BalanceSlots: a.BalanceSlots, CreatedAt: a.CreatedAt.UTC()}
 	if a.BalanceFloor != ledger.NoFloor {
 		f := money.Format(a.BalanceFloor, a.Scale)
 		v.BalanceFloor = &f
@@ -81,7 +82,8 @@ type entryView struct {
 	AccountID     ledger.AccountID     `json:"account_id"`
 	Asset         string               `json:"asset"`
 	Amount        string               `json:"amount"`
-	BalanceAfter  string               `json:"balance_after"`
+	BalanceAfter  string               `json:"balance_after"`  // of the entry's slot
+	Slot          int                  `json:"slot,omitempty"` // of a slotted account
 	CreatedAt     time.Time            `json:"created_at"`
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/tern/v2/migrate"
@@ -58,6 +59,11 @@ func Apply(ctx context.Context, conn *pgx.Conn) (int32, error) {
 // ApplyTo migrates the database behind conn up to version (never down) and returns the
 // version it is at; tests use it to stand up an earlier release's schema.
 func ApplyTo(ctx context.Context, conn *pgx.Conn, version int32) (int32, error) {
+	unlock, err := lockMigrations(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	m, err := newMigrator(ctx, conn)
 	if err != nil {
 		return 0, err
@@ -76,6 +82,34 @@ func ApplyTo(ctx context.Context, conn *pgx.Conn, version int32) (int32, error) 
 		return 0, fmt.Errorf("migrations: read version: %w", err)
 	}
 	return v, nil
+}
+
+// migrationLock is the advisory lock key one migration run holds ("tally" in ASCII).
+const migrationLock = 0x74616c6c79
+
+// migrationLockPoll is how often a waiting run asks for the lock again.
+const migrationLockPoll = 100 * time.Millisecond
+
+// lockMigrations takes the lock that lets one run migrate at a time, asking again and
+// again rather than waiting inside one statement. Migrations that build an index
+// CONCURRENTLY wait for every transaction open at the time to end, and a second run
+// blocked in pg_advisory_lock (as tern waits for its own lock) is such a transaction, held
+// open until the first run finishes: the two would deadlock. Polling leaves nothing open.
+func lockMigrations(ctx context.Context, conn *pgx.Conn) (unlock func(), err error) {
+	for {
+		var locked bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", migrationLock).Scan(&locked); err != nil {
+			return nil, fmt.Errorf("migrations: take the migration lock: %w", err)
+		}
+		if locked {
+			return func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) }, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("migrations: wait for another run to finish: %w", ctx.Err())
+		case <-time.After(migrationLockPoll):
+		}
+	}
 }
 
 // CheckCompatible says whether a binary built for schema version built may serve a

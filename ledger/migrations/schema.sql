@@ -29,9 +29,20 @@ CREATE SCHEMA tally;
 CREATE FUNCTION tally.check_account_has_balance() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
+DECLARE
+  v_rows integer;
+  v_lo   integer;
+  v_hi   integer;
+  v_want integer[];
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM tally.balances WHERE account_id = NEW.id) THEN
+  SELECT count(*), min(slot), max(slot) INTO v_rows, v_lo, v_hi FROM tally.balances WHERE account_id = NEW.id;
+  -- slots 0..0 for an account of one slot, else 1..N (the rows are unique per slot)
+  v_want := (SELECT ARRAY[least(NEW.balance_slots - 1, 1), NEW.balance_slots * (NEW.balance_slots > 1)::integer]);
+  IF v_rows = 0 THEN
     RAISE EXCEPTION 'tally: account % has no balance row', NEW.id USING ERRCODE = 'check_violation';
+  ELSIF v_rows <> NEW.balance_slots OR v_lo <> v_want[1] OR v_hi <> v_want[2] THEN
+    RAISE EXCEPTION 'tally: account % has % balance slots but balance rows for slots % to %', NEW.id, NEW.balance_slots, v_lo, v_hi
+      USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
 END
@@ -47,15 +58,15 @@ CREATE FUNCTION tally.check_account_update() RETURNS trigger
     AS $$
 BEGIN
   IF NEW.id <> OLD.id OR NEW.kind <> OLD.kind OR NEW.owner <> OLD.owner OR NEW.asset <> OLD.asset
-     OR NEW.scale <> OLD.scale OR NEW.created_at <> OLD.created_at THEN
-    RAISE EXCEPTION 'tally: an account''s id, kind, owner, asset, scale and created_at are immutable'
+     OR NEW.scale <> OLD.scale OR NEW.created_at <> OLD.created_at OR NEW.balance_slots <> OLD.balance_slots THEN
+    RAISE EXCEPTION 'tally: an account''s id, kind, owner, asset, scale, balance slots and created_at are immutable'
       USING ERRCODE = 'check_violation';
   END IF;
   IF NEW.status <> OLD.status THEN
     IF OLD.status = 'closed' THEN
       RAISE EXCEPTION 'tally: account % is closed', OLD.id USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.status = 'closed' AND (SELECT posted FROM tally.balances WHERE account_id = OLD.id) <> 0 THEN
+    IF NEW.status = 'closed' AND (SELECT sum(posted) FROM tally.balances WHERE account_id = OLD.id) <> 0 THEN
       RAISE EXCEPTION 'tally: account % has a non-zero balance and cannot close', OLD.id
         USING ERRCODE = 'check_violation';
     END IF;
@@ -77,14 +88,31 @@ CREATE FUNCTION tally.check_balances_match_journal() RETURNS trigger
 DECLARE
   v_bad record;
 BEGIN
-  SELECT c.account_id, c.posted, coalesce(last.balance_after, 0) AS journal INTO v_bad
+  IF TG_OP = 'INSERT' THEN
+    SELECT c.account_id, c.slot, a.balance_slots INTO v_bad
+    FROM changed_balances c JOIN tally.accounts a ON a.id = c.account_id
+    WHERE CASE WHEN a.balance_slots = 1 THEN c.slot <> 0 ELSE c.slot NOT BETWEEN 1 AND a.balance_slots END
+    LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'tally: account % has % balance slots, not slot %', v_bad.account_id, v_bad.balance_slots, v_bad.slot
+        USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  SELECT c.account_id, c.slot, c.posted, coalesce(last.balance_after, 0) AS journal INTO v_bad
   FROM changed_balances c
-  LEFT JOIN LATERAL (SELECT e.balance_after FROM tally.entries e
-                     WHERE e.account_id = c.account_id ORDER BY e.account_id DESC, e.id DESC LIMIT 1) last ON true
+  LEFT JOIN LATERAL (
+    (SELECT e.balance_after FROM tally.entries e
+     WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL
+     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT e.balance_after FROM tally.entries e
+     WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot
+     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+    LIMIT 1) last ON true
   WHERE c.posted <> coalesce(last.balance_after, 0)
   LIMIT 1;
   IF FOUND THEN
-    RAISE EXCEPTION 'tally: balance of account % is %, the journal says %', v_bad.account_id, v_bad.posted, v_bad.journal
+    RAISE EXCEPTION 'tally: balance of account % slot % is %, the journal says %', v_bad.account_id, v_bad.slot, v_bad.posted, v_bad.journal
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
@@ -132,23 +160,24 @@ DECLARE
   v_xmin xid;
   v_cmin cid;
 BEGIN
+  -- Each posting is one credit leg and debit legs from one account, one per slot drawn,
+  -- summing to zero in one asset.
   SELECT n.transaction_id, n.posting, count(*) AS legs, sum(n.amount) AS total, min(n.asset) AS asset, max(n.asset) AS other
   INTO v_bad FROM new_entries n
   GROUP BY n.transaction_id, n.posting
-  HAVING count(*) <> 2 OR sum(n.amount) <> 0 OR min(n.asset) <> max(n.asset)
+  HAVING count(*) FILTER (WHERE n.amount > 0) <> 1
+      OR count(DISTINCT n.account_id) FILTER (WHERE n.amount < 0) <> 1
+      OR count(*) FILTER (WHERE n.amount < 0) <> count(DISTINCT coalesce(n.slot, 0)) FILTER (WHERE n.amount < 0)
+      OR sum(n.amount) <> 0 OR min(n.asset) <> max(n.asset)
   LIMIT 1;
   IF FOUND THEN
-    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, in % and %): a transaction must sum to zero per asset',
+    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, in % and %): a posting is one credit and debits from one account, one per slot, summing to zero in one asset',
       v_bad.transaction_id, v_bad.posting, v_bad.legs, v_bad.total, v_bad.asset, v_bad.other
       USING ERRCODE = 'check_violation';
   END IF;
 
-  -- Every entry joins a transaction written by this same statement: the transaction
-  -- exists, and its row carries the (sub)transaction and command ids that every row this
-  -- statement inserted carries. So entries never join a transaction afterwards, not even
-  -- one written earlier in the same database transaction. LATERAL ... LIMIT 1 keeps these
-  -- lookups one index probe per row: a join the planner may hash would read all of a
-  -- table that only grows.
+  -- Every entry joins a transaction written by this same statement (see 003): so entries
+  -- never join a transaction afterwards, and the legs above are all of each posting.
   SELECT e.xmin, e.cmin INTO v_xmin, v_cmin FROM tally.entries e WHERE e.id = (SELECT min(n.id) FROM new_entries n);
   SELECT n.transaction_id, t.id IS NOT NULL AS found INTO v_bad
   FROM (SELECT DISTINCT transaction_id FROM new_entries) n
@@ -163,29 +192,31 @@ BEGIN
       USING ERRCODE = 'check_violation';
   END IF;
 
-  -- Each entry, in one pass over the statement's entries by account and id:
-  --  * continues its account's running balance: balance_after is the previous entry's
-  --    balance_after plus this amount. Only an account's first new entry has its
-  --    previous entry in the table; the others have it in this statement;
-  --  * names an account that exists and holds the entry's asset (the asset of the
-  --    account's previous entry, checked when that was written; only an account's first
-  --    entry ever needs the account row);
-  --  * and an account's last new entry is what its balance row says: entries never land
-  --    without their balance.
-  SELECT n.account_id, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
+  -- Each entry, in one pass over the statement's entries by account, slot and id (as 003,
+  -- per slot): it continues its slot's running balance; it names an account that exists
+  -- and holds the entry's asset; and a slot's last new entry is what its balance row says
+  -- (a slot the account does not have has no row, so no entry can land there).
+  SELECT n.account_id, n.slot, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
          n.k, n.last, n.lo, n.hi, coalesce(before.asset, a.asset) AS holds, b.posted
   INTO v_bad
-  FROM (SELECT e.account_id, e.id, e.asset, e.amount, e.balance_after,
+  FROM (SELECT e.account_id, e.slot, e.id, e.asset, e.amount, e.balance_after,
                lag(e.balance_after) OVER w AS prev, row_number() OVER w AS k,
                lead(e.id) OVER w IS NULL AS last,
                first_value(e.asset) OVER w AS lo, e.asset AS hi
-        FROM new_entries e WINDOW w AS (PARTITION BY e.account_id ORDER BY e.id)) n
-  LEFT JOIN LATERAL (SELECT e.balance_after, e.asset FROM tally.entries e
-                     WHERE n.k = 1 AND e.account_id = n.account_id AND e.id < n.id
-                     ORDER BY e.account_id DESC, e.id DESC LIMIT 1) before ON true
+        FROM new_entries e WINDOW w AS (PARTITION BY e.account_id, e.slot ORDER BY e.id)) n
+  LEFT JOIN LATERAL (
+    (SELECT e.balance_after, e.asset FROM tally.entries e
+     WHERE n.k = 1 AND n.slot IS NULL AND e.account_id = n.account_id AND e.slot IS NULL AND e.id < n.id
+     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT e.balance_after, e.asset FROM tally.entries e
+     WHERE n.k = 1 AND n.slot IS NOT NULL AND e.slot IS NOT NULL AND e.account_id = n.account_id AND e.slot = n.slot AND e.id < n.id
+     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+    LIMIT 1) before ON true
   LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
                      WHERE n.k = 1 AND before.asset IS NULL AND a.id = n.account_id LIMIT 1) a ON true
-  LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b WHERE n.last AND b.account_id = n.account_id LIMIT 1) b ON true
+  LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b
+                     WHERE n.last AND b.account_id = n.account_id AND b.slot = coalesce(n.slot, 0) LIMIT 1) b ON true
   WHERE n.balance_after <> coalesce(n.prev, before.balance_after, 0) + n.amount
      OR (n.k = 1 AND coalesce(before.asset, a.asset) IS DISTINCT FROM n.asset) OR n.lo <> n.hi
      OR (n.last AND b.posted IS DISTINCT FROM n.balance_after)
@@ -199,11 +230,11 @@ BEGIN
     RAISE EXCEPTION 'tally: an entry on account % is in %, which is not the account''s asset', v_bad.account_id, v_bad.asset
       USING ERRCODE = 'foreign_key_violation';
   ELSIF v_bad.balance_after <> v_bad.prev + v_bad.amount THEN
-    RAISE EXCEPTION 'tally: entry on account % has balance_after %, expected % + %',
-      v_bad.account_id, v_bad.balance_after, v_bad.prev, v_bad.amount
+    RAISE EXCEPTION 'tally: entry on account % slot % has balance_after %, expected % + %',
+      v_bad.account_id, v_bad.slot, v_bad.balance_after, v_bad.prev, v_bad.amount
       USING ERRCODE = 'check_violation';
   END IF;
-  RAISE EXCEPTION 'tally: entries take account % to %, but its balance is %', v_bad.account_id, v_bad.balance_after, v_bad.posted
+  RAISE EXCEPTION 'tally: entries take account % slot % to %, but its balance is %', v_bad.account_id, v_bad.slot, v_bad.balance_after, v_bad.posted
     USING ERRCODE = 'check_violation';
 END
 $$;
@@ -271,6 +302,75 @@ CREATE FUNCTION tally.id_shard(id uuid) RETURNS integer
 
 CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
     LANGUAGE plpgsql
+    AS $$
+BEGIN
+  BEGIN
+    RETURN QUERY SELECT * FROM tally.post_batch_attempt(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                                        p_req, p_from, p_to, p_amount, p_asset, false);
+  EXCEPTION WHEN SQLSTATE 'TL001' THEN
+    RETURN QUERY SELECT * FROM tally.post_batch_attempt(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                                        p_req, p_from, p_to, p_amount, p_asset, true);
+  END;
+END
+$$;
+
+
+--
+-- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], text[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  applied    integer[] := '{}';
+  rec        record;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  IF cardinality(p_bodies) IS DISTINCT FROM n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  FOR rec IN SELECT * FROM tally.post_batch(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                            p_req, p_from, p_to, p_amount, p_asset) LOOP
+    o_status[rec.req] := rec.status;
+    o_replayed[rec.req] := rec.replayed;
+    IF rec.body IS NOT NULL THEN
+      o_body[rec.req] := rec.body;
+    ELSIF NOT rec.replayed THEN
+      o_body[rec.req] := p_bodies[rec.req];
+      applied := applied || rec.req;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('unavailable',
+        format('Idempotency-Key %s was first used through a newer ledger service; retry with the same key', to_json(p_keys[rec.req])));
+      o_status[rec.req] := v_s;
+      o_body[rec.req] := v_b;
+    END IF;
+  END LOOP;
+  IF cardinality(applied) > 0 THEN
+    UPDATE tally.idempotency_keys k SET body = p_bodies[u.i]
+    FROM unnest(applied) u(i)
+    WHERE k.caller = p_callers[u.i] AND k.key = p_keys[u.i];
+  END IF;
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
+END
+$$;
+
+
+--
+-- Name: post_batch_attempt(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], integer[], uuid[], uuid[], bigint[], text[], boolean); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.post_batch_attempt(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_lock_all boolean) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
+    LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     SET enable_seqscan TO 'off'
     SET jit TO 'off'
@@ -290,6 +390,27 @@ DECLARE
   a_status   text[];
   a_asset    text[];
   a_touched  integer[];
+  -- slotted accounts: a_lo..a_hi index their locked slot rows in the l_ arrays (NULL for
+  -- an account of one slot), a_all says whether every slot is locked, a_credit is the
+  -- slot row credits go to
+  a_lo       integer[];
+  a_hi       integer[];
+  a_all      boolean[];
+  a_credit   integer[];
+  l_acct     uuid[];
+  l_slot     smallint[];
+  l_bal      bigint[];
+  l_touched  integer[];
+  w_acct     uuid[] := '{}';
+  w_slot     smallint[] := '{}';
+  w_ids      uuid[] := '{}';
+  w_want     smallint[] := '{}';
+  v_missing  uuid[];
+  r_rows     integer[];
+  v_short    integer;
+  v_need     bigint;
+  v_take     bigint;
+  v_home     integer;
   -- rows to write
   t_ids      uuid[];
   t_meta     jsonb[];
@@ -300,6 +421,7 @@ DECLARE
   e_asset    text[];
   e_amount   bigint[];
   e_after    bigint[];
+  e_slot     smallint[];
   r_callers  text[] := '{}';
   r_keys     text[] := '{}';
   r_status   smallint[] := '{}';
@@ -389,17 +511,89 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- 2. Lock every balance row the claimed requests touch, once, in ascending account id
-  -- order: the one global lock order of every Tally writer, so deadlocks are impossible.
+  -- 2. Lock every balance row the claimed requests touch, once, in the one global lock
+  -- order of every Tally writer, so deadlocks are impossible: first the single balance row
+  -- (slot 0) of each account of one slot, in ascending account id; then the chosen slot
+  -- rows of slotted accounts, in ascending (account id, slot).
   SELECT array_agg(l.account_id ORDER BY l.account_id), array_agg(l.posted ORDER BY l.account_id),
          array_agg(l.floor ORDER BY l.account_id)
   INTO a_ids, a_bal, a_floor
   FROM (SELECT b.account_id, b.posted, b.floor FROM tally.balances b
-        WHERE b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+        WHERE b.slot = 0
+          AND b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
                                WHERE claimed[p_req[((j - 1) % m) + 1]])
         ORDER BY b.account_id
         FOR UPDATE) l;
   a_ids := coalesce(a_ids, '{}');
+  a_bal := coalesce(a_bal, '{}');
+  a_floor := coalesce(a_floor, '{}');
+  -- Accounts touched without a slot-0 row are slotted, or do not exist.
+  SELECT array_agg(DISTINCT x) INTO v_missing
+  FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+  WHERE claimed[p_req[((j - 1) % m) + 1]] AND x NOT IN (SELECT unnest(a_ids));
+  IF v_missing IS NOT NULL THEN
+    -- Which slots to lock, chosen from a look without locks at what each slot holds and
+    -- what this batch may debit: a batch that only credits the account takes one slot
+    -- at random, so concurrent batches take different locks; one that debits takes one
+    -- slot that holds all it may debit, or else every slot. A slot drained meanwhile by
+    -- another batch is found once locked: step 3 raises TL001, and post_batch runs the
+    -- batch again with p_lock_all, taking every slot of each account it debits.
+    FOR rec IN
+      SELECT a.id, a.balance_slots AS n,
+             coalesce((SELECT sum(p_amount[j]) FROM generate_subscripts(p_from, 1) j
+                       WHERE p_from[j] = a.id AND claimed[p_req[j]]), 0) AS need,
+             (SELECT array_agg(b.posted ORDER BY b.slot) FROM tally.balances b WHERE b.account_id = a.id) AS held
+      FROM tally.accounts a WHERE a.id = ANY (v_missing) AND a.balance_slots > 1
+    LOOP
+      v_home := 1 + floor(random() * rec.n)::integer;
+      IF rec.need > 0 AND p_lock_all THEN
+        v_home := NULL;
+      ELSIF rec.need > 0 AND rec.held[v_home] < rec.need THEN
+        SELECT s INTO v_home FROM generate_series(1, rec.n) s ORDER BY rec.held[s] DESC LIMIT 1;
+        IF rec.held[v_home] < rec.need THEN
+          v_home := NULL;
+        END IF;
+      END IF;
+      IF v_home IS NULL THEN
+        w_acct := w_acct || array_fill(rec.id, ARRAY[rec.n]);
+        w_slot := w_slot || ARRAY(SELECT s::smallint FROM generate_series(1, rec.n) s);
+      ELSE
+        w_acct := w_acct || rec.id;
+        w_slot := w_slot || v_home::smallint;
+      END IF;
+      w_ids := w_ids || rec.id;
+      w_want := w_want || rec.n::smallint;
+    END LOOP;
+    SELECT array_agg(l.account_id ORDER BY l.account_id, l.slot), array_agg(l.slot ORDER BY l.account_id, l.slot),
+           array_agg(l.posted ORDER BY l.account_id, l.slot)
+    INTO l_acct, l_slot, l_bal
+    FROM (SELECT b.account_id, b.slot, b.posted FROM tally.balances b
+          WHERE (b.account_id, b.slot) IN (SELECT * FROM unnest(w_acct, w_slot))
+          ORDER BY b.account_id, b.slot
+          FOR UPDATE) l;
+  END IF;
+  l_acct := coalesce(l_acct, '{}');
+  l_slot := coalesce(l_slot, '{}');
+  l_bal := coalesce(l_bal, '{}');
+  l_touched := array_fill(0, ARRAY[greatest(cardinality(l_acct), 1)]);
+  -- One list of accounts, in id order: a slotted account's balance here is the sum of its
+  -- locked slots, its floor 0 (each slot's floor; such accounts have floor 0).
+  SELECT array_agg(x.id ORDER BY x.id), array_agg(x.bal ORDER BY x.id), array_agg(x.fl ORDER BY x.id),
+         array_agg(x.lo ORDER BY x.id), array_agg(x.hi ORDER BY x.id), array_agg(x.whole ORDER BY x.id)
+  INTO a_ids, a_bal, a_floor, a_lo, a_hi, a_all
+  FROM (SELECT u.id, u.bal, u.fl, NULL::integer AS lo, NULL::integer AS hi, true AS whole
+        FROM unnest(a_ids, a_bal, a_floor) u(id, bal, fl)
+        UNION ALL
+        SELECT s.id, sum(s.bal)::bigint, 0, min(s.i)::integer, max(s.i)::integer,
+               count(*) = (SELECT w.n FROM unnest(w_ids, w_want) w(id, n) WHERE w.id = s.id)
+        FROM unnest(l_acct, l_bal) WITH ORDINALITY s(id, bal, i) GROUP BY s.id) x;
+  a_ids := coalesce(a_ids, '{}');
+  a_credit := array_fill(NULL::integer, ARRAY[greatest(cardinality(a_ids), 1)]);
+  FOR k IN 1 .. cardinality(a_ids) LOOP
+    IF a_lo[k] IS NOT NULL THEN
+      a_credit[k] := a_lo[k] + floor(random() * (a_hi[k] - a_lo[k] + 1))::integer;
+    END IF;
+  END LOOP;
   a_touched := array_fill(0, ARRAY[greatest(cardinality(a_ids), 1)]);
   -- Status and asset are read only now, in a statement whose snapshot starts after the
   -- locks are held: freeze and close take the same lock first, so these cannot change
@@ -430,6 +624,7 @@ BEGIN
   e_asset := array_fill(NULL::text, ARRAY[2 * m]);
   e_amount := array_fill(NULL::bigint, ARRAY[2 * m]);
   e_after := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_slot := array_fill(NULL::smallint, ARRAY[2 * m]);
   n_tx := 0;
   n_e := 0;
 
@@ -497,6 +692,7 @@ BEGIN
         -- account's floor, not only the net at the end: no entry ever shows a balance
         -- the account may not have. Postings are applied in the order given.
         IF a_bal[pf[p]] + d_delta[v_f] < a_floor[pf[p]] THEN
+          v_short := pf[p];
           v_code := 'insufficient_funds';
           v_detail := format('account %s has insufficient funds for posting %s', p_from[p], p - first_p[i]);
           EXIT;
@@ -510,6 +706,7 @@ BEGIN
           v_new := a_bal[v_x]::numeric + d_delta[k];
           IF (v_new < a_floor[v_x] OR v_new > 9223372036854775807) AND (v_code IS NULL OR v_x < v_min) THEN
             v_min := v_x;
+            v_short := v_x;
             v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
             -- The detail names the account, never its balance: a caller refused for
             -- funds must not learn what the account holds.
@@ -520,6 +717,13 @@ BEGIN
       END IF;
     END IF;
 
+    -- Only a slotted account with every slot locked can be short of funds: if some were
+    -- not, the slots chosen in step 2 were drained meanwhile, and post_batch runs the
+    -- whole batch again, taking every slot.
+    IF v_code = 'insufficient_funds' AND NOT a_all[v_short] THEN
+      RAISE EXCEPTION 'tally: the slots of account % chosen for this batch were drained meanwhile', a_ids[v_short]
+        USING ERRCODE = 'TL001';
+    END IF;
     IF v_code IS NOT NULL THEN
       SELECT * INTO v_s, v_b FROM tally.problem(v_code, v_detail);
       o_status[i] := v_s;
@@ -531,33 +735,83 @@ BEGIN
       CONTINUE;
     END IF;
 
-    -- Apply: the entries carry each account's running balance, leg by leg.
+    -- Apply: the entries carry each account's running balance, leg by leg; a slotted
+    -- account's entries carry their slot's. A debit from a slotted account takes from the
+    -- first locked slot that holds it all, and only when none does, from the locked slots
+    -- in slot order, one leg per slot drawn. Credits go to the slot chosen for credits.
     n_tx := n_tx + 1;
     t_ids[n_tx] := p_ids[i];
     t_meta[n_tx] := coalesce(p_metadata[i], '{}');
     t_created[n_tx] := p_created[i];
+    r_rows := '{}';
     FOR p IN first_p[i] .. last_p[i] LOOP
       v_f := pf[p];
       v_t := pt[p];
       a_bal[v_f] := a_bal[v_f] - p_amount[p];
       a_bal[v_t] := a_bal[v_t] + p_amount[p];
-      n_e := n_e + 1;
-      e_tx[n_e] := p_ids[i];
-      e_posting[n_e] := p - first_p[i];
-      e_account[n_e] := p_from[p];
-      e_asset[n_e] := p_asset[p];
-      e_amount[n_e] := -p_amount[p];
-      e_after[n_e] := a_bal[v_f];
+      IF a_lo[v_f] IS NULL THEN
+        n_e := n_e + 1;
+        e_tx[n_e] := p_ids[i];
+        e_posting[n_e] := p - first_p[i];
+        e_account[n_e] := p_from[p];
+        e_asset[n_e] := p_asset[p];
+        e_amount[n_e] := -p_amount[p];
+        e_after[n_e] := a_bal[v_f];
+      ELSE
+        v_home := NULL;
+        FOR v_x IN a_lo[v_f] .. a_hi[v_f] LOOP
+          IF l_bal[v_x] >= p_amount[p] THEN
+            v_home := v_x;
+            EXIT;
+          END IF;
+        END LOOP;
+        v_need := p_amount[p];
+        FOR v_x IN a_lo[v_f] .. a_hi[v_f] LOOP
+          CONTINUE WHEN (v_home IS NOT NULL AND v_x <> v_home) OR l_bal[v_x] <= 0;
+          v_take := least(l_bal[v_x], v_need);
+          l_bal[v_x] := l_bal[v_x] - v_take;
+          v_need := v_need - v_take;
+          n_e := n_e + 1;
+          e_tx[n_e] := p_ids[i];
+          e_posting[n_e] := p - first_p[i];
+          e_account[n_e] := p_from[p];
+          e_asset[n_e] := p_asset[p];
+          e_amount[n_e] := -v_take;
+          e_after[n_e] := l_bal[v_x];
+          e_slot[n_e] := l_slot[v_x];
+          IF NOT v_x = ANY (r_rows) THEN
+            r_rows := r_rows || v_x;
+          END IF;
+          EXIT WHEN v_need = 0;
+        END LOOP;
+        IF v_need <> 0 THEN
+          RAISE EXCEPTION 'tally: account % had the funds in sum but not in its slots', p_from[p]
+            USING ERRCODE = 'internal_error'; -- step 3 checked the sum of the locked slots
+        END IF;
+      END IF;
       n_e := n_e + 1;
       e_tx[n_e] := p_ids[i];
       e_posting[n_e] := p - first_p[i];
       e_account[n_e] := p_to[p];
       e_asset[n_e] := p_asset[p];
       e_amount[n_e] := p_amount[p];
-      e_after[n_e] := a_bal[v_t];
+      IF a_lo[v_t] IS NULL THEN
+        e_after[n_e] := a_bal[v_t];
+      ELSE
+        v_x := a_credit[v_t];
+        l_bal[v_x] := l_bal[v_x] + p_amount[p];
+        e_after[n_e] := l_bal[v_x];
+        e_slot[n_e] := l_slot[v_x];
+        IF NOT v_x = ANY (r_rows) THEN
+          r_rows := r_rows || v_x;
+        END IF;
+      END IF;
     END LOOP;
     FOREACH v_x IN ARRAY d_idx LOOP
       a_touched[v_x] := a_touched[v_x] + 1;
+    END LOOP;
+    FOREACH v_x IN ARRAY r_rows LOOP
+      l_touched[v_x] := l_touched[v_x] + 1;
     END LOOP;
     o_status[i] := 201;
     o_tx[i] := p_ids[i];
@@ -573,12 +827,15 @@ BEGIN
       SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx])),
     moved AS (
       UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
-      FROM unnest(a_ids, a_bal, a_touched) u(id, bal, touched)
-      WHERE b.account_id = u.id AND u.touched > 0)
-    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after)
-    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after
-    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e])
-         WITH ORDINALITY u(tx, posting, account, asset, amount, after, ord)
+      FROM (SELECT x.id, 0::smallint AS slot, x.bal, x.touched
+            FROM unnest(a_ids, a_bal, a_touched, a_lo) x(id, bal, touched, lo) WHERE x.lo IS NULL
+            UNION ALL
+            SELECT * FROM unnest(l_acct, l_slot, l_bal, l_touched[1:cardinality(l_acct)])) u(id, slot, bal, touched)
+      WHERE b.account_id = u.id AND b.slot = u.slot AND u.touched > 0)
+    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after, slot)
+    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after, u.slot
+    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e], e_slot[1:n_e])
+         WITH ORDINALITY u(tx, posting, account, asset, amount, after, slot, ord)
     ORDER BY u.ord;
   END IF;
   IF cardinality(r_keys) > 0 THEN
@@ -607,56 +864,6 @@ BEGIN
   END IF;
 
   RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i], o_tx[i] FROM generate_series(1, n) i;
-END
-$$;
-
-
---
--- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], text[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
---
-
-CREATE FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean)
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-  n          integer := cardinality(p_callers);
-  o_status   smallint[];
-  o_body     text[];
-  o_replayed boolean[];
-  applied    integer[] := '{}';
-  rec        record;
-  v_s        smallint;
-  v_b        text;
-BEGIN
-  IF cardinality(p_bodies) IS DISTINCT FROM n THEN
-    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  o_status := array_fill(NULL::smallint, ARRAY[n]);
-  o_body := array_fill(NULL::text, ARRAY[n]);
-  o_replayed := array_fill(false, ARRAY[n]);
-  FOR rec IN SELECT * FROM tally.post_batch(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
-                                            p_req, p_from, p_to, p_amount, p_asset) LOOP
-    o_status[rec.req] := rec.status;
-    o_replayed[rec.req] := rec.replayed;
-    IF rec.body IS NOT NULL THEN
-      o_body[rec.req] := rec.body;
-    ELSIF NOT rec.replayed THEN
-      o_body[rec.req] := p_bodies[rec.req];
-      applied := applied || rec.req;
-    ELSE
-      SELECT * INTO v_s, v_b FROM tally.problem('unavailable',
-        format('Idempotency-Key %s was first used through a newer ledger service; retry with the same key', to_json(p_keys[rec.req])));
-      o_status[rec.req] := v_s;
-      o_body[rec.req] := v_b;
-    END IF;
-  END LOOP;
-  IF cardinality(applied) > 0 THEN
-    UPDATE tally.idempotency_keys k SET body = p_bodies[u.i]
-    FROM unnest(applied) u(i)
-    WHERE k.caller = p_callers[u.i] AND k.key = p_keys[u.i];
-  END IF;
-  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
 END
 $$;
 
@@ -749,12 +956,14 @@ CREATE FUNCTION tally.set_account_status(p_id uuid, p_status text) RETURNS text
     LANGUAGE plpgsql
     AS $$
 DECLARE
-  v_posted bigint;
+  v_posted numeric;
+  v_rows   integer;
   v_kind   text;
   v_status text;
 BEGIN
-  SELECT b.posted INTO v_posted FROM tally.balances b WHERE b.account_id = p_id FOR UPDATE;
-  IF NOT FOUND THEN
+  SELECT sum(l.posted), count(*) INTO v_posted, v_rows
+  FROM (SELECT b.posted FROM tally.balances b WHERE b.account_id = p_id ORDER BY b.slot FOR UPDATE) l;
+  IF v_rows = 0 THEN
     RETURN 'account_not_found';
   END IF;
   SELECT a.kind, a.status INTO v_kind, v_status FROM tally.accounts a WHERE a.id = p_id;
@@ -791,10 +1000,13 @@ CREATE TABLE tally.accounts (
     balance_floor bigint DEFAULT 0 NOT NULL,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    balance_slots smallint DEFAULT 1 NOT NULL,
+    CONSTRAINT accounts_balance_slots_check CHECK (((balance_slots >= 1) AND (balance_slots <= 64))),
     CONSTRAINT accounts_check CHECK (((kind = 'standard'::text) OR ((status = 'active'::text) AND (balance_floor = '-9223372036854775808'::bigint)))),
     CONSTRAINT accounts_kind_check CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text]))),
     CONSTRAINT accounts_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
     CONSTRAINT accounts_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
+    CONSTRAINT accounts_slotted_have_no_overdraft CHECK (((balance_slots = 1) OR ((kind = 'standard'::text) AND (balance_floor = 0)))),
     CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'frozen'::text, 'closed'::text])))
 );
 
@@ -821,7 +1033,9 @@ CREATE TABLE tally.balances (
     floor bigint NOT NULL,
     posted bigint DEFAULT 0 NOT NULL,
     version bigint DEFAULT 0 NOT NULL,
+    slot smallint DEFAULT 0 NOT NULL,
     CONSTRAINT balance_above_floor CHECK ((posted >= floor)),
+    CONSTRAINT balances_slot_check CHECK (((slot >= 0) AND (slot <= 64))),
     CONSTRAINT balances_version_check CHECK ((version >= 0))
 )
 WITH (fillfactor='70');
@@ -839,8 +1053,10 @@ CREATE TABLE tally.entries (
     asset text NOT NULL,
     amount bigint NOT NULL,
     balance_after bigint NOT NULL,
+    slot smallint,
     CONSTRAINT entries_amount_check CHECK ((amount <> 0)),
-    CONSTRAINT entries_posting_check CHECK ((posting >= 0))
+    CONSTRAINT entries_posting_check CHECK ((posting >= 0)),
+    CONSTRAINT entries_slot_check CHECK (((slot >= 1) AND (slot <= 64)))
 );
 
 
@@ -947,7 +1163,7 @@ ALTER TABLE ONLY tally.assets
 --
 
 ALTER TABLE ONLY tally.balances
-    ADD CONSTRAINT balances_pkey PRIMARY KEY (account_id);
+    ADD CONSTRAINT balances_pkey PRIMARY KEY (account_id, slot);
 
 
 --
@@ -1004,10 +1220,17 @@ CREATE INDEX entries_by_account ON tally.entries USING btree (account_id, id);
 
 
 --
--- Name: entries_one_leg_per_side; Type: INDEX; Schema: tally; Owner: -
+-- Name: entries_by_slot; Type: INDEX; Schema: tally; Owner: -
 --
 
-CREATE UNIQUE INDEX entries_one_leg_per_side ON tally.entries USING btree (transaction_id, posting, ((amount > 0)));
+CREATE INDEX entries_by_slot ON tally.entries USING btree (account_id, slot, id) WHERE (slot IS NOT NULL);
+
+
+--
+-- Name: entries_by_transaction; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX entries_by_transaction ON tally.entries USING btree (transaction_id);
 
 
 --
@@ -1201,6 +1424,13 @@ GRANT ALL ON FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes
 --
 
 GRANT ALL ON FUNCTION tally.post_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_bodies text[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[]) TO tally_app;
+
+
+--
+-- Name: FUNCTION post_batch_attempt(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_lock_all boolean); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.post_batch_attempt(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_lock_all boolean) TO tally_app;
 
 
 --

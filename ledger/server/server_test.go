@@ -188,7 +188,7 @@ func TestMigrateAndVerifyCommands(t *testing.T) {
 	if code := cli.Run(ctx, []string{"verify", "--database-url", db.AppDSN()}, &out, &out); code != 1 {
 		t.Fatalf("verify on a corrupt ledger exited %d: %s", code, out.String())
 	}
-	if !strings.Contains(out.String(), "01a20ccb-8be0-72d1-ad00-00342cb369ae: balance 500, entries sum to 0") {
+	if !strings.Contains(out.String(), "01a20ccb-8be0-72d1-ad00-00342cb369ae slot 0: balance 500, entries sum to 0") {
 		t.Errorf("verify output: %s", out.String())
 	}
 	if code := cli.Run(ctx, []string{"migrate", "--database-url", db.SuperDSN(), "--shard", "1"}, &out, &out); code == 0 {

@@ -136,20 +136,21 @@ func (s *Store) AssetCodes(ctx context.Context) ([]string, error) {
 	return codes, nil
 }
 
-const accountColumns = "a.id, a.kind, a.owner, a.asset, a.scale, a.status, a.balance_floor, a.metadata, a.created_at"
+const accountColumns = "a.id, a.kind, a.owner, a.asset, a.scale, a.status, a.balance_floor, a.balance_slots, a.metadata, a.created_at"
 
 func scanAccount(row pgx.Row) (ledger.Account, error) {
 	var a ledger.Account
 	var id [16]byte
 	var kind, status string
 	var meta []byte
-	err := row.Scan(&id, &kind, &a.Owner, &a.Asset, &a.Scale, &status, &a.BalanceFloor, &meta, &a.CreatedAt)
+	err := row.Scan(&id, &kind, &a.Owner, &a.Asset, &a.Scale, &status, &a.BalanceFloor, &a.BalanceSlots, &meta, &a.CreatedAt)
 	a.ID, a.Kind, a.Status, a.Metadata = ledger.AccountID(id), ledger.Kind(kind), ledger.Status(status), json.RawMessage(meta)
 	return a, err
 }
 
-// CreateAccount inserts a standard account with its balance row. The account's asset
-// must be registered; its scale is taken from the asset.
+// CreateAccount inserts a standard account with its balance rows: slot 0, or slots 1 to
+// BalanceSlots when there are more than one (zero means one). The account's asset must be
+// registered; its scale is taken from the asset.
 func (s *Store) CreateAccount(ctx context.Context, a ledger.Account) (ledger.Account, error) {
 	meta := a.Metadata
 	if len(meta) == 0 {
@@ -157,13 +158,16 @@ func (s *Store) CreateAccount(ctx context.Context, a ledger.Account) (ledger.Acc
 	}
 	row := s.pool.QueryRow(ctx, `
 		WITH a AS (
-			INSERT INTO tally.accounts (id, owner, asset, scale, balance_floor, metadata)
-			SELECT $1, $2, code, scale, $4, $5 FROM tally.assets WHERE code = $3
+			INSERT INTO tally.accounts (id, owner, asset, scale, balance_floor, balance_slots, metadata)
+			SELECT $1, $2, code, scale, $4, $6, $5 FROM tally.assets WHERE code = $3
 			RETURNING *
 		), b AS (
-			INSERT INTO tally.balances (account_id, floor) SELECT id, balance_floor FROM a
+			INSERT INTO tally.balances (account_id, floor, slot)
+			SELECT a.id, a.balance_floor, s FROM a,
+			  generate_series(CASE WHEN a.balance_slots = 1 THEN 0 ELSE 1 END,
+			                  CASE WHEN a.balance_slots = 1 THEN 0 ELSE a.balance_slots END) s
 		)
-		SELECT `+accountColumns+` FROM a`, [16]byte(a.ID), a.Owner, a.Asset, a.BalanceFloor, []byte(meta))
+		SELECT `+accountColumns+` FROM a`, [16]byte(a.ID), a.Owner, a.Asset, a.BalanceFloor, []byte(meta), max(a.BalanceSlots, 1))
 	created, err := scanAccount(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return created, ledger.Errorf(ledger.CodeAssetNotFound, "asset %s is not registered", a.Asset)
@@ -246,8 +250,9 @@ func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances 
 	rows, err := s.pool.Query(ctx, `
 		SELECT u.i, a.asset, a.scale, b.posted, b.version
 		FROM unnest($1::uuid[]) WITH ORDINALITY u(id, i)
-		JOIN tally.balances b ON b.account_id = u.id
-		JOIN tally.accounts a ON a.id = u.id`, keys)
+		JOIN tally.accounts a ON a.id = u.id
+		CROSS JOIN LATERAL (SELECT sum(b.posted)::bigint AS posted, sum(b.version)::bigint AS version
+		                    FROM tally.balances b WHERE b.account_id = u.id) b`, keys)
 	if err != nil {
 		s.reconnectAfter(err)
 		return nil, nil, wrap("read balances", err)
@@ -488,13 +493,13 @@ func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledge
 		return tx, wrap("read transaction", err)
 	}
 	tx.Metadata = meta
-	// Each posting is a debit leg (negative) and a credit leg (positive).
+	// Each posting is a credit leg (positive) and debit legs (negative) from one account:
+	// one, or one per slot a debit from a slotted account drew from.
 	rows, err := s.pool.Query(ctx, `
-		SELECT d.account_id, c.account_id, c.amount, c.asset
-		FROM tally.entries d JOIN tally.entries c
-		  ON c.transaction_id = d.transaction_id AND c.posting = d.posting AND c.amount > 0
-		WHERE d.transaction_id = $1 AND d.amount < 0
-		ORDER BY d.posting`, [16]byte(id))
+		SELECT (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1], (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1],
+		       sum(e.amount) FILTER (WHERE e.amount > 0)::bigint, min(e.asset)
+		FROM tally.entries e WHERE e.transaction_id = $1
+		GROUP BY e.posting ORDER BY e.posting`, [16]byte(id))
 	if err != nil {
 		return tx, wrap("read postings", err)
 	}
@@ -521,7 +526,7 @@ func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before in
 		before = 1<<63 - 1
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, t.created_at
+		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, coalesce(e.slot, 0), t.created_at
 		FROM tally.entries e JOIN tally.transactions t ON t.id = e.transaction_id
 		WHERE e.account_id = $1 AND e.id < $2
 		ORDER BY e.account_id DESC, e.id DESC LIMIT $3`, [16]byte(account), before, limit)
@@ -531,7 +536,7 @@ func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before in
 	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.Entry, error) {
 		var e ledger.Entry
 		var tx, acc [16]byte
-		err := r.Scan(&e.ID, &tx, &e.Posting, &acc, &e.Asset, &e.Amount, &e.BalanceAfter, &e.CreatedAt)
+		err := r.Scan(&e.ID, &tx, &e.Posting, &acc, &e.Asset, &e.Amount, &e.BalanceAfter, &e.Slot, &e.CreatedAt)
 		e.TransactionID, e.AccountID = ledger.TransactionID(tx), ledger.AccountID(acc)
 		return e, err
 	})

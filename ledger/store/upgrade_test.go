@@ -51,7 +51,7 @@ func TestUpgradeFromPreviousSchemaUnderTraffic(t *testing.T) {
 	old := previousRelease{t: t, pool: pool}
 	accounts := make([]ledger.AccountID, 8)
 	for i := range accounts {
-		accounts[i] = f.account(fmt.Sprint("o", i), 0)
+		accounts[i] = old.openAccount(fmt.Sprint("o", i))
 		old.mustPost(request(t, fmt.Sprint("fund", i), usd(f.external, accounts[i], 1000)), 201, false)
 	}
 
@@ -94,6 +94,9 @@ func TestUpgradeFromPreviousSchemaUnderTraffic(t *testing.T) {
 		t.Errorf("previous release's replay answered %s, first %s", again.Body, first.Body)
 	}
 	old.mustPost(request(t, "fund0", usd(f.external, accounts[0], 1000)), 201, true)
+	// The previous release still opens accounts (of one slot) and moves money to them.
+	late := old.openAccount("late")
+	old.mustPost(request(t, "to-late", usd(accounts[6], late, 3)), 201, false)
 	// This binary replays a record the previous release wrote with its body.
 	if out, err := st.PostTransaction(ctx, request(t, "fund1", usd(f.external, accounts[1], 1000))); err != nil ||
 		out.Status != 201 || !out.Replayed || out.Body == nil {
@@ -147,6 +150,23 @@ func (p previousRelease) post(reqs ...store.Request) ([]ledger.Outcome, error) {
 		o.Body = []byte(body)
 		return o, err
 	})
+}
+
+// openAccount opens an account as the previous release did: its row and one balance row.
+func (p previousRelease) openAccount(owner string) ledger.AccountID {
+	p.t.Helper()
+	id, err := ledger.NewAccountID(0)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if _, err := p.pool.Exec(context.Background(), `
+		WITH a AS (
+			INSERT INTO tally.accounts (id, owner, asset, scale, balance_floor, metadata)
+			SELECT $1, $2, code, scale, 0, '{}' FROM tally.assets WHERE code = 'USD' RETURNING *
+		) INSERT INTO tally.balances (account_id, floor) SELECT id, balance_floor FROM a`, [16]byte(id), owner); err != nil {
+		p.t.Fatalf("previous release opening an account: %v", err)
+	}
+	return id
 }
 
 // mustPost posts one request and checks its status and whether it was a replay; a 201

@@ -29,37 +29,46 @@ type check struct {
 // violation it finds; an empty result means the invariant holds.
 var checks = []check{
 	{"balance equals sum of entries", `
-		SELECT format('account %s: balance %s, entries sum to %s', b.account_id, b.posted, coalesce(e.total, 0))
+		SELECT format('account %s slot %s: balance %s, entries sum to %s', b.account_id, b.slot, b.posted, coalesce(e.total, 0))
 		FROM tally.balances b
-		LEFT JOIN (SELECT account_id, sum(amount) AS total FROM tally.entries GROUP BY account_id) e USING (account_id)
+		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, sum(amount) AS total FROM tally.entries GROUP BY 1, 2) e USING (account_id, slot)
 		WHERE b.posted <> coalesce(e.total, 0)`},
 	{"balance version counts its transactions", `
-		SELECT format('account %s: version %s, %s transactions', b.account_id, b.version, coalesce(e.n, 0))
+		SELECT format('account %s slot %s: version %s, %s transactions', b.account_id, b.slot, b.version, coalesce(e.n, 0))
 		FROM tally.balances b
-		LEFT JOIN (SELECT account_id, count(DISTINCT transaction_id) AS n FROM tally.entries GROUP BY account_id) e USING (account_id)
+		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, count(DISTINCT transaction_id) AS n FROM tally.entries GROUP BY 1, 2) e USING (account_id, slot)
 		WHERE b.version <> coalesce(e.n, 0)`},
 	{"running balances are consistent", `
-		SELECT format('entry %s of account %s: balance_after %s, running sum %s', id, account_id, balance_after, running)
-		FROM (SELECT id, account_id, balance_after,
-		             sum(amount) OVER (PARTITION BY account_id ORDER BY id) AS running
+		SELECT format('entry %s of account %s slot %s: balance_after %s, running sum %s', id, account_id, slot, balance_after, running)
+		FROM (SELECT id, account_id, slot, balance_after,
+		             sum(amount) OVER (PARTITION BY account_id, slot ORDER BY id) AS running
 		      FROM tally.entries) e
 		WHERE balance_after <> running`},
+	{"every entry is on one of its account's slots", `
+		SELECT format('entry %s of account %s is on slot %s, which has no balance row', e.id, e.account_id, e.slot)
+		FROM tally.entries e LEFT JOIN tally.balances b ON b.account_id = e.account_id AND b.slot = coalesce(e.slot, 0)
+		WHERE b.account_id IS NULL`},
 	{"no balance below its floor", `
 		SELECT format('account %s: balance %s below floor %s', account_id, posted, floor)
 		FROM tally.balances WHERE posted < floor`},
 	{"balance floor matches account", `
 		SELECT format('account %s: balance floor %s, account floor %s', a.id, b.floor, a.balance_floor)
 		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE b.floor <> a.balance_floor`},
-	{"every account has a balance", `
-		SELECT format('account %s has no balance row', a.id)
-		FROM tally.accounts a LEFT JOIN tally.balances b ON b.account_id = a.id WHERE b.account_id IS NULL`},
+	{"every account has its balance slots", `
+		SELECT format('account %s has %s balance slots and balance rows for slots %s', a.id, a.balance_slots, coalesce(b.slots, '{}'))
+		FROM tally.accounts a
+		LEFT JOIN (SELECT account_id, array_agg(slot ORDER BY slot) AS slots FROM tally.balances GROUP BY account_id) b ON b.account_id = a.id
+		WHERE b.slots IS DISTINCT FROM CASE WHEN a.balance_slots = 1 THEN '{0}'::smallint[]
+		                                    ELSE ARRAY(SELECT s::smallint FROM generate_series(1, a.balance_slots) s) END`},
 	{"transaction sums to zero per asset", `
 		SELECT format('transaction %s: %s sums to %s', transaction_id, asset, sum(amount))
 		FROM tally.entries GROUP BY transaction_id, asset HAVING sum(amount) <> 0`},
-	{"posting is one debit and one credit", `
+	{"posting is one credit and debits from one account, one per slot", `
 		SELECT format('transaction %s posting %s: %s legs summing to %s', transaction_id, posting, count(*), sum(amount))
 		FROM tally.entries GROUP BY transaction_id, posting
-		HAVING count(*) <> 2 OR sum(amount) <> 0 OR count(DISTINCT asset) <> 1`},
+		HAVING count(*) FILTER (WHERE amount > 0) <> 1 OR count(DISTINCT account_id) FILTER (WHERE amount < 0) <> 1
+		    OR count(*) FILTER (WHERE amount < 0) <> count(DISTINCT coalesce(slot, 0)) FILTER (WHERE amount < 0)
+		    OR sum(amount) <> 0 OR count(DISTINCT asset) <> 1`},
 	{"transaction has entries", `
 		SELECT format('transaction %s has no entries', t.id)
 		FROM tally.transactions t WHERE NOT EXISTS (SELECT 1 FROM tally.entries e WHERE e.transaction_id = t.id)`},
@@ -83,8 +92,9 @@ var checks = []check{
 		FROM (SELECT 'account' AS what, id FROM tally.accounts UNION ALL SELECT 'transaction', id FROM tally.transactions) x
 		CROSS JOIN tally.shard s WHERE tally.id_shard(x.id) <> s.shard_index`},
 	{"closed accounts are empty", `
-		SELECT format('closed account %s holds %s', a.id, b.posted)
-		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed' AND b.posted <> 0`},
+		SELECT format('closed account %s holds %s', a.id, sum(b.posted))
+		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed'
+		GROUP BY a.id HAVING sum(b.posted) <> 0`},
 }
 
 // Verify recomputes every balance from the journal and checks every invariant in one

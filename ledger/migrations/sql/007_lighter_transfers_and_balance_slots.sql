@@ -1,0 +1,912 @@
+---- tern: disable-tx ----
+-- Issue 15: lighter transfers and balance slots, one migration, so that the previous
+-- release's service (which accepts its own schema version and the next) keeps serving.
+-- It runs outside a transaction, one statement at a time, so that indexes are built
+-- CONCURRENTLY without blocking writes; every statement can run again after a failure
+-- part way, and each state in between serves both releases. Three parts:
+--
+-- 1. THE IDEMPOTENCY RECORD. A key's record kept the whole response body, about 300
+-- bytes of a transfer's 900 on disk and in WAL, though the journal already holds
+-- everything the response says. It now keeps what a replay needs: the status, the
+-- request's hash and, for a 201, the transaction's id; the service renders the replayed
+-- response from the journal with the same code that rendered the first one (GET
+-- /v1/transactions/{id} answers the same bytes, tested). A rejection keeps its problem
+-- body: it has no journal.
+--
+-- Expand, then contract (README): the column is added, body may now be NULL, and a new
+-- post_batch without bodies is added beside the old one (at the end of this file). The
+-- old one, which a service built for version 6 calls, becomes a wrapper over the new one with its own signature
+-- and answers: it still stores the bodies its callers send, so their replays answer as
+-- before. Only a replay it cannot answer, of a record a newer service wrote without a
+-- body, gets that one request a 503 to retry (a newer replica answers it), never a wrong
+-- body and never a failed batch.
+
+ALTER TABLE tally.idempotency_keys
+  ADD COLUMN IF NOT EXISTS transaction_id uuid,
+  ALTER COLUMN body DROP NOT NULL;
+ALTER TABLE tally.idempotency_keys DROP CONSTRAINT IF EXISTS idempotency_keys_answerable;
+-- Every record can answer its replay: a body, or a 201's transaction to render. NOT VALID
+-- then VALIDATE: the scan of existing records does not block writes.
+ALTER TABLE tally.idempotency_keys ADD CONSTRAINT idempotency_keys_answerable
+  CHECK (body IS NOT NULL OR (status = 201 AND transaction_id IS NOT NULL)) NOT VALID;
+ALTER TABLE tally.idempotency_keys VALIDATE CONSTRAINT idempotency_keys_answerable;
+
+
+-- 2. BALANCE SLOTS: the columns and indexes.
+--
+-- A slotted account's balance is split over slot rows 1..N, so that batches crediting it
+-- take different row locks; an account of one slot keeps slot 0, as every account had.
+-- Entries of a slotted account say which slot they moved, and carry that slot's running
+-- balance; every other entry's slot is NULL, which costs it no byte (a NULL takes no
+-- space, and the null bitmap fits in the header's padding), where a smallint would have
+-- grown every entry by 8 bytes of alignment.
+ALTER TABLE tally.balances ADD COLUMN IF NOT EXISTS slot smallint NOT NULL DEFAULT 0;
+ALTER TABLE tally.entries ADD COLUMN IF NOT EXISTS slot smallint;
+-- NOT VALID, then VALIDATE: the scan of existing rows does not block writes.
+ALTER TABLE tally.balances DROP CONSTRAINT IF EXISTS balances_slot_check;
+ALTER TABLE tally.balances ADD CONSTRAINT balances_slot_check CHECK (slot BETWEEN 0 AND 64) NOT VALID;
+ALTER TABLE tally.balances VALIDATE CONSTRAINT balances_slot_check;
+ALTER TABLE tally.entries DROP CONSTRAINT IF EXISTS entries_slot_check;
+ALTER TABLE tally.entries ADD CONSTRAINT entries_slot_check CHECK (slot BETWEEN 1 AND 64) NOT VALID;
+ALTER TABLE tally.entries VALIDATE CONSTRAINT entries_slot_check;
+
+-- The balance rows' key becomes (account, slot); 009 swaps it in as the primary key.
+DROP INDEX CONCURRENTLY IF EXISTS tally.balances_account_slot;
+CREATE UNIQUE INDEX CONCURRENTLY balances_account_slot ON tally.balances (account_id, slot);
+
+-- A slot's previous entry, for the running-balance checks. Only slotted accounts' entries
+-- (slots 1..N) are in it: an account of one slot finds its previous entry in
+-- entries_by_account, as before.
+DROP INDEX CONCURRENTLY IF EXISTS tally.entries_by_slot;
+CREATE INDEX CONCURRENTLY entries_by_slot ON tally.entries (account_id, slot, id) WHERE slot IS NOT NULL;
+
+-- A transaction's entries. It replaces the unique index on (transaction, posting, side),
+-- which a debit drawn from several slots (one leg per slot) would break, and which
+-- enforced nothing the entries trigger does not: every entry joins a transaction written
+-- by the same statement (so no later statement adds legs to a posting), and that
+-- statement's legs are checked per posting. It is also narrower.
+DROP INDEX CONCURRENTLY IF EXISTS tally.entries_by_transaction;
+CREATE INDEX CONCURRENTLY entries_by_transaction ON tally.entries (transaction_id);
+DROP INDEX CONCURRENTLY IF EXISTS tally.entries_one_leg_per_side;
+
+-- 3. BALANCE SLOTS: slotted accounts in the schema, the checks and post_batch. A hot
+-- account's balance row is where every batch touching it takes turns: each holds the row
+-- lock from its FOR UPDATE until its commit is flushed. An account opened with
+-- balance_slots N > 1 keeps its balance in N slot rows (slots 1..N) instead of
+-- one (slot 0), so batches that credit it take different locks and commit side by side.
+--
+--  * The balance is the sum of the slots. Every slot row has floor 0, and slotted accounts
+--    must have floor 0 (no overdraft), so "never below the floor" holds for the sum
+--    because it holds for each slot, row by row, as CHECK balance_above_floor says.
+--  * A credit goes to one slot. A debit takes from a slot that holds it all, and draws
+--    from several, in slot order, only when none does: its posting then has one debit
+--    leg per slot drawn (the entries trigger allows exactly that).
+--  * A slotted account's entries carry their slot and that slot's running balance: each
+--    slot's entries form the unbroken chain an account's did, checked as before, per
+--    (account, slot). The account's running balance at an entry is not stored: no single
+--    row holds it. Other entries' slot is NULL: the account's one row, slot 0.
+--  * Lock order, the one of every writer: balance rows of accounts of one slot (slot 0)
+--    by account id, then slotted accounts' slot rows by (account id, slot).
+--
+-- Locks: swapping the balances primary key takes an ACCESS EXCLUSIVE lock on balances
+-- for a moment (its index was built CONCURRENTLY above); the constraints below are added
+-- NOT VALID and validated without blocking writes.
+
+ALTER TABLE tally.accounts ADD COLUMN IF NOT EXISTS balance_slots smallint NOT NULL DEFAULT 1;
+ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_balance_slots_check;
+ALTER TABLE tally.accounts ADD CONSTRAINT accounts_balance_slots_check
+  CHECK (balance_slots BETWEEN 1 AND 64) NOT VALID;
+ALTER TABLE tally.accounts VALIDATE CONSTRAINT accounts_balance_slots_check;
+ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_slotted_have_no_overdraft;
+ALTER TABLE tally.accounts ADD CONSTRAINT accounts_slotted_have_no_overdraft
+  CHECK (balance_slots = 1 OR (kind = 'standard' AND balance_floor = 0)) NOT VALID;
+ALTER TABLE tally.accounts VALIDATE CONSTRAINT accounts_slotted_have_no_overdraft;
+
+-- One statement, so the key is never missing.
+ALTER TABLE tally.balances DROP CONSTRAINT balances_pkey,
+  ADD CONSTRAINT balances_pkey PRIMARY KEY USING INDEX balances_account_slot;
+
+-- An account has exactly its slots' balance rows: slot 0 alone, or slots 1..N.
+CREATE OR REPLACE FUNCTION tally.check_account_has_balance() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_rows integer;
+  v_lo   integer;
+  v_hi   integer;
+  v_want integer[];
+BEGIN
+  SELECT count(*), min(slot), max(slot) INTO v_rows, v_lo, v_hi FROM tally.balances WHERE account_id = NEW.id;
+  -- slots 0..0 for an account of one slot, else 1..N (the rows are unique per slot)
+  v_want := (SELECT ARRAY[least(NEW.balance_slots - 1, 1), NEW.balance_slots * (NEW.balance_slots > 1)::integer]);
+  IF v_rows = 0 THEN
+    RAISE EXCEPTION 'tally: account % has no balance row', NEW.id USING ERRCODE = 'check_violation';
+  ELSIF v_rows <> NEW.balance_slots OR v_lo <> v_want[1] OR v_hi <> v_want[2] THEN
+    RAISE EXCEPTION 'tally: account % has % balance slots but balance rows for slots % to %', NEW.id, NEW.balance_slots, v_lo, v_hi
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tally.check_account_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.id <> OLD.id OR NEW.kind <> OLD.kind OR NEW.owner <> OLD.owner OR NEW.asset <> OLD.asset
+     OR NEW.scale <> OLD.scale OR NEW.created_at <> OLD.created_at OR NEW.balance_slots <> OLD.balance_slots THEN
+    RAISE EXCEPTION 'tally: an account''s id, kind, owner, asset, scale, balance slots and created_at are immutable'
+      USING ERRCODE = 'check_violation';
+  END IF;
+  IF NEW.status <> OLD.status THEN
+    IF OLD.status = 'closed' THEN
+      RAISE EXCEPTION 'tally: account % is closed', OLD.id USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.status = 'closed' AND (SELECT sum(posted) FROM tally.balances WHERE account_id = OLD.id) <> 0 THEN
+      RAISE EXCEPTION 'tally: account % has a non-zero balance and cannot close', OLD.id
+        USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+-- Freeze and close lock every slot of the account, in slot order, and close needs the
+-- sum at zero.
+CREATE OR REPLACE FUNCTION tally.set_account_status(p_id uuid, p_status text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_posted numeric;
+  v_rows   integer;
+  v_kind   text;
+  v_status text;
+BEGIN
+  SELECT sum(l.posted), count(*) INTO v_posted, v_rows
+  FROM (SELECT b.posted FROM tally.balances b WHERE b.account_id = p_id ORDER BY b.slot FOR UPDATE) l;
+  IF v_rows = 0 THEN
+    RETURN 'account_not_found';
+  END IF;
+  SELECT a.kind, a.status INTO v_kind, v_status FROM tally.accounts a WHERE a.id = p_id;
+  IF v_status = p_status THEN
+    RETURN '';
+  ELSIF v_kind = 'external' THEN
+    RETURN 'external_account_immutable';
+  ELSIF v_status = 'closed' THEN
+    RETURN 'account_closed';
+  ELSIF p_status = 'closed' AND v_posted <> 0 THEN
+    RETURN 'account_balance_not_zero';
+  END IF;
+  UPDATE tally.accounts SET status = p_status WHERE id = p_id;
+  RETURN '';
+END
+$$;
+
+-- A balance row is what its slot's last entry says; a new row is one of its account's
+-- slots.
+CREATE OR REPLACE FUNCTION tally.check_balances_match_journal() RETURNS trigger
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+  v_bad record;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    SELECT c.account_id, c.slot, a.balance_slots INTO v_bad
+    FROM changed_balances c JOIN tally.accounts a ON a.id = c.account_id
+    WHERE CASE WHEN a.balance_slots = 1 THEN c.slot <> 0 ELSE c.slot NOT BETWEEN 1 AND a.balance_slots END
+    LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'tally: account % has % balance slots, not slot %', v_bad.account_id, v_bad.balance_slots, v_bad.slot
+        USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  SELECT c.account_id, c.slot, c.posted, coalesce(last.balance_after, 0) AS journal INTO v_bad
+  FROM changed_balances c
+  LEFT JOIN LATERAL (
+    (SELECT e.balance_after FROM tally.entries e
+     WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL
+     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT e.balance_after FROM tally.entries e
+     WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot
+     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+    LIMIT 1) last ON true
+  WHERE c.posted <> coalesce(last.balance_after, 0)
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: balance of account % slot % is %, the journal says %', v_bad.account_id, v_bad.slot, v_bad.posted, v_bad.journal
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tally.check_new_entries() RETURNS trigger
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+  v_bad  record;
+  v_xmin xid;
+  v_cmin cid;
+BEGIN
+  -- Each posting is one credit leg and debit legs from one account, one per slot drawn,
+  -- summing to zero in one asset.
+  SELECT n.transaction_id, n.posting, count(*) AS legs, sum(n.amount) AS total, min(n.asset) AS asset, max(n.asset) AS other
+  INTO v_bad FROM new_entries n
+  GROUP BY n.transaction_id, n.posting
+  HAVING count(*) FILTER (WHERE n.amount > 0) <> 1
+      OR count(DISTINCT n.account_id) FILTER (WHERE n.amount < 0) <> 1
+      OR count(*) FILTER (WHERE n.amount < 0) <> count(DISTINCT coalesce(n.slot, 0)) FILTER (WHERE n.amount < 0)
+      OR sum(n.amount) <> 0 OR min(n.asset) <> max(n.asset)
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: transaction % posting % is unbalanced (% legs, sum %, in % and %): a posting is one credit and debits from one account, one per slot, summing to zero in one asset',
+      v_bad.transaction_id, v_bad.posting, v_bad.legs, v_bad.total, v_bad.asset, v_bad.other
+      USING ERRCODE = 'check_violation';
+  END IF;
+
+  -- Every entry joins a transaction written by this same statement (see 003): so entries
+  -- never join a transaction afterwards, and the legs above are all of each posting.
+  SELECT e.xmin, e.cmin INTO v_xmin, v_cmin FROM tally.entries e WHERE e.id = (SELECT min(n.id) FROM new_entries n);
+  SELECT n.transaction_id, t.id IS NOT NULL AS found INTO v_bad
+  FROM (SELECT DISTINCT transaction_id FROM new_entries) n
+  LEFT JOIN LATERAL (SELECT t.id, t.xmin, t.cmin FROM tally.transactions t WHERE t.id = n.transaction_id LIMIT 1) t ON true
+  WHERE t.id IS NULL OR t.xmin <> v_xmin OR NOT t.cmin = v_cmin
+  LIMIT 1;
+  IF FOUND AND NOT v_bad.found THEN
+    RAISE EXCEPTION 'tally: entries name transaction %, which does not exist', v_bad.transaction_id
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF FOUND THEN
+    RAISE EXCEPTION 'tally: entries join transaction %, written by an earlier statement: a transaction and its entries arrive in one statement', v_bad.transaction_id
+      USING ERRCODE = 'check_violation';
+  END IF;
+
+  -- Each entry, in one pass over the statement's entries by account, slot and id (as 003,
+  -- per slot): it continues its slot's running balance; it names an account that exists
+  -- and holds the entry's asset; and a slot's last new entry is what its balance row says
+  -- (a slot the account does not have has no row, so no entry can land there).
+  SELECT n.account_id, n.slot, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
+         n.k, n.last, n.lo, n.hi, coalesce(before.asset, a.asset) AS holds, b.posted
+  INTO v_bad
+  FROM (SELECT e.account_id, e.slot, e.id, e.asset, e.amount, e.balance_after,
+               lag(e.balance_after) OVER w AS prev, row_number() OVER w AS k,
+               lead(e.id) OVER w IS NULL AS last,
+               first_value(e.asset) OVER w AS lo, e.asset AS hi
+        FROM new_entries e WINDOW w AS (PARTITION BY e.account_id, e.slot ORDER BY e.id)) n
+  LEFT JOIN LATERAL (
+    (SELECT e.balance_after, e.asset FROM tally.entries e
+     WHERE n.k = 1 AND n.slot IS NULL AND e.account_id = n.account_id AND e.slot IS NULL AND e.id < n.id
+     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT e.balance_after, e.asset FROM tally.entries e
+     WHERE n.k = 1 AND n.slot IS NOT NULL AND e.slot IS NOT NULL AND e.account_id = n.account_id AND e.slot = n.slot AND e.id < n.id
+     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+    LIMIT 1) before ON true
+  LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
+                     WHERE n.k = 1 AND before.asset IS NULL AND a.id = n.account_id LIMIT 1) a ON true
+  LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b
+                     WHERE n.last AND b.account_id = n.account_id AND b.slot = coalesce(n.slot, 0) LIMIT 1) b ON true
+  WHERE n.balance_after <> coalesce(n.prev, before.balance_after, 0) + n.amount
+     OR (n.k = 1 AND coalesce(before.asset, a.asset) IS DISTINCT FROM n.asset) OR n.lo <> n.hi
+     OR (n.last AND b.posted IS DISTINCT FROM n.balance_after)
+  LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  ELSIF v_bad.k = 1 AND v_bad.holds IS NULL THEN
+    RAISE EXCEPTION 'tally: entries name account %, which does not exist', v_bad.account_id
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF (v_bad.k = 1 AND v_bad.holds <> v_bad.asset) OR v_bad.lo <> v_bad.hi THEN
+    RAISE EXCEPTION 'tally: an entry on account % is in %, which is not the account''s asset', v_bad.account_id, v_bad.asset
+      USING ERRCODE = 'foreign_key_violation';
+  ELSIF v_bad.balance_after <> v_bad.prev + v_bad.amount THEN
+    RAISE EXCEPTION 'tally: entry on account % slot % has balance_after %, expected % + %',
+      v_bad.account_id, v_bad.slot, v_bad.balance_after, v_bad.prev, v_bad.amount
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RAISE EXCEPTION 'tally: entries take account % slot % to %, but its balance is %', v_bad.account_id, v_bad.slot, v_bad.balance_after, v_bad.posted
+    USING ERRCODE = 'check_violation';
+END
+$$;
+
+-- post_batch without the responses (the lighter idempotency record) and with slots: step
+-- 2 chooses and locks slot rows, step 3 may send the batch round again when chosen slots
+-- were drained meanwhile, and the apply step draws debits from slots and writes each
+-- entry's slot.
+CREATE OR REPLACE FUNCTION tally.post_batch_attempt(
+  p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamptz[],
+  p_metadata jsonb[],
+  p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[],
+  p_lock_all boolean)
+RETURNS TABLE (req integer, status smallint, body text, replayed boolean, transaction_id uuid)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off
+AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  m          integer := cardinality(p_req);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  o_tx       uuid[];
+  claimed    boolean[];
+  -- accounts, sorted by id, with their balance carried through the batch
+  a_ids      uuid[];
+  a_bal      bigint[];
+  a_floor    bigint[];
+  a_status   text[];
+  a_asset    text[];
+  a_touched  integer[];
+  -- slotted accounts: a_lo..a_hi index their locked slot rows in the l_ arrays (NULL for
+  -- an account of one slot), a_all says whether every slot is locked, a_credit is the
+  -- slot row credits go to
+  a_lo       integer[];
+  a_hi       integer[];
+  a_all      boolean[];
+  a_credit   integer[];
+  l_acct     uuid[];
+  l_slot     smallint[];
+  l_bal      bigint[];
+  l_touched  integer[];
+  w_acct     uuid[] := '{}';
+  w_slot     smallint[] := '{}';
+  w_ids      uuid[] := '{}';
+  w_want     smallint[] := '{}';
+  v_missing  uuid[];
+  r_rows     integer[];
+  v_short    integer;
+  v_need     bigint;
+  v_take     bigint;
+  v_home     integer;
+  -- rows to write
+  t_ids      uuid[];
+  t_meta     jsonb[];
+  t_created  timestamptz[];
+  e_tx       uuid[];
+  e_posting  smallint[];
+  e_account  uuid[];
+  e_asset    text[];
+  e_amount   bigint[];
+  e_after    bigint[];
+  e_slot     smallint[];
+  r_callers  text[] := '{}';
+  r_keys     text[] := '{}';
+  r_status   smallint[] := '{}';
+  r_body     text[] := '{}';
+  first_p    integer[];
+  last_p     integer[];
+  d_idx      integer[];
+  d_delta    numeric[];
+  pf         integer[];
+  pt         integer[];
+  n_tx       integer;
+  n_e        integer;
+  v_min      integer;
+  d_claimed  bigint[];
+  rec        record;
+  v_code     text;
+  v_detail   text;
+  v_f        integer;
+  v_t        integer;
+  v_x        integer;
+  v_p        integer;
+  v_new      numeric;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  -- Preconditions the service guarantees; here they are loud errors, never silent fixes.
+  IF n IS NULL OR n < 1 OR n > 1000
+     OR cardinality(p_keys) IS DISTINCT FROM n OR cardinality(p_hashes) IS DISTINCT FROM n
+     OR cardinality(p_ids) IS DISTINCT FROM n OR cardinality(p_created) IS DISTINCT FROM n
+     OR cardinality(p_metadata) IS DISTINCT FROM n
+     OR m IS NULL OR cardinality(p_from) IS DISTINCT FROM m OR cardinality(p_to) IS DISTINCT FROM m
+     OR cardinality(p_amount) IS DISTINCT FROM m OR cardinality(p_asset) IS DISTINCT FROM m THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM unnest(p_req, p_from, p_to, p_amount, p_asset) u(r, f, t, a, s)
+             WHERE r IS NULL OR r < 1 OR r > n OR f IS NULL OR t IS NULL OR a IS NULL OR a <= 0 OR s IS NULL)
+     OR EXISTS (SELECT FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r HAVING count(*) > 64 OR max(i) - min(i) + 1 <> count(*))
+     OR (SELECT count(DISTINCT r) FROM unnest(p_req) r) <> n
+     OR (SELECT count(DISTINCT (c, k)) FROM unnest(p_callers, p_keys) u(c, k)) <> n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 64 contiguous postings per request, positive amounts, distinct keys'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  o_tx := array_fill(NULL::uuid, ARRAY[n]);
+  claimed := array_fill(false, ARRAY[n]);
+  SELECT array_agg(lo ORDER BY r), array_agg(hi ORDER BY r) INTO first_p, last_p
+  FROM (SELECT r, min(i) AS lo, max(i) AS hi FROM unnest(p_req) WITH ORDINALITY u(r, i) GROUP BY r) x;
+
+  -- 1. Claim the idempotency keys, in (caller, key) order: every writer claims keys in
+  -- that one order and before any balance lock, so key waits cannot form a cycle either.
+  -- A key held by a concurrent, uncommitted batch makes us wait here for its outcome.
+  WITH ins AS (
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, transaction_id)
+    SELECT c, k, h, 201, t FROM unnest(p_callers, p_keys, p_hashes, p_ids) u(c, k, h, t) ORDER BY c, k
+    ON CONFLICT (caller, key) DO NOTHING
+    RETURNING caller, key)
+  SELECT array_agg(u.i) INTO d_claimed
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) JOIN ins ON ins.caller = u.c AND ins.key = u.k;
+  FOREACH v_x IN ARRAY coalesce(d_claimed, '{}') LOOP
+    claimed[v_x] := true;
+  END LOOP;
+
+  -- Requests whose key was already used replay its outcome, or are 409 if the request differs.
+  FOR rec IN
+    SELECT u.i, u.k, s.request_hash = u.h AS same, s.status, s.body, s.transaction_id
+    FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
+    LEFT JOIN tally.idempotency_keys s ON s.caller = u.c AND s.key = u.k
+    WHERE NOT claimed[u.i]
+  LOOP
+    IF rec.same IS NULL THEN
+      RAISE EXCEPTION 'tally: idempotency record % vanished during the request', rec.k
+        USING ERRCODE = 'serialization_failure'; -- expired and cleaned up meanwhile: retry
+    ELSIF rec.same THEN
+      o_status[rec.i] := rec.status;
+      o_body[rec.i] := rec.body;
+      o_tx[rec.i] := rec.transaction_id;
+      o_replayed[rec.i] := true;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('idempotency_key_reused',
+        format('Idempotency-Key %s was first used with a different request', to_json(rec.k)));
+      o_status[rec.i] := v_s;
+      o_body[rec.i] := v_b;
+    END IF;
+  END LOOP;
+
+  -- 2. Lock every balance row the claimed requests touch, once, in the one global lock
+  -- order of every Tally writer, so deadlocks are impossible: first the single balance row
+  -- (slot 0) of each account of one slot, in ascending account id; then the chosen slot
+  -- rows of slotted accounts, in ascending (account id, slot).
+  SELECT array_agg(l.account_id ORDER BY l.account_id), array_agg(l.posted ORDER BY l.account_id),
+         array_agg(l.floor ORDER BY l.account_id)
+  INTO a_ids, a_bal, a_floor
+  FROM (SELECT b.account_id, b.posted, b.floor FROM tally.balances b
+        WHERE b.slot = 0
+          AND b.account_id IN (SELECT x FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+                               WHERE claimed[p_req[((j - 1) % m) + 1]])
+        ORDER BY b.account_id
+        FOR UPDATE) l;
+  a_ids := coalesce(a_ids, '{}');
+  a_bal := coalesce(a_bal, '{}');
+  a_floor := coalesce(a_floor, '{}');
+  -- Accounts touched without a slot-0 row are slotted, or do not exist.
+  SELECT array_agg(DISTINCT x) INTO v_missing
+  FROM unnest(p_from || p_to) WITH ORDINALITY u(x, j)
+  WHERE claimed[p_req[((j - 1) % m) + 1]] AND x NOT IN (SELECT unnest(a_ids));
+  IF v_missing IS NOT NULL THEN
+    -- Which slots to lock, chosen from a look without locks at what each slot holds and
+    -- what this batch may debit: a batch that only credits the account takes one slot
+    -- at random, so concurrent batches take different locks; one that debits takes one
+    -- slot that holds all it may debit, or else every slot. A slot drained meanwhile by
+    -- another batch is found once locked: step 3 raises TL001, and post_batch runs the
+    -- batch again with p_lock_all, taking every slot of each account it debits.
+    FOR rec IN
+      SELECT a.id, a.balance_slots AS n,
+             coalesce((SELECT sum(p_amount[j]) FROM generate_subscripts(p_from, 1) j
+                       WHERE p_from[j] = a.id AND claimed[p_req[j]]), 0) AS need,
+             (SELECT array_agg(b.posted ORDER BY b.slot) FROM tally.balances b WHERE b.account_id = a.id) AS held
+      FROM tally.accounts a WHERE a.id = ANY (v_missing) AND a.balance_slots > 1
+    LOOP
+      v_home := 1 + floor(random() * rec.n)::integer;
+      IF rec.need > 0 AND p_lock_all THEN
+        v_home := NULL;
+      ELSIF rec.need > 0 AND rec.held[v_home] < rec.need THEN
+        SELECT s INTO v_home FROM generate_series(1, rec.n) s ORDER BY rec.held[s] DESC LIMIT 1;
+        IF rec.held[v_home] < rec.need THEN
+          v_home := NULL;
+        END IF;
+      END IF;
+      IF v_home IS NULL THEN
+        w_acct := w_acct || array_fill(rec.id, ARRAY[rec.n]);
+        w_slot := w_slot || ARRAY(SELECT s::smallint FROM generate_series(1, rec.n) s);
+      ELSE
+        w_acct := w_acct || rec.id;
+        w_slot := w_slot || v_home::smallint;
+      END IF;
+      w_ids := w_ids || rec.id;
+      w_want := w_want || rec.n::smallint;
+    END LOOP;
+    SELECT array_agg(l.account_id ORDER BY l.account_id, l.slot), array_agg(l.slot ORDER BY l.account_id, l.slot),
+           array_agg(l.posted ORDER BY l.account_id, l.slot)
+    INTO l_acct, l_slot, l_bal
+    FROM (SELECT b.account_id, b.slot, b.posted FROM tally.balances b
+          WHERE (b.account_id, b.slot) IN (SELECT * FROM unnest(w_acct, w_slot))
+          ORDER BY b.account_id, b.slot
+          FOR UPDATE) l;
+  END IF;
+  l_acct := coalesce(l_acct, '{}');
+  l_slot := coalesce(l_slot, '{}');
+  l_bal := coalesce(l_bal, '{}');
+  l_touched := array_fill(0, ARRAY[greatest(cardinality(l_acct), 1)]);
+  -- One list of accounts, in id order: a slotted account's balance here is the sum of its
+  -- locked slots, its floor 0 (each slot's floor; such accounts have floor 0).
+  SELECT array_agg(x.id ORDER BY x.id), array_agg(x.bal ORDER BY x.id), array_agg(x.fl ORDER BY x.id),
+         array_agg(x.lo ORDER BY x.id), array_agg(x.hi ORDER BY x.id), array_agg(x.whole ORDER BY x.id)
+  INTO a_ids, a_bal, a_floor, a_lo, a_hi, a_all
+  FROM (SELECT u.id, u.bal, u.fl, NULL::integer AS lo, NULL::integer AS hi, true AS whole
+        FROM unnest(a_ids, a_bal, a_floor) u(id, bal, fl)
+        UNION ALL
+        SELECT s.id, sum(s.bal)::bigint, 0, min(s.i)::integer, max(s.i)::integer,
+               count(*) = (SELECT w.n FROM unnest(w_ids, w_want) w(id, n) WHERE w.id = s.id)
+        FROM unnest(l_acct, l_bal) WITH ORDINALITY s(id, bal, i) GROUP BY s.id) x;
+  a_ids := coalesce(a_ids, '{}');
+  a_credit := array_fill(NULL::integer, ARRAY[greatest(cardinality(a_ids), 1)]);
+  FOR k IN 1 .. cardinality(a_ids) LOOP
+    IF a_lo[k] IS NOT NULL THEN
+      a_credit[k] := a_lo[k] + floor(random() * (a_hi[k] - a_lo[k] + 1))::integer;
+    END IF;
+  END LOOP;
+  a_touched := array_fill(0, ARRAY[greatest(cardinality(a_ids), 1)]);
+  -- Status and asset are read only now, in a statement whose snapshot starts after the
+  -- locks are held: freeze and close take the same lock first, so these cannot change
+  -- until we commit.
+  SELECT array_agg(a.status ORDER BY a.id), array_agg(a.asset ORDER BY a.id) INTO a_status, a_asset
+  FROM tally.accounts a WHERE a.id = ANY (a_ids);
+  -- Assigning one element turns a text array into plpgsql's expanded form, where reading
+  -- element i is O(1) instead of a walk over the elements before it.
+  IF cardinality(a_ids) > 0 THEN
+    a_status[1] := a_status[1];
+    a_asset[1] := a_asset[1];
+  END IF;
+  p_asset[1] := p_asset[1];
+
+  -- Where each posting's accounts sit in the sorted account arrays (NULL: no such
+  -- account), found for the whole batch in one hash join rather than per posting.
+  SELECT array_agg(af.n ORDER BY u.i), array_agg(at.n ORDER BY u.i) INTO pf, pt
+  FROM unnest(p_from, p_to) WITH ORDINALITY u(f, t, i)
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY af(id, n) ON af.id = u.f
+  LEFT JOIN unnest(a_ids) WITH ORDINALITY at(id, n) ON at.id = u.t;
+  -- Output rows, filled in place (element assignment does not copy the array).
+  t_ids := array_fill(NULL::uuid, ARRAY[n]);
+  t_meta := array_fill(NULL::jsonb, ARRAY[n]);
+  t_created := array_fill(NULL::timestamptz, ARRAY[n]);
+  e_tx := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_posting := array_fill(NULL::smallint, ARRAY[2 * m]);
+  e_account := array_fill(NULL::uuid, ARRAY[2 * m]);
+  e_asset := array_fill(NULL::text, ARRAY[2 * m]);
+  e_amount := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_after := array_fill(NULL::bigint, ARRAY[2 * m]);
+  e_slot := array_fill(NULL::smallint, ARRAY[2 * m]);
+  n_tx := 0;
+  n_e := 0;
+
+  -- 3. Judge each claimed request in arrival order against the balances as the requests
+  -- before it left them.
+  FOR i IN 1 .. n LOOP
+    CONTINUE WHEN NOT claimed[i];
+    v_code := NULL;
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      v_p := p - first_p[i];
+      IF v_f IS NULL OR v_t IS NULL THEN
+        v_code := 'account_not_found';
+        v_detail := format('account %s does not exist', CASE WHEN v_f IS NULL THEN p_from[p] ELSE p_to[p] END);
+      ELSIF v_f = v_t THEN
+        v_code := 'same_account';
+        v_detail := format('posting %s moves money from account %s to itself', v_p, p_from[p]);
+      ELSIF a_status[v_f] = 'closed' OR a_status[v_t] = 'closed' THEN
+        v_code := 'account_closed';
+        v_detail := format('account %s is closed', CASE WHEN a_status[v_f] = 'closed' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_status[v_f] = 'frozen' OR a_status[v_t] = 'frozen' THEN
+        v_code := 'account_frozen';
+        v_detail := format('account %s is frozen', CASE WHEN a_status[v_f] = 'frozen' THEN p_from[p] ELSE p_to[p] END);
+      ELSIF a_asset[v_f] <> p_asset[p] OR a_asset[v_t] <> p_asset[p] THEN
+        v_code := 'asset_mismatch';
+        v_detail := format('posting %s is in %s but account %s holds %s', v_p, p_asset[p],
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN p_from[p] ELSE p_to[p] END,
+          CASE WHEN a_asset[v_f] <> p_asset[p] THEN a_asset[v_f] ELSE a_asset[v_t] END);
+      END IF;
+      EXIT WHEN v_code IS NOT NULL;
+    END LOOP;
+
+    IF v_code IS NULL THEN
+      -- Funds: each account's net movement in this request, against its running balance.
+      -- A request touches few accounts, so a short list beats a query. On the way, every
+      -- leg's running balance must fit a bigint too (it is stored with the entry), or one
+      -- request's arithmetic error would fail its whole batch.
+      d_idx := '{}';
+      d_delta := '{}';
+      FOR p IN first_p[i] .. last_p[i] LOOP
+        v_x := array_position(d_idx, pf[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pf[p];
+          d_delta := d_delta || (-p_amount[p])::numeric;
+          v_x := cardinality(d_idx);
+        ELSE
+          d_delta[v_x] := d_delta[v_x] - p_amount[p];
+        END IF;
+        v_f := v_x;
+        v_x := array_position(d_idx, pt[p]);
+        IF v_x IS NULL THEN
+          d_idx := d_idx || pt[p];
+          d_delta := d_delta || p_amount[p]::numeric;
+          v_x := cardinality(d_idx);
+        ELSE
+          d_delta[v_x] := d_delta[v_x] + p_amount[p];
+        END IF;
+        IF a_bal[pf[p]] + d_delta[v_f] < -9223372036854775808 OR a_bal[pt[p]] + d_delta[v_x] > 9223372036854775807 THEN
+          v_code := 'balance_limit_exceeded';
+          v_detail := format('posting %s would take a running balance beyond the largest representable amount', p - first_p[i]);
+          EXIT;
+        END IF;
+        -- Every leg's running balance is stored with its entry, so each must respect the
+        -- account's floor, not only the net at the end: no entry ever shows a balance
+        -- the account may not have. Postings are applied in the order given.
+        IF a_bal[pf[p]] + d_delta[v_f] < a_floor[pf[p]] THEN
+          v_short := pf[p];
+          v_code := 'insufficient_funds';
+          v_detail := format('account %s has insufficient funds for posting %s', p_from[p], p - first_p[i]);
+          EXIT;
+        END IF;
+      END LOOP;
+      -- Then each account's net movement against its floor. Of several accounts short,
+      -- report the one with the smallest id, so the answer does not depend on posting order.
+      IF v_code IS NULL THEN
+        FOR k IN 1 .. cardinality(d_idx) LOOP
+          v_x := d_idx[k];
+          v_new := a_bal[v_x]::numeric + d_delta[k];
+          IF (v_new < a_floor[v_x] OR v_new > 9223372036854775807) AND (v_code IS NULL OR v_x < v_min) THEN
+            v_min := v_x;
+            v_short := v_x;
+            v_code := CASE WHEN v_new < a_floor[v_x] THEN 'insufficient_funds' ELSE 'balance_limit_exceeded' END;
+            -- The detail names the account, never its balance: a caller refused for
+            -- funds must not learn what the account holds.
+            v_detail := CASE WHEN v_new < a_floor[v_x] THEN format('account %s has insufficient funds for this transaction', a_ids[v_x])
+                             ELSE format('account %s would exceed the largest representable balance', a_ids[v_x]) END;
+          END IF;
+        END LOOP;
+      END IF;
+    END IF;
+
+    -- Only a slotted account with every slot locked can be short of funds: if some were
+    -- not, the slots chosen in step 2 were drained meanwhile, and post_batch runs the
+    -- whole batch again, taking every slot.
+    IF v_code = 'insufficient_funds' AND NOT a_all[v_short] THEN
+      RAISE EXCEPTION 'tally: the slots of account % chosen for this batch were drained meanwhile', a_ids[v_short]
+        USING ERRCODE = 'TL001';
+    END IF;
+    IF v_code IS NOT NULL THEN
+      SELECT * INTO v_s, v_b FROM tally.problem(v_code, v_detail);
+      o_status[i] := v_s;
+      o_body[i] := v_b;
+      r_callers := r_callers || p_callers[i];
+      r_keys := r_keys || p_keys[i];
+      r_status := r_status || v_s;
+      r_body := r_body || v_b;
+      CONTINUE;
+    END IF;
+
+    -- Apply: the entries carry each account's running balance, leg by leg; a slotted
+    -- account's entries carry their slot's. A debit from a slotted account takes from the
+    -- first locked slot that holds it all, and only when none does, from the locked slots
+    -- in slot order, one leg per slot drawn. Credits go to the slot chosen for credits.
+    n_tx := n_tx + 1;
+    t_ids[n_tx] := p_ids[i];
+    t_meta[n_tx] := coalesce(p_metadata[i], '{}');
+    t_created[n_tx] := p_created[i];
+    r_rows := '{}';
+    FOR p IN first_p[i] .. last_p[i] LOOP
+      v_f := pf[p];
+      v_t := pt[p];
+      a_bal[v_f] := a_bal[v_f] - p_amount[p];
+      a_bal[v_t] := a_bal[v_t] + p_amount[p];
+      IF a_lo[v_f] IS NULL THEN
+        n_e := n_e + 1;
+        e_tx[n_e] := p_ids[i];
+        e_posting[n_e] := p - first_p[i];
+        e_account[n_e] := p_from[p];
+        e_asset[n_e] := p_asset[p];
+        e_amount[n_e] := -p_amount[p];
+        e_after[n_e] := a_bal[v_f];
+      ELSE
+        v_home := NULL;
+        FOR v_x IN a_lo[v_f] .. a_hi[v_f] LOOP
+          IF l_bal[v_x] >= p_amount[p] THEN
+            v_home := v_x;
+            EXIT;
+          END IF;
+        END LOOP;
+        v_need := p_amount[p];
+        FOR v_x IN a_lo[v_f] .. a_hi[v_f] LOOP
+          CONTINUE WHEN (v_home IS NOT NULL AND v_x <> v_home) OR l_bal[v_x] <= 0;
+          v_take := least(l_bal[v_x], v_need);
+          l_bal[v_x] := l_bal[v_x] - v_take;
+          v_need := v_need - v_take;
+          n_e := n_e + 1;
+          e_tx[n_e] := p_ids[i];
+          e_posting[n_e] := p - first_p[i];
+          e_account[n_e] := p_from[p];
+          e_asset[n_e] := p_asset[p];
+          e_amount[n_e] := -v_take;
+          e_after[n_e] := l_bal[v_x];
+          e_slot[n_e] := l_slot[v_x];
+          IF NOT v_x = ANY (r_rows) THEN
+            r_rows := r_rows || v_x;
+          END IF;
+          EXIT WHEN v_need = 0;
+        END LOOP;
+        IF v_need <> 0 THEN
+          RAISE EXCEPTION 'tally: account % had the funds in sum but not in its slots', p_from[p]
+            USING ERRCODE = 'internal_error'; -- step 3 checked the sum of the locked slots
+        END IF;
+      END IF;
+      n_e := n_e + 1;
+      e_tx[n_e] := p_ids[i];
+      e_posting[n_e] := p - first_p[i];
+      e_account[n_e] := p_to[p];
+      e_asset[n_e] := p_asset[p];
+      e_amount[n_e] := p_amount[p];
+      IF a_lo[v_t] IS NULL THEN
+        e_after[n_e] := a_bal[v_t];
+      ELSE
+        v_x := a_credit[v_t];
+        l_bal[v_x] := l_bal[v_x] + p_amount[p];
+        e_after[n_e] := l_bal[v_x];
+        e_slot[n_e] := l_slot[v_x];
+        IF NOT v_x = ANY (r_rows) THEN
+          r_rows := r_rows || v_x;
+        END IF;
+      END IF;
+    END LOOP;
+    FOREACH v_x IN ARRAY d_idx LOOP
+      a_touched[v_x] := a_touched[v_x] + 1;
+    END LOOP;
+    FOREACH v_x IN ARRAY r_rows LOOP
+      l_touched[v_x] := l_touched[v_x] + 1;
+    END LOOP;
+    o_status[i] := 201;
+    o_tx[i] := p_ids[i];
+  END LOOP;
+
+  -- 4. Write: one statement for the journal and the balances, one update for the
+  -- recorded rejections.
+  IF n_tx > 0 THEN
+    -- One statement writes the transactions, moves the balances and inserts the entries:
+    -- the checks at its end see all three, and none is ever visible without the others.
+    WITH journal AS (
+      INSERT INTO tally.transactions (id, metadata, created_at)
+      SELECT * FROM unnest(t_ids[1:n_tx], t_meta[1:n_tx], t_created[1:n_tx])),
+    moved AS (
+      UPDATE tally.balances b SET posted = u.bal, version = b.version + u.touched
+      FROM (SELECT x.id, 0::smallint AS slot, x.bal, x.touched
+            FROM unnest(a_ids, a_bal, a_touched, a_lo) x(id, bal, touched, lo) WHERE x.lo IS NULL
+            UNION ALL
+            SELECT * FROM unnest(l_acct, l_slot, l_bal, l_touched[1:cardinality(l_acct)])) u(id, slot, bal, touched)
+      WHERE b.account_id = u.id AND b.slot = u.slot AND u.touched > 0)
+    INSERT INTO tally.entries (transaction_id, posting, account_id, asset, amount, balance_after, slot)
+    SELECT u.tx, u.posting, u.account, u.asset, u.amount, u.after, u.slot
+    FROM unnest(e_tx[1:n_e], e_posting[1:n_e], e_account[1:n_e], e_asset[1:n_e], e_amount[1:n_e], e_after[1:n_e], e_slot[1:n_e])
+         WITH ORDINALITY u(tx, posting, account, asset, amount, after, slot, ord)
+    ORDER BY u.ord;
+  END IF;
+  IF cardinality(r_keys) > 0 THEN
+    UPDATE tally.idempotency_keys k SET status = u.s, body = u.b, transaction_id = NULL
+    FROM unnest(r_callers, r_keys, r_status, r_body) u(c, key, s, b)
+    WHERE k.caller = u.c AND k.key = u.key;
+  END IF;
+
+  -- 5. A replay acknowledges an outcome committed earlier, perhaps by a commit whose wait
+  -- for the synchronous standbys was cancelled: on this primary, on no standby yet. A
+  -- batch of replays alone writes no WAL, so its commit would not wait either (an xid
+  -- alone is not enough: PostgreSQL waits only for commits that wrote WAL). Touching the
+  -- replayed records writes WAL, so this commit waits for the standbys like any other;
+  -- WAL is one ordered stream, so when it returns the replayed outcome is on the
+  -- standbys too. Nothing is acknowledged that a failover could lose.
+  -- The records are locked in (caller, key) order, the order step 1 claims keys in, so
+  -- two batches replaying the same keys cannot wait for each other in a cycle.
+  IF true = ANY (o_replayed) THEN
+    UPDATE tally.idempotency_keys s SET status = s.status
+    FROM (SELECT k.caller, k.key FROM tally.idempotency_keys k
+          JOIN unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) ON k.caller = u.c AND k.key = u.k
+          WHERE o_replayed[u.i]
+          ORDER BY k.caller, k.key
+          FOR UPDATE OF k) l
+    WHERE s.caller = l.caller AND s.key = l.key;
+  END IF;
+
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i], o_tx[i] FROM generate_series(1, n) i;
+END
+$$;
+
+-- post_batch: one batch, in one round trip (see post_batch_attempt). The attempt runs in a
+-- subtransaction; when the slots it chose to debit were drained by a concurrent batch, it
+-- is rolled back, which releases every lock it took and every key it claimed, and the
+-- batch runs again taking every slot of the slotted accounts it debits, in lock order.
+CREATE OR REPLACE FUNCTION tally.post_batch(
+  p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamptz[],
+  p_metadata jsonb[],
+  p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[])
+RETURNS TABLE (req integer, status smallint, body text, replayed boolean, transaction_id uuid)
+LANGUAGE plpgsql AS $$
+BEGIN
+  BEGIN
+    RETURN QUERY SELECT * FROM tally.post_batch_attempt(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                                        p_req, p_from, p_to, p_amount, p_asset, false);
+  EXCEPTION WHEN SQLSTATE 'TL001' THEN
+    RETURN QUERY SELECT * FROM tally.post_batch_attempt(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                                        p_req, p_from, p_to, p_amount, p_asset, true);
+  END;
+END
+$$;
+
+
+
+-- The catalogue gains unavailable, for the wrapper below (same codes as ledger/problem.go).
+CREATE OR REPLACE FUNCTION tally.problem(p_code text, p_detail text, OUT status smallint, OUT body text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+  v_title text;
+BEGIN
+  SELECT c.s, c.t INTO status, v_title FROM (VALUES
+    ('account_not_found',      404::smallint, 'Account not found'),
+    ('account_frozen',         422::smallint, 'Account is frozen'),
+    ('account_closed',         422::smallint, 'Account is closed'),
+    ('asset_mismatch',         422::smallint, 'Asset does not match the account'),
+    ('same_account',           422::smallint, 'Source and destination are the same account'),
+    ('insufficient_funds',     422::smallint, 'Insufficient funds'),
+    ('balance_limit_exceeded', 422::smallint, 'Balance would exceed the largest representable amount'),
+    ('idempotency_key_reused', 409::smallint, 'Idempotency key reused with a different request'),
+    ('unavailable',            503::smallint, 'Service unavailable')
+  ) AS c(code, s, t) WHERE c.code = p_code;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  body := format('{"type":%s,"title":%s,"status":%s,"detail":%s,"code":%s}',
+    to_json('https://tally.dev/problems/' || p_code), to_json(v_title), status, to_json(p_detail), to_json(p_code));
+END
+$$;
+
+-- The version 6 signature, for services built for it: the same answers as before, from
+-- the function above.
+CREATE OR REPLACE FUNCTION tally.post_batch(
+  p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamptz[],
+  p_metadata jsonb[], p_bodies text[],
+  p_req integer[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[])
+RETURNS TABLE (req integer, status smallint, body text, replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+  n          integer := cardinality(p_callers);
+  o_status   smallint[];
+  o_body     text[];
+  o_replayed boolean[];
+  applied    integer[] := '{}';
+  rec        record;
+  v_s        smallint;
+  v_b        text;
+BEGIN
+  IF cardinality(p_bodies) IS DISTINCT FROM n THEN
+    RAISE EXCEPTION 'tally: post_batch needs 1 to 1000 requests and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  o_status := array_fill(NULL::smallint, ARRAY[n]);
+  o_body := array_fill(NULL::text, ARRAY[n]);
+  o_replayed := array_fill(false, ARRAY[n]);
+  FOR rec IN SELECT * FROM tally.post_batch(p_callers, p_keys, p_hashes, p_ids, p_created, p_metadata,
+                                            p_req, p_from, p_to, p_amount, p_asset) LOOP
+    o_status[rec.req] := rec.status;
+    o_replayed[rec.req] := rec.replayed;
+    IF rec.body IS NOT NULL THEN
+      o_body[rec.req] := rec.body;
+    ELSIF NOT rec.replayed THEN
+      o_body[rec.req] := p_bodies[rec.req];
+      applied := applied || rec.req;
+    ELSE
+      SELECT * INTO v_s, v_b FROM tally.problem('unavailable',
+        format('Idempotency-Key %s was first used through a newer ledger service; retry with the same key', to_json(p_keys[rec.req])));
+      o_status[rec.req] := v_s;
+      o_body[rec.req] := v_b;
+    END IF;
+  END LOOP;
+  IF cardinality(applied) > 0 THEN
+    UPDATE tally.idempotency_keys k SET body = p_bodies[u.i]
+    FROM unnest(applied) u(i)
+    WHERE k.caller = p_callers[u.i] AND k.key = p_keys[u.i];
+  END IF;
+  RETURN QUERY SELECT i::integer, o_status[i], o_body[i], o_replayed[i] FROM generate_series(1, n) i;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION tally.post_batch(text[], text[], bytea[], uuid[], timestamptz[], jsonb[],
+  integer[], uuid[], uuid[], bigint[], text[]) TO tally_app;
+GRANT EXECUTE ON FUNCTION tally.post_batch_attempt(text[], text[], bytea[], uuid[], timestamptz[], jsonb[],
+  integer[], uuid[], uuid[], bigint[], text[], boolean) TO tally_app;
