@@ -89,6 +89,8 @@ type Config struct {
 	LargeAccounts int
 	// Reference is the SQL of the reference ceiling; nil means ReferenceCeiling.
 	Reference []byte
+	// HotSlots is how many balance slots Tally's hot account has (0 or 1: one row).
+	HotSlots int
 	// MinOps is how many operations each client completes at least, however long that
 	// takes past Duration: a run on a slow or busy machine still measures something.
 	MinOps   int
@@ -352,6 +354,7 @@ type env struct {
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
 	external ledger.AccountID // the USD external account that funds the others
+	hotSlots int
 	batching batcher.Config
 	seq      atomic.Int64
 }
@@ -361,7 +364,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{dir: dir, batching: cfg.Batching}
+	e := &env{dir: dir, batching: cfg.Batching, hotSlots: cfg.HotSlots}
 	ok := false
 	defer func() {
 		if !ok {
@@ -474,10 +477,35 @@ func (e *env) seed(ctx context.Context, n int) error {
 		return err
 	}
 	e.external = asset.ExternalAccounts[0]
-	if err := e.open(ctx, n); err != nil {
+	if err := e.openHot(ctx); err != nil {
 		return err
 	}
-	e.hot = e.accounts[0]
+	return e.open(ctx, n-1)
+}
+
+// openHot opens the hot account, with hotSlots balance slots, funded as the reference's
+// hot account is: with far more than any run moves, spread over its slots (each funding
+// transaction credits one slot, chosen at random).
+func (e *env) openHot(ctx context.Context) error {
+	id, err := ledger.NewAccountID(0)
+	if err != nil {
+		return err
+	}
+	if _, err := e.store.CreateAccount(ctx, ledger.Account{ID: id, Owner: "bench-hot", Asset: "USD", BalanceSlots: max(e.hotSlots, 1)}); err != nil {
+		return fmt.Errorf("open the hot account: %w", err)
+	}
+	fundings := 4 * max(e.hotSlots, 1)
+	for range fundings {
+		out, err := e.store.PostTransaction(ctx, e.request("seed", []ledger.Posting{{From: e.external, To: id, Amount: hotAccountBalance / int64(fundings), Asset: "USD"}}))
+		if err != nil {
+			return err
+		}
+		if out.Status != http.StatusCreated {
+			return fmt.Errorf("funding the hot account: %d %s", out.Status, out.Body)
+		}
+	}
+	e.hot = id
+	e.accounts = append(e.accounts, id)
 	return nil
 }
 

@@ -20,7 +20,7 @@ import (
 func TestHarnessRuns(t *testing.T) {
 	var table, lines bytes.Buffer
 	results, err := Run(context.Background(), Config{
-		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, LargeAccounts: 80,
+		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, LargeAccounts: 80, HotSlots: 4,
 		Scenarios: []string{Uniform, Hot, HotCredit, Mixed, Reads}, Modes: []string{ModeHTTP, ModeWrk, ModeStore, ModeOneCall},
 		Out: &table, JSON: &lines,
 	})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/internal/bench"
+	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
 )
 
@@ -22,6 +23,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk), store (straight into the shard set) and/or one-call (Tally's transaction function once per transfer, unbatched); the reference ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	largeAccounts := fs.Int("large-accounts", 0, "if above --accounts, grow to this many accounts at the end and run uniform again at the largest client count")
+	hotSlots := fs.Int("hot-slots", 8, "balance slots of Tally's hot account (1: one balance row)")
 	referencePath := fs.String("reference", "", "the reference ceiling's SQL (default: the copy built in, identical to the shared reference_ceiling.sql)")
 	jsonPath := fs.String("json", "", "also write one JSON object per result to this file")
 	writers := fs.Int("writers", 0, "batcher writers per shard (0: the default)")
@@ -36,7 +38,10 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("--rounds must be 1 to 99")
 	}
 	tuneGC()
-	cfg := bench.Config{Duration: *duration, Accounts: *accounts, LargeAccounts: *largeAccounts, Out: out, Rounds: *rounds,
+	if *hotSlots < 1 || *hotSlots > ledger.MaxBalanceSlots {
+		return fmt.Errorf("--hot-slots must be 1 to %d", ledger.MaxBalanceSlots)
+	}
+	cfg := bench.Config{Duration: *duration, Accounts: *accounts, LargeAccounts: *largeAccounts, Out: out, Rounds: *rounds, HotSlots: *hotSlots,
 		Scenarios: strings.Split(*scenarios, ","), Modes: strings.Split(*modes, ","),
 		Batching: batcher.Config{Writers: *writers, MaxBatch: *maxBatch, Linger: *linger}}
 	for _, c := range strings.Split(*clients, ",") {
