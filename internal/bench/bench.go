@@ -117,9 +117,12 @@ type Result struct {
 	Ratio     float64 `json:"ratio_to_reference,omitempty"`
 	MeanBatch float64 `json:"mean_batch,omitempty"` // requests per database transaction
 	// WALBytes is WAL written per operation (pg_current_wal_lsn before and after the run);
-	// DiskBytes is growth of the database's files per operation.
+	// DiskBytes is growth of the database's files per operation, HeapBytes and IndexBytes
+	// that of its ledger tables and of their indexes.
 	WALBytes   float64 `json:"wal_bytes_per_op"`
 	DiskBytes  float64 `json:"disk_bytes_per_op"`
+	HeapBytes  float64 `json:"heap_bytes_per_op"`
+	IndexBytes float64 `json:"index_bytes_per_op"`
 	Load1      float64 `json:"load1"`       // the machine's one-minute load average at the end
 	HeapMB     float64 `json:"heap_mb"`     // in use at the end of the run
 	HeapMaxMB  float64 `json:"heap_max_mb"` // the most in use, sampled each second
@@ -239,6 +242,8 @@ func median(rs []Result) Result {
 	m.HeapMaxMB = of(func(r Result) float64 { return r.HeapMaxMB })
 	m.WALBytes = of(func(r Result) float64 { return r.WALBytes })
 	m.DiskBytes = of(func(r Result) float64 { return r.DiskBytes })
+	m.HeapBytes = of(func(r Result) float64 { return r.HeapBytes })
+	m.IndexBytes = of(func(r Result) float64 { return r.IndexBytes })
 	m.Load1 = of(func(r Result) float64 { return r.Load1 })
 	m.Seconds, m.Ops, m.Errors, m.Rejected, m.Violations = 0, 0, 0, 0, 0
 	for _, r := range rs {
@@ -253,7 +258,7 @@ func median(rs []Result) Result {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\terrors\trejected\tmax heap MB\tload\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\ttable B/op\tindex B/op\terrors\trejected\tmax heap MB\tload\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
@@ -263,8 +268,8 @@ func printTable(w io.Writer, results []Result) {
 		if r.MeanBatch > 0 {
 			batch = fmt.Sprintf("%.1f", r.MeanBatch)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
-			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.HeapBytes, r.IndexBytes, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
 	}
 	tw.Flush()
 }
@@ -737,6 +742,8 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if r.Ops > 0 {
 		r.WALBytes = float64(costAfter.wal-costBefore.wal) / float64(r.Ops)
 		r.DiskBytes = float64(costAfter.disk-costBefore.disk) / float64(r.Ops)
+		r.HeapBytes = float64(costAfter.heap-costBefore.heap) / float64(r.Ops)
+		r.IndexBytes = float64(costAfter.index-costBefore.index) / float64(r.Ops)
 	}
 	r.Load1 = loadAverage()
 	var violations []string
@@ -762,14 +769,23 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	return r, nil
 }
 
-// databaseCost is where the server's WAL stands and how big a database's files are.
-type databaseCost struct{ wal, disk int64 }
+// databaseCost is where the server's WAL stands, how big a database's files are, and its
+// schema's tables and their indexes.
+type databaseCost struct{ wal, disk, heap, index int64 }
 
-// cost reads the WAL position and a database's size. WAL is the whole server's, so runs
+// cost reads the WAL position and a database's sizes. WAL is the whole server's, so runs
 // are measured one at a time and nothing else writes meanwhile.
 func (e *env) cost(ctx context.Context, database string) (databaseCost, error) {
+	pool, schema := e.pool, "tally"
+	if database == referenceDatabase {
+		pool, schema = e.ref.pool, "ceil"
+	}
 	var c databaseCost
-	err := e.ref.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn() - '0/0', pg_database_size($1)", database).Scan(&c.wal, &c.disk)
+	err := pool.QueryRow(ctx, `
+		SELECT pg_current_wal_lsn() - '0/0', pg_database_size(current_database()),
+		       coalesce(sum(pg_relation_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind = 'r'`, schema).Scan(&c.wal, &c.disk, &c.heap, &c.index)
 	if err != nil {
 		return c, fmt.Errorf("database cost: %w", err)
 	}
