@@ -741,7 +741,7 @@ BEGIN
     -- in slot order, one leg per slot drawn. Credits go to the slot chosen for credits.
     n_tx := n_tx + 1;
     t_ids[n_tx] := p_ids[i];
-    t_meta[n_tx] := coalesce(p_metadata[i], '{}');
+    t_meta[n_tx] := nullif(p_metadata[i], '{}');
     t_created[n_tx] := p_created[i];
     r_rows := '{}';
     FOR p IN first_p[i] .. last_p[i] LOOP
@@ -1112,7 +1112,7 @@ CREATE TABLE tally.shard (
 
 CREATE TABLE tally.transactions (
     id uuid NOT NULL,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb,
     created_at timestamp with time zone NOT NULL,
     CONSTRAINT transactions_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text))
 );
