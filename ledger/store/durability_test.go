@@ -295,16 +295,17 @@ func TestSlowLoginStillConnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	var handlers sync.WaitGroup
+	accepting := make(chan struct{})
+	defer func() { ln.Close(); <-accepting; handlers.Wait() }()
 	go func() {
+		defer close(accepting)
 		for {
 			client, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			wg.Go(func() {
+			handlers.Go(func() {
 				defer client.Close()
 				time.Sleep(2500 * time.Millisecond) // the server is slow to take the login
 				conn, err := net.Dial("tcp", server)
