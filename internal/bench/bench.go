@@ -123,10 +123,18 @@ type Result struct {
 	DiskBytes  float64 `json:"disk_bytes_per_op"`
 	HeapBytes  float64 `json:"heap_bytes_per_op"`
 	IndexBytes float64 `json:"index_bytes_per_op"`
-	Load1      float64 `json:"load1"`       // the machine's one-minute load average at the end
-	HeapMB     float64 `json:"heap_mb"`     // in use at the end of the run
-	HeapMaxMB  float64 `json:"heap_max_mb"` // the most in use, sampled each second
-	Violations int     `json:"invariant_violations"`
+	Load1      float64 `json:"load1"` // the machine's one-minute load average at the end
+	// CPU per operation, in microseconds: PostgreSQL's processes; this process (the ledger
+	// service, and in modes other than wrk the Go clients driving it); and wrk. Busy is
+	// their sum over the run as a share of every core the machine has.
+	PostgresCPUus float64 `json:"postgres_cpu_us_per_op"`
+	ProcessCPUus  float64 `json:"process_cpu_us_per_op"`
+	WrkCPUus      float64 `json:"wrk_cpu_us_per_op,omitempty"`
+	Busy          float64 `json:"cpu_busy"`
+	wrkCPU        time.Duration
+	HeapMB        float64 `json:"heap_mb"`     // in use at the end of the run
+	HeapMaxMB     float64 `json:"heap_max_mb"` // the most in use, sampled each second
+	Violations    int     `json:"invariant_violations"`
 	// Round is which round this is (1-based); 0 marks a line of medians over Rounds.
 	Round  int `json:"round"`
 	Rounds int `json:"rounds,omitempty"`
@@ -245,6 +253,10 @@ func median(rs []Result) Result {
 	m.HeapBytes = of(func(r Result) float64 { return r.HeapBytes })
 	m.IndexBytes = of(func(r Result) float64 { return r.IndexBytes })
 	m.Load1 = of(func(r Result) float64 { return r.Load1 })
+	m.PostgresCPUus = of(func(r Result) float64 { return r.PostgresCPUus })
+	m.ProcessCPUus = of(func(r Result) float64 { return r.ProcessCPUus })
+	m.WrkCPUus = of(func(r Result) float64 { return r.WrkCPUus })
+	m.Busy = of(func(r Result) float64 { return r.Busy })
 	m.Seconds, m.Ops, m.Errors, m.Rejected, m.Violations = 0, 0, 0, 0, 0
 	for _, r := range rs {
 		m.Seconds += r.Seconds
@@ -258,7 +270,7 @@ func median(rs []Result) Result {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\ttable B/op\tindex B/op\terrors\trejected\tmax heap MB\tload\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\ttable B/op\tindex B/op\tpg µs/op\tgo µs/op\twrk µs/op\tCPU busy\terrors\trejected\tmax heap MB\tload\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
@@ -268,8 +280,13 @@ func printTable(w io.Writer, results []Result) {
 		if r.MeanBatch > 0 {
 			batch = fmt.Sprintf("%.1f", r.MeanBatch)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
-			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.HeapBytes, r.IndexBytes, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
+		wrk := ""
+		if r.WrkCPUus > 0 {
+			wrk = fmt.Sprintf("%.0f", r.WrkCPUus)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%.0f%%\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
+			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.HeapBytes, r.IndexBytes,
+			r.PostgresCPUus, r.ProcessCPUus, wrk, 100*r.Busy, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
 	}
 	tw.Flush()
 }
@@ -696,6 +713,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		return Result{}, err
 	}
 	runtime.GC()
+	cpuBefore := e.cpu()
 	runCtx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var heapMax atomic.Uint64
@@ -724,6 +742,14 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		firstErr = "wrk does not say which (socket errors, timeouts and non-2xx statuses count)"
 	} else {
 		firstErr = drive(ctx, runCtx, op, clients, minOps, &r)
+	}
+	cpuAfter := e.cpu()
+	if r.Ops > 0 {
+		perOp := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(r.Ops) }
+		r.PostgresCPUus = perOp(cpuAfter.postgres - cpuBefore.postgres)
+		r.ProcessCPUus = perOp(cpuAfter.service - cpuBefore.service)
+		r.WrkCPUus = perOp(r.wrkCPU)
+		r.Busy = (r.PostgresCPUus + r.ProcessCPUus + r.WrkCPUus) * r.PerSecond / 1e6 / float64(runtime.NumCPU())
 	}
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)

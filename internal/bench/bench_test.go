@@ -56,6 +56,20 @@ func TestHarnessRuns(t *testing.T) {
 			t.Errorf("%s/%s: latencies p50 %.2f p99 %.2f max %.2f", r.Scenario, r.Mode, r.P50ms, r.P99ms, r.MaxMs)
 		}
 	}
+	// CPU is counted in ticks of 10 ms, so a short run may show none for one party; over
+	// every run, each party must have been seen working.
+	var pg, process, wrk float64
+	for _, r := range results {
+		pg += r.PostgresCPUus
+		process += r.ProcessCPUus
+		wrk += r.WrkCPUus
+		if r.Mode != ModeWrk && r.WrkCPUus != 0 {
+			t.Errorf("%s/%s: wrk CPU %.0f µs/op without wrk", r.Scenario, r.Mode, r.WrkCPUus)
+		}
+	}
+	if pg == 0 || process == 0 || wrk == 0 {
+		t.Errorf("CPU per op over every run: postgres %.0f µs, this process %.0f µs, wrk %.0f µs", pg, process, wrk)
+	}
 	if n := strings.Count(lines.String(), "\n"); n != len(results) {
 		t.Errorf("%d JSON lines for %d results", n, len(results))
 	}

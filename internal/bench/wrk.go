@@ -99,6 +99,7 @@ func (e *env) wrk(ctx context.Context, scenario string, clients int, d time.Dura
 	if err != nil {
 		return fmt.Errorf("wrk: %w\n%s", err, out)
 	}
+	r.wrkCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	var t wrkTotals
 	start := bytes.LastIndex(out, []byte(`{"requests"`))
 	if start < 0 {

@@ -284,6 +284,9 @@ func (s *Server) Kill() {
 	_ = s.Wait()
 }
 
+// Pid is the postmaster's process id; it leads the process group of every backend.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Exited reports whether the server process has exited.
 func (s *Server) Exited() bool {
 	select {
