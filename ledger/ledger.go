@@ -34,13 +34,16 @@ const (
 	StatusClosed Status = "closed"
 )
 
-// Kind tells customer accounts from the per-asset external account.
+// Kind tells customer accounts from the per-asset system accounts.
 type Kind string
 
-// Account kinds.
+// Account kinds: customers' accounts; the asset's external account, through which money
+// enters and leaves the ledger; and its holding account, which holds what pending
+// transfers reserved until they are resolved.
 const (
 	KindStandard Kind = "standard"
 	KindExternal Kind = "external"
+	KindHolding  Kind = "holding"
 )
 
 // Asset is a currency or other unit, counted in integer minor units at a fixed scale.
@@ -70,14 +73,22 @@ type Account struct {
 // MaxBalanceSlots bounds an account's balance slots; the schema checks the same.
 const MaxBalanceSlots = 64
 
-// Balance is an account's posted balance; Version counts the transactions that moved it.
+// Balance is an account's balance. Available is what the journal holds for it, all it
+// may spend; Reserved is what its pending transfers hold back from it (already out of
+// Available), and Incoming what pending transfers would bring it. Its posted balance is
+// Available + Reserved. Version counts the transactions that moved it.
 type Balance struct {
 	AccountID AccountID
 	Asset     string
 	Scale     int
-	Posted    int64
+	Available int64
+	Reserved  int64
+	Incoming  int64
 	Version   int64
 }
+
+// Posted is the balance before pending transfers: what the account holds, reserved or not.
+func (b Balance) Posted() int64 { return b.Available + b.Reserved }
 
 // Posting moves Amount (minor units, positive) of Asset from one account to another.
 type Posting struct {
@@ -93,6 +104,7 @@ type Transaction struct {
 	Postings  []Posting
 	Metadata  json.RawMessage
 	CreatedAt time.Time
+	Reverses  TransactionID // the transaction this one reverses; zero for none
 }
 
 // Entry is one leg of a posting as the journal holds it: a signed amount on one account,
@@ -118,4 +130,47 @@ type Outcome struct {
 	// posted under the key: its response is rendered again from the journal, and Body is
 	// nil until then.
 	ReplayOf TransactionID
+	// Transaction is, for a 201 of a two-phase step or a reversal, the transaction the key
+	// stands for, written now or replayed; its response is rendered from the journal.
+	Transaction TransactionID
 }
+
+// PendingState is where a pending transfer stands: pending until posted, voided or
+// expired, each of which is final.
+type PendingState string
+
+// Pending transfer states.
+const (
+	StatePending PendingState = "pending"
+	StatePosted  PendingState = "posted"
+	StateVoided  PendingState = "voided"
+	StateExpired PendingState = "expired"
+)
+
+// PendingTransfer is a two-phase transfer: Amount was reserved from From for To by the
+// transaction ID, and is then posted (PostedAmount of it to To, the rest back to From),
+// voided, or expired at ExpiresAt (back to From) by the transaction ResolvedBy.
+type PendingTransfer struct {
+	ID           TransactionID
+	From, To     AccountID
+	Asset        string
+	Amount       int64
+	ExpiresAt    time.Time // zero: never
+	State        PendingState
+	PostedAmount int64
+	ResolvedBy   TransactionID // zero while pending
+	ResolvedAt   time.Time
+	Metadata     json.RawMessage
+	CreatedAt    time.Time
+}
+
+// Resolution is what to do with a pending transfer.
+type Resolution string
+
+// Resolutions: post it (all, or part and the rest back), void it, or expire it (the
+// service's sweep, once its time is up).
+const (
+	ResolvePost   Resolution = "post"
+	ResolveVoid   Resolution = "void"
+	ResolveExpire Resolution = "expire"
+)

@@ -36,6 +36,13 @@ const (
 	CodeBalanceLimitExceeded    Code = "balance_limit_exceeded"
 	CodeCrossShardNotSupported  Code = "cross_shard_not_supported"
 	CodeExternalAccountReadOnly Code = "external_account_immutable"
+	CodeAccountHasPending       Code = "account_has_pending_transfers"
+	CodeTransferNotFound        Code = "transfer_not_found"
+	CodeTransferResolved        Code = "transfer_already_resolved"
+	CodeTransferExpired         Code = "transfer_expired"
+	CodeAmountExceedsPending    Code = "amount_exceeds_pending"
+	CodeAlreadyReversed         Code = "transaction_already_reversed"
+	CodeNotReversible           Code = "transaction_not_reversible"
 	CodeUnauthorized            Code = "unauthorized"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
@@ -96,6 +103,20 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusUnprocessableEntity, "Transactions across shards are not supported"}
 	case CodeExternalAccountReadOnly:
 		return codeInfo{http.StatusConflict, "External accounts cannot be frozen or closed"}
+	case CodeAccountHasPending:
+		return codeInfo{http.StatusConflict, "Account has pending transfers"}
+	case CodeTransferNotFound:
+		return codeInfo{http.StatusNotFound, "Pending transfer not found"}
+	case CodeTransferResolved:
+		return codeInfo{http.StatusConflict, "Pending transfer already resolved"}
+	case CodeTransferExpired:
+		return codeInfo{http.StatusConflict, "Pending transfer expired"}
+	case CodeAmountExceedsPending:
+		return codeInfo{http.StatusUnprocessableEntity, "Amount exceeds the pending amount"}
+	case CodeAlreadyReversed:
+		return codeInfo{http.StatusConflict, "Transaction already reversed"}
+	case CodeNotReversible:
+		return codeInfo{http.StatusUnprocessableEntity, "Transaction cannot be reversed"}
 	case CodeUnauthorized:
 		return codeInfo{http.StatusUnauthorized, "Authentication required"}
 	case CodeUnavailable:

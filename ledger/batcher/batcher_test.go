@@ -69,8 +69,8 @@ func TestCancelledRequestIsNotApplied(t *testing.T) {
 		t.Fatalf("next request: %v %+v", err, out)
 	}
 	b.Stop()
-	if bal, _ := st.Balance(context.Background(), acc); bal.Posted != 1 {
-		t.Errorf("balance %d: the cancelled request was applied", bal.Posted)
+	if bal, _ := st.Balance(context.Background(), acc); bal.Posted() != 1 {
+		t.Errorf("balance %d: the cancelled request was applied", bal.Posted())
 	}
 	if _, err := b.PostTransaction(context.Background(), deposit(t, "late", ext, acc)); !errors.Is(err, batcher.ErrStopped) {
 		t.Errorf("after stop: %v", err)
@@ -116,8 +116,8 @@ func TestCoalescedBalanceReadsAreFresh(t *testing.T) {
 					errs <- err
 				case bal.AccountID != id || bal.Asset != "USD":
 					errs <- fmt.Errorf("read of %s answered %+v", id, bal)
-				case id == acc && bal.Posted < want, id == other && bal.Posted != want:
-					errs <- fmt.Errorf("read after %d deposits saw %d on %s", w+1, bal.Posted, id)
+				case id == acc && bal.Posted() < want, id == other && bal.Posted() != want:
+					errs <- fmt.Errorf("read after %d deposits saw %d on %s", w+1, bal.Posted(), id)
 				}
 				if r%4 == 2 {
 					if _, err := b.Balance(ctx, missing); ledger.CodeOf(err) != ledger.CodeAccountNotFound {
@@ -231,8 +231,8 @@ func TestPoisonedRequestFailsAlone(t *testing.T) {
 			t.Errorf("request %d next to the poisoned one: %v %+v", a.i, a.err, a.out)
 		}
 	}
-	if bal, _ := st.Balance(ctx, acc); bal.Posted != good {
-		t.Errorf("balance %d, want %d deposits", bal.Posted, good)
+	if bal, _ := st.Balance(ctx, acc); bal.Posted() != good {
+		t.Errorf("balance %d, want %d deposits", bal.Posted(), good)
 	}
 	if s := b.Stats(); s.Isolations == 0 {
 		t.Errorf("the poisoned batch was never split: %+v", s)

@@ -78,6 +78,10 @@ func (a *API) Handler() http.Handler {
 	route("POST /v1/transfers", a.postTransfer)
 	route("POST /v1/transactions", a.postTransaction)
 	route("GET /v1/transactions/{id}", a.getTransaction)
+	route("POST /v1/transactions/{id}/reverse", a.reverseTransaction)
+	route("GET /v1/transfers/{id}", a.getPendingTransfer)
+	route("POST /v1/transfers/{id}/post", a.resolvePendingTransfer(ledger.ResolvePost))
+	route("POST /v1/transfers/{id}/void", a.resolvePendingTransfer(ledger.ResolveVoid))
 	return a.limit(problemsForMux(mux))
 }
 
@@ -426,7 +430,7 @@ func (a *API) getBalance(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, balanceView{AccountID: b.AccountID, Asset: b.Asset, Balance: money.Format(b.Posted, b.Scale), Version: b.Version})
+	return writeJSON(w, http.StatusOK, viewBalance(b))
 }
 
 func (a *API) listEntries(w http.ResponseWriter, r *http.Request) error {
@@ -484,6 +488,10 @@ type postingRequest struct {
 type transferRequest struct {
 	postingRequest
 	Metadata json.RawMessage `json:"metadata"`
+	// Pending reserves the amount now, to post or void later (see twophase.go);
+	// TimeoutSeconds, with it, voids it by itself after that long.
+	Pending        bool  `json:"pending"`
+	TimeoutSeconds int64 `json:"timeout_seconds"`
 }
 
 type transactionRequest struct {
@@ -495,6 +503,12 @@ func (a *API) postTransfer(w http.ResponseWriter, r *http.Request) error {
 	var req transferRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Pending {
+		return a.reserve(w, r, req)
+	}
+	if req.TimeoutSeconds != 0 {
+		return ledger.Errorf(ledger.CodeInvalidRequest, "timeout_seconds applies to pending transfers only; add \"pending\": true")
 	}
 	return a.post(w, r, "transfer", []postingRequest{req.postingRequest}, req.Metadata)
 }
@@ -518,13 +532,22 @@ type canonicalRequest struct {
 	Metadata json.RawMessage
 }
 
-func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings []postingRequest, rawMeta json.RawMessage) error {
+// idempotencyKey is the request's Idempotency-Key header, which every write needs.
+func idempotencyKey(r *http.Request) (string, error) {
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
-		return ledger.Errorf(ledger.CodeIdempotencyKeyRequired, "send an Idempotency-Key header (for example a UUID) so the request can be retried safely")
+		return "", ledger.Errorf(ledger.CodeIdempotencyKeyRequired, "send an Idempotency-Key header (for example a UUID) so the request can be retried safely")
 	}
 	if len(key) > ledger.MaxIdempotencyKey || !printableASCII(key) {
-		return ledger.Errorf(ledger.CodeInvalidRequest, "Idempotency-Key must be 1 to %d printable ASCII characters", ledger.MaxIdempotencyKey)
+		return "", ledger.Errorf(ledger.CodeInvalidRequest, "Idempotency-Key must be 1 to %d printable ASCII characters", ledger.MaxIdempotencyKey)
+	}
+	return key, nil
+}
+
+func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings []postingRequest, rawMeta json.RawMessage) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
 	}
 	meta, err := metadata.Canonical(rawMeta)
 	if err != nil {
@@ -637,6 +660,9 @@ func (a *API) renderTransaction(ctx context.Context, tx ledger.Transaction) ([]b
 		return nil, err
 	}
 	v := transactionView{ID: tx.ID, Metadata: meta, CreatedAt: tx.CreatedAt.UTC(), Postings: make([]postingView, 0, len(tx.Postings))}
+	if tx.Reverses != (ledger.TransactionID{}) {
+		v.Reverses = &tx.Reverses
+	}
 	for _, p := range tx.Postings {
 		asset, err := a.set.Asset(ctx, p.Asset)
 		if err != nil {

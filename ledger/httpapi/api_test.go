@@ -585,6 +585,8 @@ func TestDatabaseProblemsMatchGoCatalogue(t *testing.T) {
 	for _, code := range []ledger.Code{
 		ledger.CodeAccountNotFound, ledger.CodeAccountFrozen, ledger.CodeAccountClosed, ledger.CodeAssetMismatch,
 		ledger.CodeSameAccount, ledger.CodeInsufficientFunds, ledger.CodeBalanceLimitExceeded, ledger.CodeIdempotencyKeyReused,
+		ledger.CodeUnavailable, ledger.CodeTransferNotFound, ledger.CodeTransferResolved, ledger.CodeTransferExpired,
+		ledger.CodeAmountExceedsPending, ledger.CodeTransactionNotFound, ledger.CodeAlreadyReversed, ledger.CodeNotReversible,
 	} {
 		var status int
 		var body string

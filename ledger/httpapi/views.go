@@ -54,11 +54,39 @@ func viewAccount(a ledger.Account) (accountView, error) {
 	return v, err
 }
 
+// balanceView: balance is the posted balance; available is what may be spent (balance
+// less pending_debits); pending_credits would arrive if pending transfers are posted.
 type balanceView struct {
-	AccountID ledger.AccountID `json:"account_id"`
-	Asset     string           `json:"asset"`
-	Balance   string           `json:"balance"`
-	Version   int64            `json:"version"`
+	AccountID      ledger.AccountID `json:"account_id"`
+	Asset          string           `json:"asset"`
+	Balance        string           `json:"balance"`
+	Available      string           `json:"available"`
+	PendingDebits  string           `json:"pending_debits"`
+	PendingCredits string           `json:"pending_credits"`
+	Version        int64            `json:"version"`
+}
+
+func viewBalance(b ledger.Balance) balanceView {
+	return balanceView{AccountID: b.AccountID, Asset: b.Asset, Balance: money.Format(b.Posted(), b.Scale),
+		Available: money.Format(b.Available, b.Scale), PendingDebits: money.Format(b.Reserved, b.Scale),
+		PendingCredits: money.Format(b.Incoming, b.Scale), Version: b.Version}
+}
+
+// pendingTransferView is a two-phase transfer. Its id is the transaction that reserved
+// the amount; resolved_by is the one that posted, voided or expired it.
+type pendingTransferView struct {
+	ID           ledger.TransactionID  `json:"id"`
+	FromAccount  ledger.AccountID      `json:"from_account"`
+	ToAccount    ledger.AccountID      `json:"to_account"`
+	Amount       string                `json:"amount"`
+	Asset        string                `json:"asset"`
+	State        ledger.PendingState   `json:"state"`
+	PostedAmount string                `json:"posted_amount,omitempty"`
+	ExpiresAt    *time.Time            `json:"expires_at,omitempty"`
+	ResolvedBy   *ledger.TransactionID `json:"resolved_by,omitempty"`
+	ResolvedAt   *time.Time            `json:"resolved_at,omitempty"`
+	Metadata     json.RawMessage       `json:"metadata"`
+	CreatedAt    time.Time             `json:"created_at"`
 }
 
 type postingView struct {
@@ -69,10 +97,11 @@ type postingView struct {
 }
 
 type transactionView struct {
-	ID        ledger.TransactionID `json:"id"`
-	Postings  []postingView        `json:"postings"`
-	Metadata  json.RawMessage      `json:"metadata"`
-	CreatedAt time.Time            `json:"created_at"`
+	ID        ledger.TransactionID  `json:"id"`
+	Postings  []postingView         `json:"postings"`
+	Reverses  *ledger.TransactionID `json:"reverses,omitempty"`
+	Metadata  json.RawMessage       `json:"metadata"`
+	CreatedAt time.Time             `json:"created_at"`
 }
 
 type entryView struct {

@@ -70,6 +70,13 @@ BEGIN
       RAISE EXCEPTION 'tally: account % has a non-zero balance and cannot close', OLD.id
         USING ERRCODE = 'check_violation';
     END IF;
+    IF NEW.status = 'closed' AND EXISTS (
+         SELECT FROM tally.pending_transfers p WHERE p.from_account = OLD.id AND p.state = 'pending'
+         UNION ALL
+         SELECT FROM tally.pending_transfers p WHERE p.to_account = OLD.id AND p.state = 'pending') THEN
+      RAISE EXCEPTION 'tally: account % has pending transfers and cannot close', OLD.id
+        USING ERRCODE = 'check_violation';
+    END IF;
   END IF;
   RETURN NEW;
 END
@@ -113,6 +120,32 @@ BEGIN
   LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'tally: balance of account % slot % is %, the journal says %', v_bad.account_id, v_bad.slot, v_bad.posted, v_bad.journal
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: check_holding_moves(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_holding_moves() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  v_id uuid;
+BEGIN
+  IF current_setting('tally.moving_holds', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
+  SELECT n.account_id INTO v_id FROM new_entries n JOIN tally.accounts a ON a.id = n.account_id
+  WHERE a.kind = 'holding' LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'tally: account % holds pending transfers; only reserving and resolving them moves it', v_id
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
@@ -278,6 +311,26 @@ $$;
 
 
 --
+-- Name: check_pending_transfer_update(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_pending_transfer_update() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF OLD.state <> 'pending' THEN
+    RAISE EXCEPTION 'tally: pending transfer % was already %', OLD.id, OLD.state USING ERRCODE = 'check_violation';
+  END IF;
+  IF NEW.id <> OLD.id OR NEW.from_account <> OLD.from_account OR NEW.to_account <> OLD.to_account
+     OR NEW.asset <> OLD.asset OR NEW.amount <> OLD.amount OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+    RAISE EXCEPTION 'tally: a pending transfer''s accounts, asset, amount and expiry are immutable' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+
+--
 -- Name: count_accounts(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -285,6 +338,32 @@ CREATE FUNCTION tally.count_accounts() RETURNS bigint
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$ SELECT count(*) FROM tally.accounts WHERE kind = 'standard' $$;
+
+
+--
+-- Name: holding_account(text, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.holding_account(p_asset text, p_new_id uuid) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_id uuid;
+BEGIN
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.kind = 'holding';
+  IF FOUND THEN
+    RETURN v_id;
+  END IF;
+  INSERT INTO tally.accounts (id, kind, owner, asset, scale, balance_floor)
+  SELECT p_new_id, 'holding', 'tally:holding', s.code, s.scale, 0 FROM tally.assets s WHERE s.code = p_asset
+  ON CONFLICT (asset) WHERE kind = 'holding' DO NOTHING;
+  IF FOUND THEN
+    INSERT INTO tally.balances (account_id, floor) VALUES (p_new_id, 0);
+  END IF;
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.kind = 'holding';
+  RETURN v_id; -- NULL: no such asset
+END
+$$;
 
 
 --
@@ -879,21 +958,46 @@ DECLARE
   v_title text;
 BEGIN
   SELECT c.s, c.t INTO status, v_title FROM (VALUES
-    ('account_not_found',      404::smallint, 'Account not found'),
-    ('account_frozen',         422::smallint, 'Account is frozen'),
-    ('account_closed',         422::smallint, 'Account is closed'),
-    ('asset_mismatch',         422::smallint, 'Asset does not match the account'),
-    ('same_account',           422::smallint, 'Source and destination are the same account'),
-    ('insufficient_funds',     422::smallint, 'Insufficient funds'),
-    ('balance_limit_exceeded', 422::smallint, 'Balance would exceed the largest representable amount'),
-    ('idempotency_key_reused', 409::smallint, 'Idempotency key reused with a different request'),
-    ('unavailable',            503::smallint, 'Service unavailable')
+    ('account_not_found',            404::smallint, 'Account not found'),
+    ('account_frozen',               422::smallint, 'Account is frozen'),
+    ('account_closed',               422::smallint, 'Account is closed'),
+    ('asset_mismatch',               422::smallint, 'Asset does not match the account'),
+    ('same_account',                 422::smallint, 'Source and destination are the same account'),
+    ('insufficient_funds',           422::smallint, 'Insufficient funds'),
+    ('balance_limit_exceeded',       422::smallint, 'Balance would exceed the largest representable amount'),
+    ('idempotency_key_reused',       409::smallint, 'Idempotency key reused with a different request'),
+    ('unavailable',                  503::smallint, 'Service unavailable'),
+    ('transfer_not_found',           404::smallint, 'Pending transfer not found'),
+    ('transfer_already_resolved',    409::smallint, 'Pending transfer already resolved'),
+    ('transfer_expired',             409::smallint, 'Pending transfer expired'),
+    ('amount_exceeds_pending',       422::smallint, 'Amount exceeds the pending amount'),
+    ('transaction_not_found',        404::smallint, 'Transaction not found'),
+    ('transaction_already_reversed', 409::smallint, 'Transaction already reversed'),
+    ('transaction_not_reversible',   422::smallint, 'Transaction cannot be reversed')
   ) AS c(code, s, t) WHERE c.code = p_code;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
   END IF;
   body := format('{"type":%s,"title":%s,"status":%s,"detail":%s,"code":%s}',
     to_json('https://tally.dev/problems/' || p_code), to_json(v_title), status, to_json(p_detail), to_json(p_code));
+END
+$$;
+
+
+--
+-- Name: refuse(text, text, bytea, text, text); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.refuse(p_caller text, p_key text, p_hash bytea, p_code text, p_detail text, OUT status smallint, OUT body text) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  SELECT * INTO status, body FROM tally.problem(p_code, p_detail);
+  INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, body)
+  VALUES (p_caller, p_key, p_hash, status, body) ON CONFLICT (caller, key) DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'tally: idempotency key % was taken meanwhile', p_key USING ERRCODE = 'serialization_failure';
+  END IF;
 END
 $$;
 
@@ -949,6 +1053,217 @@ $$;
 
 
 --
+-- Name: replay(text, text, bytea); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.replay(p_caller text, p_key text, p_hash bytea, OUT used boolean, OUT same boolean, OUT status smallint, OUT body text, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  UPDATE tally.idempotency_keys k SET status = k.status WHERE k.caller = p_caller AND k.key = p_key
+  RETURNING k.request_hash = p_hash, k.status, k.body, k.transaction_id INTO same, status, body, transaction_id;
+  used := same IS NOT NULL;
+  IF used AND NOT same THEN
+    SELECT * INTO status, body FROM tally.problem('idempotency_key_reused',
+      format('Idempotency-Key %s was first used with a different request', to_json(p_key)));
+    transaction_id := NULL;
+  END IF;
+END
+$$;
+
+
+--
+-- Name: reserve(text, text, bytea, uuid, timestamp with time zone, jsonb, uuid, uuid, bigint, text, timestamp with time zone, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_prior   record;
+  v_holding uuid;
+  v_to      record;
+  v_code    text;
+  v_detail  text;
+BEGIN
+  replayed := false;
+  SELECT * INTO v_prior FROM tally.replay(p_caller, p_key, p_hash);
+  IF v_prior.used THEN
+    status := v_prior.status; body := v_prior.body; transaction_id := v_prior.transaction_id;
+    replayed := v_prior.same;
+    RETURN;
+  END IF;
+  PERFORM set_config('tally.moving_holds', 'on', true);
+  SELECT a.status, a.asset, a.kind INTO v_to FROM tally.accounts a WHERE a.id = p_to FOR SHARE;
+  IF NOT FOUND OR v_to.kind = 'holding' THEN
+    v_code := 'account_not_found';
+    v_detail := format('account %s does not exist', p_to);
+  ELSIF p_to = p_from THEN
+    v_code := 'same_account';
+    v_detail := format('the transfer moves money from account %s to itself', p_from);
+  ELSIF v_to.status IN ('closed', 'frozen') THEN
+    v_code := 'account_' || v_to.status;
+    v_detail := format('account %s is %s', p_to, v_to.status);
+  ELSIF v_to.asset <> p_asset THEN
+    v_code := 'asset_mismatch';
+    v_detail := format('the transfer is in %s but account %s holds %s', p_asset, p_to, v_to.asset);
+  ELSIF p_expires IS NOT NULL AND p_expires <= p_created THEN
+    RAISE EXCEPTION 'tally: a pending transfer must expire after it is made' USING ERRCODE = 'invalid_parameter_value';
+  ELSE
+    v_holding := tally.holding_account(p_asset, p_holding_id);
+    IF v_holding IS NULL THEN
+      v_code := 'asset_mismatch';
+      v_detail := format('asset %s is not registered', p_asset);
+    END IF;
+  END IF;
+  IF v_code IS NOT NULL THEN
+    SELECT * INTO status, body FROM tally.refuse(p_caller, p_key, p_hash, v_code, v_detail);
+    RETURN;
+  END IF;
+  SELECT r.status, r.body, r.replayed, r.transaction_id INTO status, body, replayed, transaction_id
+  FROM tally.post_batch(ARRAY[p_caller], ARRAY[p_key], ARRAY[p_hash], ARRAY[p_id], ARRAY[p_created], ARRAY[p_metadata],
+                        ARRAY[1], ARRAY[p_from], ARRAY[v_holding], ARRAY[p_amount], ARRAY[p_asset]) r;
+  IF status = 201 AND NOT replayed THEN
+    INSERT INTO tally.pending_transfers (id, from_account, to_account, asset, amount, expires_at)
+    VALUES (p_id, p_from, p_to, p_asset, p_amount, p_expires);
+  END IF;
+END
+$$;
+
+
+--
+-- Name: resolve(text, text, bytea, uuid, timestamp with time zone, jsonb, uuid, text, bigint); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.resolve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_pending uuid, p_action text, p_amount bigint, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_prior   record;
+  v_p       record;
+  v_holding uuid;
+  v_code    text;
+  v_detail  text;
+  v_post    bigint;
+  v_from    uuid[] := '{}';
+  v_to      uuid[] := '{}';
+  v_amount  bigint[] := '{}';
+BEGIN
+  IF p_action NOT IN ('post', 'void', 'expire') OR (p_amount IS NOT NULL AND (p_action <> 'post' OR p_amount <= 0)) THEN
+    RAISE EXCEPTION 'tally: resolve needs post (with an optional positive amount), void or expire' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  replayed := false;
+  SELECT * INTO v_prior FROM tally.replay(p_caller, p_key, p_hash);
+  IF v_prior.used THEN
+    status := v_prior.status; body := v_prior.body; transaction_id := v_prior.transaction_id;
+    replayed := v_prior.same;
+    RETURN;
+  END IF;
+  PERFORM set_config('tally.moving_holds', 'on', true);
+  SELECT * INTO v_p FROM tally.pending_transfers p WHERE p.id = p_pending FOR UPDATE;
+  v_post := coalesce(p_amount, v_p.amount);
+  IF NOT FOUND THEN
+    v_code := 'transfer_not_found';
+    v_detail := format('no pending transfer %s', p_pending);
+  ELSIF v_p.state <> 'pending' THEN
+    v_code := 'transfer_already_resolved';
+    v_detail := format('transfer %s was already %s', p_pending, v_p.state);
+  ELSIF p_action = 'expire' AND (v_p.expires_at IS NULL OR v_p.expires_at > p_created) THEN
+    RAISE EXCEPTION 'tally: transfer % has not expired', p_pending USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_action = 'post' AND v_p.expires_at <= p_created THEN
+    v_code := 'transfer_expired';
+    v_detail := format('transfer %s expired at %s', p_pending, to_json(v_p.expires_at) #>> '{}');
+  ELSIF p_action = 'post' AND v_post > v_p.amount THEN
+    v_code := 'amount_exceeds_pending';
+    v_detail := format('transfer %s holds less than the amount to post', p_pending);
+  END IF;
+  IF v_code IS NOT NULL THEN
+    SELECT * INTO status, body FROM tally.refuse(p_caller, p_key, p_hash, v_code, v_detail);
+    RETURN;
+  END IF;
+  SELECT a.id INTO v_holding FROM tally.accounts a WHERE a.asset = v_p.asset AND a.kind = 'holding';
+  IF p_action <> 'post' THEN
+    v_post := 0;
+  END IF;
+  IF v_post > 0 THEN
+    v_from := v_from || v_holding; v_to := v_to || v_p.to_account; v_amount := v_amount || v_post;
+  END IF;
+  IF v_post < v_p.amount THEN
+    v_from := v_from || v_holding; v_to := v_to || v_p.from_account; v_amount := v_amount || (v_p.amount - v_post);
+  END IF;
+  SELECT r.status, r.body, r.replayed, r.transaction_id INTO status, body, replayed, transaction_id
+  FROM tally.post_batch(ARRAY[p_caller], ARRAY[p_key], ARRAY[p_hash], ARRAY[p_id], ARRAY[p_created], ARRAY[p_metadata],
+                        array_fill(1, ARRAY[cardinality(v_from)]), v_from, v_to, v_amount,
+                        array_fill(v_p.asset, ARRAY[cardinality(v_from)])) r;
+  IF status = 201 AND NOT replayed THEN
+    UPDATE tally.pending_transfers p
+    SET state = CASE p_action WHEN 'post' THEN 'posted' WHEN 'void' THEN 'voided' ELSE 'expired' END,
+        posted_amount = nullif(v_post, 0), resolved_by = p_id, resolved_at = p_created
+    WHERE p.id = p_pending;
+  END IF;
+END
+$$;
+
+
+--
+-- Name: reverse(text, text, bytea, uuid, timestamp with time zone, jsonb, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.reverse(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_original uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_prior   record;
+  v_code    text;
+  v_detail  text;
+  v_from    uuid[];
+  v_to      uuid[];
+  v_amount  bigint[];
+  v_asset   text[];
+BEGIN
+  replayed := false;
+  SELECT * INTO v_prior FROM tally.replay(p_caller, p_key, p_hash);
+  IF v_prior.used THEN
+    status := v_prior.status; body := v_prior.body; transaction_id := v_prior.transaction_id;
+    replayed := v_prior.same;
+    RETURN;
+  END IF;
+  -- The first key names the lock space, so these locks cannot meet another use.
+  PERFORM pg_advisory_xact_lock(hashtext('tally.reverse'), hashtext(p_original::text));
+  IF NOT EXISTS (SELECT FROM tally.transactions t WHERE t.id = p_original) THEN
+    v_code := 'transaction_not_found';
+    v_detail := format('transaction %s does not exist', p_original);
+  ELSIF EXISTS (SELECT FROM tally.reversals r WHERE r.transaction_id = p_original) THEN
+    v_code := 'transaction_already_reversed';
+    v_detail := format('transaction %s was already reversed', p_original);
+  ELSIF EXISTS (SELECT FROM tally.pending_transfers p WHERE p.id = p_original)
+        OR EXISTS (SELECT FROM tally.pending_transfers p WHERE p.resolved_by = p_original) THEN
+    v_code := 'transaction_not_reversible';
+    v_detail := format('transaction %s reserves or resolves a pending transfer; void the transfer instead', p_original);
+  END IF;
+  IF v_code IS NOT NULL THEN
+    SELECT * INTO status, body FROM tally.refuse(p_caller, p_key, p_hash, v_code, v_detail);
+    RETURN;
+  END IF;
+  -- Each posting is one credit leg and one debit leg per slot drawn, all on one account.
+  SELECT array_agg(c.account_id ORDER BY c.posting), array_agg(d.account_id ORDER BY c.posting),
+         array_agg(c.amount ORDER BY c.posting), array_agg(c.asset ORDER BY c.posting)
+  INTO v_from, v_to, v_amount, v_asset
+  FROM tally.entries c
+  CROSS JOIN LATERAL (SELECT e.account_id FROM tally.entries e
+                      WHERE e.transaction_id = c.transaction_id AND e.posting = c.posting AND e.amount < 0 LIMIT 1) d
+  WHERE c.transaction_id = p_original AND c.amount > 0;
+  SELECT r.status, r.body, r.replayed, r.transaction_id INTO status, body, replayed, transaction_id
+  FROM tally.post_batch(ARRAY[p_caller], ARRAY[p_key], ARRAY[p_hash], ARRAY[p_id], ARRAY[p_created], ARRAY[p_metadata],
+                        array_fill(1, ARRAY[cardinality(v_from)]), v_from, v_to, v_amount, v_asset) r;
+  IF status = 201 AND NOT replayed THEN
+    INSERT INTO tally.reversals (transaction_id, reversal_id) VALUES (p_original, p_id);
+  END IF;
+END
+$$;
+
+
+--
 -- Name: set_account_status(uuid, text); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -969,12 +1284,17 @@ BEGIN
   SELECT a.kind, a.status INTO v_kind, v_status FROM tally.accounts a WHERE a.id = p_id;
   IF v_status = p_status THEN
     RETURN '';
-  ELSIF v_kind = 'external' THEN
+  ELSIF v_kind <> 'standard' THEN
     RETURN 'external_account_immutable';
   ELSIF v_status = 'closed' THEN
     RETURN 'account_closed';
   ELSIF p_status = 'closed' AND v_posted <> 0 THEN
     RETURN 'account_balance_not_zero';
+  ELSIF p_status = 'closed' AND EXISTS (
+      SELECT FROM tally.pending_transfers p WHERE p.from_account = p_id AND p.state = 'pending'
+      UNION ALL
+      SELECT FROM tally.pending_transfers p WHERE p.to_account = p_id AND p.state = 'pending') THEN
+    RETURN 'account_has_pending_transfers';
   END IF;
   UPDATE tally.accounts SET status = p_status WHERE id = p_id;
   RETURN '';
@@ -1002,12 +1322,16 @@ CREATE TABLE tally.accounts (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     balance_slots smallint DEFAULT 1 NOT NULL,
     CONSTRAINT accounts_balance_slots_check CHECK (((balance_slots >= 1) AND (balance_slots <= 64))),
-    CONSTRAINT accounts_check CHECK (((kind = 'standard'::text) OR ((status = 'active'::text) AND (balance_floor = '-9223372036854775808'::bigint)))),
-    CONSTRAINT accounts_kind_check CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text]))),
+    CONSTRAINT accounts_kind_known CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text, 'holding'::text]))),
     CONSTRAINT accounts_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
     CONSTRAINT accounts_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
     CONSTRAINT accounts_slotted_have_no_overdraft CHECK (((balance_slots = 1) OR ((kind = 'standard'::text) AND (balance_floor = 0)))),
-    CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'frozen'::text, 'closed'::text])))
+    CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'frozen'::text, 'closed'::text]))),
+    CONSTRAINT accounts_system_rules CHECK (((kind = 'standard'::text) OR ((status = 'active'::text) AND (balance_slots = 1) AND (balance_floor =
+CASE kind
+    WHEN 'external'::text THEN '-9223372036854775808'::bigint
+    ELSE (0)::bigint
+END))))
 );
 
 
@@ -1091,6 +1415,41 @@ CREATE TABLE tally.idempotency_keys (
     CONSTRAINT idempotency_keys_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255))),
     CONSTRAINT idempotency_keys_request_hash_check CHECK ((length(request_hash) = 32)),
     CONSTRAINT idempotency_keys_status_check CHECK (((status >= 200) AND (status <= 599)))
+);
+
+
+--
+-- Name: pending_transfers; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.pending_transfers (
+    id uuid NOT NULL,
+    from_account uuid NOT NULL,
+    to_account uuid NOT NULL,
+    asset text NOT NULL,
+    amount bigint NOT NULL,
+    expires_at timestamp with time zone,
+    state text DEFAULT 'pending'::text NOT NULL,
+    posted_amount bigint,
+    resolved_by uuid,
+    resolved_at timestamp with time zone,
+    CONSTRAINT pending_transfers_amount_check CHECK ((amount > 0)),
+    CONSTRAINT pending_transfers_check CHECK (((posted_amount > 0) AND (posted_amount <= amount))),
+    CONSTRAINT pending_transfers_posted_amount CHECK (((state = 'posted'::text) = (posted_amount IS NOT NULL))),
+    CONSTRAINT pending_transfers_resolved_once CHECK ((((state = 'pending'::text) = (resolved_by IS NULL)) AND ((resolved_by IS NULL) = (resolved_at IS NULL)))),
+    CONSTRAINT pending_transfers_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'posted'::text, 'voided'::text, 'expired'::text]))),
+    CONSTRAINT pending_transfers_two_accounts CHECK ((from_account <> to_account))
+);
+
+
+--
+-- Name: reversals; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.reversals (
+    transaction_id uuid NOT NULL,
+    reversal_id uuid NOT NULL,
+    CONSTRAINT reversals_check CHECK ((transaction_id <> reversal_id))
 );
 
 
@@ -1183,6 +1542,38 @@ ALTER TABLE ONLY tally.idempotency_keys
 
 
 --
+-- Name: pending_transfers pending_transfers_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: pending_transfers pending_transfers_resolved_by_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_resolved_by_key UNIQUE (resolved_by);
+
+
+--
+-- Name: reversals reversals_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.reversals
+    ADD CONSTRAINT reversals_pkey PRIMARY KEY (transaction_id);
+
+
+--
+-- Name: reversals reversals_reversal_id_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.reversals
+    ADD CONSTRAINT reversals_reversal_id_key UNIQUE (reversal_id);
+
+
+--
 -- Name: shard shard_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -1213,6 +1604,13 @@ CREATE UNIQUE INDEX accounts_one_external_per_asset ON tally.accounts USING btre
 
 
 --
+-- Name: accounts_one_holding_per_asset; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE UNIQUE INDEX accounts_one_holding_per_asset ON tally.accounts USING btree (asset) WHERE (kind = 'holding'::text);
+
+
+--
 -- Name: entries_by_account; Type: INDEX; Schema: tally; Owner: -
 --
 
@@ -1238,6 +1636,27 @@ CREATE INDEX entries_by_transaction ON tally.entries USING btree (transaction_id
 --
 
 CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (created_at);
+
+
+--
+-- Name: pending_transfers_open_from; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX pending_transfers_open_from ON tally.pending_transfers USING btree (from_account) WHERE (state = 'pending'::text);
+
+
+--
+-- Name: pending_transfers_open_to; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX pending_transfers_open_to ON tally.pending_transfers USING btree (to_account) WHERE (state = 'pending'::text);
+
+
+--
+-- Name: pending_transfers_open_until; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX pending_transfers_open_until ON tally.pending_transfers USING btree (expires_at) WHERE ((state = 'pending'::text) AND (expires_at IS NOT NULL));
 
 
 --
@@ -1325,10 +1744,52 @@ CREATE TRIGGER entries_checked AFTER INSERT ON tally.entries REFERENCING NEW TAB
 
 
 --
+-- Name: entries entries_holding_moved_by_two_phase_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER entries_holding_moved_by_two_phase_only AFTER INSERT ON tally.entries REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION tally.check_holding_moves();
+
+
+--
 -- Name: entries entries_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
 --
 
 CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON tally.entries FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: pending_transfers pending_transfers_no_delete; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_no_delete BEFORE DELETE ON tally.pending_transfers FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: pending_transfers pending_transfers_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_no_truncate BEFORE TRUNCATE ON tally.pending_transfers FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: pending_transfers pending_transfers_resolve_once; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_resolve_once BEFORE UPDATE ON tally.pending_transfers FOR EACH ROW EXECUTE FUNCTION tally.check_pending_transfer_update();
+
+
+--
+-- Name: reversals reversals_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER reversals_append_only BEFORE DELETE OR UPDATE ON tally.reversals FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: reversals reversals_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER reversals_no_truncate BEFORE TRUNCATE ON tally.reversals FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
 
 
 --
@@ -1376,6 +1837,54 @@ ALTER TABLE ONLY tally.balances
 
 
 --
+-- Name: pending_transfers pending_transfers_from_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_from_account_asset_fkey FOREIGN KEY (from_account, asset) REFERENCES tally.accounts(id, asset);
+
+
+--
+-- Name: pending_transfers pending_transfers_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_id_fkey FOREIGN KEY (id) REFERENCES tally.transactions(id);
+
+
+--
+-- Name: pending_transfers pending_transfers_resolved_by_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_resolved_by_fkey FOREIGN KEY (resolved_by) REFERENCES tally.transactions(id);
+
+
+--
+-- Name: pending_transfers pending_transfers_to_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.pending_transfers
+    ADD CONSTRAINT pending_transfers_to_account_asset_fkey FOREIGN KEY (to_account, asset) REFERENCES tally.accounts(id, asset);
+
+
+--
+-- Name: reversals reversals_reversal_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.reversals
+    ADD CONSTRAINT reversals_reversal_id_fkey FOREIGN KEY (reversal_id) REFERENCES tally.transactions(id);
+
+
+--
+-- Name: reversals reversals_transaction_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.reversals
+    ADD CONSTRAINT reversals_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES tally.transactions(id);
+
+
+--
 -- Name: SCHEMA tally; Type: ACL; Schema: -; Owner: -
 --
 
@@ -1398,11 +1907,32 @@ GRANT ALL ON FUNCTION tally.check_account_update() TO tally_app;
 
 
 --
+-- Name: FUNCTION check_holding_moves(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.check_holding_moves() TO tally_app;
+
+
+--
+-- Name: FUNCTION check_pending_transfer_update(); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.check_pending_transfer_update() TO tally_app;
+
+
+--
 -- Name: FUNCTION count_accounts(); Type: ACL; Schema: tally; Owner: -
 --
 
 REVOKE ALL ON FUNCTION tally.count_accounts() FROM PUBLIC;
 GRANT ALL ON FUNCTION tally.count_accounts() TO tally_monitor;
+
+
+--
+-- Name: FUNCTION holding_account(p_asset text, p_new_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.holding_account(p_asset text, p_new_id uuid) TO tally_app;
 
 
 --
@@ -1441,6 +1971,13 @@ GRANT ALL ON FUNCTION tally.problem(p_code text, p_detail text, OUT status small
 
 
 --
+-- Name: FUNCTION refuse(p_caller text, p_key text, p_hash bytea, p_code text, p_detail text, OUT status smallint, OUT body text); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.refuse(p_caller text, p_key text, p_hash bytea, p_code text, p_detail text, OUT status smallint, OUT body text) TO tally_app;
+
+
+--
 -- Name: FUNCTION register_asset(p_code text, p_scale smallint, p_external_id uuid, OUT code text, OUT scale smallint, OUT external_account_id uuid, OUT created boolean); Type: ACL; Schema: tally; Owner: -
 --
 
@@ -1459,6 +1996,34 @@ GRANT ALL ON FUNCTION tally.reject_change() TO tally_app;
 --
 
 GRANT ALL ON FUNCTION tally.reject_truncate() TO tally_app;
+
+
+--
+-- Name: FUNCTION replay(p_caller text, p_key text, p_hash bytea, OUT used boolean, OUT same boolean, OUT status smallint, OUT body text, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.replay(p_caller text, p_key text, p_hash bytea, OUT used boolean, OUT same boolean, OUT status smallint, OUT body text, OUT transaction_id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION resolve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_pending uuid, p_action text, p_amount bigint, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.resolve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_pending uuid, p_action text, p_amount bigint, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION reverse(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_original uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.reverse(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_original uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) TO tally_app;
 
 
 --
@@ -1522,6 +2087,48 @@ GRANT SELECT,INSERT ON TABLE tally.entries TO tally_app;
 --
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE tally.idempotency_keys TO tally_app;
+
+
+--
+-- Name: TABLE pending_transfers; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.state; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(state) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.posted_amount; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(posted_amount) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.resolved_by; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(resolved_by) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.resolved_at; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(resolved_at) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: TABLE reversals; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.reversals TO tally_app;
 
 
 --

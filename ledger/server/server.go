@@ -40,8 +40,12 @@ const (
 	// API's unbatched queries beyond the batcher's writers and readers.
 	spareConnsPerShard = 4
 	cleanupInterval    = time.Minute
-	shutdownGrace      = 15 * time.Second
-	readyCheckTimeout  = 2 * time.Second
+	// expiryInterval is how often each replica looks for pending transfers whose time is
+	// up; timeouts are whole seconds.
+	expiryInterval    = time.Second
+	expiryBatch       = 100
+	shutdownGrace     = 15 * time.Second
+	readyCheckTimeout = 2 * time.Second
 )
 
 // Config is what the service needs.
@@ -183,6 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cleanupCtx, stopCleanup := context.WithCancel(ctx)
 	defer stopCleanup()
 	go cleanupLoop(cleanupCtx, stores, cfg.IdempotencyRetention, cfg.Log)
+	go expiryLoop(cleanupCtx, set, cfg.Log)
 
 	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
 	if cfg.Ready != nil {
@@ -381,6 +386,27 @@ func cleanupLoop(ctx context.Context, stores []*store.Store, retention time.Dura
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// expiryLoop voids pending transfers whose timeout has passed, on every shard, each
+// second; every replica runs it (see shardset.ExpireDue for why that is harmless).
+func expiryLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
+	t := time.NewTicker(expiryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := set.ExpireDue(ctx, expiryBatch)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("expiring pending transfers failed", "err", err)
+		}
+		if n > 0 {
+			log.Info("pending transfers expired", "count", n)
 		}
 	}
 }

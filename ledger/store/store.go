@@ -221,13 +221,15 @@ func (s *Store) SetStatus(ctx context.Context, id ledger.AccountID, status ledge
 	case ledger.CodeAccountNotEmpty:
 		return ledger.Account{}, ledger.Errorf(ledger.CodeAccountNotEmpty, "account %s must have a zero balance to close", id)
 	case ledger.CodeExternalAccountReadOnly:
-		return ledger.Account{}, ledger.Errorf(ledger.CodeExternalAccountReadOnly, "account %s is an external account", id)
+		return ledger.Account{}, ledger.Errorf(ledger.CodeExternalAccountReadOnly, "account %s is a system account (external or holding)", id)
+	case ledger.CodeAccountHasPending:
+		return ledger.Account{}, ledger.Errorf(ledger.CodeAccountHasPending, "account %s has pending transfers: post or void them before closing it", id)
 	default:
 		return ledger.Account{}, fmt.Errorf("store: set account status: unexpected code %q", code)
 	}
 }
 
-// Balance reads an account's posted balance from this database (the primary).
+// Balance reads an account's balance from this database (the primary).
 func (s *Store) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
 	bs, missing, err := s.Balances(ctx, []ledger.AccountID{id})
 	if err != nil {
@@ -248,18 +250,22 @@ func (s *Store) Balances(ctx context.Context, ids []ledger.AccountID) (balances 
 	}
 	found := make([]bool, len(ids))
 	rows, err := s.pool.Query(ctx, `
-		SELECT u.i, a.asset, a.scale, b.posted, b.version
+		SELECT u.i, a.asset, a.scale, b.posted, o.amount, i.amount, b.version
 		FROM unnest($1::uuid[]) WITH ORDINALITY u(id, i)
 		JOIN tally.accounts a ON a.id = u.id
 		CROSS JOIN LATERAL (SELECT sum(b.posted)::bigint AS posted, sum(b.version)::bigint AS version
-		                    FROM tally.balances b WHERE b.account_id = u.id) b`, keys)
+		                    FROM tally.balances b WHERE b.account_id = u.id) b
+		CROSS JOIN LATERAL (SELECT coalesce(sum(p.amount), 0)::bigint AS amount FROM tally.pending_transfers p
+		                    WHERE p.from_account = u.id AND p.state = 'pending') o
+		CROSS JOIN LATERAL (SELECT coalesce(sum(p.amount), 0)::bigint AS amount FROM tally.pending_transfers p
+		                    WHERE p.to_account = u.id AND p.state = 'pending') i`, keys)
 	if err != nil {
 		s.reconnectAfter(err)
 		return nil, nil, wrap("read balances", err)
 	}
 	var i int64
 	var b ledger.Balance
-	_, err = pgx.ForEachRow(rows, []any{&i, &b.Asset, &b.Scale, &b.Posted, &b.Version}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&i, &b.Asset, &b.Scale, &b.Available, &b.Reserved, &b.Incoming, &b.Version}, func() error {
 		if i < 1 || int(i) > len(ids) {
 			return fmt.Errorf("store: read balances: row for id %d of %d", i, len(ids))
 		}
@@ -294,26 +300,36 @@ type Request struct {
 // The batcher calls it before a request joins a batch.
 func (r Request) Validate() error {
 	tx := r.Transaction
+	if err := validateEnvelope(r.Caller, r.Key, tx.ID, tx.CreatedAt, tx.Metadata); err != nil {
+		return err
+	}
 	switch {
-	case !storableText(r.Caller) || r.Caller == "" || len(r.Caller) > ledger.MaxCallerLength:
-		return ledger.Errorf(ledger.CodeInvalidRequest, "the caller must be 1 to %d characters of UTF-8 without NUL", ledger.MaxCallerLength)
-	case !storableText(r.Key) || r.Key == "" || len(r.Key) > ledger.MaxIdempotencyKey:
-		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d characters of UTF-8 without NUL", ledger.MaxIdempotencyKey)
 	case !storableText(string(r.Body)):
 		return fmt.Errorf("store: the rendered response is not UTF-8 text without NUL")
-	case tx.ID == ledger.TransactionID{}:
-		return fmt.Errorf("store: the transaction has no id")
-	case tx.CreatedAt.Year() < 1 || tx.CreatedAt.Year() > 9999:
-		return fmt.Errorf("store: created_at %s is outside the years 1 to 9999", tx.CreatedAt)
 	case len(tx.Postings) == 0 || len(tx.Postings) > ledger.MaxPostings:
 		return ledger.Errorf(ledger.CodeInvalidRequest, "a transaction needs 1 to %d postings", ledger.MaxPostings)
-	case len(tx.Metadata) > 0 && !metadata.IsCanonical(tx.Metadata):
-		return ledger.Errorf(ledger.CodeInvalidRequest, "metadata must be a JSON object in canonical form (see ledger/metadata)")
 	}
 	for i, p := range tx.Postings {
 		if p.Amount <= 0 || p.Asset == "" || !storableText(p.Asset) {
 			return ledger.Errorf(ledger.CodeInvalidRequest, "posting %d needs a positive amount and an asset", i)
 		}
+	}
+	return nil
+}
+
+// validateEnvelope checks what every idempotent write carries besides its postings.
+func validateEnvelope(caller, key string, id ledger.TransactionID, created time.Time, meta []byte) error {
+	switch {
+	case !storableText(caller) || caller == "" || len(caller) > ledger.MaxCallerLength:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the caller must be 1 to %d characters of UTF-8 without NUL", ledger.MaxCallerLength)
+	case !storableText(key) || key == "" || len(key) > ledger.MaxIdempotencyKey:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d characters of UTF-8 without NUL", ledger.MaxIdempotencyKey)
+	case id == ledger.TransactionID{}:
+		return fmt.Errorf("store: the transaction has no id")
+	case created.Year() < 1 || created.Year() > 9999:
+		return fmt.Errorf("store: created_at %s is outside the years 1 to 9999", created)
+	case len(meta) > 0 && !metadata.IsCanonical(meta):
+		return ledger.Errorf(ledger.CodeInvalidRequest, "metadata must be a JSON object in canonical form (see ledger/metadata)")
 	}
 	return nil
 }
@@ -425,21 +441,31 @@ var errNotDurable = &ledger.Error{Code: ledger.CodeUnavailable, Detail: "the req
 	"but not confirmed by its synchronous standbys, so it is not acknowledged: retry with the same Idempotency-Key, " +
 	"whose replay answers once the standbys hold it"}
 
-func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) ([]ledger.Outcome, error) {
+func (s *Store) postBatchOnce(ctx context.Context, n int, args ...any) (outs []ledger.Outcome, err error) {
+	err = s.durably(ctx, func(conn *pgxpool.Conn) error {
+		outs, err = postBatchOn(ctx, conn, n, args...)
+		return err
+	})
+	return outs, err
+}
+
+// durably runs one write statement on a pooled connection, and fails it with
+// errNotDurable if its commit's wait for the synchronous standbys was cancelled.
+func (s *Store) durably(ctx context.Context, write func(*pgxpool.Conn) error) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer conn.Release()
 	pgConn := conn.Conn().PgConn()
 	delete(pgConn.CustomData(), syncRepCancelledKey)
-	outs, err := postBatchOn(ctx, conn, n, args...)
+	err = write(conn)
 	if pgConn.CustomData()[syncRepCancelledKey] == true {
 		// Whatever the statement answered, its commit may be on the primary alone.
 		delete(pgConn.CustomData(), syncRepCancelledKey)
-		return nil, errNotDurable
+		return errNotDurable
 	}
-	return outs, err
+	return err
 }
 
 func postBatchOn(ctx context.Context, conn *pgxpool.Conn, n int, args ...any) ([]ledger.Outcome, error) {
@@ -485,7 +511,11 @@ func postBatchOn(ctx context.Context, conn *pgxpool.Conn, n int, args ...any) ([
 func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledger.Transaction, error) {
 	tx := ledger.Transaction{ID: id}
 	var meta []byte
-	err := s.pool.QueryRow(ctx, "SELECT metadata, created_at FROM tally.transactions WHERE id = $1", [16]byte(id)).Scan(&meta, &tx.CreatedAt)
+	var reverses *[16]byte
+	err := s.pool.QueryRow(ctx, `
+		SELECT t.metadata, t.created_at, r.transaction_id
+		FROM tally.transactions t LEFT JOIN tally.reversals r ON r.reversal_id = t.id
+		WHERE t.id = $1`, [16]byte(id)).Scan(&meta, &tx.CreatedAt, &reverses)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return tx, ledger.Errorf(ledger.CodeTransactionNotFound, "transaction %s does not exist", id)
 	}
@@ -493,6 +523,9 @@ func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledge
 		return tx, wrap("read transaction", err)
 	}
 	tx.Metadata = meta
+	if reverses != nil {
+		tx.Reverses = ledger.TransactionID(*reverses)
+	}
 	// Each posting is a credit leg (positive) and debit legs (negative) from one account:
 	// one, or one per slot a debit from a slotted account drew from.
 	rows, err := s.pool.Query(ctx, `

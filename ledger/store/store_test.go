@@ -102,7 +102,7 @@ func (f *fixture) balance(id ledger.AccountID) int64 {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return b.Posted
+	return b.Posted()
 }
 
 func (f *fixture) verify() {

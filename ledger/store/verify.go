@@ -91,6 +91,42 @@ var checks = []check{
 		SELECT format('%s %s belongs to shard %s, this is shard %s', what, id, tally.id_shard(id), s.shard_index)
 		FROM (SELECT 'account' AS what, id FROM tally.accounts UNION ALL SELECT 'transaction', id FROM tally.transactions) x
 		CROSS JOIN tally.shard s WHERE tally.id_shard(x.id) <> s.shard_index`},
+	{"each holding account holds exactly its asset's pending transfers", `
+		SELECT format('holding account %s of %s holds %s, its pending transfers %s', a.id, a.asset, coalesce(b.held, 0), coalesce(p.pending, 0))
+		FROM tally.accounts a
+		LEFT JOIN (SELECT account_id, sum(posted) AS held FROM tally.balances GROUP BY account_id) b ON b.account_id = a.id
+		LEFT JOIN (SELECT asset, sum(amount) AS pending FROM tally.pending_transfers WHERE state = 'pending' GROUP BY asset) p ON p.asset = a.asset
+		WHERE a.kind = 'holding' AND coalesce(b.held, 0) <> coalesce(p.pending, 0)
+		UNION ALL
+		SELECT format('asset %s has pending transfers of %s but no holding account', p.asset, sum(p.amount))
+		FROM tally.pending_transfers p
+		WHERE p.state = 'pending' AND NOT EXISTS (SELECT FROM tally.accounts a WHERE a.kind = 'holding' AND a.asset = p.asset)
+		GROUP BY p.asset`},
+	{"a pending transfer's transactions move exactly what it says", `
+		SELECT format('pending transfer %s (%s of %s, %s): %s', p.id, p.amount, p.asset, p.state, m.what)
+		FROM tally.pending_transfers p
+		JOIN tally.accounts h ON h.kind = 'holding' AND h.asset = p.asset
+		CROSS JOIN LATERAL (
+		  SELECT 'the reservation moved ' || coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) || ' into holding and '
+		         || coalesce(-sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) || ' from the source' AS what
+		  FROM tally.entries e WHERE e.transaction_id = p.id
+		  HAVING coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) <> p.amount
+		      OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) <> -p.amount
+		      OR count(*) FILTER (WHERE e.account_id NOT IN (h.id, p.from_account)) > 0
+		  UNION ALL
+		  SELECT 'the resolution moved ' || coalesce(-sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) || ' out of holding, '
+		         || coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.to_account), 0) || ' to the destination'
+		  FROM tally.entries e WHERE p.resolved_by IS NOT NULL AND e.transaction_id = p.resolved_by
+		  HAVING p.resolved_by IS NOT NULL
+		     AND (coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) <> -p.amount
+		          OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.to_account), 0) <> coalesce(p.posted_amount, 0)
+		          OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) <> p.amount - coalesce(p.posted_amount, 0))) m`},
+	{"a reversal mirrors what it reverses", `
+		SELECT format('transaction %s is reversed by %s, which does not undo it', r.transaction_id, r.reversal_id)
+		FROM tally.reversals r
+		WHERE EXISTS (SELECT account_id, asset, sum(amount) FROM tally.entries
+		              WHERE transaction_id IN (r.transaction_id, r.reversal_id)
+		              GROUP BY account_id, asset HAVING sum(amount) <> 0)`},
 	{"closed accounts are empty", `
 		SELECT format('closed account %s holds %s', a.id, sum(b.posted))
 		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed'

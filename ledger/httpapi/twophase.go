@@ -1,0 +1,249 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/metadata"
+	"github.com/tallyhq/tally/ledger/money"
+	"github.com/tallyhq/tally/ledger/shardset"
+)
+
+// MaxTimeoutSeconds bounds a pending transfer's timeout: a year.
+const MaxTimeoutSeconds = 366 * 24 * 60 * 60
+
+// reserve answers POST /v1/transfers with "pending": true.
+func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferRequest) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	if req.TimeoutSeconds < 0 || req.TimeoutSeconds > MaxTimeoutSeconds {
+		return ledger.Errorf(ledger.CodeInvalidRequest, "timeout_seconds must be 1 to %d, or left out for none", MaxTimeoutSeconds)
+	}
+	meta, err := metadata.Canonical(req.Metadata)
+	if err != nil {
+		return err
+	}
+	p, err := a.parsePosting(r.Context(), 0, req.postingRequest)
+	if err != nil {
+		return err
+	}
+	canon, err := marshal(struct {
+		Kind     string
+		Posting  shardset.PostingRequest
+		Timeout  int64
+		Metadata json.RawMessage
+	}{"pending-transfer", p, req.TimeoutSeconds, meta})
+	if err != nil {
+		return err
+	}
+	step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	out, err := a.set.Reserve(r.Context(), step, p, time.Duration(req.TimeoutSeconds)*time.Second)
+	// The answer, first or replayed, is the transfer as it was made: its state now is
+	// what GET /v1/transfers/{id} is for.
+	return a.writeStep(w, r, "pending_transfer", out, err, func(ctx context.Context) ([]byte, error) {
+		pt, err := a.set.PendingTransfer(ctx, out.Transaction)
+		if err != nil {
+			return nil, err
+		}
+		pt.State, pt.PostedAmount, pt.ResolvedBy, pt.ResolvedAt = ledger.StatePending, 0, ledger.TransactionID{}, time.Time{}
+		return a.renderPendingTransfer(ctx, pt)
+	})
+}
+
+// resolvePendingTransfer answers POST /v1/transfers/{id}/post and /void.
+func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := ledger.ParseTransactionID(r.PathValue("id"))
+		if err != nil {
+			return ledger.Errorf(ledger.CodeInvalidID, "%v", err)
+		}
+		key, err := idempotencyKey(r)
+		if err != nil {
+			return err
+		}
+		var req struct {
+			Amount   string          `json:"amount"`
+			Metadata json.RawMessage `json:"metadata"`
+		}
+		if err := decodeOptionalJSON(r, &req); err != nil {
+			return err
+		}
+		meta, err := metadata.Canonical(req.Metadata)
+		if err != nil {
+			return err
+		}
+		pt, err := a.set.PendingTransfer(r.Context(), id)
+		if err != nil {
+			return err
+		}
+		var amount int64
+		if req.Amount != "" {
+			if how != ledger.ResolvePost {
+				return ledger.Errorf(ledger.CodeInvalidRequest, "a void returns the whole amount; amount applies to post only")
+			}
+			asset, err := a.asset(r.Context(), pt.Asset)
+			if err != nil {
+				return err
+			}
+			if amount, err = money.Parse(req.Amount, asset.Scale); err != nil {
+				return ledger.Errorf(ledger.CodeInvalidAmount, "amount: %v", err)
+			}
+			if amount <= 0 {
+				return ledger.Errorf(ledger.CodeInvalidAmount, "amount must be positive, got %q", req.Amount)
+			}
+		}
+		canon, err := marshal(struct {
+			Kind     ledger.Resolution
+			Pending  ledger.TransactionID
+			Amount   int64
+			Metadata json.RawMessage
+		}{how, id, amount, meta})
+		if err != nil {
+			return err
+		}
+		step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+		out, err := a.set.Resolve(r.Context(), step, id, how, amount)
+		// Once resolved a transfer never changes again, so its state now is the answer
+		// to this request and to every replay of it.
+		return a.writeStep(w, r, string(how), out, err, func(ctx context.Context) ([]byte, error) {
+			pt, err := a.set.PendingTransfer(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			return a.renderPendingTransfer(ctx, pt)
+		})
+	}
+}
+
+// reverseTransaction answers POST /v1/transactions/{id}/reverse with the reversal.
+func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
+	id, err := ledger.ParseTransactionID(r.PathValue("id"))
+	if err != nil {
+		return ledger.Errorf(ledger.CodeInvalidID, "%v", err)
+	}
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	if err := decodeOptionalJSON(r, &req); err != nil {
+		return err
+	}
+	meta, err := metadata.Canonical(req.Metadata)
+	if err != nil {
+		return err
+	}
+	canon, err := marshal(struct {
+		Kind     string
+		Original ledger.TransactionID
+		Metadata json.RawMessage
+	}{"reverse", id, meta})
+	if err != nil {
+		return err
+	}
+	step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	out, err := a.set.Reverse(r.Context(), step, id)
+	return a.writeStep(w, r, "reversal", out, err, func(ctx context.Context) ([]byte, error) {
+		tx, err := a.set.Transaction(ctx, out.Transaction)
+		if err != nil {
+			return nil, err
+		}
+		return a.renderTransaction(ctx, tx)
+	})
+}
+
+// getPendingTransfer answers GET /v1/transfers/{id}: a pending transfer as it stands.
+func (a *API) getPendingTransfer(w http.ResponseWriter, r *http.Request) error {
+	id, err := ledger.ParseTransactionID(r.PathValue("id"))
+	if err != nil {
+		return ledger.Errorf(ledger.CodeInvalidID, "%v", err)
+	}
+	pt, err := a.set.PendingTransfer(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	body, err := a.renderPendingTransfer(r.Context(), pt)
+	if err != nil {
+		return err
+	}
+	writeRaw(w, http.StatusOK, "application/json", body)
+	return nil
+}
+
+// writeStep answers a two-phase step or a reversal: a refusal's recorded problem as it
+// is, a 201 rendered from the journal (so a replay answers the same).
+func (a *API) writeStep(w http.ResponseWriter, r *http.Request, kind string, out ledger.Outcome, err error, render func(context.Context) ([]byte, error)) error {
+	if err != nil {
+		a.metrics.observeTransaction(kind, "error", ledger.CodeOf(err))
+		return err
+	}
+	outcome, code := "applied", ledger.Code("")
+	switch {
+	case out.Replayed:
+		outcome = "replayed"
+		w.Header().Set("Idempotent-Replayed", "true")
+	case out.Status >= 300:
+		outcome = "rejected"
+		code = problemCodeOf(out.Body)
+	}
+	a.metrics.observeTransaction(kind, outcome, code)
+	if out.Status >= 300 {
+		writeRaw(w, out.Status, "application/problem+json", out.Body)
+		return nil
+	}
+	body, err := render(r.Context())
+	if err != nil {
+		return err
+	}
+	writeRaw(w, out.Status, "application/json", body)
+	return nil
+}
+
+func (a *API) renderPendingTransfer(ctx context.Context, pt ledger.PendingTransfer) ([]byte, error) {
+	asset, err := a.set.Asset(ctx, pt.Asset)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := metadata.Canonical(pt.Metadata)
+	if err != nil {
+		return nil, err
+	}
+	v := pendingTransferView{ID: pt.ID, FromAccount: pt.From, ToAccount: pt.To, Amount: money.Format(pt.Amount, asset.Scale),
+		Asset: pt.Asset, State: pt.State, Metadata: meta, CreatedAt: pt.CreatedAt.UTC()}
+	if pt.State == ledger.StatePosted {
+		v.PostedAmount = money.Format(pt.PostedAmount, asset.Scale)
+	}
+	if !pt.ExpiresAt.IsZero() {
+		t := pt.ExpiresAt.UTC()
+		v.ExpiresAt = &t
+	}
+	if pt.ResolvedBy != (ledger.TransactionID{}) {
+		t := pt.ResolvedAt.UTC()
+		v.ResolvedBy, v.ResolvedAt = &pt.ResolvedBy, &t
+	}
+	return marshal(v)
+}
+
+// decodeOptionalJSON is decodeJSON for requests whose every field is optional: an empty
+// body is an empty object.
+func decodeOptionalJSON(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
+	if err != nil {
+		return ledger.Errorf(ledger.CodeInvalidRequest, "reading the body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decodeJSON(r, v)
+}

@@ -1,0 +1,159 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tallyhq/tally/ledger"
+)
+
+// Step is one idempotent write of a two-phase transfer or a reversal, as the store
+// records it: who asks, under which key, for what (Hash), as which new transaction.
+type Step struct {
+	Caller    string
+	Key       string
+	Hash      [32]byte
+	ID        ledger.TransactionID // the transaction the step writes
+	CreatedAt time.Time
+	Metadata  []byte
+}
+
+func (st Step) validate() error {
+	return validateEnvelope(st.Caller, st.Key, st.ID, st.CreatedAt, st.Metadata)
+}
+
+func (st Step) args() []any {
+	meta := st.Metadata
+	if len(meta) == 0 {
+		meta = []byte("{}")
+	}
+	return []any{st.Caller, st.Key, st.Hash[:], [16]byte(st.ID), st.CreatedAt, meta}
+}
+
+// Reserve makes a pending transfer (tally.reserve): Amount of Asset moves from from into
+// the asset's holding account now, for to, until it is resolved or expires (zero
+// expires: never). holdingID opens the asset's holding account if this shard has none yet.
+func (s *Store) Reserve(ctx context.Context, st Step, from, to ledger.AccountID, amount int64, asset string, expires time.Time, holdingID ledger.AccountID) (ledger.Outcome, error) {
+	if err := st.validate(); err != nil {
+		return ledger.Outcome{}, err
+	}
+	var exp *time.Time
+	if !expires.IsZero() {
+		exp = &expires
+	}
+	args := append(st.args(), [16]byte(from), [16]byte(to), amount, asset, exp, [16]byte(holdingID))
+	return s.step(ctx, "reserve", `SELECT status, body, replayed, transaction_id FROM tally.reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
+}
+
+// Resolve posts (amount, or all of it when amount is 0), voids or expires the pending
+// transfer (tally.resolve).
+func (s *Store) Resolve(ctx context.Context, st Step, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error) {
+	if err := st.validate(); err != nil {
+		return ledger.Outcome{}, err
+	}
+	var amt *int64
+	if amount != 0 {
+		amt = &amount
+	}
+	args := append(st.args(), [16]byte(pending), string(how), amt)
+	return s.step(ctx, "resolve", `SELECT status, body, replayed, transaction_id FROM tally.resolve($1, $2, $3, $4, $5, $6, $7, $8, $9)`, args...)
+}
+
+// Reverse posts a transaction of the original's postings turned around, once per
+// original (tally.reverse).
+func (s *Store) Reverse(ctx context.Context, st Step, original ledger.TransactionID) (ledger.Outcome, error) {
+	if err := st.validate(); err != nil {
+		return ledger.Outcome{}, err
+	}
+	args := append(st.args(), [16]byte(original))
+	return s.step(ctx, "reverse", `SELECT status, body, replayed, transaction_id FROM tally.reverse($1, $2, $3, $4, $5, $6, $7)`, args...)
+}
+
+// step runs one of the functions above in one round trip, retrying what PostgreSQL asks
+// to retry. Errors mean what they mean for PostBatch.
+func (s *Store) step(ctx context.Context, op, sql string, args ...any) (ledger.Outcome, error) {
+	var err error
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		var out ledger.Outcome
+		err = s.durably(ctx, func(conn *pgxpool.Conn) error {
+			var body *string
+			var txID *[16]byte
+			if err := conn.QueryRow(ctx, sql, args...).Scan(&out.Status, &body, &out.Replayed, &txID); err != nil {
+				return err
+			}
+			switch {
+			case body != nil:
+				out.Body = []byte(*body)
+			case out.Status != http.StatusCreated || txID == nil:
+				return fmt.Errorf("%s answered status %d with neither a body nor a transaction", op, out.Status)
+			default:
+				out.Transaction = ledger.TransactionID(*txID)
+			}
+			return nil
+		})
+		if err == nil {
+			return out, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	s.reconnectAfter(err)
+	return ledger.Outcome{}, wrapWrite(op, err)
+}
+
+// PendingTransfer reads a pending transfer, whatever its state; id is the transaction
+// that reserved it.
+func (s *Store) PendingTransfer(ctx context.Context, id ledger.TransactionID) (ledger.PendingTransfer, error) {
+	p := ledger.PendingTransfer{ID: id}
+	var from, to [16]byte
+	var resolvedBy *[16]byte
+	var expires, resolvedAt *time.Time
+	var posted *int64
+	err := s.pool.QueryRow(ctx, `
+		SELECT p.from_account, p.to_account, p.asset, p.amount, p.expires_at, p.state, p.posted_amount,
+		       p.resolved_by, p.resolved_at, t.metadata, t.created_at
+		FROM tally.pending_transfers p JOIN tally.transactions t ON t.id = p.id
+		WHERE p.id = $1`, [16]byte(id)).
+		Scan(&from, &to, &p.Asset, &p.Amount, &expires, &p.State, &posted, &resolvedBy, &resolvedAt, &p.Metadata, &p.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, ledger.Errorf(ledger.CodeTransferNotFound, "no pending transfer %s", id)
+	}
+	if err != nil {
+		return p, wrap("read pending transfer", err)
+	}
+	p.From, p.To = ledger.AccountID(from), ledger.AccountID(to)
+	if expires != nil {
+		p.ExpiresAt = *expires
+	}
+	if posted != nil {
+		p.PostedAmount = *posted
+	}
+	if resolvedBy != nil {
+		p.ResolvedBy, p.ResolvedAt = ledger.TransactionID(*resolvedBy), *resolvedAt
+	}
+	return p, nil
+}
+
+// ExpiredTransfers lists up to limit pending transfers whose time was up at now, oldest
+// first: the service's sweep expires them.
+func (s *Store) ExpiredTransfers(ctx context.Context, now time.Time, limit int) ([]ledger.TransactionID, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT id FROM tally.pending_transfers
+		WHERE state = 'pending' AND expires_at IS NOT NULL AND expires_at <= $1
+		ORDER BY expires_at LIMIT $2`, now, limit)
+	if err != nil {
+		return nil, wrap("list expired transfers", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.TransactionID, error) {
+		var id [16]byte
+		err := r.Scan(&id)
+		return ledger.TransactionID(id), err
+	})
+}
