@@ -70,7 +70,15 @@ var productionSizing = map[string]string{
 	"shared_buffers":     "1GB",
 	"max_wal_size":       "4GB",
 	"checkpoint_timeout": "15min",
+	// Counts the time spent inside each function (pg_stat_user_functions), Tally's
+	// post_batch and the reference's transfer alike: what the database spends on a
+	// transfer, locks waited for included, apart from parsing, commit and the network.
+	"track_functions": "all",
 }
+
+// statsSettle is how long a backend gone idle may wait before it publishes its
+// statistics (PostgreSQL flushes them at most once a second).
+const statsSettle = 1200 * time.Millisecond
 
 // Config is one harness run.
 type Config struct {
@@ -128,13 +136,16 @@ type Result struct {
 	// service, and in modes other than wrk the Go clients driving it); and wrk. Busy is
 	// their sum over the run as a share of every core the machine has.
 	PostgresCPUus float64 `json:"postgres_cpu_us_per_op"`
-	ProcessCPUus  float64 `json:"process_cpu_us_per_op"`
-	WrkCPUus      float64 `json:"wrk_cpu_us_per_op,omitempty"`
-	Busy          float64 `json:"cpu_busy"`
-	wrkCPU        time.Duration
-	HeapMB        float64 `json:"heap_mb"`     // in use at the end of the run
-	HeapMaxMB     float64 `json:"heap_max_mb"` // the most in use, sampled each second
-	Violations    int     `json:"invariant_violations"`
+	// FunctionUs is wall time inside the write function per operation (Tally's
+	// post_batch, the reference's transfer), row locks waited for included.
+	FunctionUs   float64 `json:"function_us_per_op"`
+	ProcessCPUus float64 `json:"process_cpu_us_per_op"`
+	WrkCPUus     float64 `json:"wrk_cpu_us_per_op,omitempty"`
+	Busy         float64 `json:"cpu_busy"`
+	wrkCPU       time.Duration
+	HeapMB       float64 `json:"heap_mb"`     // in use at the end of the run
+	HeapMaxMB    float64 `json:"heap_max_mb"` // the most in use, sampled each second
+	Violations   int     `json:"invariant_violations"`
 	// Round is which round this is (1-based); 0 marks a line of medians over Rounds.
 	Round  int `json:"round"`
 	Rounds int `json:"rounds,omitempty"`
@@ -254,6 +265,7 @@ func median(rs []Result) Result {
 	m.IndexBytes = of(func(r Result) float64 { return r.IndexBytes })
 	m.Load1 = of(func(r Result) float64 { return r.Load1 })
 	m.PostgresCPUus = of(func(r Result) float64 { return r.PostgresCPUus })
+	m.FunctionUs = of(func(r Result) float64 { return r.FunctionUs })
 	m.ProcessCPUus = of(func(r Result) float64 { return r.ProcessCPUus })
 	m.WrkCPUus = of(func(r Result) float64 { return r.WrkCPUus })
 	m.Busy = of(func(r Result) float64 { return r.Busy })
@@ -270,7 +282,7 @@ func median(rs []Result) Result {
 
 func printTable(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\ttable B/op\tindex B/op\tpg µs/op\tgo µs/op\twrk µs/op\tCPU busy\terrors\trejected\tmax heap MB\tload\tviolations\t")
+	fmt.Fprintln(tw, "scenario\tmode\tclients\taccounts\tops/s\tx reference\tbatch\tp50 ms\tp99 ms\tmax ms\tWAL B/op\tdisk B/op\ttable B/op\tindex B/op\tfn µs/op\tpg µs/op\tgo µs/op\twrk µs/op\tCPU busy\terrors\trejected\tmax heap MB\tload\tviolations\t")
 	for _, r := range results {
 		ratio := ""
 		if r.Ratio > 0 {
@@ -284,9 +296,9 @@ func printTable(w io.Writer, results []Result) {
 		if r.WrkCPUus > 0 {
 			wrk = fmt.Sprintf("%.0f", r.WrkCPUus)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%.0f%%\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%.0f%%\t%d\t%d\t%.0f\t%.2f\t%d\t\n",
 			r.Scenario, r.Mode, r.Clients, r.Accounts, r.PerSecond, ratio, batch, r.P50ms, r.P99ms, r.MaxMs, r.WALBytes, r.DiskBytes, r.HeapBytes, r.IndexBytes,
-			r.PostgresCPUus, r.ProcessCPUus, wrk, 100*r.Busy, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
+			r.FunctionUs, r.PostgresCPUus, r.ProcessCPUus, wrk, 100*r.Busy, r.Errors, r.Rejected, r.HeapMaxMB, r.Load1, r.Violations)
 	}
 	tw.Flush()
 }
@@ -761,6 +773,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if n := batchesAfter.Batches - batchesBefore.Batches; n > 0 {
 		r.MeanBatch = float64(batchesAfter.Requests-batchesBefore.Requests) / float64(n)
 	}
+	time.Sleep(statsSettle)
 	costAfter, err := e.cost(ctx, database)
 	if err != nil {
 		return r, err
@@ -770,6 +783,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		r.DiskBytes = float64(costAfter.disk-costBefore.disk) / float64(r.Ops)
 		r.HeapBytes = float64(costAfter.heap-costBefore.heap) / float64(r.Ops)
 		r.IndexBytes = float64(costAfter.index-costBefore.index) / float64(r.Ops)
+		r.FunctionUs = (costAfter.functionMs - costBefore.functionMs) * 1000 / float64(r.Ops)
 	}
 	r.Load1 = loadAverage()
 	var violations []string
@@ -795,23 +809,27 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	return r, nil
 }
 
-// databaseCost is where the server's WAL stands, how big a database's files are, and its
-// schema's tables and their indexes.
-type databaseCost struct{ wal, disk, heap, index int64 }
+// databaseCost is where the server's WAL stands, how big a database's files are, its
+// schema's tables and their indexes, and the time spent so far inside its write function.
+type databaseCost struct {
+	wal, disk, heap, index int64
+	functionMs             float64
+}
 
 // cost reads the WAL position and a database's sizes. WAL is the whole server's, so runs
 // are measured one at a time and nothing else writes meanwhile.
 func (e *env) cost(ctx context.Context, database string) (databaseCost, error) {
-	pool, schema := e.pool, "tally"
+	pool, schema, function := e.pool, "tally", "post_batch"
 	if database == referenceDatabase {
-		pool, schema = e.ref.pool, "ceil"
+		pool, schema, function = e.ref.pool, "ceil", "transfer"
 	}
 	var c databaseCost
 	err := pool.QueryRow(ctx, `
 		SELECT pg_current_wal_lsn() - '0/0', pg_database_size(current_database()),
-		       coalesce(sum(pg_relation_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
+		       coalesce(sum(pg_relation_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint,
+		       (SELECT coalesce(sum(f.total_time), 0) FROM pg_stat_user_functions f WHERE f.schemaname = $1 AND f.funcname = $2)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relkind = 'r'`, schema).Scan(&c.wal, &c.disk, &c.heap, &c.index)
+		WHERE n.nspname = $1 AND c.relkind = 'r'`, schema, function).Scan(&c.wal, &c.disk, &c.heap, &c.index, &c.functionMs)
 	if err != nil {
 		return c, fmt.Errorf("database cost: %w", err)
 	}

@@ -58,8 +58,9 @@ func TestHarnessRuns(t *testing.T) {
 	}
 	// CPU is counted in ticks of 10 ms, so a short run may show none for one party; over
 	// every run, each party must have been seen working.
-	var pg, process, wrk float64
+	var pg, process, wrk, function float64
 	for _, r := range results {
+		function += r.FunctionUs
 		pg += r.PostgresCPUus
 		process += r.ProcessCPUus
 		wrk += r.WrkCPUus
@@ -67,8 +68,8 @@ func TestHarnessRuns(t *testing.T) {
 			t.Errorf("%s/%s: wrk CPU %.0f µs/op without wrk", r.Scenario, r.Mode, r.WrkCPUus)
 		}
 	}
-	if pg == 0 || process == 0 || wrk == 0 {
-		t.Errorf("CPU per op over every run: postgres %.0f µs, this process %.0f µs, wrk %.0f µs", pg, process, wrk)
+	if pg == 0 || process == 0 || wrk == 0 || function == 0 {
+		t.Errorf("per op over every run: postgres CPU %.0f µs, this process %.0f µs, wrk %.0f µs; time in the write function %.0f µs", pg, process, wrk, function)
 	}
 	if n := strings.Count(lines.String(), "\n"); n != len(results) {
 		t.Errorf("%d JSON lines for %d results", n, len(results))
