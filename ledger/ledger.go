@@ -38,12 +38,13 @@ const (
 type Kind string
 
 // Account kinds: customers' accounts; the asset's external account, through which money
-// enters and leaves the ledger; and its holding account, which holds what pending
-// transfers reserved until they are resolved.
+// enters and leaves the ledger; its holding account, which holds what pending transfers
+// reserved until they are resolved; and its clearing accounts, one per other shard.
 const (
 	KindStandard Kind = "standard"
 	KindExternal Kind = "external"
 	KindHolding  Kind = "holding"
+	KindClearing Kind = "clearing" // one per asset and peer shard: see ledger/crossshard
 )
 
 // Asset is a currency or other unit, counted in integer minor units at a fixed scale.
@@ -160,8 +161,11 @@ type PendingTransfer struct {
 	PostedAmount int64
 	ResolvedBy   TransactionID // zero while pending
 	ResolvedAt   time.Time
-	Metadata     json.RawMessage
-	CreatedAt    time.Time
+	// Remote is, for a transfer to another shard, the account there; To is then this
+	// shard's clearing account for that shard.
+	Remote    AccountID
+	Metadata  json.RawMessage
+	CreatedAt time.Time
 }
 
 // Resolution is what to do with a pending transfer.
@@ -173,4 +177,8 @@ const (
 	ResolvePost   Resolution = "post"
 	ResolveVoid   Resolution = "void"
 	ResolveExpire Resolution = "expire"
+	// For a transfer to another shard, once the destination has answered: all of it to
+	// the clearing account (applied there), or all back (refused there).
+	ResolveSettle Resolution = "settle"
+	ResolveReturn Resolution = "return"
 )

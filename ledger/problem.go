@@ -43,6 +43,7 @@ const (
 	CodeAmountExceedsPending    Code = "amount_exceeds_pending"
 	CodeAlreadyReversed         Code = "transaction_already_reversed"
 	CodeNotReversible           Code = "transaction_not_reversible"
+	CodeBetweenShards           Code = "transfer_between_shards"
 	CodeUnauthorized            Code = "unauthorized"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
@@ -117,6 +118,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusConflict, "Transaction already reversed"}
 	case CodeNotReversible:
 		return codeInfo{http.StatusUnprocessableEntity, "Transaction cannot be reversed"}
+	case CodeBetweenShards:
+		return codeInfo{http.StatusConflict, "Transfer between shards is resolved by the ledger"}
 	case CodeUnauthorized:
 		return codeInfo{http.StatusUnauthorized, "Authentication required"}
 	case CodeUnavailable:

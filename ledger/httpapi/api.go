@@ -566,6 +566,9 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 		return err
 	}
 	req.Hash = sha256.Sum256(canon)
+	if p := req.Postings[0]; kind == "transfer" && !p.From.External && !p.To.External && p.From.ID.Shard() != p.To.ID.Shard() {
+		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p)
+	}
 	out, err := a.set.Post(r.Context(), req, a.renderTransaction)
 	if err != nil {
 		a.metrics.observeTransaction(kind, "error", ledger.CodeOf(err))

@@ -505,17 +505,48 @@ func TestCrossShard(t *testing.T) {
 	}
 	c.must(201, c.transfer("d0", "external", a0, "5", "USD"))
 	c.must(201, c.transfer("d1", "external", a1, "5", "USD"))
-	if r := c.transfer("x", a0, a1, "1", "USD"); r.code() != ledger.CodeCrossShardNotSupported || r.status != 422 {
-		t.Errorf("cross shard: %d %s", r.status, r.body)
+	// A transfer crosses shards; a transaction of several postings across shards does not.
+	x := c.must(201, c.transfer("x", a0, a1, "1", "USD"))
+	if x.field("state") != "posted" || x.field("to_account") != a1 {
+		t.Errorf("cross-shard transfer: %s", x.body)
 	}
-	if c.balance(a0) != "5.00" || c.balance(a1) != "5.00" {
-		t.Error("a cross-shard rejection moved money")
+	if again := c.must(201, c.transfer("x", a0, a1, "1", "USD")); !bytes.Equal(again.body, x.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("replayed cross-shard transfer: %s", again.body)
+	}
+	if got := c.must(200, c.do("GET", "/v1/transfers/"+x.field("id"), "")); !bytes.Equal(got.body, x.body) {
+		t.Errorf("GET of the cross-shard transfer: %s", got.body)
+	}
+	if r := c.do("POST", "/v1/transfers/"+x.field("id")+"/void", "", "Idempotency-Key", "v"); r.code() != ledger.CodeTransferResolved {
+		t.Errorf("voiding a settled cross-shard transfer: %d %s", r.status, r.body)
+	}
+	if r := c.transfer("short", a0, a1, "4.01", "USD"); r.code() != ledger.CodeInsufficientFunds {
+		t.Errorf("cross-shard overdraft: %d %s", r.status, r.body)
+	}
+	if c.balance(a0) != "4.00" || c.balance(a1) != "6.00" {
+		t.Errorf("after the cross-shard transfer: %s %s", c.balance(a0), c.balance(a1))
+	}
+	if r := c.do("POST", "/v1/transactions", fmt.Sprintf(`{"postings":[{"from_account":%q,"to_account":%q,"amount":"1","asset":"USD"},{"from_account":%q,"to_account":%q,"amount":"1","asset":"USD"}]}`,
+		a0, a1, a1, a0), "Idempotency-Key", "multi"); r.code() != ledger.CodeCrossShardNotSupported || r.status != 422 {
+		t.Errorf("a transaction across shards: %d %s", r.status, r.body)
+	}
+	// The destination refuses a closed account: the money returns to the source.
+	closed := c.account(owners[1], "USD")
+	c.must(200, c.do("POST", "/v1/accounts/"+closed+"/close", ""))
+	if r := c.transfer("to-closed", a0, closed, "1", "USD"); r.code() != ledger.CodeAccountClosed {
+		t.Errorf("to a closed account on another shard: %d %s", r.status, r.body)
+	}
+	if c.balance(a0) != "4.00" {
+		t.Errorf("after the refusal: %s", c.balance(a0))
+	}
+	vs, err := c.set.Driver().Verify(t.Context())
+	if err != nil || len(vs) > 0 {
+		t.Errorf("cluster verify: %v %v", err, vs)
 	}
 	other := c.account(owners[1], "USD")
 	c.must(201, c.transfer("same", a1, other, "1", "USD"))
 	var list struct{ Data []struct{ ID string } }
 	_ = json.Unmarshal(c.must(200, c.do("GET", "/v1/accounts?owner="+owners[1], "")).body, &list)
-	if len(list.Data) != 2 {
+	if len(list.Data) != 3 {
 		t.Errorf("owner list: %+v", list)
 	}
 }
@@ -587,6 +618,7 @@ func TestDatabaseProblemsMatchGoCatalogue(t *testing.T) {
 		ledger.CodeSameAccount, ledger.CodeInsufficientFunds, ledger.CodeBalanceLimitExceeded, ledger.CodeIdempotencyKeyReused,
 		ledger.CodeUnavailable, ledger.CodeTransferNotFound, ledger.CodeTransferResolved, ledger.CodeTransferExpired,
 		ledger.CodeAmountExceedsPending, ledger.CodeTransactionNotFound, ledger.CodeAlreadyReversed, ledger.CodeNotReversible,
+		ledger.CodeBetweenShards,
 	} {
 		var status int
 		var body string

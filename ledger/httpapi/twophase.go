@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -220,6 +221,9 @@ func (a *API) renderPendingTransfer(ctx context.Context, pt ledger.PendingTransf
 	}
 	v := pendingTransferView{ID: pt.ID, FromAccount: pt.From, ToAccount: pt.To, Amount: money.Format(pt.Amount, asset.Scale),
 		Asset: pt.Asset, State: pt.State, Metadata: meta, CreatedAt: pt.CreatedAt.UTC()}
+	if pt.Remote != (ledger.AccountID{}) {
+		v.ToAccount = pt.Remote // not this shard's clearing account, which stands in for it
+	}
 	if pt.State == ledger.StatePosted {
 		v.PostedAmount = money.Format(pt.PostedAmount, asset.Scale)
 	}
@@ -246,4 +250,53 @@ func decodeOptionalJSON(r *http.Request, v any) error {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return decodeJSON(r, v)
+}
+
+// crossShardWait bounds how long a request waits for its transfer between shards to end
+// before it is answered 202: the transfer then ends in the background.
+const crossShardWait = 5 * time.Second
+
+// transferAcross answers a transfer whose accounts live on two shards: 201 with the
+// transfer once settled; the destination's refusal once returned (the money is back); or
+// 202 with a Location to poll while it is still in flight. A replay answers the same once
+// the transfer has ended, and drives it on if it has not.
+func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shardset.StepRequest, p shardset.PostingRequest) error {
+	out, res, err := a.set.TransferAcross(r.Context(), step, p, crossShardWait)
+	if err != nil {
+		a.metrics.observeTransaction("transfer", "error", ledger.CodeOf(err))
+		return err
+	}
+	outcome, code := "applied", ledger.Code("")
+	if out.Replayed {
+		outcome = "replayed"
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	switch {
+	case out.Status >= 300:
+		code = problemCodeOf(out.Body)
+		a.metrics.observeTransaction("transfer", "rejected", code)
+		writeRaw(w, out.Status, "application/problem+json", out.Body)
+		return nil
+	case res.Transfer.State == ledger.StateVoided:
+		var prob ledger.Problem
+		if err := json.Unmarshal(res.Refusal, &prob); err != nil || prob.Status < 400 {
+			return fmt.Errorf("httpapi: transfer %s was refused by its destination with %q", res.Transfer.ID, res.Refusal)
+		}
+		a.metrics.observeTransaction("transfer", "rejected", prob.Code)
+		writeRaw(w, prob.Status, "application/problem+json", res.Refusal)
+		return nil
+	}
+	body, err := a.renderPendingTransfer(r.Context(), res.Transfer)
+	if err != nil {
+		return err
+	}
+	status := http.StatusCreated
+	if res.Transfer.State == ledger.StatePending {
+		status = http.StatusAccepted
+		outcome = "in_flight"
+		w.Header().Set("Location", "/v1/transfers/"+res.Transfer.ID.String())
+	}
+	a.metrics.observeTransaction("transfer", outcome, code)
+	writeRaw(w, status, "application/json", body)
+	return nil
 }

@@ -23,6 +23,69 @@ CREATE SCHEMA tally;
 
 
 --
+-- Name: apply_inbound(uuid, uuid, bigint, text, uuid, timestamp with time zone, jsonb, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.apply_inbound(p_id uuid, p_to uuid, p_amount bigint, p_asset text, p_tx uuid, p_created timestamp with time zone, p_metadata jsonb, p_clearing_id uuid, OUT state text, OUT problem text, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_source   integer := tally.id_shard(p_id);
+  v_clearing uuid;
+  v_to       record;
+  v_code     text;
+  v_detail   text;
+  v_r        record;
+BEGIN
+  SELECT i.state, i.problem, i.transaction_id INTO state, problem, transaction_id FROM tally.inbound_transfers i WHERE i.id = p_id;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('tally.apply_inbound'), hashtext(p_id::text));
+  SELECT i.state, i.problem, i.transaction_id INTO state, problem, transaction_id FROM tally.inbound_transfers i WHERE i.id = p_id;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  IF v_source = (SELECT shard_index FROM tally.shard) OR p_amount <= 0 THEN
+    RAISE EXCEPTION 'tally: an inbound transfer comes from another shard, with a positive amount' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM set_config('tally.moving_holds', 'on', true);
+  SELECT a.asset, a.kind INTO v_to FROM tally.accounts a WHERE a.id = p_to;
+  IF NOT FOUND OR v_to.kind IN ('holding', 'clearing') THEN
+    v_code := 'account_not_found';
+    v_detail := format('account %s does not exist', p_to);
+  ELSIF v_to.asset <> p_asset THEN
+    v_code := 'asset_mismatch';
+    v_detail := format('the transfer is in %s but account %s holds %s', p_asset, p_to, v_to.asset);
+  ELSE
+    v_clearing := tally.clearing_account(p_asset, v_source, p_clearing_id);
+  END IF;
+  IF v_code IS NOT NULL THEN
+    state := 'refused';
+    SELECT x.body INTO problem FROM tally.problem(v_code, v_detail) x;
+  ELSE
+    -- Status, funds and the rest are judged as for any posting, under its locks.
+    SELECT r.status, r.body, r.replayed, r.transaction_id INTO v_r
+    FROM tally.post_batch(ARRAY['tally:shard:' || v_source], ARRAY['inbound:' || p_id], ARRAY[sha256(uuid_send(p_id))],
+                          ARRAY[p_tx], ARRAY[p_created], ARRAY[p_metadata], ARRAY[1], ARRAY[v_clearing], ARRAY[p_to],
+                          ARRAY[p_amount], ARRAY[p_asset]) r;
+    IF v_r.replayed THEN
+      RAISE EXCEPTION 'tally: inbound transfer % has an idempotency record but no inbound record', p_id USING ERRCODE = 'internal_error';
+    ELSIF v_r.status = 201 THEN
+      state := 'applied';
+      transaction_id := v_r.transaction_id;
+    ELSE
+      state := 'refused';
+      problem := v_r.body;
+    END IF;
+  END IF;
+  INSERT INTO tally.inbound_transfers (id, to_account, asset, amount, state, transaction_id, problem)
+  VALUES (p_id, p_to, p_asset, p_amount, state, transaction_id, problem);
+END
+$$;
+
+
+--
 -- Name: check_account_has_balance(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -143,9 +206,9 @@ BEGIN
     RETURN NULL;
   END IF;
   SELECT n.account_id INTO v_id FROM new_entries n JOIN tally.accounts a ON a.id = n.account_id
-  WHERE a.kind = 'holding' LIMIT 1;
+  WHERE a.kind IN ('holding', 'clearing') LIMIT 1;
   IF FOUND THEN
-    RAISE EXCEPTION 'tally: account % holds pending transfers; only reserving and resolving them moves it', v_id
+    RAISE EXCEPTION 'tally: account % holds pending transfers or clears between shards; only the ledger moves it', v_id
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
@@ -326,6 +389,33 @@ BEGIN
     RAISE EXCEPTION 'tally: a pending transfer''s accounts, asset, amount and expiry are immutable' USING ERRCODE = 'check_violation';
   END IF;
   RETURN NEW;
+END
+$$;
+
+
+--
+-- Name: clearing_account(text, integer, uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.clearing_account(p_asset text, p_peer integer, p_new_id uuid) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_id    uuid;
+  v_owner text := 'tally:clearing:' || p_peer;
+BEGIN
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.owner = v_owner AND a.kind = 'clearing';
+  IF FOUND THEN
+    RETURN v_id;
+  END IF;
+  INSERT INTO tally.accounts (id, kind, owner, asset, scale, balance_floor)
+  SELECT p_new_id, 'clearing', v_owner, s.code, s.scale, -9223372036854775808 FROM tally.assets s WHERE s.code = p_asset
+  ON CONFLICT (asset, owner) WHERE kind = 'clearing' DO NOTHING;
+  IF FOUND THEN
+    INSERT INTO tally.balances (account_id, floor) VALUES (p_new_id, -9223372036854775808);
+  END IF;
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.owner = v_owner AND a.kind = 'clearing';
+  RETURN v_id; -- NULL: no such asset
 END
 $$;
 
@@ -973,7 +1063,8 @@ BEGIN
     ('amount_exceeds_pending',       422::smallint, 'Amount exceeds the pending amount'),
     ('transaction_not_found',        404::smallint, 'Transaction not found'),
     ('transaction_already_reversed', 409::smallint, 'Transaction already reversed'),
-    ('transaction_not_reversible',   422::smallint, 'Transaction cannot be reversed')
+    ('transaction_not_reversible',   422::smallint, 'Transaction cannot be reversed'),
+    ('transfer_between_shards',      409::smallint, 'Transfer between shards is resolved by the ledger')
   ) AS c(code, s, t) WHERE c.code = p_code;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
@@ -1073,10 +1164,10 @@ $$;
 
 
 --
--- Name: reserve(text, text, bytea, uuid, timestamp with time zone, jsonb, uuid, uuid, bigint, text, timestamp with time zone, uuid); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: reserve(text, text, bytea, uuid, timestamp with time zone, jsonb, uuid, uuid, bigint, text, timestamp with time zone, uuid, uuid, uuid); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) RETURNS record
+CREATE FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, p_remote uuid, p_clearing_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -1094,8 +1185,14 @@ BEGIN
     RETURN;
   END IF;
   PERFORM set_config('tally.moving_holds', 'on', true);
+  IF p_remote IS NOT NULL THEN
+    IF tally.id_shard(p_remote) = (SELECT shard_index FROM tally.shard) OR p_expires IS NOT NULL THEN
+      RAISE EXCEPTION 'tally: a transfer to another shard names an account there, and never expires' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    p_to := tally.clearing_account(p_asset, tally.id_shard(p_remote), p_clearing_id);
+  END IF;
   SELECT a.status, a.asset, a.kind INTO v_to FROM tally.accounts a WHERE a.id = p_to FOR SHARE;
-  IF NOT FOUND OR v_to.kind = 'holding' THEN
+  IF NOT FOUND OR (v_to.kind IN ('holding', 'clearing') AND p_remote IS NULL) THEN
     v_code := 'account_not_found';
     v_detail := format('account %s does not exist', p_to);
   ELSIF p_to = p_from THEN
@@ -1124,8 +1221,8 @@ BEGIN
   FROM tally.post_batch(ARRAY[p_caller], ARRAY[p_key], ARRAY[p_hash], ARRAY[p_id], ARRAY[p_created], ARRAY[p_metadata],
                         ARRAY[1], ARRAY[p_from], ARRAY[v_holding], ARRAY[p_amount], ARRAY[p_asset]) r;
   IF status = 201 AND NOT replayed THEN
-    INSERT INTO tally.pending_transfers (id, from_account, to_account, asset, amount, expires_at)
-    VALUES (p_id, p_from, p_to, p_asset, p_amount, p_expires);
+    INSERT INTO tally.pending_transfers (id, from_account, to_account, asset, amount, expires_at, remote_account)
+    VALUES (p_id, p_from, p_to, p_asset, p_amount, p_expires, p_remote);
   END IF;
 END
 $$;
@@ -1149,8 +1246,8 @@ DECLARE
   v_to      uuid[] := '{}';
   v_amount  bigint[] := '{}';
 BEGIN
-  IF p_action NOT IN ('post', 'void', 'expire') OR (p_amount IS NOT NULL AND (p_action <> 'post' OR p_amount <= 0)) THEN
-    RAISE EXCEPTION 'tally: resolve needs post (with an optional positive amount), void or expire' USING ERRCODE = 'invalid_parameter_value';
+  IF p_action NOT IN ('post', 'void', 'expire', 'settle', 'return') OR (p_amount IS NOT NULL AND (p_action <> 'post' OR p_amount <= 0)) THEN
+    RAISE EXCEPTION 'tally: resolve needs post (with an optional positive amount), void, expire, settle or return' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   replayed := false;
   SELECT * INTO v_prior FROM tally.replay(p_caller, p_key, p_hash);
@@ -1168,6 +1265,12 @@ BEGIN
   ELSIF v_p.state <> 'pending' THEN
     v_code := 'transfer_already_resolved';
     v_detail := format('transfer %s was already %s', p_pending, v_p.state);
+  ELSIF (v_p.remote_account IS NULL) <> (p_action IN ('post', 'void', 'expire')) THEN
+    IF v_p.remote_account IS NULL THEN
+      RAISE EXCEPTION 'tally: transfer % stays on this shard: post, void or expire it', p_pending USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_code := 'transfer_between_shards';
+    v_detail := format('transfer %s goes to another shard; the ledger completes or returns it', p_pending);
   ELSIF p_action = 'expire' AND (v_p.expires_at IS NULL OR v_p.expires_at > p_created) THEN
     RAISE EXCEPTION 'tally: transfer % has not expired', p_pending USING ERRCODE = 'invalid_parameter_value';
   ELSIF p_action = 'post' AND v_p.expires_at <= p_created THEN
@@ -1182,7 +1285,7 @@ BEGIN
     RETURN;
   END IF;
   SELECT a.id INTO v_holding FROM tally.accounts a WHERE a.asset = v_p.asset AND a.kind = 'holding';
-  IF p_action <> 'post' THEN
+  IF p_action NOT IN ('post', 'settle') THEN
     v_post := 0;
   END IF;
   IF v_post > 0 THEN
@@ -1197,7 +1300,7 @@ BEGIN
                         array_fill(v_p.asset, ARRAY[cardinality(v_from)])) r;
   IF status = 201 AND NOT replayed THEN
     UPDATE tally.pending_transfers p
-    SET state = CASE p_action WHEN 'post' THEN 'posted' WHEN 'void' THEN 'voided' ELSE 'expired' END,
+    SET state = CASE p_action WHEN 'expire' THEN 'expired' WHEN 'void' THEN 'voided' WHEN 'return' THEN 'voided' ELSE 'posted' END,
         posted_amount = nullif(v_post, 0), resolved_by = p_id, resolved_at = p_created
     WHERE p.id = p_pending;
   END IF;
@@ -1237,9 +1340,10 @@ BEGIN
     v_code := 'transaction_already_reversed';
     v_detail := format('transaction %s was already reversed', p_original);
   ELSIF EXISTS (SELECT FROM tally.pending_transfers p WHERE p.id = p_original)
-        OR EXISTS (SELECT FROM tally.pending_transfers p WHERE p.resolved_by = p_original) THEN
+        OR EXISTS (SELECT FROM tally.pending_transfers p WHERE p.resolved_by = p_original)
+        OR EXISTS (SELECT FROM tally.inbound_transfers i WHERE i.transaction_id = p_original) THEN
     v_code := 'transaction_not_reversible';
-    v_detail := format('transaction %s reserves or resolves a pending transfer; void the transfer instead', p_original);
+    v_detail := format('transaction %s is part of a pending transfer or a transfer between shards', p_original);
   END IF;
   IF v_code IS NOT NULL THEN
     SELECT * INTO status, body FROM tally.refuse(p_caller, p_key, p_hash, v_code, v_detail);
@@ -1322,15 +1426,15 @@ CREATE TABLE tally.accounts (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     balance_slots smallint DEFAULT 1 NOT NULL,
     CONSTRAINT accounts_balance_slots_check CHECK (((balance_slots >= 1) AND (balance_slots <= 64))),
-    CONSTRAINT accounts_kind_known CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text, 'holding'::text]))),
+    CONSTRAINT accounts_kind_known CHECK ((kind = ANY (ARRAY['standard'::text, 'external'::text, 'holding'::text, 'clearing'::text]))),
     CONSTRAINT accounts_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
     CONSTRAINT accounts_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
     CONSTRAINT accounts_slotted_have_no_overdraft CHECK (((balance_slots = 1) OR ((kind = 'standard'::text) AND (balance_floor = 0)))),
     CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'frozen'::text, 'closed'::text]))),
     CONSTRAINT accounts_system_rules CHECK (((kind = 'standard'::text) OR ((status = 'active'::text) AND (balance_slots = 1) AND (balance_floor =
 CASE kind
-    WHEN 'external'::text THEN '-9223372036854775808'::bigint
-    ELSE (0)::bigint
+    WHEN 'holding'::text THEN (0)::bigint
+    ELSE '-9223372036854775808'::bigint
 END))))
 );
 
@@ -1419,6 +1523,24 @@ CREATE TABLE tally.idempotency_keys (
 
 
 --
+-- Name: inbound_transfers; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.inbound_transfers (
+    id uuid NOT NULL,
+    to_account uuid NOT NULL,
+    asset text NOT NULL,
+    amount bigint NOT NULL,
+    state text NOT NULL,
+    transaction_id uuid,
+    problem text,
+    CONSTRAINT inbound_transfers_amount_check CHECK ((amount > 0)),
+    CONSTRAINT inbound_transfers_outcome CHECK ((((state = 'applied'::text) = (transaction_id IS NOT NULL)) AND ((state = 'refused'::text) = (problem IS NOT NULL)))),
+    CONSTRAINT inbound_transfers_state_check CHECK ((state = ANY (ARRAY['applied'::text, 'refused'::text])))
+);
+
+
+--
 -- Name: pending_transfers; Type: TABLE; Schema: tally; Owner: -
 --
 
@@ -1433,9 +1555,11 @@ CREATE TABLE tally.pending_transfers (
     posted_amount bigint,
     resolved_by uuid,
     resolved_at timestamp with time zone,
+    remote_account uuid,
     CONSTRAINT pending_transfers_amount_check CHECK ((amount > 0)),
     CONSTRAINT pending_transfers_check CHECK (((posted_amount > 0) AND (posted_amount <= amount))),
     CONSTRAINT pending_transfers_posted_amount CHECK (((state = 'posted'::text) = (posted_amount IS NOT NULL))),
+    CONSTRAINT pending_transfers_remote_never_expire CHECK (((remote_account IS NULL) OR (expires_at IS NULL))),
     CONSTRAINT pending_transfers_resolved_once CHECK ((((state = 'pending'::text) = (resolved_by IS NULL)) AND ((resolved_by IS NULL) = (resolved_at IS NULL)))),
     CONSTRAINT pending_transfers_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'posted'::text, 'voided'::text, 'expired'::text]))),
     CONSTRAINT pending_transfers_two_accounts CHECK ((from_account <> to_account))
@@ -1542,6 +1666,22 @@ ALTER TABLE ONLY tally.idempotency_keys
 
 
 --
+-- Name: inbound_transfers inbound_transfers_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.inbound_transfers
+    ADD CONSTRAINT inbound_transfers_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: inbound_transfers inbound_transfers_transaction_id_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.inbound_transfers
+    ADD CONSTRAINT inbound_transfers_transaction_id_key UNIQUE (transaction_id);
+
+
+--
 -- Name: pending_transfers pending_transfers_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -1597,6 +1737,13 @@ CREATE INDEX accounts_by_owner ON tally.accounts USING btree (owner, id);
 
 
 --
+-- Name: accounts_one_clearing_per_asset_and_peer; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE UNIQUE INDEX accounts_one_clearing_per_asset_and_peer ON tally.accounts USING btree (asset, owner) WHERE (kind = 'clearing'::text);
+
+
+--
 -- Name: accounts_one_external_per_asset; Type: INDEX; Schema: tally; Owner: -
 --
 
@@ -1636,6 +1783,13 @@ CREATE INDEX entries_by_transaction ON tally.entries USING btree (transaction_id
 --
 
 CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (created_at);
+
+
+--
+-- Name: pending_transfers_in_flight; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX pending_transfers_in_flight ON tally.pending_transfers USING btree (id) WHERE ((state = 'pending'::text) AND (remote_account IS NOT NULL));
 
 
 --
@@ -1758,6 +1912,20 @@ CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON tally.entries FOR EACH STA
 
 
 --
+-- Name: inbound_transfers inbound_transfers_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER inbound_transfers_append_only BEFORE DELETE OR UPDATE ON tally.inbound_transfers FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: inbound_transfers inbound_transfers_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER inbound_transfers_no_truncate BEFORE TRUNCATE ON tally.inbound_transfers FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
 -- Name: pending_transfers pending_transfers_no_delete; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -1837,6 +2005,14 @@ ALTER TABLE ONLY tally.balances
 
 
 --
+-- Name: inbound_transfers inbound_transfers_transaction_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.inbound_transfers
+    ADD CONSTRAINT inbound_transfers_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES tally.transactions(id);
+
+
+--
 -- Name: pending_transfers pending_transfers_from_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -1893,6 +2069,13 @@ GRANT USAGE ON SCHEMA tally TO tally_monitor;
 
 
 --
+-- Name: FUNCTION apply_inbound(p_id uuid, p_to uuid, p_amount bigint, p_asset text, p_tx uuid, p_created timestamp with time zone, p_metadata jsonb, p_clearing_id uuid, OUT state text, OUT problem text, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.apply_inbound(p_id uuid, p_to uuid, p_amount bigint, p_asset text, p_tx uuid, p_created timestamp with time zone, p_metadata jsonb, p_clearing_id uuid, OUT state text, OUT problem text, OUT transaction_id uuid) TO tally_app;
+
+
+--
 -- Name: FUNCTION check_account_has_balance(); Type: ACL; Schema: tally; Owner: -
 --
 
@@ -1918,6 +2101,13 @@ GRANT ALL ON FUNCTION tally.check_holding_moves() TO tally_app;
 --
 
 GRANT ALL ON FUNCTION tally.check_pending_transfer_update() TO tally_app;
+
+
+--
+-- Name: FUNCTION clearing_account(p_asset text, p_peer integer, p_new_id uuid); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.clearing_account(p_asset text, p_peer integer, p_new_id uuid) TO tally_app;
 
 
 --
@@ -2006,10 +2196,10 @@ GRANT ALL ON FUNCTION tally.replay(p_caller text, p_key text, p_hash bytea, OUT 
 
 
 --
--- Name: FUNCTION reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
+-- Name: FUNCTION reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, p_remote uuid, p_clearing_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid); Type: ACL; Schema: tally; Owner: -
 --
 
-GRANT ALL ON FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) TO tally_app;
+GRANT ALL ON FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamp with time zone, p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamp with time zone, p_holding_id uuid, p_remote uuid, p_clearing_id uuid, OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid) TO tally_app;
 
 
 --
@@ -2087,6 +2277,13 @@ GRANT SELECT,INSERT ON TABLE tally.entries TO tally_app;
 --
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE tally.idempotency_keys TO tally_app;
+
+
+--
+-- Name: TABLE inbound_transfers; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.inbound_transfers TO tally_app;
 
 
 --

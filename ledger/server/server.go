@@ -42,8 +42,11 @@ const (
 	cleanupInterval    = time.Minute
 	// expiryInterval is how often each replica looks for pending transfers whose time is
 	// up; timeouts are whole seconds.
-	expiryInterval    = time.Second
-	expiryBatch       = 100
+	expiryInterval = time.Second
+	expiryBatch    = 100
+	// resumeAfter is how long a transfer between shards is left to the replica that took
+	// its request before every replica's resumer takes it on.
+	resumeAfter       = 10 * time.Second
 	shutdownGrace     = 15 * time.Second
 	readyCheckTimeout = 2 * time.Second
 )
@@ -188,6 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopCleanup()
 	go cleanupLoop(cleanupCtx, stores, cfg.IdempotencyRetention, cfg.Log)
 	go expiryLoop(cleanupCtx, set, cfg.Log)
+	go resumeLoop(cleanupCtx, set, cfg.Log)
 
 	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
 	if cfg.Ready != nil {
@@ -407,6 +411,27 @@ func expiryLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
 		}
 		if n > 0 {
 			log.Info("pending transfers expired", "count", n)
+		}
+	}
+}
+
+// resumeLoop completes transfers between shards left in flight (a replica that stopped
+// mid-way, a shard that was failing over), each second.
+func resumeLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
+	t := time.NewTicker(expiryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := set.Driver().Resume(ctx, resumeAfter, expiryBatch)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("resuming transfers between shards failed", "err", err)
+		}
+		if n > 0 {
+			log.Info("transfers between shards completed by the resumer", "count", n)
 		}
 	}
 }

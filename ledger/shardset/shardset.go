@@ -1,6 +1,7 @@
 // Package shardset routes ledger operations to the shard stores that own them. An
 // account's shard is chosen when it is created and is carried in its id, so routing
-// needs no lookup; a transaction must keep all its accounts on one shard.
+// needs no lookup. A transaction keeps all its accounts on one shard; a transfer (one
+// posting) may cross shards, through ledger/crossshard (TransferAcross).
 package shardset
 
 import (
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/crossshard"
 	"github.com/tallyhq/tally/ledger/store"
 )
 
@@ -30,6 +32,7 @@ type Set struct {
 	shards []*store.Store
 	fronts []Front
 	now    func() time.Time
+	driver *crossshard.Driver
 
 	mu     sync.RWMutex
 	assets map[string]ledger.Asset // assets never change once registered, so caching is exact
@@ -49,7 +52,7 @@ func New(shards []*store.Store, fronts []Front, now func() time.Time) (*Set, err
 	if len(fronts) != len(shards) {
 		return nil, fmt.Errorf("shardset: %d fronts for %d shards", len(fronts), len(shards))
 	}
-	return &Set{shards: shards, fronts: fronts, now: now, assets: map[string]ledger.Asset{}}, nil
+	return &Set{shards: shards, fronts: fronts, now: now, driver: crossshard.New(shards, now), assets: map[string]ledger.Asset{}}, nil
 }
 
 // Shards returns the stores, by shard index.
@@ -305,7 +308,8 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 			}
 			if shard >= 0 && a.ID.Shard() != shard {
 				return ledger.Outcome{}, ledger.Errorf(ledger.CodeCrossShardNotSupported,
-					"accounts on shards %d and %d cannot be in one transaction yet", shard, a.ID.Shard())
+					"accounts on shards %d and %d cannot be in one transaction: the postings of a transaction share a shard "+
+						"(a transfer, one posting, may cross shards)", shard, a.ID.Shard())
 			}
 			shard = a.ID.Shard()
 		}

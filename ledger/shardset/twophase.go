@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/crossshard"
 	"github.com/tallyhq/tally/ledger/store"
 )
 
@@ -69,12 +70,69 @@ func (s *Set) Reserve(ctx context.Context, req StepRequest, p PostingRequest, ti
 	if timeout > 0 {
 		expires = step.CreatedAt.Add(timeout)
 	}
-	holding, err := ledger.NewAccountID(shard)
-	if err != nil {
+	r := store.Reservation{From: from, To: to, Amount: p.Amount, Asset: p.Asset, Expires: expires}
+	if r.HoldingID, r.ClearingID, err = newSystemIDs(shard); err != nil {
 		return ledger.Outcome{}, err
 	}
-	return st.Reserve(ctx, step, from, to, p.Amount, p.Asset, expires, holding)
+	return st.Reserve(ctx, step, r)
 }
+
+// newSystemIDs are ids for the holding and clearing accounts a reservation may open.
+func newSystemIDs(shard int) (holding, clearing ledger.AccountID, err error) {
+	if holding, err = ledger.NewAccountID(shard); err != nil {
+		return
+	}
+	clearing, err = ledger.NewAccountID(shard)
+	return
+}
+
+// TransferAcross moves money between accounts on two shards (see ledger/crossshard): it
+// reserves the amount on the source shard under the request's key, then drives the
+// transfer to its end for at most wait. The Outcome is the reservation's: a refusal there
+// (insufficient funds, say) is the answer. If it was made, or made before (a replay), the
+// Result says where the transfer stands: settled, returned with the destination's refusal,
+// or still pending at the bound, to be completed by any replica's resumer.
+func (s *Set) TransferAcross(ctx context.Context, req StepRequest, p PostingRequest, wait time.Duration) (ledger.Outcome, crossshard.Result, error) {
+	var res crossshard.Result
+	if p.From.External || p.To.External || p.From.ID.Shard() == p.To.ID.Shard() {
+		return ledger.Outcome{}, res, fmt.Errorf("shardset: transfer from %v to %v does not cross shards", p.From, p.To)
+	}
+	source := p.From.ID.Shard()
+	st, err := s.shard(source)
+	if err != nil {
+		return ledger.Outcome{}, res, err
+	}
+	if _, err := s.shard(p.To.ID.Shard()); err != nil {
+		return ledger.Outcome{}, res, err
+	}
+	step, err := s.step(req, source)
+	if err != nil {
+		return ledger.Outcome{}, res, err
+	}
+	r := store.Reservation{From: p.From.ID, Remote: p.To.ID, Amount: p.Amount, Asset: p.Asset}
+	if r.HoldingID, r.ClearingID, err = newSystemIDs(source); err != nil {
+		return ledger.Outcome{}, res, err
+	}
+	out, err := st.Reserve(ctx, step, r)
+	if err != nil || out.Status != http.StatusCreated {
+		return out, res, err
+	}
+	driveCtx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if res, err = s.driver.Complete(driveCtx, out.Transaction); err == nil {
+		return out, res, nil
+	}
+	// Reserved, and durably on its way: the resumer of any replica takes it on from here.
+	if ctx.Err() != nil {
+		return out, res, ctx.Err()
+	}
+	res.Transfer, err = st.PendingTransfer(ctx, out.Transaction)
+	return out, res, err
+}
+
+// Driver is the driver of transfers between shards, for the service's resumer and for
+// cluster verification.
+func (s *Set) Driver() *crossshard.Driver { return s.driver }
 
 // Resolve posts (amount, or all when 0), voids or expires a pending transfer on its shard.
 func (s *Set) Resolve(ctx context.Context, req StepRequest, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error) {

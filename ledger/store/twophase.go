@@ -36,19 +36,35 @@ func (st Step) args() []any {
 	return []any{st.Caller, st.Key, st.Hash[:], [16]byte(st.ID), st.CreatedAt, meta}
 }
 
-// Reserve makes a pending transfer (tally.reserve): Amount of Asset moves from from into
-// the asset's holding account now, for to, until it is resolved or expires (zero
-// expires: never). holdingID opens the asset's holding account if this shard has none yet.
-func (s *Store) Reserve(ctx context.Context, st Step, from, to ledger.AccountID, amount int64, asset string, expires time.Time, holdingID ledger.AccountID) (ledger.Outcome, error) {
+// Reservation is what a pending transfer reserves: Amount of Asset from From, for To on
+// this shard or, when Remote is set, for Remote on another shard (the amount is then
+// reserved for this shard's clearing account for that shard, and To is ignored). Expires
+// is when it voids by itself (zero: never; always zero with Remote). HoldingID and
+// ClearingID open the asset's holding and clearing accounts if this shard has none yet.
+type Reservation struct {
+	From, To, Remote      ledger.AccountID
+	Amount                int64
+	Asset                 string
+	Expires               time.Time
+	HoldingID, ClearingID ledger.AccountID
+}
+
+// Reserve makes a pending transfer (tally.reserve).
+func (s *Store) Reserve(ctx context.Context, st Step, r Reservation) (ledger.Outcome, error) {
 	if err := st.validate(); err != nil {
 		return ledger.Outcome{}, err
 	}
 	var exp *time.Time
-	if !expires.IsZero() {
-		exp = &expires
+	if !r.Expires.IsZero() {
+		exp = &r.Expires
 	}
-	args := append(st.args(), [16]byte(from), [16]byte(to), amount, asset, exp, [16]byte(holdingID))
-	return s.step(ctx, "reserve", `SELECT status, body, replayed, transaction_id FROM tally.reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, args...)
+	var remote *[16]byte
+	if r.Remote != (ledger.AccountID{}) {
+		id := [16]byte(r.Remote)
+		remote = &id
+	}
+	args := append(st.args(), [16]byte(r.From), [16]byte(r.To), r.Amount, r.Asset, exp, [16]byte(r.HoldingID), remote, [16]byte(r.ClearingID))
+	return s.step(ctx, "reserve", `SELECT status, body, replayed, transaction_id FROM tally.reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`, args...)
 }
 
 // Resolve posts (amount, or all of it when amount is 0), voids or expires the pending
@@ -113,15 +129,15 @@ func (s *Store) step(ctx context.Context, op, sql string, args ...any) (ledger.O
 func (s *Store) PendingTransfer(ctx context.Context, id ledger.TransactionID) (ledger.PendingTransfer, error) {
 	p := ledger.PendingTransfer{ID: id}
 	var from, to [16]byte
-	var resolvedBy *[16]byte
+	var resolvedBy, remote *[16]byte
 	var expires, resolvedAt *time.Time
 	var posted *int64
 	err := s.pool.QueryRow(ctx, `
 		SELECT p.from_account, p.to_account, p.asset, p.amount, p.expires_at, p.state, p.posted_amount,
-		       p.resolved_by, p.resolved_at, t.metadata, t.created_at
+		       p.resolved_by, p.resolved_at, p.remote_account, t.metadata, t.created_at
 		FROM tally.pending_transfers p JOIN tally.transactions t ON t.id = p.id
 		WHERE p.id = $1`, [16]byte(id)).
-		Scan(&from, &to, &p.Asset, &p.Amount, &expires, &p.State, &posted, &resolvedBy, &resolvedAt, &p.Metadata, &p.CreatedAt)
+		Scan(&from, &to, &p.Asset, &p.Amount, &expires, &p.State, &posted, &resolvedBy, &resolvedAt, &remote, &p.Metadata, &p.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return p, ledger.Errorf(ledger.CodeTransferNotFound, "no pending transfer %s", id)
 	}
@@ -137,6 +153,9 @@ func (s *Store) PendingTransfer(ctx context.Context, id ledger.TransactionID) (l
 	}
 	if resolvedBy != nil {
 		p.ResolvedBy, p.ResolvedAt = ledger.TransactionID(*resolvedBy), *resolvedAt
+	}
+	if remote != nil {
+		p.Remote = ledger.AccountID(*remote)
 	}
 	return p, nil
 }
@@ -156,4 +175,90 @@ func (s *Store) ExpiredTransfers(ctx context.Context, now time.Time, limit int) 
 		err := r.Scan(&id)
 		return ledger.TransactionID(id), err
 	})
+}
+
+// InFlight lists up to limit transfers to other shards still pending that were made
+// before the given time, oldest first: the cross-shard driver resumes them.
+func (s *Store) InFlight(ctx context.Context, before time.Time, limit int) ([]ledger.TransactionID, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT p.id FROM tally.pending_transfers p JOIN tally.transactions t ON t.id = p.id
+		WHERE p.state = 'pending' AND p.remote_account IS NOT NULL AND t.created_at < $1
+		ORDER BY p.id LIMIT $2`, before, limit)
+	if err != nil {
+		return nil, wrap("list transfers in flight", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.TransactionID, error) {
+		var id [16]byte
+		err := r.Scan(&id)
+		return ledger.TransactionID(id), err
+	})
+}
+
+// Inbound is what a shard did with a transfer another shard sent it.
+type Inbound struct {
+	Applied     bool
+	Transaction ledger.TransactionID // the applying transaction
+	Problem     []byte               // why it was refused
+}
+
+// ApplyInbound applies, once, the transfer another shard reserved for an account here
+// (tally.apply_inbound), as transaction tx made at created; clearingID opens the asset's
+// clearing account for the source shard if need be. Asked again, it answers the same.
+func (s *Store) ApplyInbound(ctx context.Context, pt ledger.PendingTransfer, tx ledger.TransactionID, created time.Time, clearingID ledger.AccountID) (Inbound, error) {
+	meta := pt.Metadata
+	if len(meta) == 0 {
+		meta = []byte("{}")
+	}
+	var in Inbound
+	var err error
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		err = s.durably(ctx, func(conn *pgxpool.Conn) error {
+			var state string
+			var problem *string
+			var txID *[16]byte
+			if err := conn.QueryRow(ctx, `SELECT state, problem, transaction_id FROM tally.apply_inbound($1, $2, $3, $4, $5, $6, $7, $8)`,
+				[16]byte(pt.ID), [16]byte(pt.Remote), pt.Amount, pt.Asset, [16]byte(tx), created, meta, [16]byte(clearingID)).Scan(&state, &problem, &txID); err != nil {
+				return err
+			}
+			in = Inbound{Applied: state == "applied"}
+			if txID != nil {
+				in.Transaction = ledger.TransactionID(*txID)
+			}
+			if problem != nil {
+				in.Problem = []byte(*problem)
+			}
+			return nil
+		})
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		s.reconnectAfter(err)
+		return Inbound{}, wrapWrite("apply inbound transfer", err)
+	}
+	return in, nil
+}
+
+// InboundOutcome reads what this shard did with a transfer another shard sent it; found
+// is false if it has not been asked yet.
+func (s *Store) InboundOutcome(ctx context.Context, id ledger.TransactionID) (in Inbound, found bool, err error) {
+	var state string
+	var problem *string
+	var txID *[16]byte
+	err = s.pool.QueryRow(ctx, "SELECT state, problem, transaction_id FROM tally.inbound_transfers WHERE id = $1", [16]byte(id)).Scan(&state, &problem, &txID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return in, false, nil
+	}
+	if err != nil {
+		return in, false, wrap("read inbound transfer", err)
+	}
+	in.Applied = state == "applied"
+	if txID != nil {
+		in.Transaction = ledger.TransactionID(*txID)
+	}
+	if problem != nil {
+		in.Problem = []byte(*problem)
+	}
+	return in, true, nil
 }

@@ -24,12 +24,17 @@ func step(t testing.TB, key string, at time.Time) store.Step {
 
 func (f *fixture) reserve(key string, from, to ledger.AccountID, amount int64, expires time.Time) ledger.Outcome {
 	f.t.Helper()
-	holding, _ := ledger.NewAccountID(0)
-	out, err := f.store.Reserve(context.Background(), step(f.t, key, time.Now()), from, to, amount, "USD", expires, holding)
+	out, err := f.store.Reserve(context.Background(), step(f.t, key, time.Now()), reservation(from, to, amount, expires))
 	if err != nil {
 		f.t.Fatalf("reserve %s: %v", key, err)
 	}
 	return out
+}
+
+func reservation(from, to ledger.AccountID, amount int64, expires time.Time) store.Reservation {
+	holding, _ := ledger.NewAccountID(0)
+	clearing, _ := ledger.NewAccountID(0)
+	return store.Reservation{From: from, To: to, Amount: amount, Asset: "USD", Expires: expires, HoldingID: holding, ClearingID: clearing}
 }
 
 func (f *fixture) resolve(key string, pending ledger.TransactionID, how ledger.Resolution, amount int64) ledger.Outcome {
@@ -280,8 +285,7 @@ func TestConcurrentResolutionsOneWins(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			holding, _ := ledger.NewAccountID(0)
-			out, err := f.store.Reserve(context.Background(), step(t, "c"+string(rune('a'+i)), time.Now()), alice, bob, 100, "USD", time.Time{}, holding)
+			out, err := f.store.Reserve(context.Background(), step(t, "c"+string(rune('a'+i)), time.Now()), reservation(alice, bob, 100, time.Time{}))
 			if err != nil {
 				t.Error(err)
 				return

@@ -3,8 +3,12 @@ package store
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tallyhq/tally/ledger"
 )
 
 // Violation is one broken invariant found by Verify.
@@ -164,3 +168,104 @@ func (s *Store) Verify(ctx context.Context) ([]Violation, error) {
 }
 
 var pgxTxReadOnlySnapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+
+// ShardRecords is what one shard holds of transfers between shards, read in one
+// snapshot: its clearing accounts' balances, the transfers it sent and those it received.
+type ShardRecords struct {
+	Clearing map[ClearingKey]int64 // balance of the clearing account for (asset, peer shard)
+	Sent     []SentTransfer
+	Received []ReceivedTransfer
+	// Totals is, per asset, the sum of every balance on the shard.
+	Totals map[string]int64
+}
+
+// ClearingKey names a clearing account: its asset and the shard it stands for.
+type ClearingKey struct {
+	Asset string
+	Peer  int
+}
+
+// SentTransfer is a transfer this shard reserved for an account on another shard.
+type SentTransfer struct {
+	ID     ledger.TransactionID
+	Remote ledger.AccountID
+	Asset  string
+	Amount int64
+	State  ledger.PendingState
+}
+
+// ReceivedTransfer is what this shard did with a transfer another shard sent it.
+type ReceivedTransfer struct {
+	ID      ledger.TransactionID // the source's pending transfer, which names the source shard
+	To      ledger.AccountID
+	Asset   string
+	Amount  int64
+	Applied bool
+}
+
+// CrossShardRecords reads the shard's side of transfers between shards for a cluster
+// verify (ledger/crossshard).
+func (s *Store) CrossShardRecords(ctx context.Context) (ShardRecords, error) {
+	r := ShardRecords{Clearing: map[ClearingKey]int64{}, Totals: map[string]int64{}}
+	tx, err := s.pool.BeginTx(ctx, pgxTxReadOnlySnapshot)
+	if err != nil {
+		return r, wrap("cross-shard records: begin", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	rows, err := tx.Query(ctx, `
+		SELECT a.asset, a.kind, a.owner, sum(b.posted)::numeric::text
+		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id
+		GROUP BY a.asset, a.kind, a.owner`)
+	if err != nil {
+		return r, wrap("cross-shard records: balances", err)
+	}
+	var asset, kind, owner, sum string
+	_, err = pgx.ForEachRow(rows, []any{&asset, &kind, &owner, &sum}, func() error {
+		n, err := strconv.ParseInt(sum, 10, 64)
+		if err != nil {
+			return fmt.Errorf("balance sum %s of %s: %w", sum, owner, err)
+		}
+		r.Totals[asset] += n
+		if kind == string(ledger.KindClearing) {
+			peer, err := strconv.Atoi(strings.TrimPrefix(owner, ClearingOwnerPrefix))
+			if err != nil {
+				return fmt.Errorf("clearing account owner %q: %w", owner, err)
+			}
+			r.Clearing[ClearingKey{Asset: asset, Peer: peer}] += n
+		}
+		return nil
+	})
+	if err != nil {
+		return r, wrap("cross-shard records: balances", err)
+	}
+	rows, err = tx.Query(ctx, `SELECT id, remote_account, asset, amount, state FROM tally.pending_transfers WHERE remote_account IS NOT NULL`)
+	if err != nil {
+		return r, wrap("cross-shard records: sent", err)
+	}
+	if r.Sent, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (SentTransfer, error) {
+		var t SentTransfer
+		var id, remote [16]byte
+		err := row.Scan(&id, &remote, &t.Asset, &t.Amount, &t.State)
+		t.ID, t.Remote = ledger.TransactionID(id), ledger.AccountID(remote)
+		return t, err
+	}); err != nil {
+		return r, wrap("cross-shard records: sent", err)
+	}
+	rows, err = tx.Query(ctx, `SELECT id, to_account, asset, amount, state = 'applied' FROM tally.inbound_transfers`)
+	if err != nil {
+		return r, wrap("cross-shard records: received", err)
+	}
+	if r.Received, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ReceivedTransfer, error) {
+		var t ReceivedTransfer
+		var id, to [16]byte
+		err := row.Scan(&id, &to, &t.Asset, &t.Amount, &t.Applied)
+		t.ID, t.To = ledger.TransactionID(id), ledger.AccountID(to)
+		return t, err
+	}); err != nil {
+		return r, wrap("cross-shard records: received", err)
+	}
+	return r, nil
+}
+
+// ClearingOwnerPrefix starts the owner of a clearing account; the peer shard's index follows.
+const ClearingOwnerPrefix = "tally:clearing:"

@@ -18,6 +18,16 @@
 -- Only tally.reserve and tally.resolve may move money in or out of a holding account: the
 -- entries trigger below refuses any other transaction that touches one.
 --
+-- A CROSS-SHARD TRANSFER is built on it (ledger/crossshard drives it; README "Transfers
+-- between shards"). On the source shard a pending transfer reserves the amount for the
+-- CLEARING account that stands for the destination shard (kind 'clearing', one per asset
+-- and peer shard) and names the account on the other shard (remote_account): that record
+-- is what the destination must do. The destination applies it once, keyed by the
+-- transfer's id in tally.inbound_transfers, from its clearing account for the source
+-- shard, or records why it refuses; then the source settles (posts it to its clearing
+-- account) or returns it (voids it). Clearing accounts, like holding accounts, are moved
+-- only by these functions.
+--
 -- A REVERSAL undoes a posted transaction with a new transaction of the opposite postings;
 -- tally.reversals links the two, and a transaction is reversed at most once.
 --
@@ -26,19 +36,22 @@
 -- and is not affected by them.
 
 -- Holding accounts: active, floor 0 (they can only hold what was reserved), one per asset.
+-- Clearing accounts: active, no floor (one side of each pair owes the other), one per
+-- asset and peer shard, which their owner names.
 ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_kind_known;
 ALTER TABLE tally.accounts ADD CONSTRAINT accounts_kind_known
-  CHECK (kind IN ('standard', 'external', 'holding')) NOT VALID;
+  CHECK (kind IN ('standard', 'external', 'holding', 'clearing')) NOT VALID;
 ALTER TABLE tally.accounts VALIDATE CONSTRAINT accounts_kind_known;
 ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_kind_check;
 ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_system_rules;
 ALTER TABLE tally.accounts ADD CONSTRAINT accounts_system_rules
   CHECK (kind = 'standard'
          OR (status = 'active' AND balance_slots = 1
-             AND balance_floor = CASE kind WHEN 'external' THEN -9223372036854775808 ELSE 0 END)) NOT VALID;
+             AND balance_floor = CASE kind WHEN 'holding' THEN 0 ELSE -9223372036854775808 END)) NOT VALID;
 ALTER TABLE tally.accounts VALIDATE CONSTRAINT accounts_system_rules;
 ALTER TABLE tally.accounts DROP CONSTRAINT IF EXISTS accounts_check;
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS accounts_one_holding_per_asset ON tally.accounts (asset) WHERE kind = 'holding';
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS accounts_one_clearing_per_asset_and_peer ON tally.accounts (asset, owner) WHERE kind = 'clearing';
 
 CREATE TABLE IF NOT EXISTS tally.pending_transfers (
   id            uuid PRIMARY KEY REFERENCES tally.transactions (id), -- the reservation
@@ -51,6 +64,10 @@ CREATE TABLE IF NOT EXISTS tally.pending_transfers (
   posted_amount bigint CHECK (posted_amount > 0 AND posted_amount <= amount),
   resolved_by   uuid UNIQUE REFERENCES tally.transactions (id),
   resolved_at   timestamptz,
+  -- a transfer to another shard: the account there; to_account is then this shard's
+  -- clearing account for that shard, and the ledger, not a caller, resolves it
+  remote_account uuid,
+  CONSTRAINT pending_transfers_remote_never_expire CHECK (remote_account IS NULL OR expires_at IS NULL),
   CONSTRAINT pending_transfers_resolved_once
     CHECK ((state = 'pending') = (resolved_by IS NULL) AND (resolved_by IS NULL) = (resolved_at IS NULL)),
   CONSTRAINT pending_transfers_posted_amount CHECK ((state = 'posted') = (posted_amount IS NOT NULL)),
@@ -62,6 +79,22 @@ CREATE TABLE IF NOT EXISTS tally.pending_transfers (
 CREATE INDEX CONCURRENTLY IF NOT EXISTS pending_transfers_open_from ON tally.pending_transfers (from_account) WHERE state = 'pending';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS pending_transfers_open_to ON tally.pending_transfers (to_account) WHERE state = 'pending';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS pending_transfers_open_until ON tally.pending_transfers (expires_at) WHERE state = 'pending' AND expires_at IS NOT NULL;
+CREATE INDEX CONCURRENTLY IF NOT EXISTS pending_transfers_in_flight ON tally.pending_transfers (id) WHERE state = 'pending' AND remote_account IS NOT NULL;
+
+-- What this shard did with each transfer another shard sent it: applied (by its
+-- transaction) or refused (and the problem why). Once, by the transfer's id: the source
+-- may ask again any number of times and is told the same.
+CREATE TABLE IF NOT EXISTS tally.inbound_transfers (
+  id             uuid PRIMARY KEY, -- the source's pending transfer; it carries the source shard
+  to_account     uuid NOT NULL,
+  asset          text NOT NULL,
+  amount         bigint NOT NULL CHECK (amount > 0),
+  state          text NOT NULL CHECK (state IN ('applied', 'refused')),
+  transaction_id uuid UNIQUE REFERENCES tally.transactions (id),
+  problem        text,
+  CONSTRAINT inbound_transfers_outcome
+    CHECK ((state = 'applied') = (transaction_id IS NOT NULL) AND (state = 'refused') = (problem IS NOT NULL))
+);
 
 CREATE TABLE IF NOT EXISTS tally.reversals (
   transaction_id uuid PRIMARY KEY REFERENCES tally.transactions (id), -- the one reversed
@@ -94,10 +127,14 @@ CREATE OR REPLACE TRIGGER reversals_append_only BEFORE DELETE OR UPDATE ON tally
   FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
 CREATE OR REPLACE TRIGGER reversals_no_truncate BEFORE TRUNCATE ON tally.reversals
   FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+CREATE OR REPLACE TRIGGER inbound_transfers_append_only BEFORE DELETE OR UPDATE ON tally.inbound_transfers
+  FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+CREATE OR REPLACE TRIGGER inbound_transfers_no_truncate BEFORE TRUNCATE ON tally.inbound_transfers
+  FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
 
--- Money enters or leaves a holding account only through tally.reserve and tally.resolve,
--- which say so for their own transaction with a transaction-local setting; a transfer
--- that names a holding account by its id is refused whole.
+-- Money enters or leaves a holding or clearing account only through tally.reserve,
+-- tally.resolve and tally.apply_inbound, which say so for their own transaction with a
+-- transaction-local setting; a transfer that names one by its id is refused whole.
 CREATE OR REPLACE FUNCTION tally.check_holding_moves() RETURNS trigger
 LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 DECLARE
@@ -107,9 +144,9 @@ BEGIN
     RETURN NULL;
   END IF;
   SELECT n.account_id INTO v_id FROM new_entries n JOIN tally.accounts a ON a.id = n.account_id
-  WHERE a.kind = 'holding' LIMIT 1;
+  WHERE a.kind IN ('holding', 'clearing') LIMIT 1;
   IF FOUND THEN
-    RAISE EXCEPTION 'tally: account % holds pending transfers; only reserving and resolving them moves it', v_id
+    RAISE EXCEPTION 'tally: account % holds pending transfers or clears between shards; only the ledger moves it', v_id
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
@@ -202,7 +239,8 @@ BEGIN
     ('amount_exceeds_pending',       422::smallint, 'Amount exceeds the pending amount'),
     ('transaction_not_found',        404::smallint, 'Transaction not found'),
     ('transaction_already_reversed', 409::smallint, 'Transaction already reversed'),
-    ('transaction_not_reversible',   422::smallint, 'Transaction cannot be reversed')
+    ('transaction_not_reversible',   422::smallint, 'Transaction cannot be reversed'),
+    ('transfer_between_shards',      409::smallint, 'Transfer between shards is resolved by the ledger')
   ) AS c(code, s, t) WHERE c.code = p_code;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'tally: unknown problem code %', p_code USING ERRCODE = 'invalid_parameter_value';
@@ -268,12 +306,38 @@ BEGIN
 END
 $$;
 
+-- The asset's clearing account for the peer shard, opened with p_new_id the first time.
+CREATE OR REPLACE FUNCTION tally.clearing_account(p_asset text, p_peer integer, p_new_id uuid) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_id    uuid;
+  v_owner text := 'tally:clearing:' || p_peer;
+BEGIN
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.owner = v_owner AND a.kind = 'clearing';
+  IF FOUND THEN
+    RETURN v_id;
+  END IF;
+  INSERT INTO tally.accounts (id, kind, owner, asset, scale, balance_floor)
+  SELECT p_new_id, 'clearing', v_owner, s.code, s.scale, -9223372036854775808 FROM tally.assets s WHERE s.code = p_asset
+  ON CONFLICT (asset, owner) WHERE kind = 'clearing' DO NOTHING;
+  IF FOUND THEN
+    INSERT INTO tally.balances (account_id, floor) VALUES (p_new_id, -9223372036854775808);
+  END IF;
+  SELECT a.id INTO v_id FROM tally.accounts a WHERE a.asset = p_asset AND a.owner = v_owner AND a.kind = 'clearing';
+  RETURN v_id; -- NULL: no such asset
+END
+$$;
+
 -- Reserve p_amount from p_from for p_to: one transaction from p_from to the holding
 -- account, and the pending transfer's record, under one idempotency key. The
 -- destination is checked now too (and share-locked, so it cannot close before the
--- record exists); resolving checks both accounts again.
+-- record exists); resolving checks both accounts again. With p_remote, the destination
+-- is that account on another shard: the transfer is reserved for this shard's clearing
+-- account for that shard (opened with p_clearing_id if need be), and the destination
+-- shard checks the account when it applies it.
 CREATE OR REPLACE FUNCTION tally.reserve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamptz,
   p_metadata jsonb, p_from uuid, p_to uuid, p_amount bigint, p_asset text, p_expires timestamptz, p_holding_id uuid,
+  p_remote uuid, p_clearing_id uuid,
   OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -291,8 +355,14 @@ BEGIN
     RETURN;
   END IF;
   PERFORM set_config('tally.moving_holds', 'on', true);
+  IF p_remote IS NOT NULL THEN
+    IF tally.id_shard(p_remote) = (SELECT shard_index FROM tally.shard) OR p_expires IS NOT NULL THEN
+      RAISE EXCEPTION 'tally: a transfer to another shard names an account there, and never expires' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    p_to := tally.clearing_account(p_asset, tally.id_shard(p_remote), p_clearing_id);
+  END IF;
   SELECT a.status, a.asset, a.kind INTO v_to FROM tally.accounts a WHERE a.id = p_to FOR SHARE;
-  IF NOT FOUND OR v_to.kind = 'holding' THEN
+  IF NOT FOUND OR (v_to.kind IN ('holding', 'clearing') AND p_remote IS NULL) THEN
     v_code := 'account_not_found';
     v_detail := format('account %s does not exist', p_to);
   ELSIF p_to = p_from THEN
@@ -321,8 +391,8 @@ BEGIN
   FROM tally.post_batch(ARRAY[p_caller], ARRAY[p_key], ARRAY[p_hash], ARRAY[p_id], ARRAY[p_created], ARRAY[p_metadata],
                         ARRAY[1], ARRAY[p_from], ARRAY[v_holding], ARRAY[p_amount], ARRAY[p_asset]) r;
   IF status = 201 AND NOT replayed THEN
-    INSERT INTO tally.pending_transfers (id, from_account, to_account, asset, amount, expires_at)
-    VALUES (p_id, p_from, p_to, p_asset, p_amount, p_expires);
+    INSERT INTO tally.pending_transfers (id, from_account, to_account, asset, amount, expires_at, remote_account)
+    VALUES (p_id, p_from, p_to, p_asset, p_amount, p_expires, p_remote);
   END IF;
 END
 $$;
@@ -330,7 +400,9 @@ $$;
 -- Resolve a pending transfer: 'post' moves p_amount (NULL: all of it) to the destination
 -- and the rest back, 'void' and 'expire' move all of it back; one transaction, p_id,
 -- under its own idempotency key. The record is locked first, so two resolutions of one
--- transfer queue, and the second finds it resolved.
+-- transfer queue, and the second finds it resolved. A transfer to another shard is
+-- resolved only by the ledger's driver, once the destination has answered: 'settle'
+-- (applied there: all of it to the clearing account) or 'return' (refused: all back).
 CREATE OR REPLACE FUNCTION tally.resolve(p_caller text, p_key text, p_hash bytea, p_id uuid, p_created timestamptz,
   p_metadata jsonb, p_pending uuid, p_action text, p_amount bigint,
   OUT status smallint, OUT body text, OUT replayed boolean, OUT transaction_id uuid)
@@ -346,8 +418,8 @@ DECLARE
   v_to      uuid[] := '{}';
   v_amount  bigint[] := '{}';
 BEGIN
-  IF p_action NOT IN ('post', 'void', 'expire') OR (p_amount IS NOT NULL AND (p_action <> 'post' OR p_amount <= 0)) THEN
-    RAISE EXCEPTION 'tally: resolve needs post (with an optional positive amount), void or expire' USING ERRCODE = 'invalid_parameter_value';
+  IF p_action NOT IN ('post', 'void', 'expire', 'settle', 'return') OR (p_amount IS NOT NULL AND (p_action <> 'post' OR p_amount <= 0)) THEN
+    RAISE EXCEPTION 'tally: resolve needs post (with an optional positive amount), void, expire, settle or return' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   replayed := false;
   SELECT * INTO v_prior FROM tally.replay(p_caller, p_key, p_hash);
@@ -365,6 +437,12 @@ BEGIN
   ELSIF v_p.state <> 'pending' THEN
     v_code := 'transfer_already_resolved';
     v_detail := format('transfer %s was already %s', p_pending, v_p.state);
+  ELSIF (v_p.remote_account IS NULL) <> (p_action IN ('post', 'void', 'expire')) THEN
+    IF v_p.remote_account IS NULL THEN
+      RAISE EXCEPTION 'tally: transfer % stays on this shard: post, void or expire it', p_pending USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_code := 'transfer_between_shards';
+    v_detail := format('transfer %s goes to another shard; the ledger completes or returns it', p_pending);
   ELSIF p_action = 'expire' AND (v_p.expires_at IS NULL OR v_p.expires_at > p_created) THEN
     RAISE EXCEPTION 'tally: transfer % has not expired', p_pending USING ERRCODE = 'invalid_parameter_value';
   ELSIF p_action = 'post' AND v_p.expires_at <= p_created THEN
@@ -379,7 +457,7 @@ BEGIN
     RETURN;
   END IF;
   SELECT a.id INTO v_holding FROM tally.accounts a WHERE a.asset = v_p.asset AND a.kind = 'holding';
-  IF p_action <> 'post' THEN
+  IF p_action NOT IN ('post', 'settle') THEN
     v_post := 0;
   END IF;
   IF v_post > 0 THEN
@@ -394,7 +472,7 @@ BEGIN
                         array_fill(v_p.asset, ARRAY[cardinality(v_from)])) r;
   IF status = 201 AND NOT replayed THEN
     UPDATE tally.pending_transfers p
-    SET state = CASE p_action WHEN 'post' THEN 'posted' WHEN 'void' THEN 'voided' ELSE 'expired' END,
+    SET state = CASE p_action WHEN 'expire' THEN 'expired' WHEN 'void' THEN 'voided' WHEN 'return' THEN 'voided' ELSE 'posted' END,
         posted_amount = nullif(v_post, 0), resolved_by = p_id, resolved_at = p_created
     WHERE p.id = p_pending;
   END IF;
@@ -434,9 +512,10 @@ BEGIN
     v_code := 'transaction_already_reversed';
     v_detail := format('transaction %s was already reversed', p_original);
   ELSIF EXISTS (SELECT FROM tally.pending_transfers p WHERE p.id = p_original)
-        OR EXISTS (SELECT FROM tally.pending_transfers p WHERE p.resolved_by = p_original) THEN
+        OR EXISTS (SELECT FROM tally.pending_transfers p WHERE p.resolved_by = p_original)
+        OR EXISTS (SELECT FROM tally.inbound_transfers i WHERE i.transaction_id = p_original) THEN
     v_code := 'transaction_not_reversible';
-    v_detail := format('transaction %s reserves or resolves a pending transfer; void the transfer instead', p_original);
+    v_detail := format('transaction %s is part of a pending transfer or a transfer between shards', p_original);
   END IF;
   IF v_code IS NOT NULL THEN
     SELECT * INTO status, body FROM tally.refuse(p_caller, p_key, p_hash, v_code, v_detail);
@@ -459,12 +538,77 @@ BEGIN
 END
 $$;
 
+-- Apply, once, a transfer another shard reserved for an account here: from this shard's
+-- clearing account for the source shard to p_to, as transaction p_tx; or record why it
+-- is refused. Asked again, it answers what it did the first time. Appliers of one
+-- transfer queue on a lock of its id, so it is decided once.
+CREATE OR REPLACE FUNCTION tally.apply_inbound(p_id uuid, p_to uuid, p_amount bigint, p_asset text, p_tx uuid,
+  p_created timestamptz, p_metadata jsonb, p_clearing_id uuid,
+  OUT state text, OUT problem text, OUT transaction_id uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_source   integer := tally.id_shard(p_id);
+  v_clearing uuid;
+  v_to       record;
+  v_code     text;
+  v_detail   text;
+  v_r        record;
+BEGIN
+  SELECT i.state, i.problem, i.transaction_id INTO state, problem, transaction_id FROM tally.inbound_transfers i WHERE i.id = p_id;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('tally.apply_inbound'), hashtext(p_id::text));
+  SELECT i.state, i.problem, i.transaction_id INTO state, problem, transaction_id FROM tally.inbound_transfers i WHERE i.id = p_id;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  IF v_source = (SELECT shard_index FROM tally.shard) OR p_amount <= 0 THEN
+    RAISE EXCEPTION 'tally: an inbound transfer comes from another shard, with a positive amount' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM set_config('tally.moving_holds', 'on', true);
+  SELECT a.asset, a.kind INTO v_to FROM tally.accounts a WHERE a.id = p_to;
+  IF NOT FOUND OR v_to.kind IN ('holding', 'clearing') THEN
+    v_code := 'account_not_found';
+    v_detail := format('account %s does not exist', p_to);
+  ELSIF v_to.asset <> p_asset THEN
+    v_code := 'asset_mismatch';
+    v_detail := format('the transfer is in %s but account %s holds %s', p_asset, p_to, v_to.asset);
+  ELSE
+    v_clearing := tally.clearing_account(p_asset, v_source, p_clearing_id);
+  END IF;
+  IF v_code IS NOT NULL THEN
+    state := 'refused';
+    SELECT x.body INTO problem FROM tally.problem(v_code, v_detail) x;
+  ELSE
+    -- Status, funds and the rest are judged as for any posting, under its locks.
+    SELECT r.status, r.body, r.replayed, r.transaction_id INTO v_r
+    FROM tally.post_batch(ARRAY['tally:shard:' || v_source], ARRAY['inbound:' || p_id], ARRAY[sha256(uuid_send(p_id))],
+                          ARRAY[p_tx], ARRAY[p_created], ARRAY[p_metadata], ARRAY[1], ARRAY[v_clearing], ARRAY[p_to],
+                          ARRAY[p_amount], ARRAY[p_asset]) r;
+    IF v_r.replayed THEN
+      RAISE EXCEPTION 'tally: inbound transfer % has an idempotency record but no inbound record', p_id USING ERRCODE = 'internal_error';
+    ELSIF v_r.status = 201 THEN
+      state := 'applied';
+      transaction_id := v_r.transaction_id;
+    ELSE
+      state := 'refused';
+      problem := v_r.body;
+    END IF;
+  END IF;
+  INSERT INTO tally.inbound_transfers (id, to_account, asset, amount, state, transaction_id, problem)
+  VALUES (p_id, p_to, p_asset, p_amount, state, transaction_id, problem);
+END
+$$;
+
 GRANT SELECT, INSERT ON tally.pending_transfers TO tally_app;
+GRANT SELECT, INSERT ON tally.inbound_transfers TO tally_app;
 GRANT UPDATE (state, posted_amount, resolved_by, resolved_at) ON tally.pending_transfers TO tally_app;
 GRANT SELECT, INSERT ON tally.reversals TO tally_app;
 GRANT EXECUTE ON FUNCTION tally.replay(text, text, bytea), tally.refuse(text, text, bytea, text, text),
-  tally.holding_account(text, uuid),
-  tally.reserve(text, text, bytea, uuid, timestamptz, jsonb, uuid, uuid, bigint, text, timestamptz, uuid),
+  tally.holding_account(text, uuid), tally.clearing_account(text, integer, uuid),
+  tally.reserve(text, text, bytea, uuid, timestamptz, jsonb, uuid, uuid, bigint, text, timestamptz, uuid, uuid, uuid),
+  tally.apply_inbound(uuid, uuid, bigint, text, uuid, timestamptz, jsonb, uuid),
   tally.resolve(text, text, bytea, uuid, timestamptz, jsonb, uuid, text, bigint),
   tally.reverse(text, text, bytea, uuid, timestamptz, jsonb, uuid),
   tally.check_pending_transfer_update(), tally.check_holding_moves() TO tally_app;
