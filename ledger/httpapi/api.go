@@ -238,6 +238,9 @@ type createAccountRequest struct {
 	BalanceFloor *string         `json:"balance_floor"`
 	BalanceSlots *int            `json:"balance_slots"`
 	Metadata     json.RawMessage `json:"metadata"`
+	// Shard places the account on that shard; without it the account goes where the
+	// owner's accounts are (shardset.Place).
+	Shard *int `json:"shard"`
 }
 
 func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
@@ -276,7 +279,7 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	acc, err := a.set.CreateAccount(r.Context(), ledger.Account{Owner: req.Owner, Asset: asset.Code, BalanceFloor: floor, BalanceSlots: slots, Metadata: meta})
+	acc, err := a.set.CreateAccount(r.Context(), ledger.Account{Owner: req.Owner, Asset: asset.Code, BalanceFloor: floor, BalanceSlots: slots, Metadata: meta}, req.Shard)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
 )
 
@@ -163,5 +164,60 @@ func TestReversalOverHTTP(t *testing.T) {
 	}
 	if again := c.must(201, c.do("POST", "/v1/transactions/"+paid+"/reverse", `{"metadata":{"reason":"refund"}}`, "Idempotency-Key", "r1")); !bytes.Equal(again.body, rev.body) {
 		t.Errorf("replayed reversal: %s", again.body)
+	}
+}
+
+// TestPlacementAcrossScaling: from one shard to three, an owner's new accounts join its
+// old ones, new owners spread over every shard, new ones included, and a caller may name
+// a shard.
+func TestPlacementAcrossScaling(t *testing.T) {
+	shard0 := pgtest.NewShardDB(t, 0)
+	one := newClientOver(t, []*pgtest.DB{shard0}, nil)
+	one.asset("USD", 2)
+	var before []string
+	for i := range 12 {
+		before = append(before, one.account(fmt.Sprint("old-", i), "USD"))
+	}
+	three := newClientOver(t, []*pgtest.DB{shard0, pgtest.NewShardDB(t, 1), pgtest.NewShardDB(t, 2)}, nil)
+	if err := three.set.SyncAssets(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	shardOf := func(id string) int {
+		t.Helper()
+		acc, err := ledger.ParseAccountID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return acc.Shard()
+	}
+	for i := range before {
+		if s := shardOf(three.account(fmt.Sprint("old-", i), "USD")); s != 0 {
+			t.Errorf("old-%d's new account went to shard %d, its others are on 0", i, s)
+		}
+	}
+	spread := map[int]int{}
+	for i := range 60 {
+		owner := fmt.Sprint("new-", i)
+		first := shardOf(three.account(owner, "USD"))
+		spread[first]++
+		if again := shardOf(three.account(owner, "USD")); again != first {
+			t.Errorf("%s's accounts on shards %d and %d", owner, first, again)
+		}
+	}
+	if len(spread) != 3 {
+		t.Errorf("new owners over the shards: %v", spread)
+	}
+	named := three.must(201, three.do("POST", "/v1/accounts", `{"owner":"old-0","asset":"USD","shard":2}`)).field("id")
+	if shardOf(named) != 2 {
+		t.Errorf("named shard 2, got %d", shardOf(named))
+	}
+	if r := three.do("POST", "/v1/accounts", `{"owner":"x","asset":"USD","shard":3}`); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("a shard that does not exist: %d %s", r.status, r.body)
+	}
+	// An owner split over shards moves money between its accounts all the same.
+	a, b := before[0], named
+	three.must(201, three.transfer("fund", "external", a, "10.00", "USD"))
+	if r := three.must(201, three.transfer("across", a, b, "4.00", "USD")); r.field("state") != "posted" {
+		t.Errorf("between the owner's shards: %s", r.body)
 	}
 }

@@ -66,12 +66,44 @@ func (s *Set) shard(i int) (*store.Store, error) {
 	return s.shards[i], nil
 }
 
-// Placement picks the shard for a new account: a hash of the owner, so one owner's
-// accounts share a shard and can transact with each other.
+// Placement is the shard of a new owner: a hash of the owner over every shard, so new
+// owners spread over all of them, shards added by scaling included.
 func (s *Set) Placement(owner string) int {
 	h := fnv.New32a()
 	h.Write([]byte(owner))
 	return int(h.Sum32() % uint32(len(s.shards)))
+}
+
+// Place picks the shard for a new account of the owner. The caller's choice, if it names
+// one (nil: none); else the shard where the owner's accounts already live, so they stay
+// together however the shard count has changed (if they are on several, the lowest); a
+// new owner gets Placement. A shard that does not answer (failing over, say) cannot say
+// whether it holds the owner's accounts: an owner not found on the others still gets
+// Placement if that shard answers, so one shard's outage does not stop accounts opening
+// on the rest. An owner whose accounts live only on the lost shard may then have one
+// elsewhere; transfers between shards keep them usable together.
+func (s *Set) Place(ctx context.Context, owner string, named *int) (int, error) {
+	if named != nil {
+		if *named < 0 || *named >= len(s.shards) {
+			return 0, ledger.Errorf(ledger.CodeInvalidRequest, "shard must be 0 to %d: the ledger has %d shards", len(s.shards)-1, len(s.shards))
+		}
+		return *named, nil
+	}
+	home := s.Placement(owner)
+	var homeErr error
+	for i, st := range s.shards {
+		found, err := st.AccountsByOwner(ctx, owner, ledger.AccountID{}, 1)
+		if err != nil {
+			if i == home {
+				homeErr = fmt.Errorf("shardset: look up owner on shard %d: %w", i, err)
+			}
+			continue
+		}
+		if len(found) > 0 {
+			return i, nil
+		}
+	}
+	return home, homeErr
 }
 
 // RegisterAsset registers the asset on every shard, each with its own external account.
@@ -198,15 +230,18 @@ func (s *Set) Assets(ctx context.Context) ([]ledger.Asset, error) {
 	return assets, nil
 }
 
-// CreateAccount opens a standard account on the owner's shard.
-func (s *Set) CreateAccount(ctx context.Context, a ledger.Account) (ledger.Account, error) {
-	shard := s.Placement(a.Owner)
-	id, err := ledger.NewAccountID(shard)
+// CreateAccount opens a standard account on the shard Place picks.
+func (s *Set) CreateAccount(ctx context.Context, a ledger.Account, shard *int) (ledger.Account, error) {
+	at, err := s.Place(ctx, a.Owner, shard)
+	if err != nil {
+		return a, err
+	}
+	id, err := ledger.NewAccountID(at)
 	if err != nil {
 		return a, err
 	}
 	a.ID = id
-	return s.shards[shard].CreateAccount(ctx, a)
+	return s.shards[at].CreateAccount(ctx, a)
 }
 
 // Account reads one account.
