@@ -46,14 +46,19 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	dataDir := fs.String("data-dir", "", "where PostgreSQL keeps its data; reused on the next start (default "+devDataDir+", or "+devHADataDir+" with --instances > 1)")
 	pgPort := fs.Int("pg-port", devPGPort, "PostgreSQL port on 127.0.0.1 (with --instances > 1, the port that always leads to the primary)")
 	instances := fs.Int("instances", 1, fmt.Sprintf("PostgreSQL instances: 1, or up to %d for a primary with synchronous replicas and automatic failover", devHAMax))
+	shards := fs.Int("shards", 1, fmt.Sprintf("ledger shards, 1 to %d: one database each on the same PostgreSQL", devMaxShards))
 	listen := fs.String("listen", server.DefaultListen, "API address")
 	opsListen := fs.String("ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
 	printScript := fs.String("print-script", "", "only print the curl commands for the API at this host:port, and exit")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *shards < 1 || *shards > devMaxShards {
+		fmt.Fprintf(fs.Output(), "--shards must be between 1 and %d\n", devMaxShards)
+		return errUsage
+	}
 	if *printScript != "" {
-		fmt.Fprintln(out, DevCurlScript(*printScript))
+		fmt.Fprintln(out, DevCurlScript(*printScript, *shards))
 		return nil
 	}
 	if *instances < 1 || *instances > devHAMax {
@@ -101,7 +106,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}()
 		superDSN = pg.DSN
-		if err := prepareDevDatabase(ctx, superDSN, true); err != nil {
+		if err := prepareDevShards(ctx, superDSN, *shards, true); err != nil {
 			return err
 		}
 	} else {
@@ -115,23 +120,27 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 			sh.Stop()
 		}()
 		superDSN = func(db string) string { return sh.DSN(postgres.Superuser, db) }
-		if err := prepareDevDatabase(ctx, superDSN, false); err != nil {
+		if err := prepareDevShards(ctx, superDSN, *shards, false); err != nil {
 			return err
 		}
 		extra = DevHABanner(sh)
 	}
-	appDSN := strings.Replace(superDSN(devDatabase), postgres.Superuser+"@", devAppRole+"@", 1)
+	var appDSNs, databaseURLs []string
+	for i := range *shards {
+		databaseURLs = append(databaseURLs, superDSN(devShardDatabase(i)))
+		appDSNs = append(appDSNs, strings.Replace(superDSN(devShardDatabase(i)), postgres.Superuser+"@", devAppRole+"@", 1))
+	}
 	ready := make(chan string, 1)
 	go func() {
 		select {
 		case addr := <-ready:
-			fmt.Fprint(out, DevBanner(addr, *opsListen, dir, superDSN(devDatabase))+extra)
+			fmt.Fprint(out, DevBanner(addr, *opsListen, dir, databaseURLs)+extra)
 		case <-ctx.Done():
 		}
 	}()
 	tuneGC()
 	err = server.Run(ctx, server.Config{
-		Listen: *listen, OpsListen: *opsListen, ShardDSNs: []string{appDSN},
+		Listen: *listen, OpsListen: *opsListen, ShardDSNs: appDSNs,
 		MaxConnsPerShard: server.DefaultMaxConnsPerShard, Log: log, Ready: ready,
 	})
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -216,58 +225,93 @@ func prepareDataDir(dir string) error {
 	return nil
 }
 
-// prepareDevDatabase creates the database and the service's login role if missing
-// (create: a local shard's instance managers already did), and migrates it as shard 0.
-// Every step is idempotent, so a restart reuses the data.
-func prepareDevDatabase(ctx context.Context, superDSN func(db string) string, create bool) error {
+// devMaxShards bounds tally dev --shards: each shard is a database and a pool of
+// connections on the one local PostgreSQL.
+const devMaxShards = 8
+
+// devShardDatabase is shard i's database: shard 0 keeps the name a one-shard dev ledger
+// has always had, so its data carries over.
+func devShardDatabase(i int) string {
+	if i == 0 {
+		return devDatabase
+	}
+	return fmt.Sprintf("%s_shard_%d", devDatabase, i)
+}
+
+// prepareDevShards creates each shard's database (create: the service's login role too;
+// a local HA shard's instance managers made the role and shard 0's database already), and
+// migrates each as its shard. Every step is idempotent, so a restart reuses the data, and
+// a restart with more shards adds them.
+func prepareDevShards(ctx context.Context, superDSN func(db string) string, shards int, create bool) error {
 	admin, err := pgx.Connect(ctx, superDSN("postgres"))
 	if err != nil {
 		return err
 	}
 	defer admin.Close(ctx)
+	var stmts []string
 	if create {
-		for _, stmt := range []string{
-			"CREATE DATABASE " + devDatabase,
-			"CREATE ROLE " + devAppRole + " LOGIN",
-		} {
-			var pgErr *pgconn.PgError
-			if _, err := admin.Exec(ctx, stmt); err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "42710")) {
-				return fmt.Errorf("%s: %w", stmt, err)
-			}
+		stmts = append(stmts, "CREATE ROLE "+devAppRole+" LOGIN", "CREATE DATABASE "+devDatabase)
+	}
+	for i := 1; i < shards; i++ {
+		stmts = append(stmts, "CREATE DATABASE "+devShardDatabase(i))
+	}
+	for _, stmt := range stmts {
+		var pgErr *pgconn.PgError
+		if _, err := admin.Exec(ctx, stmt); err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "42710")) {
+			return fmt.Errorf("%s: %w", stmt, err)
 		}
 	}
-	conn, err := pgx.Connect(ctx, superDSN(devDatabase))
+	for i := range shards {
+		if err := migrateDevShard(ctx, superDSN(devShardDatabase(i)), i); err != nil {
+			return fmt.Errorf("shard %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func migrateDevShard(ctx context.Context, dsn string, shard int) error {
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
-	_, err = migrations.Setup(ctx, conn, 0, devAppRole)
+	_, err = migrations.Setup(ctx, conn, shard, devAppRole)
 	return err
 }
 
 // DevBanner is what `tally dev` prints once it serves: where things are, and curl
-// commands to paste, in order, into a POSIX shell.
-func DevBanner(addr, opsAddr, dataDir, databaseURL string) string {
+// commands to paste, in order, into a POSIX shell. databaseURLs are the shards', in order.
+func DevBanner(addr, opsAddr, dataDir string, databaseURLs []string) string {
+	verify := "bin/tally verify --database-url '" + databaseURLs[0] + "'"
+	databases := databaseURLs[0]
+	if len(databaseURLs) > 1 {
+		verify = "bin/tally verify"
+		for _, u := range databaseURLs {
+			verify += " --shard-url '" + u + "'"
+		}
+		databases = fmt.Sprintf("%d shards: %s", len(databaseURLs), strings.Join(databaseURLs, " "))
+	}
 	return fmt.Sprintf(`
 Tally is running.
   API       http://%[1]s
   metrics   http://%[2]s/metrics   health http://%[2]s/healthz, /readyz
   database  %[5]s
-  verify    bin/tally verify --database-url '%[5]s'
+  verify    %[6]s
   data      %[3]s (delete it to start afresh)
 Press Ctrl-C to stop.
 
 Try it (paste into a shell):
 
 %[4]s
-`, addr, opsAddr, dataDir, DevCurlScript(addr), databaseURL)
+`, addr, opsAddr, dataDir, DevCurlScript(addr, len(databaseURLs)), databases, verify)
 }
 
 // DevCurlScript registers USD, opens two accounts, deposits, transfers, and reads the
-// balance and history. Idempotency keys include the account ids, so the script can be
-// pasted again after a restart.
-func DevCurlScript(addr string) string {
-	return strings.ReplaceAll(`API=http://ADDR
+// balance and history; with more than one shard, it also pays an account on another
+// shard. Idempotency keys include the account ids, so the script can be pasted again
+// after a restart.
+func DevCurlScript(addr string, shards int) string {
+	script := `API=http://ADDR
 curl -s -X POST $API/v1/assets -H 'Content-Type: application/json' -d '{"code":"USD","scale":2}'; echo
 ALICE=$(curl -s -X POST $API/v1/accounts -H 'Content-Type: application/json' -d '{"owner":"alice","asset":"USD"}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
 BOB=$(curl -s -X POST $API/v1/accounts -H 'Content-Type: application/json' -d '{"owner":"bob","asset":"USD"}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
@@ -275,5 +319,16 @@ echo "alice=$ALICE bob=$BOB"
 curl -s -X POST $API/v1/transfers -H 'Content-Type: application/json' -H "Idempotency-Key: deposit-$ALICE" -d '{"from_account":"external","to_account":"'$ALICE'","amount":"100.00","asset":"USD"}'; echo
 curl -s -X POST $API/v1/transfers -H 'Content-Type: application/json' -H "Idempotency-Key: pay-$ALICE" -d '{"from_account":"'$ALICE'","to_account":"'$BOB'","amount":"12.34","asset":"USD"}'; echo
 curl -s $API/v1/accounts/$BOB/balance; echo
-curl -s $API/v1/accounts/$ALICE/entries; echo`, "ADDR", addr)
+curl -s $API/v1/accounts/$ALICE/entries; echo`
+	if shards > 1 {
+		// Carol is placed on the shard after alice's (bytes 9 and 10 of an id), so the
+		// payment crosses shards.
+		script += `
+SHARD=$(( (16#$(echo $ALICE | cut -c22-23)$(echo $ALICE | cut -c25-26) + 1) % ` + fmt.Sprint(shards) + ` ))
+CAROL=$(curl -s -X POST $API/v1/accounts -H 'Content-Type: application/json' -d '{"owner":"carol","asset":"USD","shard":'$SHARD'}' | sed -E 's/.*"id":"([^"]+)".*/\1/')
+echo "carol=$CAROL, on shard $SHARD: a transfer between shards"
+curl -s -X POST $API/v1/transfers -H 'Content-Type: application/json' -H "Idempotency-Key: across-$ALICE" -d '{"from_account":"'$ALICE'","to_account":"'$CAROL'","amount":"7.00","asset":"USD"}'; echo
+curl -s $API/v1/accounts/$CAROL/balance; echo`
+	}
+	return strings.ReplaceAll(script, "ADDR", addr)
 }

@@ -42,8 +42,13 @@ func TestDevRefusesBusyDataAndPorts(t *testing.T) {
 
 // The banner gives the database URL that tally verify needs, and the command.
 func TestDevBannerNamesTheDatabase(t *testing.T) {
-	b := DevBanner("127.0.0.1:8080", "127.0.0.1:9090", "/data", "postgres://u@127.0.0.1:54329/tally")
-	if !strings.Contains(b, "verify --database-url 'postgres://u@127.0.0.1:54329/tally'") {
+	b := DevBanner("127.0.0.1:8080", "127.0.0.1:9090", "/data", []string{"postgres://u@127.0.0.1:54329/tally"})
+	if !strings.Contains(b, "verify --database-url 'postgres://u@127.0.0.1:54329/tally'") || strings.Contains(b, "between shards") {
 		t.Errorf("banner:\n%s", b)
+	}
+	// With shards, verify covers all of them, and the script pays across shards.
+	b = DevBanner("127.0.0.1:8080", "127.0.0.1:9090", "/data", []string{"postgres://u@h/tally", "postgres://u@h/tally_shard_1"})
+	if !strings.Contains(b, "verify --shard-url 'postgres://u@h/tally' --shard-url 'postgres://u@h/tally_shard_1'") || !strings.Contains(b, "between shards") {
+		t.Errorf("banner with 2 shards:\n%s", b)
 	}
 }

@@ -84,6 +84,27 @@ func TestServeSizesPoolsForBatching(t *testing.T) {
 	}
 }
 
+// TestDevScriptOnThreeShards runs the script `tally dev --shards 3` prints: its payment
+// to carol, placed on another shard than alice, crosses shards.
+func TestDevScriptOnThreeShards(t *testing.T) {
+	var dsns []string
+	for i := range 3 {
+		dsns = append(dsns, pgtest.NewShardDB(t, i).AppDSN())
+	}
+	addr, _, stop := serve(t, server.Config{ShardDSNs: dsns})
+	defer stop() //nolint:errcheck
+	out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr, 3)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dev script: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{`"balance":"12.34"`, "a transfer between shards", `"state":"posted"`, `"balance":"7.00"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("dev script output lacks %s:\n%s", want, text)
+		}
+	}
+}
+
 // TestServeRunsTheDevScript serves the ledger as `tally dev` does and runs the curl
 // commands `tally dev` prints, exactly as printed.
 func TestServeRunsTheDevScript(t *testing.T) {
@@ -93,7 +114,7 @@ func TestServeRunsTheDevScript(t *testing.T) {
 	db := pgtest.NewDB(t)
 	addr, ops, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}})
 
-	out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr)).CombinedOutput()
+	out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr, 1)).CombinedOutput()
 	if err != nil {
 		t.Fatalf("dev script: %v\n%s", err, out)
 	}
@@ -104,7 +125,7 @@ func TestServeRunsTheDevScript(t *testing.T) {
 		}
 	}
 	// Pasting it a second time works too (new accounts, no key clash).
-	if out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr)).CombinedOutput(); err != nil || strings.Contains(string(out), "problems/") {
+	if out, err := exec.Command("bash", "-euo", "pipefail", "-c", cli.DevCurlScript(addr, 1)).CombinedOutput(); err != nil || strings.Contains(string(out), "problems/") {
 		t.Errorf("second run: %v\n%s", err, out)
 	}
 
