@@ -53,7 +53,16 @@ const (
 	HotCredit = "hot-credit" // every transfer credits one account: a merchant paid by many
 	Mixed     = "mixed"      // 90% uniform, 10% hot
 	Reads     = "reads"      // balance reads of random accounts
+	// CrossShard moves money between an account on shard 0 and one on shard 1, every
+	// transfer crossing shards (ledger/crossshard), in either direction.
+	CrossShard = "cross-shard"
+	// PendingPost makes a pending transfer between two random accounts and posts it: one
+	// operation is the pair.
+	PendingPost = "pending-post"
 )
+
+// Scenarios are every scenario, in the order make bench runs them.
+var Scenarios = []string{Uniform, Hot, HotCredit, Mixed, Reads, CrossShard, PendingPost}
 
 // Modes: through the HTTP API, straight into the shard set (batched), Tally's own
 // transaction function called once per transfer with no batching, and the reference.
@@ -172,6 +181,12 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	var results, medians []Result
 	measure := func(scenario string, clients int) error {
 		modes := slices.Clone(cfg.Modes)
+		switch scenario {
+		case CrossShard: // Tally's transaction function alone does not cross shards
+			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall })
+		case PendingPost: // nor make pending transfers; and wrk does not chain two requests
+			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall || m == ModeWrk })
+		}
 		if scenario == Reads {
 			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall }) // it reads as store does
 		} else {
@@ -357,6 +372,10 @@ func printTargets(w io.Writer, results []Result) {
 		if r, ok := find(Reads, mode, accounts); ok {
 			line("balance-read p99 < 5 ms", mode, r.P99ms, " ms", r.P99ms < 5)
 		}
+		if r, ok := find(CrossShard, mode, accounts); ok {
+			line("cross-shard >= 1.5x reference (issue 16)", mode, r.Ratio, "x", r.Ratio >= 1.5)
+			line("cross-shard p99 < 50 ms (issue 16)", mode, r.P99ms, " ms", r.P99ms < 50)
+		}
 		small, ok1 := find(Uniform, mode, accounts)
 		big, ok2 := find(Uniform, mode, large)
 		if ok1 && ok2 && large > accounts {
@@ -388,9 +407,14 @@ type env struct {
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
 	external ledger.AccountID // the USD external account that funds the others
-	hotSlots int
-	batching batcher.Config
-	seq      atomic.Int64
+	// Shard 1, a second database on the same server: the other ends of CrossShard.
+	pool1     *pgxpool.Pool
+	store1    *store.Store
+	external1 ledger.AccountID
+	others    []ledger.AccountID
+	hotSlots  int
+	batching  batcher.Config
+	seq       atomic.Int64
 }
 
 func start(ctx context.Context, cfg Config) (*env, error) {
@@ -445,17 +469,15 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, err
 	}
 	appDSN := strings.Replace(e.pg.DSN("tally"), postgres.Superuser+"@", "tally_service@", 1)
-	pcfg, err := pgxpool.ParseConfig(appDSN)
-	if err != nil {
-		return nil, err
-	}
-	pcfg.MaxConns = int32(maxClients + 4)
-	store.ConfigurePool(pcfg)
-	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+	if e.pool, err = benchPool(ctx, appDSN, maxClients); err != nil {
 		return nil, err
 	}
 	e.store = store.New(e.pool)
-	if e.direct, err = shardset.New([]*store.Store{e.store}, nil, time.Now); err != nil {
+	appDSN1, err := e.startSecondShard(ctx, admin, maxClients)
+	if err != nil {
+		return nil, fmt.Errorf("second shard: %w", err)
+	}
+	if e.direct, err = shardset.New([]*store.Store{e.store, e.store1}, nil, time.Now); err != nil {
 		return nil, err
 	}
 	if err := e.seed(ctx, cfg.Accounts); err != nil {
@@ -472,7 +494,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	}
 	go func() {
 		e.apiDone <- server.Run(apiCtx, server.Config{
-			Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:" + strconv.Itoa(opsPort), ShardDSNs: []string{appDSN},
+			Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:" + strconv.Itoa(opsPort), ShardDSNs: []string{appDSN, appDSN1},
 			MaxConnsPerShard: int32(maxClients + 4), Batching: cfg.Batching, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
 		})
 	}()
@@ -495,6 +517,9 @@ func (e *env) close() {
 	if e.pool != nil {
 		e.pool.Close()
 	}
+	if e.pool1 != nil {
+		e.pool1.Close()
+	}
 	if e.ref != nil {
 		e.ref.close()
 	}
@@ -510,11 +535,16 @@ func (e *env) seed(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	e.external = asset.ExternalAccounts[0]
+	e.external, e.external1 = asset.ExternalAccounts[0], asset.ExternalAccounts[1]
 	if err := e.openHot(ctx); err != nil {
 		return err
 	}
-	return e.open(ctx, n-1)
+	if err := e.open(ctx, n-1); err != nil {
+		return err
+	}
+	// Shard 1 holds as many accounts, the other ends of transfers between shards.
+	e.others, err = openAccounts(ctx, e.pool1, e.store1, e.external1, 1, n, e.request)
+	return err
 }
 
 // openHot opens the hot account, with hotSlots balance slots, funded as the reference's
@@ -555,50 +585,59 @@ func (e *env) grow(ctx context.Context, total int) error {
 	return e.ref.seed(ctx, total)
 }
 
-// open opens n more accounts in one statement and funds them from the external account
-// through the ledger's own write path.
+// open opens n more accounts on shard 0.
 func (e *env) open(ctx context.Context, n int) error {
+	fresh, err := openAccounts(ctx, e.pool, e.store, e.external, 0, n, e.request)
+	e.accounts = append(e.accounts, fresh...)
+	return err
+}
+
+// openAccounts opens n accounts on a shard in one statement and funds them from its
+// external account through the ledger's own write path.
+func openAccounts(ctx context.Context, pool *pgxpool.Pool, st *store.Store, external ledger.AccountID, shard, n int,
+	request func(string, []ledger.Posting) store.Request) ([]ledger.AccountID, error) {
 	fresh := make([]ledger.AccountID, n)
 	ids := make([][16]byte, n)
 	for i := range fresh {
 		var err error
-		if fresh[i], err = ledger.NewAccountID(0); err != nil {
-			return err
+		if fresh[i], err = ledger.NewAccountID(shard); err != nil {
+			return nil, err
 		}
 		ids[i] = [16]byte(fresh[i])
 	}
-	if _, err := e.pool.Exec(ctx, `
+	if _, err := pool.Exec(ctx, `
 		WITH a AS (
 			INSERT INTO tally.accounts (id, owner, asset, scale)
 			SELECT id, 'bench-' || ord, 'USD', 2 FROM unnest($1::uuid[]) WITH ORDINALITY u(id, ord)
 			RETURNING id, balance_floor)
 		INSERT INTO tally.balances (account_id, floor) SELECT id, balance_floor FROM a`, ids); err != nil {
-		return err
+		return nil, err
 	}
 	const perRequest = ledger.MaxPostings
 	var reqs []store.Request
 	for i := 0; i < n; i += perRequest {
 		var postings []ledger.Posting
 		for _, id := range fresh[i:min(i+perRequest, n)] {
-			postings = append(postings, ledger.Posting{From: e.external, To: id, Amount: fundingPerAccount, Asset: "USD"})
+			postings = append(postings, ledger.Posting{From: external, To: id, Amount: fundingPerAccount, Asset: "USD"})
 		}
-		reqs = append(reqs, e.request("seed", postings))
+		req := request("seed", postings)
+		req.Transaction.ID, _ = ledger.NewTransactionID(shard)
+		reqs = append(reqs, req)
 	}
 	for len(reqs) > 0 {
 		chunk := reqs[:min(len(reqs), 500)]
 		reqs = reqs[len(chunk):]
-		outs, err := e.store.PostBatch(ctx, chunk)
+		outs, err := st.PostBatch(ctx, chunk)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, o := range outs {
 			if o.Status != http.StatusCreated {
-				return fmt.Errorf("funding: %d %s", o.Status, o.Body)
+				return nil, fmt.Errorf("funding: %d %s", o.Status, o.Body)
 			}
 		}
 	}
-	e.accounts = append(e.accounts, fresh...)
-	return nil
+	return fresh, nil
 }
 
 func (e *env) request(prefix string, postings []ledger.Posting) store.Request {
@@ -645,6 +684,12 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 			_, err := batchedSet.Balance(ctx, e.accounts[rng.IntN(len(e.accounts))])
 			return false, err
 		}
+	}
+	if scenario == CrossShard || scenario == PendingPost {
+		if mode == ModeReference { // the same yardstick: one transfer between two random accounts
+			return e.ref.op(e.pick(Uniform))
+		}
+		return e.twoPhaseOp(scenario, mode, batchedSet)
 	}
 	pick := e.pick(scenario)
 	switch mode {
@@ -706,11 +751,11 @@ func (e *env) httpDo(ctx context.Context, method, path, body string, headers map
 // run drives one scenario with the given clients for the duration, then checks every
 // invariant.
 func (e *env) run(ctx context.Context, scenario, mode string, clients int, d time.Duration, minOps int) (Result, error) {
-	batchedSet, b, err := e.batchedSet(e.batching)
+	batchedSet, b, stop, err := e.batchedSet(e.batching)
 	if err != nil {
 		return Result{}, err
 	}
-	defer b.Stop()
+	defer stop()
 	op := e.op(scenario, mode, batchedSet)
 	batchesBefore, err := e.batchStats(ctx, mode, b)
 	if err != nil {
@@ -790,11 +835,7 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	if mode == ModeReference {
 		violations, err = e.ref.violations(ctx)
 	} else {
-		var vs []store.Violation
-		vs, err = e.store.Verify(ctx)
-		for _, v := range vs {
-			violations = append(violations, v.String())
-		}
+		violations, err = e.verifyAll(ctx)
 	}
 	if err != nil {
 		return r, err
@@ -819,10 +860,24 @@ type databaseCost struct {
 // cost reads the WAL position and a database's sizes. WAL is the whole server's, so runs
 // are measured one at a time and nothing else writes meanwhile.
 func (e *env) cost(ctx context.Context, database string) (databaseCost, error) {
-	pool, schema, function := e.pool, "tally", "post_batch"
+	pools, schema, function := []*pgxpool.Pool{e.pool, e.pool1}, "tally", "post_batch"
 	if database == referenceDatabase {
-		pool, schema, function = e.ref.pool, "ceil", "transfer"
+		pools, schema, function = []*pgxpool.Pool{e.ref.pool}, "ceil", "transfer"
 	}
+	var total databaseCost
+	for _, pool := range pools {
+		c, err := databaseCostOf(ctx, pool, schema, function)
+		if err != nil {
+			return total, err
+		}
+		total.wal = c.wal // the server's, the same from either
+		total.disk, total.heap, total.index = total.disk+c.disk, total.heap+c.heap, total.index+c.index
+		total.functionMs += c.functionMs
+	}
+	return total, nil
+}
+
+func databaseCostOf(ctx context.Context, pool *pgxpool.Pool, schema, function string) (databaseCost, error) {
 	var c databaseCost
 	err := pool.QueryRow(ctx, `
 		SELECT pg_current_wal_lsn() - '0/0', pg_database_size(current_database()),
@@ -893,22 +948,27 @@ func drive(ctx, run context.Context, op opFunc, clients, minOps int, r *Result) 
 	return msg
 }
 
-// batchedSet is a shard set with a fresh batcher, as the server runs it.
-func (e *env) batchedSet(cfg batcher.Config) (*shardset.Set, *batcher.Batcher, error) {
-	b, err := newBatcher(e.store, cfg)
-	if err != nil {
-		return nil, nil, err
+// batchedSet is a shard set with a fresh batcher per shard, as the server runs it; the
+// first shard's batcher is returned for its statistics, and stop stops both.
+func (e *env) batchedSet(cfg batcher.Config) (set *shardset.Set, b *batcher.Batcher, stop func(), err error) {
+	if b, err = newBatcher(e.store, cfg); err != nil {
+		return nil, nil, nil, err
 	}
-	set, err := shardset.New([]*store.Store{e.store}, []shardset.Front{b}, time.Now)
+	b1, err := newBatcher(e.store1, cfg)
 	if err != nil {
 		b.Stop()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	if _, err := set.Asset(context.Background(), "USD"); err != nil {
-		b.Stop()
-		return nil, nil, err
+	stop = func() { b.Stop(); b1.Stop() }
+	set, err = shardset.New([]*store.Store{e.store, e.store1}, []shardset.Front{b, b1}, time.Now)
+	if err == nil {
+		_, err = set.Asset(context.Background(), "USD")
 	}
-	return set, b, nil
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return set, b, stop, nil
 }
 
 // batchStats are the batching totals of the mode's batcher: the store mode's own, or the
@@ -936,10 +996,10 @@ func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (
 		name, value, _ := strings.Cut(lines.Text(), " ")
 		n, _ := strconv.ParseFloat(value, 64)
 		switch name {
-		case `tally_batch_batches_total{shard="0"}`:
-			st.Batches = uint64(n)
-		case `tally_batch_requests_total{shard="0"}`:
-			st.Requests = uint64(n)
+		case `tally_batch_batches_total{shard="0"}`, `tally_batch_batches_total{shard="1"}`:
+			st.Batches += uint64(n)
+		case `tally_batch_requests_total{shard="0"}`, `tally_batch_requests_total{shard="1"}`:
+			st.Requests += uint64(n)
 		}
 	}
 	return st, lines.Err()

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tallyhq/tally/ledger"
 )
 
 // ModeWrk drives the HTTP API from wrk, a load generator written in C, in its own
@@ -22,6 +24,7 @@ const ModeWrk = "wrk"
 // idempotency key, or balance reads; its done hook prints the totals as one JSON line.
 const wrkScript = `
 local accounts = {%s}
+local others = {%s}
 local hot = accounts[1]
 local scenario = %q
 local run = %q
@@ -46,7 +49,10 @@ request = function()
     return wrk.format("GET", "/v1/accounts/" .. accounts[math.random(#accounts)] .. "/balance")
   end
   local from, to
-  if scenario == "hot-credit" then
+  if scenario == "cross-shard" then
+    from, to = other(), others[math.random(#others)]
+    if math.random(2) == 1 then from, to = to, from end
+  elseif scenario == "hot-credit" then
     from, to = other(), hot
   elseif scenario == "hot" or (scenario == "mixed" and math.random(10) == 1) then
     if math.random(2) == 1 then from, to = hot, other() else from, to = other(), hot end
@@ -84,12 +90,15 @@ func (e *env) wrk(ctx context.Context, scenario string, clients int, d time.Dura
 	if err != nil {
 		return fmt.Errorf("mode wrk needs wrk on the PATH (Debian: apt-get install wrk): %w", err)
 	}
-	ids := make([]string, len(e.accounts))
-	for i, id := range e.accounts {
-		ids[i] = strconv.Quote(id.String())
+	quoted := func(accounts []ledger.AccountID) string {
+		ids := make([]string, len(accounts))
+		for i, id := range accounts {
+			ids[i] = strconv.Quote(id.String())
+		}
+		return strings.Join(ids, ",")
 	}
 	script := filepath.Join(e.dir, "bench.lua")
-	if err := os.WriteFile(script, fmt.Appendf(nil, wrkScript, strings.Join(ids, ","), scenario, "wrk-"+strconv.FormatInt(e.seq.Add(1), 10)), 0o644); err != nil {
+	if err := os.WriteFile(script, fmt.Appendf(nil, wrkScript, quoted(e.accounts), quoted(e.others), scenario, "wrk-"+strconv.FormatInt(e.seq.Add(1), 10)), 0o644); err != nil {
 		return err
 	}
 	threads := min(2, clients)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +20,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("bench", out)
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	clients := fs.String("clients", "16,64", "concurrent clients, comma-separated")
-	scenarios := fs.String("scenarios", "uniform,hot,hot-credit,mixed,reads", "scenarios: uniform, hot, hot-credit, mixed, reads")
+	scenarios := fs.String("scenarios", strings.Join(bench.Scenarios, ","), "scenarios: "+strings.Join(bench.Scenarios, ", "))
 	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk), store (straight into the shard set) and/or one-call (Tally's transaction function once per transfer, unbatched); the reference ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	largeAccounts := fs.Int("large-accounts", 0, "if above --accounts, grow to this many accounts at the end and run uniform again at the largest client count")
@@ -52,7 +53,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		cfg.Clients = append(cfg.Clients, n)
 	}
 	for _, s := range cfg.Scenarios {
-		if s != bench.Uniform && s != bench.Hot && s != bench.HotCredit && s != bench.Mixed && s != bench.Reads {
+		if !slices.Contains(bench.Scenarios, s) {
 			return fmt.Errorf("--scenarios: unknown scenario %q", s)
 		}
 	}
