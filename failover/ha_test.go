@@ -40,6 +40,7 @@ var anyOneRequired = instance.SyncRule{Method: instance.SyncAny, Number: 1, Requ
 // haLedger is a local three-instance shard with the ledger schema and funded accounts.
 type haLedger struct {
 	t        *testing.T
+	index    int // the ledger shard it is
 	shard    *localshard.Shard
 	store    *store.Store
 	external ledger.AccountID
@@ -60,6 +61,12 @@ func startHALedgerOf(t *testing.T, instances int, rule instance.SyncRule) *haLed
 
 // startHALedgerWith is startHALedgerOf with another failover delay.
 func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, failoverDelay time.Duration) *haLedger {
+	t.Helper()
+	return startHALedgerShard(t, 0, instances, rule, failoverDelay)
+}
+
+// startHALedgerShard is startHALedgerWith for the ledger's shard with the given index.
+func startHALedgerShard(t *testing.T, index, instances int, rule instance.SyncRule, failoverDelay time.Duration) *haLedger {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-ha-")
 	if err != nil {
@@ -98,7 +105,7 @@ func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, fail
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := migrations.Setup(ctx, conn, 0, appUser); err != nil {
+	if _, err := migrations.Setup(ctx, conn, index, appUser); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close(ctx)
@@ -113,13 +120,13 @@ func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, fail
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	h := &haLedger{t: t, shard: sh, store: store.New(pool), log: logFile.Name()}
-	extID, _ := ledger.NewAccountID(0)
+	h := &haLedger{t: t, index: index, shard: sh, store: store.New(pool), log: logFile.Name()}
+	extID, _ := ledger.NewAccountID(index)
 	if _, h.external, _, err = h.store.RegisterAsset(ctx, "USD", 2, extID); err != nil {
 		t.Fatal(err)
 	}
 	for i := range accounts {
-		id, err := ledger.NewAccountID(0)
+		id, err := ledger.NewAccountID(index)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +144,7 @@ func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, fail
 
 func (h *haLedger) post(ctx context.Context, key string, from, to ledger.AccountID, amount int64) (ledger.Outcome, error) {
 	p := ledger.Posting{From: from, To: to, Amount: amount, Asset: "USD"}
-	id, err := ledger.NewTransactionID(0)
+	id, err := ledger.NewTransactionID(h.index)
 	if err != nil {
 		return ledger.Outcome{}, err
 	}

@@ -9,7 +9,7 @@
 #   - switch over through the LedgerShard's spec.primary;
 #   - roll the PostgreSQL image (E2E_POSTGRES_IMAGE_NEXT);
 #   - drain the primary's node (clusters with two nodes or more);
-#   - scale to two shards and move money on both; refuse a scale-down of a shard holding
+#   - scale to two shards under load and move money on both and between them; refuse a scale-down of a shard holding
 #     accounts; retire an instance by lowering postgres.instances; delete the cluster.
 # Each wait says what it waits for; a failure prints the cluster's state, events and logs.
 # Needs kubectl, curl, kustomize, IMAGE loaded into the cluster, and go (or TALLY_BIN).
@@ -409,11 +409,14 @@ else
   step "draining the primary's node: skipped, the cluster has one node"
 fi
 
-step "scale to two shards with kubectl scale; money moves on both"
+step "scale to two shards with kubectl scale, under load; money moves on both and between them"
+load_start scale "$SRC" "$DST"
 kubectl -n "$NS" scale ledgercluster/e2e --replicas=2
 until_true "LedgerShard e2e-1 to be Ready" 600 shard_ready e2e-1
 until_true "LedgerCluster e2e to be Ready with two shards" 300 cluster_ready
 until_true "the ledger service to serve both shards, and no replaced pod to serve" 300 ledger_settled
+load_stop
+check_acked scale
 # an owner's accounts live on one shard: open pairs until both shards hold one
 declare -A pair=()
 for i in $(seq 40); do
@@ -433,6 +436,13 @@ for s in 0 1; do
   [[ $(balance_of "$a") == 42.50 && $(balance_of "$b") == 7.50 ]] || { echo "!! balances on shard $s: $(balance_of "$a") $(balance_of "$b")"; false; }
   say "shard $s: $a paid 7.50 to $b"
 done
+read -r a0 _ <<<"${pair[0]}"
+read -r a1 _ <<<"${pair[1]}"
+across=$(api POST /v1/transfers "{\"from_account\":\"$a0\",\"to_account\":\"$a1\",\"amount\":\"2.50\",\"asset\":\"USD\"}" "across-$a0")
+grep -q '"state":"posted"' <<<"$across" || { echo "!! a transfer between shards: $across"; false; }
+[[ $(balance_of "$a0") == 40.00 && $(balance_of "$a1") == 45.00 ]] || { echo "!! balances after a transfer between shards: $(balance_of "$a0") $(balance_of "$a1")"; false; }
+say "$a0 on shard 0 paid 2.50 to $a1 on shard 1"
+verify e2e-0
 verify e2e-1
 
 step "a scale-down of a shard holding accounts is refused"
