@@ -394,30 +394,24 @@ func cleanupLoop(ctx context.Context, stores []*store.Store, retention time.Dura
 	}
 }
 
-// expiryLoop voids pending transfers whose timeout has passed, on every shard, each
-// second; every replica runs it (see shardset.ExpireDue for why that is harmless).
+// expiryLoop voids pending transfers whose timeout has passed, on every shard; every
+// replica runs it (see shardset.ExpireDue for why that is harmless).
 func expiryLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
-	t := time.NewTicker(expiryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		n, err := set.ExpireDue(ctx, expiryBatch)
-		if err != nil && ctx.Err() == nil {
-			log.Warn("expiring pending transfers failed", "err", err)
-		}
-		if n > 0 {
-			log.Info("pending transfers expired", "count", n)
-		}
-	}
+	eachSecond(ctx, log, "expiring pending transfers", func(ctx context.Context) (int, error) {
+		return set.ExpireDue(ctx, expiryBatch)
+	})
 }
 
 // resumeLoop completes transfers between shards left in flight (a replica that stopped
-// mid-way, a shard that was failing over), each second.
+// mid-way, a shard that was failing over).
 func resumeLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
+	eachSecond(ctx, log, "completing transfers between shards left in flight", func(ctx context.Context) (int, error) {
+		return set.Driver().Resume(ctx, resumeAfter, expiryBatch)
+	})
+}
+
+// eachSecond runs a sweep every expiryInterval until ctx ends, and logs what it did.
+func eachSecond(ctx context.Context, log *slog.Logger, what string, sweep func(context.Context) (int, error)) {
 	t := time.NewTicker(expiryInterval)
 	defer t.Stop()
 	for {
@@ -426,12 +420,12 @@ func resumeLoop(ctx context.Context, set *shardset.Set, log *slog.Logger) {
 			return
 		case <-t.C:
 		}
-		n, err := set.Driver().Resume(ctx, resumeAfter, expiryBatch)
+		n, err := sweep(ctx)
 		if err != nil && ctx.Err() == nil {
-			log.Warn("resuming transfers between shards failed", "err", err)
+			log.Warn(what+" failed", "err", err)
 		}
 		if n > 0 {
-			log.Info("transfers between shards completed by the resumer", "count", n)
+			log.Info(what, "count", n)
 		}
 	}
 }
