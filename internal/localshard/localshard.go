@@ -68,6 +68,10 @@ type Shard struct {
 
 	mu   sync.Mutex
 	runs map[string]*run
+	// held keeps each instance's status port bound from Start until its manager first
+	// serves on it: a port chosen free and left unbound meanwhile can be taken by
+	// anything else on the machine (another test's connection, say).
+	held map[string]net.Listener
 
 	stopLoop context.CancelFunc
 	loopDone chan struct{}
@@ -143,7 +147,7 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 	if cfg.Token == "" {
 		cfg.Token = rand.Text()
 	}
-	s := &Shard{cfg: cfg, token: cfg.Token, runs: map[string]*run{}}
+	s := &Shard{cfg: cfg, token: cfg.Token, runs: map[string]*run{}, held: map[string]net.Listener{}}
 	for i := 1; i <= cfg.Instances; i++ {
 		pgPort, err := portAt(cfg.PGPorts, i-1)
 		if err != nil {
@@ -153,10 +157,17 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.members = append(s.members, instance.Member{
+		m := instance.Member{
 			Name: fmt.Sprintf("instance-%d", i), Host: "127.0.0.1", Port: pgPort,
 			StatusURL: fmt.Sprintf("http://127.0.0.1:%d", statusPort),
-		})
+		}
+		ln, err := net.Listen("tcp", m.StatusURL[len("http://"):])
+		if err != nil {
+			s.releaseHeld()
+			return nil, fmt.Errorf("localshard: status listener of %s: %w", m.Name, err)
+		}
+		s.held[m.Name] = ln
+		s.members = append(s.members, m)
 	}
 	primary, err := readPrimary(cfg.Dir)
 	if err != nil {
@@ -301,9 +312,12 @@ func (s *Shard) Restart(name string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", self.StatusURL[len("http://"):])
-	if err != nil {
-		return fmt.Errorf("localshard: status listener of %s: %w", name, err)
+	ln, held := s.held[name]
+	delete(s.held, name)
+	if !held {
+		if ln, err = net.Listen("tcp", self.StatusURL[len("http://"):]); err != nil {
+			return fmt.Errorf("localshard: status listener of %s: %w", name, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := newGate()
@@ -492,6 +506,7 @@ func (s *Shard) Stop() {
 		<-s.loopDone
 	}
 	s.mu.Lock()
+	s.releaseHeld()
 	names := make([]string, 0, len(s.runs))
 	for name := range s.runs {
 		names = append(names, name)
@@ -501,4 +516,13 @@ func (s *Shard) Stop() {
 		s.StopInstance(name)
 	}
 	s.proxy.close()
+}
+
+// releaseHeld closes the status listeners no manager has taken (s.mu held, or not yet
+// shared).
+func (s *Shard) releaseHeld() {
+	for name, ln := range s.held {
+		ln.Close()
+		delete(s.held, name)
+	}
 }
