@@ -149,7 +149,7 @@ func verifyCluster(ctx context.Context, urls []string) ([]store.Violation, error
 		defer pool.Close()
 		stores[i] = store.New(pool)
 	}
-	return crossshard.New(stores, time.Now).Verify(ctx)
+	return crossshard.New(stores, nil, time.Now).Verify(ctx)
 }
 
 func databaseURL(flagged string) (string, error) {

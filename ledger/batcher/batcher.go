@@ -1,8 +1,12 @@
-// Package batcher coalesces concurrent transaction requests for one shard into batches,
-// each posted with one call to tally.post_batch: one database transaction, one round
-// trip, one WAL flush for many requests. While one writer's batch commits, the next
-// requests queue up, so the busier the ledger, the fuller the batches. Balance reads are
-// coalesced the same way, many per query (reads.go).
+// Package batcher coalesces concurrent write requests for one shard into batches: one
+// database transaction, one round trip, one WAL flush for many requests. While one
+// writer's batch commits, the next requests queue up, so the busier the ledger, the
+// fuller the batches. Each kind of write has its own lane, queue and writers
+// (lanes.go): transactions (tally.post_batch), and the steps of two-phase and cross-shard
+// transfers (reservations, resolutions, inbound applications), because each kind's
+// database function takes its locks in its own order and so never shares a database
+// transaction with another. Balance reads are coalesced the same way, many per query
+// (reads.go).
 package batcher
 
 import (
@@ -83,23 +87,15 @@ func (c Config) Resolve() (Config, error) {
 	return c, nil
 }
 
-type result struct {
-	out ledger.Outcome
-	err error
-}
-
-type pending struct {
-	ctx  context.Context
-	req  store.Request
-	done chan result // buffered: the writer never blocks on a caller that went away
-}
-
 // Batcher posts one shard's requests in batches.
 type Batcher struct {
-	store *store.Store
-	cfg   Config
-	queue chan *pending
-	reads chan *balanceRead
+	store    *store.Store
+	cfg      Config
+	posts    *lane[store.Request, ledger.Outcome]
+	reserves *lane[store.ReserveRequest, ledger.Outcome]
+	resolves *lane[store.ResolveRequest, ledger.Outcome]
+	inbound  *lane[store.InboundRequest, store.Inbound]
+	reads    chan *balanceRead
 
 	mu      sync.Mutex
 	stopped bool
@@ -116,7 +112,7 @@ type Stats struct {
 	// Isolations counts batches PostgreSQL refused for one request's sake and that were
 	// split to answer that request alone; nonzero means a validation gap to close.
 	Isolations uint64
-	// QueuedRequests and QueuedReads wait now for a writer and a reader.
+	// QueuedRequests (of every lane) and QueuedReads wait now for a writer and a reader.
 	QueuedRequests, QueuedReads int
 }
 
@@ -124,7 +120,7 @@ type Stats struct {
 // queues' lengths now.
 func (b *Batcher) Stats() Stats {
 	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()), Isolations: b.isolations.Load(),
-		QueuedRequests: len(b.queue), QueuedReads: len(b.reads)}
+		QueuedRequests: b.posts.queued() + b.reserves.queued() + b.resolves.queued() + b.inbound.queued(), QueuedReads: len(b.reads)}
 }
 
 // New returns a batcher over the shard's store; Start it before submitting.
@@ -133,15 +129,27 @@ func New(st *store.Store, cfg Config) (*Batcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher{store: st, cfg: cfg, queue: make(chan *pending, queueLength), reads: make(chan *balanceRead, queueLength)}, nil
+	b := &Batcher{store: st, cfg: cfg, reads: make(chan *balanceRead, queueLength)}
+	b.posts = newLane(b, st.PostBatch, func(r store.Request) []conflict { return []conflict{{r.Caller, r.Key}} })
+	b.reserves = newLane(b, st.ReserveBatch, func(r store.ReserveRequest) []conflict { return []conflict{{r.Caller, r.Key}} })
+	b.resolves = newLane(b, st.ResolveBatch, func(r store.ResolveRequest) []conflict {
+		// one resolution of a transfer per batch: the next one finds it resolved
+		return []conflict{{r.Caller, r.Key}, {"", r.Pending.String()}}
+	})
+	b.inbound = newLane(b, st.ApplyInboundBatch, func(r store.InboundRequest) []conflict { return []conflict{{"", r.Transfer.ID.String()}} })
+	return b, nil
 }
+
+// Conns is how many connections a batcher of this configuration holds at most: one per
+// writer of each lane, and one per reader.
+func (c Config) Conns() int { return lanes*c.Writers + c.Readers }
 
 // Start runs the writers and readers until Stop.
 func (b *Batcher) Start() {
-	for range b.cfg.Writers {
-		b.wg.Add(1)
-		go b.write()
-	}
+	b.posts.start()
+	b.reserves.start()
+	b.resolves.start()
+	b.inbound.start()
 	for range b.cfg.Readers {
 		b.wg.Add(1)
 		go b.read()
@@ -153,7 +161,10 @@ func (b *Batcher) Stop() {
 	b.mu.Lock()
 	if !b.stopped {
 		b.stopped = true
-		close(b.queue)
+		close(b.posts.queue)
+		close(b.reserves.queue)
+		close(b.resolves.queue)
+		close(b.inbound.queue)
 		close(b.reads)
 	}
 	b.mu.Unlock()
@@ -166,21 +177,24 @@ func (b *Batcher) Stop() {
 // unknown if the connection broke on the way (a retry with the same idempotency key
 // tells, and never applies it twice).
 func (b *Batcher) PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error) {
-	if err := req.Validate(); err != nil {
-		return ledger.Outcome{}, err
-	}
-	p := &pending{ctx: ctx, req: req, done: make(chan result, 1)}
-	if err := enqueue(b, b.queue, p, "write"); err != nil {
-		return ledger.Outcome{}, err
-	}
-	select {
-	case r := <-p.done:
-		return r.out, r.err
-	case <-ctx.Done():
-		// If a writer already took it, its outcome is decided and recorded under the
-		// idempotency key: a retry replays it.
-		return ledger.Outcome{}, ctx.Err()
-	}
+	return b.posts.submit(ctx, req)
+}
+
+// Reserve makes a pending transfer in a batch of reservations (store.ReserveBatch); the
+// outcome is as for PostTransaction.
+func (b *Batcher) Reserve(ctx context.Context, st store.Step, r store.Reservation) (ledger.Outcome, error) {
+	return b.reserves.submit(ctx, store.ReserveRequest{Step: st, Reservation: r})
+}
+
+// Resolve resolves a pending transfer in a batch of resolutions (store.ResolveBatch).
+func (b *Batcher) Resolve(ctx context.Context, st store.Step, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error) {
+	return b.resolves.submit(ctx, store.ResolveRequest{Step: st, Pending: pending, How: how, Amount: amount})
+}
+
+// ApplyInbound applies a transfer from another shard in a batch of them
+// (store.ApplyInboundBatch).
+func (b *Batcher) ApplyInbound(ctx context.Context, pt ledger.PendingTransfer, tx ledger.TransactionID, created time.Time, clearingID ledger.AccountID) (store.Inbound, error) {
+	return b.inbound.submit(ctx, store.InboundRequest{Transfer: pt, Tx: tx, Created: created, ClearingID: clearingID})
 }
 
 // enqueue hands v to the writers or readers through ch, unless the batcher has stopped
@@ -196,125 +210,5 @@ func enqueue[T any](b *Batcher, ch chan<- T, v T, what string) error {
 		return nil
 	default:
 		return ledger.Errorf(ledger.CodeUnavailable, "the shard's %s queue is full", what)
-	}
-}
-
-type idemKey struct{ caller, key string }
-
-// write is one writer: collect a batch, post it, answer everyone in it, repeat.
-func (b *Batcher) write() {
-	defer b.wg.Done()
-	var carry []*pending // requests held back because their key was already in a batch
-	for {
-		batch, next, ok := b.collect(carry)
-		carry = next
-		if len(batch) > 0 {
-			b.post(batch)
-		}
-		if !ok && len(carry) == 0 {
-			return
-		}
-	}
-}
-
-// collect takes the carried-over requests, then waits for one more if it has none, then
-// takes whatever is queued, lingering briefly while the batch is small. A second request
-// with a key already in the batch is carried over to the next batch, where it replays
-// the first one's committed outcome.
-func (b *Batcher) collect(carry []*pending) (batch, next []*pending, open bool) {
-	seen := make(map[idemKey]bool, b.cfg.MaxBatch)
-	add := func(p *pending) {
-		if p.ctx.Err() != nil {
-			p.done <- result{err: p.ctx.Err()} // never applied: the caller gave up first
-			return
-		}
-		k := idemKey{p.req.Caller, p.req.Key}
-		if seen[k] || len(batch) >= b.cfg.MaxBatch {
-			next = append(next, p)
-			return
-		}
-		seen[k] = true
-		batch = append(batch, p)
-	}
-	for _, p := range carry {
-		add(p)
-	}
-	open = true
-	if len(batch) == 0 && len(next) == 0 {
-		p, ok := <-b.queue
-		if !ok {
-			return nil, nil, false
-		}
-		add(p)
-	}
-	var linger <-chan time.Time
-	for len(batch) < b.cfg.MaxBatch && len(next) == 0 {
-		select {
-		case p, ok := <-b.queue:
-			if !ok {
-				return batch, next, false
-			}
-			add(p)
-			continue
-		default:
-		}
-		if linger == nil {
-			t := time.NewTimer(b.cfg.Linger)
-			defer t.Stop()
-			linger = t.C
-		}
-		select {
-		case p, ok := <-b.queue:
-			if !ok {
-				return batch, next, false
-			}
-			add(p)
-		case <-linger:
-			return batch, next, true
-		}
-	}
-	return batch, next, open
-}
-
-func (b *Batcher) post(batch []*pending) {
-	// The batch is decided on its own context: once taken, it commits or fails as a
-	// whole, whatever happens to the callers' contexts.
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
-	defer cancel()
-	b.postIsolating(ctx, batch)
-}
-
-// postIsolating posts the batch and answers everyone in it. If PostgreSQL refuses the
-// batch for something a request carried (store.RequestFault), which Validate should have
-// made impossible, each half is posted on its own, and so on down to the one request
-// that carries the fault: only it gets the error, its neighbours their own outcomes, in
-// their arrival order. A batch refused by PostgreSQL applied nothing, so the halves
-// start from the same state the whole batch did.
-func (b *Batcher) postIsolating(ctx context.Context, batch []*pending) {
-	reqs := make([]store.Request, len(batch))
-	for i, p := range batch {
-		reqs[i] = p.req
-	}
-	start := time.Now()
-	outs, err := b.store.PostBatch(ctx, reqs)
-	b.busyNanos.Add(uint64(time.Since(start)))
-	b.batches.Add(1)
-	b.requests.Add(uint64(len(batch)))
-	if err != nil && store.RequestFault(err) && ctx.Err() == nil {
-		if len(batch) > 1 {
-			b.isolations.Add(1)
-			mid := len(batch) / 2
-			b.postIsolating(ctx, batch[:mid])
-			b.postIsolating(ctx, batch[mid:])
-			return
-		}
-		err = ledger.Errorf(ledger.CodeInvalidRequest, "the database refused this request: %v", err)
-	}
-	for i, p := range batch {
-		if err != nil {
-			p.done <- result{err: err}
-		} else {
-			p.done <- result{out: outs[i]}
-		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -369,5 +370,102 @@ func TestHungServerCostsOneBatch(t *testing.T) {
 		if out, err := b.PostTransaction(ctx, deposit(t, fmt.Sprintf("after-%d", i), ext, acc)); err != nil || out.Status != 201 {
 			t.Fatalf("batch %d after the one that timed out: %v %+v; it rode on a connection to the hung server", i+1, err, out)
 		}
+	}
+}
+
+// Two-phase steps batch by kind: reservations queued together are made in one batch, and
+// two resolutions of one transfer never share a batch (the database would refuse it
+// whole): the second waits for the next batch and finds the transfer resolved.
+func TestStepsBatchByKind(t *testing.T) {
+	st, ext, acc := setup(t)
+	ctx := context.Background()
+	fund := deposit(t, "fund", ext, acc)
+	fund.Transaction.Postings[0].Amount = 1000
+	if out, err := st.PostTransaction(ctx, fund); err != nil || out.Status != 201 {
+		t.Fatalf("fund: %v %+v", err, out)
+	}
+	bob, _ := ledger.NewAccountID(0)
+	if _, err := st.CreateAccount(ctx, ledger.Account{ID: bob, Owner: "b", Asset: "USD"}); err != nil {
+		t.Fatal(err)
+	}
+	newStep := func(key string) store.Step {
+		id, _ := ledger.NewTransactionID(0)
+		return store.Step{Caller: "c", Key: key, Hash: sha256.Sum256([]byte(key)), ID: id, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
+	}
+	// queued runs the calls before the batcher's writers start, so that they batch, and
+	// returns the batches they took.
+	queued := func(calls []func(*batcher.Batcher)) uint64 {
+		b, err := batcher.New(st, batcher.Config{Writers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for _, call := range calls {
+			wg.Go(func() { call(b) })
+		}
+		for b.Stats().QueuedRequests != len(calls) {
+			time.Sleep(time.Millisecond)
+		}
+		b.Start()
+		wg.Wait()
+		b.Stop()
+		if s := b.Stats(); s.Isolations != 0 {
+			t.Errorf("isolations: %+v", s)
+		}
+		return b.Stats().Batches
+	}
+
+	const n = 20
+	pending := make([]ledger.TransactionID, n)
+	var calls []func(*batcher.Batcher)
+	for i := range n {
+		calls = append(calls, func(b *batcher.Batcher) {
+			holding, _ := ledger.NewAccountID(0)
+			out, err := b.Reserve(ctx, newStep(fmt.Sprint("r", i)), store.Reservation{From: acc, To: bob, Amount: 10, Asset: "USD", HoldingID: holding, ClearingID: holding})
+			if err != nil || out.Status != 201 {
+				t.Errorf("reserve %d: %v %+v", i, err, out)
+			}
+			pending[i] = out.Transaction
+		})
+	}
+	if batches := queued(calls); batches != 1 {
+		t.Errorf("%d reservations took %d batches, want 1", n, batches)
+	}
+
+	var codes sync.Map
+	calls = nil
+	for i := 1; i < n; i++ {
+		calls = append(calls, func(b *batcher.Batcher) {
+			out, err := b.Resolve(ctx, newStep(fmt.Sprint("p", i)), pending[i], ledger.ResolvePost, 0)
+			if err != nil || out.Status != 201 {
+				t.Errorf("post %d: %v %+v", i, err, out)
+			}
+		})
+	}
+	for _, how := range []ledger.Resolution{ledger.ResolvePost, ledger.ResolveVoid} {
+		calls = append(calls, func(b *batcher.Batcher) {
+			out, err := b.Resolve(ctx, newStep("race-"+string(how)), pending[0], how, 0)
+			if err != nil {
+				t.Errorf("%s: %v", how, err)
+			}
+			codes.Store(how, out)
+		})
+	}
+	// Transfer 0's first resolution joins the others' batch; its second, the next batch.
+	if batches := queued(calls); batches != 2 {
+		t.Errorf("resolutions took %d batches, want 2", batches)
+	}
+	post, _ := codes.Load(ledger.ResolvePost)
+	void, _ := codes.Load(ledger.ResolveVoid)
+	won, lost := post.(ledger.Outcome), void.(ledger.Outcome)
+	want := int64(n * 10)
+	if won.Status != 201 {
+		won, lost, want = lost, won, (n-1)*10
+	}
+	if won.Status != 201 || lost.Status != http.StatusConflict {
+		t.Errorf("two resolutions of one transfer: %d %s and %d %s", won.Status, won.Body, lost.Status, lost.Body)
+	}
+	if b, err := st.Balance(ctx, bob); err != nil || b.Available != want {
+		t.Errorf("bob: %+v %v", b, err)
 	}
 }

@@ -45,25 +45,39 @@ const (
 // Caller is the caller a driver's own writes are recorded as.
 const Caller = "tally:crossshard"
 
+// Writer is the way to one shard for the driver's writes: the shard's Store (one
+// database transaction per step), or a batcher in front of it.
+type Writer interface {
+	ApplyInbound(ctx context.Context, pt ledger.PendingTransfer, tx ledger.TransactionID, created time.Time, clearingID ledger.AccountID) (store.Inbound, error)
+	Resolve(ctx context.Context, st store.Step, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error)
+}
+
 // Driver completes transfers between shards.
 type Driver struct {
-	shards []*store.Store
-	now    func() time.Time
+	shards  []*store.Store
+	writers []Writer
+	now     func() time.Time
 	// Stop, when set, is asked at each Point and ends the drive with its error: tests
 	// use it to leave a transfer where a crash would.
 	Stop func(Point) error
 }
 
-// New returns a driver over the shards, by shard index.
-func New(shards []*store.Store, now func() time.Time) *Driver {
-	return &Driver{shards: shards, now: now}
+// New returns a driver over the shards, by shard index, writing through writers (nil:
+// straight to the stores).
+func New(shards []*store.Store, writers []Writer, now func() time.Time) *Driver {
+	if writers == nil {
+		for _, st := range shards {
+			writers = append(writers, st)
+		}
+	}
+	return &Driver{shards: shards, writers: writers, now: now}
 }
 
-func (d *Driver) shard(i int) (*store.Store, error) {
-	if i < 0 || i >= len(d.shards) {
-		return nil, ledger.Errorf(ledger.CodeUnavailable, "shard %d is not known to this ledger replica yet; retry shortly", i)
+func (d *Driver) shard(i int) (*store.Store, Writer, error) {
+	if i < 0 || i >= len(d.shards) || i >= len(d.writers) {
+		return nil, nil, ledger.Errorf(ledger.CodeUnavailable, "shard %d is not known to this ledger replica yet; retry shortly", i)
 	}
-	return d.shards[i], nil
+	return d.shards[i], d.writers[i], nil
 }
 
 func (d *Driver) stop(p Point) error {
@@ -85,7 +99,7 @@ type Result struct {
 // shard) to its end and returns it: applied and settled, or refused and returned. A
 // transfer already ended is only read.
 func (d *Driver) Complete(ctx context.Context, id ledger.TransactionID) (Result, error) {
-	src, err := d.shard(id.Shard())
+	src, srcW, err := d.shard(id.Shard())
 	if err != nil {
 		return Result{}, err
 	}
@@ -96,7 +110,7 @@ func (d *Driver) Complete(ctx context.Context, id ledger.TransactionID) (Result,
 	if pt.Remote == (ledger.AccountID{}) {
 		return Result{}, fmt.Errorf("crossshard: transfer %s stays on shard %d", id, id.Shard())
 	}
-	dst, err := d.shard(pt.Remote.Shard())
+	dst, dstW, err := d.shard(pt.Remote.Shard())
 	if err != nil {
 		return Result{}, err
 	}
@@ -111,7 +125,7 @@ func (d *Driver) Complete(ctx context.Context, id ledger.TransactionID) (Result,
 	if err != nil {
 		return Result{}, err
 	}
-	in, err := dst.ApplyInbound(ctx, pt, tx, d.now().UTC().Truncate(time.Microsecond), clearing)
+	in, err := dstW.ApplyInbound(ctx, pt, tx, d.now().UTC().Truncate(time.Microsecond), clearing)
 	if err != nil {
 		return Result{}, fmt.Errorf("crossshard: apply %s on shard %d: %w", id, pt.Remote.Shard(), err)
 	}
@@ -126,7 +140,7 @@ func (d *Driver) Complete(ctx context.Context, id ledger.TransactionID) (Result,
 	if err != nil {
 		return Result{}, err
 	}
-	out, err := src.Resolve(ctx, step, id, how, 0)
+	out, err := srcW.Resolve(ctx, step, id, how, 0)
 	if err != nil {
 		return Result{}, fmt.Errorf("crossshard: %s %s on shard %d: %w", how, id, id.Shard(), err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/crossshard"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
@@ -20,20 +21,31 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// cluster is three shards, each its own database, with USD registered on each.
+// cluster is shards, each its own database, with USD registered on each, written to
+// directly or, batched, through a batcher per shard as the service does.
 type cluster struct {
 	t   *testing.T
 	set *shardset.Set
 	ext []ledger.AccountID
 }
 
-func newCluster(t *testing.T, shards int, maxConns int32) *cluster {
+func newCluster(t *testing.T, shards int, maxConns int32, batched bool) *cluster {
 	t.Helper()
 	stores := make([]*store.Store, shards)
+	var fronts []shardset.Front
 	for i := range stores {
 		stores[i] = store.New(pgtest.NewShardDB(t, i).AppPool(t, maxConns))
+		if batched {
+			b, err := batcher.New(stores[i], batcher.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Start()
+			t.Cleanup(b.Stop)
+			fronts = append(fronts, b)
+		}
 	}
-	set, err := shardset.New(stores, nil, time.Now)
+	set, err := shardset.New(stores, fronts, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +111,7 @@ var errCrash = errors.New("crashed here")
 // driving it would, and a fresh driver (a restarted replica's resumer) completes it:
 // applied and settled once, or refused and returned, never both and never twice.
 func TestCrashBetweenEverySteps(t *testing.T) {
-	c := newCluster(t, 3, 8)
+	c := newCluster(t, 3, 8, true)
 	for _, refused := range []bool{false, true} {
 		for _, point := range []crossshard.Point{"after-reserve", crossshard.AfterApply, crossshard.AfterResolve} {
 			t.Run(fmt.Sprintf("%s refused=%v", point, refused), func(t *testing.T) {
@@ -132,7 +144,7 @@ func TestCrashBetweenEverySteps(t *testing.T) {
 						t.Errorf("stopped after applying, yet %s", res.Transfer.State)
 					}
 				}
-				restarted := crossshard.New(c.set.Shards(), time.Now)
+				restarted := crossshard.New(c.set.Shards(), nil, time.Now)
 				for range 2 { // a second resumer pass finds nothing more to do
 					if _, err := restarted.Resume(context.Background(), 0, 100); err != nil {
 						t.Fatal(err)
@@ -182,15 +194,21 @@ func reserveOnly(t *testing.T, c *cluster, key string, from, to ledger.AccountID
 // TestDriversRaceOnOneTransfer: many drivers complete one transfer at once; it is
 // applied once and settled once.
 func TestDriversRaceOnOneTransfer(t *testing.T) {
-	c := newCluster(t, 2, 16)
+	c := newCluster(t, 2, 16, true)
 	src, dst := c.account(0, 1000), c.account(1, 0)
 	id := reserveOnly(t, c, "k", src, dst, 250)
 	var wg sync.WaitGroup
-	for range 8 {
+	for i := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := crossshard.New(c.set.Shards(), time.Now).Complete(context.Background(), id)
+			// Half drive through the batchers (the service's replica), half straight to
+			// the stores (other replicas).
+			d := c.set.Driver()
+			if i%2 == 1 {
+				d = crossshard.New(c.set.Shards(), nil, time.Now)
+			}
+			res, err := d.Complete(context.Background(), id)
 			if err != nil || res.Transfer.State != ledger.StatePosted {
 				t.Errorf("driver: %v %+v", err, res)
 			}
@@ -208,7 +226,7 @@ func TestDriversRaceOnOneTransfer(t *testing.T) {
 // in the state it was reported in, money is conserved, and the cluster verifies clean.
 func TestRandomTransfersAcrossThreeShards(t *testing.T) {
 	const shards, accounts, clients, perClient = 3, 1000, 64, 15
-	c := newCluster(t, shards, 40)
+	c := newCluster(t, shards, 40, true)
 	ids := make([]ledger.AccountID, accounts)
 	for i := range ids {
 		ids[i] = c.account(i%shards, 10_000)
@@ -282,7 +300,7 @@ func TestRandomTransfersAcrossThreeShards(t *testing.T) {
 // TestVerifyFindsMoneyAppliedTwice: a destination that applies a transfer its source
 // never made (as a second, forged application would) is found by the cluster verify.
 func TestVerifyFindsMoneyAppliedTwice(t *testing.T) {
-	c := newCluster(t, 2, 8)
+	c := newCluster(t, 2, 8, false)
 	src, dst := c.account(0, 1000), c.account(1, 0)
 	if _, _, err := c.transfer("k", src, dst, 100); err != nil {
 		t.Fatal(err)

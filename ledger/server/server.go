@@ -97,7 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// Writers and readers each hold a connection while they work; a pool smaller than
 	// they need would make batches wait for connections instead of for requests.
-	if need := int32(batching.Writers + batching.Readers + spareConnsPerShard); cfg.MaxConnsPerShard < need {
+	if need := int32(batching.Conns() + spareConnsPerShard); cfg.MaxConnsPerShard < need {
 		cfg.Log.Info("raising connections per shard to what batching needs", "from", cfg.MaxConnsPerShard, "to", need)
 		cfg.MaxConnsPerShard = need
 	}
@@ -247,6 +247,30 @@ func (g *shardGate) PostTransaction(ctx context.Context, req store.Request) (led
 		return ledger.Outcome{}, g.closed()
 	}
 	return g.Front.PostTransaction(ctx, req)
+}
+
+// Reserve reserves through the shard's batcher once the shard is checked.
+func (g *shardGate) Reserve(ctx context.Context, st store.Step, r store.Reservation) (ledger.Outcome, error) {
+	if !g.open.Load() {
+		return ledger.Outcome{}, g.closed()
+	}
+	return g.Front.Reserve(ctx, st, r)
+}
+
+// Resolve resolves through the shard's batcher once the shard is checked.
+func (g *shardGate) Resolve(ctx context.Context, st store.Step, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error) {
+	if !g.open.Load() {
+		return ledger.Outcome{}, g.closed()
+	}
+	return g.Front.Resolve(ctx, st, pending, how, amount)
+}
+
+// ApplyInbound applies through the shard's batcher once the shard is checked.
+func (g *shardGate) ApplyInbound(ctx context.Context, pt ledger.PendingTransfer, tx ledger.TransactionID, created time.Time, clearingID ledger.AccountID) (store.Inbound, error) {
+	if !g.open.Load() {
+		return store.Inbound{}, g.closed()
+	}
+	return g.Front.ApplyInbound(ctx, pt, tx, created, clearingID)
 }
 
 // Balance reads through the shard's batcher once the shard is checked.

@@ -19,11 +19,13 @@ import (
 	"github.com/tallyhq/tally/ledger/store"
 )
 
-// Front is the way to one shard for the hot operations, posting transactions and reading
-// balances: the shard's Store directly (one database transaction or query per call), or
-// a batcher in front of it.
+// Front is the way to one shard for the hot operations, posting transactions, the steps
+// of two-phase and cross-shard transfers, and reading balances: the shard's Store
+// directly (one database transaction or query per call), or a batcher in front of it.
 type Front interface {
 	PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error)
+	Reserve(ctx context.Context, st store.Step, r store.Reservation) (ledger.Outcome, error)
+	crossshard.Writer // resolutions and inbound applications
 	Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error)
 }
 
@@ -52,7 +54,11 @@ func New(shards []*store.Store, fronts []Front, now func() time.Time) (*Set, err
 	if len(fronts) != len(shards) {
 		return nil, fmt.Errorf("shardset: %d fronts for %d shards", len(fronts), len(shards))
 	}
-	return &Set{shards: shards, fronts: fronts, now: now, driver: crossshard.New(shards, now), assets: map[string]ledger.Asset{}}, nil
+	writers := make([]crossshard.Writer, len(fronts))
+	for i, f := range fronts {
+		writers[i] = f
+	}
+	return &Set{shards: shards, fronts: fronts, now: now, driver: crossshard.New(shards, writers, now), assets: map[string]ledger.Asset{}}, nil
 }
 
 // Shards returns the stores, by shard index.

@@ -50,8 +50,7 @@ func (s *Set) Reserve(ctx context.Context, req StepRequest, p PostingRequest, ti
 	if shard < 0 {
 		return ledger.Outcome{}, ledger.Errorf(ledger.CodeInvalidRequest, "a transfer needs at least one account that is not external")
 	}
-	st, err := s.shard(shard)
-	if err != nil {
+	if _, err := s.shard(shard); err != nil {
 		return ledger.Outcome{}, err
 	}
 	from, err := s.resolve(ctx, p.From, p.Asset, shard)
@@ -74,7 +73,7 @@ func (s *Set) Reserve(ctx context.Context, req StepRequest, p PostingRequest, ti
 	if r.HoldingID, r.ClearingID, err = newSystemIDs(shard); err != nil {
 		return ledger.Outcome{}, err
 	}
-	return st.Reserve(ctx, step, r)
+	return s.fronts[shard].Reserve(ctx, step, r)
 }
 
 // newSystemIDs are ids for the holding and clearing accounts a reservation may open.
@@ -113,7 +112,7 @@ func (s *Set) TransferAcross(ctx context.Context, req StepRequest, p PostingRequ
 	if r.HoldingID, r.ClearingID, err = newSystemIDs(source); err != nil {
 		return ledger.Outcome{}, res, err
 	}
-	out, err := st.Reserve(ctx, step, r)
+	out, err := s.fronts[source].Reserve(ctx, step, r)
 	if err != nil || out.Status != http.StatusCreated {
 		return out, res, err
 	}
@@ -136,15 +135,14 @@ func (s *Set) Driver() *crossshard.Driver { return s.driver }
 
 // Resolve posts (amount, or all when 0), voids or expires a pending transfer on its shard.
 func (s *Set) Resolve(ctx context.Context, req StepRequest, pending ledger.TransactionID, how ledger.Resolution, amount int64) (ledger.Outcome, error) {
-	st, err := s.transactionShard(pending)
-	if err != nil {
+	if _, err := s.transactionShard(pending); err != nil {
 		return ledger.Outcome{}, err
 	}
 	step, err := s.step(req, pending.Shard())
 	if err != nil {
 		return ledger.Outcome{}, err
 	}
-	return st.Resolve(ctx, step, pending, how, amount)
+	return s.fronts[pending.Shard()].Resolve(ctx, step, pending, how, amount)
 }
 
 // Reverse reverses a transaction on its shard with a new, linked transaction.
@@ -213,7 +211,7 @@ func (s *Set) expireDue(ctx context.Context, shard int, st *store.Store, now tim
 		if err != nil {
 			return expired, err
 		}
-		out, err := st.Resolve(ctx, step, id, ledger.ResolveExpire, 0)
+		out, err := s.fronts[shard].Resolve(ctx, step, id, ledger.ResolveExpire, 0)
 		if err != nil {
 			return expired, err
 		}
