@@ -130,13 +130,13 @@ func New(st *store.Store, cfg Config) (*Batcher, error) {
 		return nil, err
 	}
 	b := &Batcher{store: st, cfg: cfg, reads: make(chan *balanceRead, queueLength)}
-	b.posts = newLane(b, st.PostBatch, func(r store.Request) []conflict { return []conflict{{r.Caller, r.Key}} })
-	b.reserves = newLane(b, st.ReserveBatch, func(r store.ReserveRequest) []conflict { return []conflict{{r.Caller, r.Key}} })
-	b.resolves = newLane(b, st.ResolveBatch, func(r store.ResolveRequest) []conflict {
+	b.posts = newLane(b, cfg.Writers, st.PostBatch, func(r store.Request) []conflict { return []conflict{{r.Caller, r.Key}} })
+	b.reserves = newLane(b, stepWriters, st.ReserveBatch, func(r store.ReserveRequest) []conflict { return []conflict{{r.Caller, r.Key}} })
+	b.resolves = newLane(b, stepWriters, st.ResolveBatch, func(r store.ResolveRequest) []conflict {
 		// one resolution of a transfer per batch: the next one finds it resolved
 		return []conflict{{r.Caller, r.Key}, {"", r.Pending.String()}}
 	})
-	b.inbound = newLane(b, st.ApplyInboundBatch, func(r store.InboundRequest) []conflict { return []conflict{{"", r.Transfer.ID.String()}} })
+	b.inbound = newLane(b, stepWriters, st.ApplyInboundBatch, func(r store.InboundRequest) []conflict { return []conflict{{"", r.Transfer.ID.String()}} })
 	return b, nil
 }
 

@@ -11,6 +11,14 @@ import (
 // lanes is how many kinds of write a batcher batches (see Batcher's fields).
 const lanes = 4
 
+// stepWriters is how many writers each lane of two-phase steps has. One: every
+// reservation and resolution of a shard writes its holding account's balance row, and
+// every inbound application and settlement a clearing account's, so their batches take
+// turns on those rows whatever the writers; one writer makes the batches twice as big as
+// two would, for less CPU per step. (Measured: random transfers between two shards on 2
+// cores, 64 clients.)
+var stepWriters = 1
+
 // request is what every lane's requests are: checked before they join a batch, so that
 // nothing they carry can fail their batch.
 type request interface{ Validate() error }
@@ -24,6 +32,7 @@ type conflict struct{ caller, key string }
 // many per call of post.
 type lane[R request, O any] struct {
 	b         *Batcher
+	writers   int
 	queue     chan *job[R, O]
 	post      func(context.Context, []R) ([]O, error)
 	conflicts func(R) []conflict
@@ -40,14 +49,14 @@ type answer[O any] struct {
 	err error
 }
 
-func newLane[R request, O any](b *Batcher, post func(context.Context, []R) ([]O, error), conflicts func(R) []conflict) *lane[R, O] {
-	return &lane[R, O]{b: b, queue: make(chan *job[R, O], queueLength), post: post, conflicts: conflicts}
+func newLane[R request, O any](b *Batcher, writers int, post func(context.Context, []R) ([]O, error), conflicts func(R) []conflict) *lane[R, O] {
+	return &lane[R, O]{b: b, writers: writers, queue: make(chan *job[R, O], queueLength), post: post, conflicts: conflicts}
 }
 
 func (l *lane[R, O]) queued() int { return len(l.queue) }
 
 func (l *lane[R, O]) start() {
-	for range l.b.cfg.Writers {
+	for range l.writers {
 		l.b.wg.Add(1)
 		go l.write()
 	}

@@ -41,6 +41,9 @@ $$;
 
 CREATE FUNCTION tally.apply_inbound_batch(p_ids uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_tx uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_clearing_ids uuid[]) RETURNS TABLE(req integer, state text, problem text, transaction_id uuid)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
   n          integer := cardinality(p_ids);
@@ -1146,6 +1149,9 @@ $$;
 
 CREATE FUNCTION tally.record_refusals(p_callers text[], p_keys text[], p_hashes bytea[], p_status smallint[], p_bodies text[]) RETURNS void
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
   v_n integer;
@@ -1260,6 +1266,9 @@ $$;
 
 CREATE FUNCTION tally.replay_batch(p_callers text[], p_keys text[], p_hashes bytea[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
   rec record;
@@ -1309,6 +1318,9 @@ $$;
 
 CREATE FUNCTION tally.reserve_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_expires timestamp with time zone[], p_holding_ids uuid[], p_remote uuid[], p_clearing_ids uuid[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
   n          integer := cardinality(p_callers);
@@ -1471,6 +1483,9 @@ $$;
 
 CREATE FUNCTION tally.resolve_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_pending uuid[], p_action text[], p_amount bigint[]) RETURNS TABLE(req integer, status smallint, body text, replayed boolean, transaction_id uuid)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
   n          integer := cardinality(p_callers);

@@ -13,7 +13,10 @@
 --
 -- 008's single-request functions keep their signatures for the previous release's
 -- service and become calls of these with one request, so each rule is written once.
--- Only functions change here, so this migration runs in one transaction.
+-- Only functions change here, so this migration runs in one transaction. Like post_batch,
+-- each function looks rows up by key only (no sequential scan, whose cost grows with the
+-- tables: the planner cannot tell how few keys an array argument holds) and is never
+-- JIT-compiled (a compile costs more than any batch).
 
 -- The outcomes of the batch's keys already used, one row per such request: the same
 -- request replays, a different one is 409. The records are locked in (caller, key) order,
@@ -21,7 +24,7 @@
 -- synchronous standbys (post_batch step 5).
 CREATE OR REPLACE FUNCTION tally.replay_batch(p_callers text[], p_keys text[], p_hashes bytea[])
 RETURNS TABLE (req integer, status smallint, body text, replayed boolean, transaction_id uuid)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
   rec record;
   v_s smallint;
@@ -55,7 +58,7 @@ $$;
 CREATE OR REPLACE FUNCTION tally.record_refusals(p_callers text[], p_keys text[], p_hashes bytea[],
   p_status smallint[], p_bodies text[])
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
   v_n integer;
 BEGIN
@@ -82,7 +85,7 @@ CREATE OR REPLACE FUNCTION tally.reserve_batch(p_callers text[], p_keys text[], 
   p_created timestamptz[], p_metadata jsonb[], p_from uuid[], p_to uuid[], p_amount bigint[], p_asset text[],
   p_expires timestamptz[], p_holding_ids uuid[], p_remote uuid[], p_clearing_ids uuid[])
 RETURNS TABLE (req integer, status smallint, body text, replayed boolean, transaction_id uuid)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
   n          integer := cardinality(p_callers);
   v_shard    integer := (SELECT s.shard_index FROM tally.shard s);
@@ -230,7 +233,7 @@ $$;
 CREATE OR REPLACE FUNCTION tally.resolve_batch(p_callers text[], p_keys text[], p_hashes bytea[], p_ids uuid[],
   p_created timestamptz[], p_metadata jsonb[], p_pending uuid[], p_action text[], p_amount bigint[])
 RETURNS TABLE (req integer, status smallint, body text, replayed boolean, transaction_id uuid)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
   n          integer := cardinality(p_callers);
   o_status   smallint[];
@@ -388,7 +391,7 @@ $$;
 CREATE OR REPLACE FUNCTION tally.apply_inbound_batch(p_ids uuid[], p_to uuid[], p_amount bigint[], p_asset text[],
   p_tx uuid[], p_created timestamptz[], p_metadata jsonb[], p_clearing_ids uuid[])
 RETURNS TABLE (req integer, state text, problem text, transaction_id uuid)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
   n          integer := cardinality(p_ids);
   v_shard    integer := (SELECT s.shard_index FROM tally.shard s);
