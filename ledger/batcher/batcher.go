@@ -142,7 +142,7 @@ func New(st *store.Store, cfg Config) (*Batcher, error) {
 
 // Conns is how many connections a batcher of this configuration holds at most: one per
 // writer of each lane, and one per reader.
-func (c Config) Conns() int { return lanes*c.Writers + c.Readers }
+func (c Config) Conns() int { return c.Writers + (lanes-1)*stepWriters + c.Readers }
 
 // Start runs the writers and readers until Stop.
 func (b *Batcher) Start() {

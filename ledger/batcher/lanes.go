@@ -17,7 +17,7 @@ const lanes = 4
 // turns on those rows whatever the writers; one writer makes the batches twice as big as
 // two would, for less CPU per step. (Measured: random transfers between two shards on 2
 // cores, 64 clients.)
-var stepWriters = 1
+const stepWriters = 1
 
 // request is what every lane's requests are: checked before they join a batch, so that
 // nothing they carry can fail their batch.
