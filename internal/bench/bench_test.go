@@ -46,7 +46,7 @@ func TestHarnessRuns(t *testing.T) {
 		if r.Mode != ModeReference && r.Ratio == 0 {
 			t.Errorf("%s/%s has no ratio to the reference", r.Scenario, r.Mode)
 		}
-		unbatched := r.Mode == ModeReference || r.Mode == ModeOneCall || r.Scenario == CrossShard || r.Scenario == PendingPost // two-phase steps are not batched yet
+		unbatched := r.Mode == ModeReference || r.Mode == ModeOneCall
 		if batched := !unbatched; batched != (r.MeanBatch >= 1) {
 			t.Errorf("%s/%s: mean batch %.1f", r.Scenario, r.Mode, r.MeanBatch)
 		}
