@@ -82,7 +82,7 @@ type LedgerSpec struct {
 
 // BatchingSpec bounds the batching of one shard's requests in each ledger replica. Every
 // writer and reader holds a database connection while it works, so each replica may open
-// up to 16 connections to every shard, or writers + readers + 7 if that is more.
+// up to 16 connections to every shard, or writers + readers + 8 if that is more.
 type BatchingSpec struct {
 	// Writers is how many batches of transactions may be in flight at once: one collects
 	// while another commits. Default: 2.

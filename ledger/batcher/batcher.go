@@ -3,7 +3,8 @@
 // writer's batch commits, the next requests queue up, so the busier the ledger, the
 // fuller the batches. Each kind of write has its own lane, queue and writers
 // (lanes.go): transactions (tally.post_batch), and the steps of two-phase and cross-shard
-// transfers (reservations, resolutions, inbound applications), because each kind's
+// transfers (reservations, resolutions, inbound applications), and claims of idempotency
+// keys for requests that run on other shards, because each kind's
 // database function takes its locks in its own order and so never shares a database
 // transaction with another. Balance reads are coalesced the same way, many per query
 // (reads.go).
@@ -95,6 +96,7 @@ type Batcher struct {
 	reserves *lane[store.ReserveRequest, ledger.Outcome]
 	resolves *lane[store.ResolveRequest, ledger.Outcome]
 	inbound  *lane[store.InboundRequest, store.Inbound]
+	claims   *lane[store.Claim, ledger.Outcome]
 	reads    chan *balanceRead
 
 	mu      sync.Mutex
@@ -120,7 +122,7 @@ type Stats struct {
 // queues' lengths now.
 func (b *Batcher) Stats() Stats {
 	return Stats{Batches: b.batches.Load(), Requests: b.requests.Load(), Busy: time.Duration(b.busyNanos.Load()), Isolations: b.isolations.Load(),
-		QueuedRequests: b.posts.queued() + b.reserves.queued() + b.resolves.queued() + b.inbound.queued(), QueuedReads: len(b.reads)}
+		QueuedRequests: b.posts.queued() + b.reserves.queued() + b.resolves.queued() + b.inbound.queued() + b.claims.queued(), QueuedReads: len(b.reads)}
 }
 
 // New returns a batcher over the shard's store; Start it before submitting.
@@ -137,6 +139,7 @@ func New(st *store.Store, cfg Config) (*Batcher, error) {
 		return []conflict{{r.Caller, r.Key}, {"", r.Pending.String()}}
 	})
 	b.inbound = newLane(b, stepWriters, st.ApplyInboundBatch, func(r store.InboundRequest) []conflict { return []conflict{{"", r.Transfer.ID.String()}} })
+	b.claims = newLane(b, stepWriters, st.ClaimKeys, func(c store.Claim) []conflict { return []conflict{{c.Caller, c.Key}} })
 	return b, nil
 }
 
@@ -150,6 +153,7 @@ func (b *Batcher) Start() {
 	b.reserves.start()
 	b.resolves.start()
 	b.inbound.start()
+	b.claims.start()
 	for range b.cfg.Readers {
 		b.wg.Add(1)
 		go b.read()
@@ -165,6 +169,7 @@ func (b *Batcher) Stop() {
 		close(b.reserves.queue)
 		close(b.resolves.queue)
 		close(b.inbound.queue)
+		close(b.claims.queue)
 		close(b.reads)
 	}
 	b.mu.Unlock()
@@ -195,6 +200,12 @@ func (b *Batcher) Resolve(ctx context.Context, st store.Step, pending ledger.Tra
 // (store.ApplyInboundBatch).
 func (b *Batcher) ApplyInbound(ctx context.Context, pt ledger.PendingTransfer, tx ledger.TransactionID, created time.Time, clearingID ledger.AccountID) (store.Inbound, error) {
 	return b.inbound.submit(ctx, store.InboundRequest{Transfer: pt, Tx: tx, Created: created, ClearingID: clearingID})
+}
+
+// ClaimKey claims an idempotency key at its home shard, this one, in a batch of claims
+// (store.ClaimKeys).
+func (b *Batcher) ClaimKey(ctx context.Context, c store.Claim) (ledger.Outcome, error) {
+	return b.claims.submit(ctx, c)
 }
 
 // enqueue hands v to the writers or readers through ch, unless the batcher has stopped

@@ -131,6 +131,16 @@ func (c *client) must(want int, r response) response {
 	return r
 }
 
+// ownerPerShard finds an owner whose accounts open on each shard (owners hash to shards).
+func (c *client) ownerPerShard(shards int) map[int]string {
+	owners := map[int]string{}
+	for i := 0; len(owners) < shards; i++ {
+		o := fmt.Sprintf("owner-%d", i)
+		owners[c.set.Placement(o)] = o
+	}
+	return owners
+}
+
 func (c *client) asset(code string, scale int) {
 	c.t.Helper()
 	r := c.do("POST", "/v1/assets", fmt.Sprintf(`{"code":%q,"scale":%d}`, code, scale))
@@ -491,12 +501,7 @@ func TestAuthentication(t *testing.T) {
 func TestCrossShard(t *testing.T) {
 	c := newClient(t, 2, nil)
 	c.asset("USD", 2)
-	// Owners hash to shards; find one owner on each.
-	owners := map[int]string{}
-	for i := 0; len(owners) < 2; i++ {
-		o := fmt.Sprintf("owner-%d", i)
-		owners[c.set.Placement(o)] = o
-	}
+	owners := c.ownerPerShard(2)
 	a0, a1 := c.account(owners[0], "USD"), c.account(owners[1], "USD")
 	id0, _ := ledger.ParseAccountID(a0)
 	id1, _ := ledger.ParseAccountID(a1)
@@ -787,5 +792,58 @@ func TestSlottedAccountThroughTheAPI(t *testing.T) {
 	}
 	if plain := c.must(200, c.do("GET", "/v1/accounts/"+alice+"/entries", "")); bytes.Contains(plain.body, []byte(`"slot":`)) {
 		t.Errorf("entries of an account of one slot: %s", plain.body)
+	}
+}
+
+// A key is the caller's across every shard: reused for a request on another shard, it
+// answers 409 and moves nothing, whichever shard is its home and whichever kind of request
+// used it first; the first request still replays.
+func TestIdempotencyKeysAcrossShards(t *testing.T) {
+	c := newClient(t, 2, nil)
+	c.asset("USD", 2)
+	owners := c.ownerPerShard(2)
+	from, to := map[int]string{}, map[int]string{}
+	for s := range 2 {
+		from[s], to[s] = c.account(owners[s], "USD"), c.account(owners[s], "USD")
+		c.must(201, c.transfer(fmt.Sprintf("deposit-%d", s), "external", from[s], "100", "USD"))
+	}
+	// A key of each home, used first on each shard.
+	keys := map[[2]int]string{}
+	for i := 0; len(keys) < 4; i++ {
+		key := fmt.Sprintf("key-%d", i)
+		home := c.set.KeyHome(httpapi.AnonymousCaller, key)
+		keys[[2]int{home, len(keys) % 2}] = key
+	}
+	for hs, key := range keys {
+		home, first := hs[0], hs[1]
+		second := 1 - first
+		one := c.must(201, c.transfer(key, from[first], to[first], "1", "USD"))
+		if r := c.transfer(key, from[second], to[second], "1", "USD"); r.status != 409 || r.code() != ledger.CodeIdempotencyKeyReused {
+			t.Errorf("key %s (home %d) used on shard %d, reused on shard %d: %d %s", key, home, first, second, r.status, r.body)
+		}
+		pending := fmt.Sprintf(`{"from_account":%q,"to_account":%q,"amount":"1","asset":"USD","pending":true}`, from[second], to[second])
+		if r := c.do("POST", "/v1/transfers", pending, "Idempotency-Key", key); r.status != 409 {
+			t.Errorf("key %s reused for a pending transfer on shard %d: %d %s", key, second, r.status, r.body)
+		}
+		if r := c.transfer(key, from[first], to[second], "1", "USD"); r.status != 409 {
+			t.Errorf("key %s reused for a transfer across shards: %d %s", key, r.status, r.body)
+		}
+		again := c.must(201, c.transfer(key, from[first], to[first], "1", "USD"))
+		if !bytes.Equal(again.body, one.body) || again.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("key %s: the first request no longer replays: %s", key, again.body)
+		}
+	}
+	for s := range 2 {
+		if got := c.balance(to[s]); got != "2.00" {
+			t.Errorf("shard %d's destination holds %s, want the two first transfers only", s, got)
+		}
+	}
+	// A transfer across shards claims its key too.
+	c.must(201, c.transfer("across", from[0], to[1], "1", "USD"))
+	if r := c.transfer("across", from[1], to[1], "1", "USD"); r.status != 409 {
+		t.Errorf("a key first used across shards, reused on shard 1: %d %s", r.status, r.body)
+	}
+	if r := c.transfer("across", from[0], to[0], "1", "USD"); r.status != 409 {
+		t.Errorf("a key first used across shards, reused on shard 0: %d %s", r.status, r.body)
 	}
 }

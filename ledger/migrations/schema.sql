@@ -462,6 +462,58 @@ $$;
 
 
 --
+-- Name: claim_keys(text[], text[], bytea[], integer[]); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.claim_keys(p_callers text[], p_keys text[], p_hashes bytea[], p_shards integer[]) RETURNS TABLE(req integer, status smallint, body text)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  n integer := cardinality(p_callers);
+  v_claimed integer[];
+  v_gone integer;
+BEGIN
+  IF n IS NULL OR n < 1 OR n > 1000 OR cardinality(p_keys) IS DISTINCT FROM n
+     OR cardinality(p_hashes) IS DISTINCT FROM n OR cardinality(p_shards) IS DISTINCT FROM n
+     OR (SELECT count(DISTINCT (c, k)) FROM unnest(p_callers, p_keys) u(c, k)) <> n THEN
+    RAISE EXCEPTION 'tally: claim_keys needs 1 to 1000 distinct keys and equal-length arrays'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  WITH ins AS (
+    INSERT INTO tally.idempotency_keys (caller, key, request_hash, status, runs_on)
+    SELECT c, k, h, 307, s FROM unnest(p_callers, p_keys, p_hashes, p_shards) u(c, k, h, s) ORDER BY c, k
+    ON CONFLICT (caller, key) DO NOTHING
+    RETURNING caller, key)
+  SELECT array_agg(u.i) INTO v_claimed
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i) JOIN ins ON ins.caller = u.c AND ins.key = u.k;
+  v_claimed := coalesce(v_claimed, '{}');
+
+  -- A new statement, so it sees the records that made the insert skip their keys.
+  SELECT count(*) INTO v_gone
+  FROM unnest(p_callers, p_keys) WITH ORDINALITY u(c, k, i)
+  WHERE u.i <> ALL (v_claimed)
+    AND NOT EXISTS (SELECT FROM tally.idempotency_keys r WHERE r.caller = u.c AND r.key = u.k);
+  IF v_gone > 0 THEN
+    RAISE EXCEPTION 'tally: an idempotency record vanished during the claim'
+      USING ERRCODE = 'serialization_failure'; -- expired and cleaned up meanwhile: retry
+  END IF;
+
+  RETURN QUERY
+  SELECT u.i::integer, p.status, p.body
+  FROM unnest(p_callers, p_keys, p_hashes) WITH ORDINALITY u(c, k, h, i)
+  JOIN tally.idempotency_keys r ON r.caller = u.c AND r.key = u.k
+  CROSS JOIN LATERAL tally.problem('idempotency_key_reused',
+    format('Idempotency-Key %s was first used with a different request', to_json(u.k))) p
+  WHERE u.i <> ALL (v_claimed) AND r.request_hash <> u.h;
+END
+$$;
+
+
+--
 -- Name: clearing_account(text, integer, uuid); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -1843,10 +1895,16 @@ CREATE TABLE tally.idempotency_keys (
     body text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     transaction_id uuid,
-    CONSTRAINT idempotency_keys_answerable CHECK (((body IS NOT NULL) OR ((status = 201) AND (transaction_id IS NOT NULL)))),
+    runs_on integer,
+    CONSTRAINT idempotency_keys_answerable_or_claim CHECK (
+CASE
+    WHEN (runs_on IS NULL) THEN ((body IS NOT NULL) OR ((status = 201) AND (transaction_id IS NOT NULL)))
+    ELSE ((status = 307) AND (body IS NULL) AND (transaction_id IS NULL))
+END),
     CONSTRAINT idempotency_keys_caller_check CHECK (((length(caller) >= 1) AND (length(caller) <= 200))),
     CONSTRAINT idempotency_keys_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255))),
     CONSTRAINT idempotency_keys_request_hash_check CHECK ((length(request_hash) = 32)),
+    CONSTRAINT idempotency_keys_runs_on_check CHECK (((runs_on >= 0) AND (runs_on <= 65535))),
     CONSTRAINT idempotency_keys_status_check CHECK (((status >= 200) AND (status <= 599)))
 );
 
@@ -2437,6 +2495,13 @@ GRANT ALL ON FUNCTION tally.check_holding_moves() TO tally_app;
 --
 
 GRANT ALL ON FUNCTION tally.check_pending_transfer_update() TO tally_app;
+
+
+--
+-- Name: FUNCTION claim_keys(p_callers text[], p_keys text[], p_hashes bytea[], p_shards integer[]); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.claim_keys(p_callers text[], p_keys text[], p_hashes bytea[], p_shards integer[]) TO tally_app;
 
 
 --

@@ -273,6 +273,14 @@ func (g *shardGate) ApplyInbound(ctx context.Context, pt ledger.PendingTransfer,
 	return g.Front.ApplyInbound(ctx, pt, tx, created, clearingID)
 }
 
+// ClaimKey claims an idempotency key through the shard's batcher once the shard is checked.
+func (g *shardGate) ClaimKey(ctx context.Context, c store.Claim) (ledger.Outcome, error) {
+	if !g.open.Load() {
+		return ledger.Outcome{}, g.closed()
+	}
+	return g.Front.ClaimKey(ctx, c)
+}
+
 // Balance reads through the shard's batcher once the shard is checked.
 func (g *shardGate) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error) {
 	if !g.open.Load() {

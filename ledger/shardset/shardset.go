@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -26,6 +27,7 @@ type Front interface {
 	PostTransaction(ctx context.Context, req store.Request) (ledger.Outcome, error)
 	Reserve(ctx context.Context, st store.Step, r store.Reservation) (ledger.Outcome, error)
 	crossshard.Writer // resolutions and inbound applications
+	ClaimKey(ctx context.Context, c store.Claim) (ledger.Outcome, error)
 	Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance, error)
 }
 
@@ -78,6 +80,43 @@ func (s *Set) Placement(owner string) int {
 	h := fnv.New32a()
 	h.Write([]byte(owner))
 	return int(h.Sum32() % uint32(len(s.shards)))
+}
+
+// KeyHome is the shard where an idempotency key is the caller's: a request that runs on
+// another shard claims its key there first (claim), so a key is the caller's across the
+// ledger. Every replica with the same shard count agrees on it; after the count changes,
+// a key first used before the change may have another home, so a different request
+// under a key used before a scale may go unnoticed until the key expires (the same
+// request always finds its outcome: that lives on the shard it runs on).
+func (s *Set) KeyHome(caller, key string) int {
+	h := fnv.New32a()
+	h.Write([]byte(caller))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return int(h.Sum32() % uint32(len(s.shards)))
+}
+
+// claim claims the request's key at its home for a request that runs on shard runsOn.
+// A refusal with a status (409) is the request's answer; a zero one lets it go on.
+//
+// A home shard that is unavailable (failing over, say) is passed by: one shard's outage
+// must not stop requests on the others, and the claim only guards against a different
+// request under the same key, never against applying one request twice (its outcome is
+// recorded on the shard it runs on). A key passed by this way is checked on that shard
+// alone, as before keys had homes.
+func (s *Set) claim(ctx context.Context, caller, key string, hash [32]byte, runsOn int) (refusal ledger.Outcome, err error) {
+	home := s.KeyHome(caller, key)
+	if home == runsOn {
+		return refusal, nil // the shard it runs on records the key in the same transaction
+	}
+	refusal, err = s.fronts[home].ClaimKey(ctx, store.Claim{Caller: caller, Key: key, Hash: hash, RunsOn: runsOn})
+	switch {
+	case ctx.Err() == nil && (ledger.CodeOf(err) == ledger.CodeUnavailable || errors.Is(err, context.DeadlineExceeded)):
+		return ledger.Outcome{}, nil
+	case err != nil:
+		return refusal, fmt.Errorf("shardset: claim the idempotency key on shard %d: %w", home, err)
+	}
+	return refusal, nil
 }
 
 // Place picks the shard for a new account of the owner. The caller's choice, if it names
@@ -385,6 +424,9 @@ func (s *Set) Post(ctx context.Context, req TransactionRequest, render Render) (
 	body, err := render(ctx, tx)
 	if err != nil {
 		return ledger.Outcome{}, fmt.Errorf("shardset: render response: %w", err)
+	}
+	if refusal, err := s.claim(ctx, req.Caller, req.Key, req.Hash, shard); err != nil || refusal.Status != 0 {
+		return refusal, err
 	}
 	out, err := s.fronts[shard].PostTransaction(ctx, store.Request{Caller: req.Caller, Key: req.Key, Hash: req.Hash, Transaction: tx, Body: body})
 	if err != nil || out.Body != nil {

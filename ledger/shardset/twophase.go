@@ -73,6 +73,9 @@ func (s *Set) Reserve(ctx context.Context, req StepRequest, p PostingRequest, ti
 	if r.HoldingID, r.ClearingID, err = newSystemIDs(shard); err != nil {
 		return ledger.Outcome{}, err
 	}
+	if refusal, err := s.claim(ctx, req.Caller, req.Key, req.Hash, shard); err != nil || refusal.Status != 0 {
+		return refusal, err
+	}
 	return s.fronts[shard].Reserve(ctx, step, r)
 }
 
@@ -112,6 +115,9 @@ func (s *Set) TransferAcross(ctx context.Context, req StepRequest, p PostingRequ
 	if r.HoldingID, r.ClearingID, err = newSystemIDs(source); err != nil {
 		return ledger.Outcome{}, res, err
 	}
+	if refusal, err := s.claim(ctx, req.Caller, req.Key, req.Hash, source); err != nil || refusal.Status != 0 {
+		return refusal, res, err
+	}
 	out, err := s.fronts[source].Reserve(ctx, step, r)
 	if err != nil || out.Status != http.StatusCreated {
 		return out, res, err
@@ -142,6 +148,9 @@ func (s *Set) Resolve(ctx context.Context, req StepRequest, pending ledger.Trans
 	if err != nil {
 		return ledger.Outcome{}, err
 	}
+	if refusal, err := s.claim(ctx, req.Caller, req.Key, req.Hash, pending.Shard()); err != nil || refusal.Status != 0 {
+		return refusal, err
+	}
 	return s.fronts[pending.Shard()].Resolve(ctx, step, pending, how, amount)
 }
 
@@ -154,6 +163,9 @@ func (s *Set) Reverse(ctx context.Context, req StepRequest, original ledger.Tran
 	step, err := s.step(req, original.Shard())
 	if err != nil {
 		return ledger.Outcome{}, err
+	}
+	if refusal, err := s.claim(ctx, req.Caller, req.Key, req.Hash, original.Shard()); err != nil || refusal.Status != 0 {
+		return refusal, err
 	}
 	return st.Reverse(ctx, step, original)
 }

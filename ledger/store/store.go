@@ -319,17 +319,27 @@ func (r Request) Validate() error {
 
 // validateEnvelope checks what every idempotent write carries besides its postings.
 func validateEnvelope(caller, key string, id ledger.TransactionID, created time.Time, meta []byte) error {
+	if err := validateKey(caller, key); err != nil {
+		return err
+	}
 	switch {
-	case !storableText(caller) || caller == "" || len(caller) > ledger.MaxCallerLength:
-		return ledger.Errorf(ledger.CodeInvalidRequest, "the caller must be 1 to %d characters of UTF-8 without NUL", ledger.MaxCallerLength)
-	case !storableText(key) || key == "" || len(key) > ledger.MaxIdempotencyKey:
-		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d characters of UTF-8 without NUL", ledger.MaxIdempotencyKey)
 	case id == ledger.TransactionID{}:
 		return fmt.Errorf("store: the transaction has no id")
 	case created.Year() < 1 || created.Year() > 9999:
 		return fmt.Errorf("store: created_at %s is outside the years 1 to 9999", created)
 	case len(meta) > 0 && !metadata.IsCanonical(meta):
 		return ledger.Errorf(ledger.CodeInvalidRequest, "metadata must be a JSON object in canonical form (see ledger/metadata)")
+	}
+	return nil
+}
+
+// validateKey checks an idempotency key and its caller.
+func validateKey(caller, key string) error {
+	switch {
+	case !storableText(caller) || caller == "" || len(caller) > ledger.MaxCallerLength:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the caller must be 1 to %d characters of UTF-8 without NUL", ledger.MaxCallerLength)
+	case !storableText(key) || key == "" || len(key) > ledger.MaxIdempotencyKey:
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d characters of UTF-8 without NUL", ledger.MaxIdempotencyKey)
 	}
 	return nil
 }
