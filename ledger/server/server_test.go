@@ -70,7 +70,7 @@ func TestServeSizesPoolsForBatching(t *testing.T) {
 		batch batcher.Config
 		want  string
 	}{
-		{2, batcher.Config{Writers: 5, Readers: 3}, "15"}, // 5 + 3, a writer per kind of two-phase step, 4 spares
+		{2, batcher.Config{Writers: 5, Readers: 3}, "16"}, // 5 + 3, a writer per kind of step (reserve, resolve, inbound, claim), 4 spares
 		{30, batcher.Config{}, "30"},
 	} {
 		_, ops, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, MaxConnsPerShard: c.asked, Batching: c.batch})
