@@ -45,6 +45,7 @@ const (
 	CodeNotReversible           Code = "transaction_not_reversible"
 	CodeBetweenShards           Code = "transfer_between_shards"
 	CodeUnauthorized            Code = "unauthorized"
+	CodeForbidden               Code = "forbidden"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
 )
@@ -122,6 +123,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusConflict, "Transfer between shards is resolved by the ledger"}
 	case CodeUnauthorized:
 		return codeInfo{http.StatusUnauthorized, "Authentication required"}
+	case CodeForbidden:
+		return codeInfo{http.StatusForbidden, "Not allowed for the caller's role"}
 	case CodeUnavailable:
 		return codeInfo{http.StatusServiceUnavailable, "Service unavailable"}
 	default:

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/crossshard"
 	"github.com/tallyhq/tally/ledger/httpapi"
@@ -28,7 +30,14 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(&urls, "shard-url", "PostgreSQL URL of a shard, repeated in shard order (default $"+shardURLsEnv+")")
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "API address")
 	fs.StringVar(&cfg.OpsListen, "ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
-	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token lines; without it the API is open")
+	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
+	var jwt auth.JWTConfig
+	fs.StringVar(&jwt.Issuer, "jwt-issuer", "", "accept JWTs from this issuer (iss); needs --jwt-audience and keys")
+	fs.StringVar(&jwt.Audience, "jwt-audience", "", "the audience (aud) JWTs must name")
+	fs.StringVar(&jwt.JWKSURL, "jwks-url", "", "the issuer's JWKS URL, refreshed hourly and when a token names an unknown key")
+	jwksFile := fs.String("jwks-file", "", "a JWK Set file of the issuer's public keys")
+	fs.StringVar(&jwt.RoleClaim, "jwt-role-claim", "roles", "the claim naming a JWT caller's roles (operator, admin), a string or a list")
+	hmacFile := fs.String("jwt-hmac-secret-file", "", "a file holding an HS256 secret (at least 32 bytes); only then are HS256 JWTs accepted")
 	fs.DurationVar(&cfg.IdempotencyRetention, "idempotency-retention", server.DefaultIdempotencyRetention, "how long idempotency records are kept")
 	maxConns := fs.Int("max-conns", server.DefaultMaxConnsPerShard, "connections per shard")
 	logFormat := fs.String("log-format", "json", "json or text")
@@ -45,6 +54,14 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("give at least one --shard-url or set %s", shardURLsEnv)
 	}
 	cfg.MaxConnsPerShard = int32(*maxConns)
+	if jwt.Issuer != "" {
+		if err := readJWTKeys(&jwt, *jwksFile, *hmacFile); err != nil {
+			return err
+		}
+		cfg.JWT = &jwt
+	} else if jwt.Audience != "" || jwt.JWKSURL != "" || *jwksFile != "" || *hmacFile != "" {
+		return fmt.Errorf("the JWT flags need --jwt-issuer")
+	}
 	log, err := newLogger(*logFormat)
 	if err != nil {
 		return err
@@ -52,6 +69,25 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	cfg.Log = log
 	tuneGC()
 	return server.Run(ctx, cfg)
+}
+
+// readJWTKeys reads the key files the JWT flags name.
+func readJWTKeys(cfg *auth.JWTConfig, jwksFile, hmacFile string) error {
+	if jwksFile != "" {
+		b, err := os.ReadFile(jwksFile)
+		if err != nil {
+			return fmt.Errorf("read --jwks-file: %w", err)
+		}
+		cfg.JWKS = b
+	}
+	if hmacFile != "" {
+		b, err := os.ReadFile(hmacFile)
+		if err != nil {
+			return fmt.Errorf("read --jwt-hmac-secret-file: %w", err)
+		}
+		cfg.HMACSecret = []byte(strings.TrimSpace(string(b)))
+	}
+	return nil
 }
 
 // monitorPasswordEnv holds the password of tally migrate --monitor-login.

@@ -106,7 +106,7 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 		if len(fields) == 2 {
 			list, ok := strings.CutPrefix(fields[1], "roles=")
 			if !ok {
-				return nil, fmt.Errorf("auth: tokens line %d: %q is not roles=...", n, fields[1])
+				return nil, fmt.Errorf("auth: tokens line %d: want roles=r1,r2 after the token, got %q", n, fields[1])
 			}
 			c.Roles = nil
 			for _, r := range strings.Split(list, ",") {

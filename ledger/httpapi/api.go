@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
 	"github.com/tallyhq/tally/ledger/shardset"
@@ -40,16 +41,16 @@ const externalAccount = "external"
 // API serves the ledger over HTTP.
 type API struct {
 	set           *shardset.Set
-	auth          *Authenticator
+	auth          *auth.Authenticator
 	metrics       *Metrics
 	log           *slog.Logger
 	maxConcurrent int
 }
 
-// New returns the API over the shard set. auth may be nil for an open, single-caller
-// API (local development only).
-func New(set *shardset.Set, auth *Authenticator, metrics *Metrics, log *slog.Logger) *API {
-	return &API{set: set, auth: auth, metrics: metrics, log: log, maxConcurrent: DefaultMaxConcurrentRequests}
+// New returns the API over the shard set. authn may be nil for an open API whose every
+// caller is auth.AnonymousCaller, an admin (local development only).
+func New(set *shardset.Set, authn *auth.Authenticator, metrics *Metrics, log *slog.Logger) *API {
+	return &API{set: set, auth: authn, metrics: metrics, log: log, maxConcurrent: DefaultMaxConcurrentRequests}
 }
 
 // WithMaxConcurrentRequests sets the bound on requests served at once (at least 1).
@@ -61,43 +62,64 @@ func (a *API) WithMaxConcurrentRequests(n int) *API {
 // Handler returns the routes.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
-		mux.Handle(pattern, a.instrument(pattern, h))
+	for _, rt := range a.routes() {
+		mux.Handle(rt.pattern, a.instrument(rt.pattern, rt.access, rt.handle))
 	}
-	route("POST /v1/assets", a.registerAsset)
-	route("GET /v1/assets", a.listAssets)
-	route("GET /v1/assets/{code}", a.getAsset)
-	route("POST /v1/accounts", a.createAccount)
-	route("GET /v1/accounts", a.listAccounts)
-	route("GET /v1/accounts/{id}", a.getAccount)
-	route("POST /v1/accounts/{id}/freeze", a.setStatus(ledger.StatusFrozen))
-	route("POST /v1/accounts/{id}/unfreeze", a.setStatus(ledger.StatusActive))
-	route("POST /v1/accounts/{id}/close", a.setStatus(ledger.StatusClosed))
-	route("GET /v1/accounts/{id}/balance", a.getBalance)
-	route("GET /v1/accounts/{id}/entries", a.listEntries)
-	route("POST /v1/transfers", a.postTransfer)
-	route("POST /v1/transactions", a.postTransaction)
-	route("GET /v1/transactions/{id}", a.getTransaction)
-	route("POST /v1/transactions/{id}/reverse", a.reverseTransaction)
-	route("GET /v1/transfers/{id}", a.getPendingTransfer)
-	route("POST /v1/transfers/{id}/post", a.resolvePendingTransfer(ledger.ResolvePost))
-	route("POST /v1/transfers/{id}/void", a.resolvePendingTransfer(ledger.ResolveVoid))
 	return a.limit(problemsForMux(mux))
 }
 
-type callerKey struct{}
-
-func callerOf(ctx context.Context) string {
-	c, _ := ctx.Value(callerKey{}).(string)
-	return c
+type route struct {
+	pattern string
+	access  access
+	handle  func(http.ResponseWriter, *http.Request) error
 }
 
-// instrument authenticates, times, counts, and turns returned errors into problems.
-func (a *API) instrument(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+// routes is the route table, each with the least role it needs (authorize.go): a user
+// reads and moves money only with its own accounts; an operator also deposits,
+// withdraws, freezes, reverses and uses any account; an admin also registers assets
+// and closes accounts.
+func (a *API) routes() []route {
+	return []route{
+		{"POST /v1/assets", admins, a.registerAsset},
+		{"GET /v1/assets", users, a.listAssets},
+		{"GET /v1/assets/{code}", users, a.getAsset},
+		{"POST /v1/accounts", users, a.createAccount}, // a user: for itself, with no overdraft
+		{"GET /v1/accounts", users, a.listAccounts},   // a user: its own
+		{"GET /v1/accounts/{id}", users, a.getAccount},
+		{"POST /v1/accounts/{id}/freeze", operators, a.setStatus(ledger.StatusFrozen)},
+		{"POST /v1/accounts/{id}/unfreeze", operators, a.setStatus(ledger.StatusActive)},
+		{"POST /v1/accounts/{id}/close", admins, a.setStatus(ledger.StatusClosed)},
+		{"GET /v1/accounts/{id}/balance", users, a.getBalance},
+		{"GET /v1/accounts/{id}/entries", users, a.listEntries},
+		{"POST /v1/transfers", users, a.postTransfer}, // a user: between its own accounts
+		{"POST /v1/transactions", users, a.postTransaction},
+		{"GET /v1/transactions/{id}", users, a.getTransaction}, // a user: one touching its accounts
+		{"POST /v1/transactions/{id}/reverse", operators, a.reverseTransaction},
+		{"GET /v1/transfers/{id}", users, a.getPendingTransfer},
+		{"POST /v1/transfers/{id}/post", users, a.resolvePendingTransfer(ledger.ResolvePost)}, // a user: between its own accounts
+		{"POST /v1/transfers/{id}/void", users, a.resolvePendingTransfer(ledger.ResolveVoid)},
+	}
+}
+
+// Routes lists every route's pattern and the least role it needs.
+func (a *API) Routes() map[string]string {
+	out := map[string]string{}
+	for _, rt := range a.routes() {
+		out[rt.pattern] = rt.access.String()
+	}
+	return out
+}
+
+// instrument authenticates, authorizes the route, times, counts, and turns returned
+// errors into problems.
+func (a *API) instrument(route string, need access, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		caller, err := a.auth.Authenticate(r)
+		if err == nil && !need.allows(caller) {
+			err = ledger.Errorf(ledger.CodeForbidden, "%s %s needs the %s role", r.Method, route[strings.Index(route, " ")+1:], need)
+		}
 		if err == nil {
 			r = r.WithContext(context.WithValue(r.Context(), callerKey{}, caller))
 			err = h(sw, r)
@@ -251,6 +273,9 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 	if err := validOwner(req.Owner); err != nil {
 		return err
 	}
+	if c := callerOf(r.Context()); !owns(c, req.Owner) {
+		return ledger.Errorf(ledger.CodeForbidden, "a user opens accounts for itself only: owner must be %q", c.Owner)
+	}
 	asset, err := a.asset(r.Context(), req.Asset)
 	if err != nil {
 		return err
@@ -263,6 +288,9 @@ func (a *API) createAccount(w http.ResponseWriter, r *http.Request) error {
 		}
 		if floor > 0 || floor == ledger.NoFloor {
 			return ledger.Errorf(ledger.CodeInvalidAmount, "balance_floor must be zero or negative, and above the smallest amount")
+		}
+		if floor < 0 && !callerOf(r.Context()).Operates() {
+			return ledger.Errorf(ledger.CodeForbidden, "an overdraft (balance_floor below zero) needs the operator role")
 		}
 	}
 	slots := 1
@@ -329,12 +357,19 @@ func (a *API) listAccounts(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	c := callerOf(r.Context())
 	owner := q.Get("owner")
+	if owner == "" && !c.Operates() {
+		owner = c.Owner
+	}
 	if owner == "" {
 		return ledger.Errorf(ledger.CodeInvalidRequest, "query parameter owner is required")
 	}
 	if err := validOwnerText(owner); err != nil {
 		return err
+	}
+	if !owns(c, owner) {
+		return ledger.Errorf(ledger.CodeForbidden, "a user lists its own accounts only: owner must be %q or left out", c.Owner)
 	}
 	limit, err := pageSize(q.Get("limit"))
 	if err != nil {
@@ -407,6 +442,9 @@ func (a *API) getAccount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if !owns(callerOf(r.Context()), acc.Owner) {
+		return ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", id)
+	}
 	return a.writeAccount(w, http.StatusOK, acc)
 }
 
@@ -429,6 +467,9 @@ func (a *API) getBalance(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := a.mayUse(r.Context(), id); err != nil {
+		return err
+	}
 	b, err := a.set.Balance(r.Context(), id)
 	if err != nil {
 		return err
@@ -439,6 +480,9 @@ func (a *API) getBalance(w http.ResponseWriter, r *http.Request) error {
 func (a *API) listEntries(w http.ResponseWriter, r *http.Request) error {
 	id, err := accountIDFromPath(r)
 	if err != nil {
+		return err
+	}
+	if err := a.mayUse(r.Context(), id); err != nil {
 		return err
 	}
 	q, err := query(r)
@@ -556,13 +600,16 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 	if err != nil {
 		return err
 	}
-	req := shardset.TransactionRequest{Caller: callerOf(r.Context()), Key: key, Metadata: meta}
+	req := shardset.TransactionRequest{Caller: callerOf(r.Context()).Name, Key: key, Metadata: meta}
 	for i, p := range postings {
 		pr, err := a.parsePosting(r.Context(), i, p)
 		if err != nil {
 			return err
 		}
 		req.Postings = append(req.Postings, pr)
+	}
+	if err := a.mayMove(r.Context(), req.Postings); err != nil {
+		return err
 	}
 	canon, err := marshal(canonicalRequest{Kind: kind, Postings: req.Postings, Metadata: meta})
 	if err != nil {
@@ -686,6 +733,9 @@ func (a *API) getTransaction(w http.ResponseWriter, r *http.Request) error {
 	}
 	tx, err := a.set.Transaction(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	if err := a.maySeeTransaction(r.Context(), tx); err != nil {
 		return err
 	}
 	body, err := a.renderTransaction(r.Context(), tx)

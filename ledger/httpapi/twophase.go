@@ -36,6 +36,9 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 	if err != nil {
 		return err
 	}
+	if err := a.mayMove(r.Context(), []shardset.PostingRequest{p}); err != nil {
+		return err
+	}
 	canon, err := marshal(struct {
 		Kind     string
 		Posting  shardset.PostingRequest
@@ -45,7 +48,7 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 	if err != nil {
 		return err
 	}
-	step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	out, err := a.set.Reserve(r.Context(), step, p, time.Duration(req.TimeoutSeconds)*time.Second)
 	// The answer, first or replayed, is the transfer as it was made: its state now is
 	// what GET /v1/transfers/{id} is for.
@@ -85,6 +88,9 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 		if err != nil {
 			return err
 		}
+		if err := a.maySeePending(r.Context(), pt, true); err != nil {
+			return err
+		}
 		var amount int64
 		if req.Amount != "" {
 			if how != ledger.ResolvePost {
@@ -110,7 +116,7 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 		if err != nil {
 			return err
 		}
-		step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+		step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 		out, err := a.set.Resolve(r.Context(), step, id, how, amount)
 		// Once resolved a transfer never changes again, so its state now is the answer
 		// to this request and to every replay of it.
@@ -152,7 +158,7 @@ func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	step := shardset.StepRequest{Caller: callerOf(r.Context()), Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	out, err := a.set.Reverse(r.Context(), step, id)
 	return a.writeStep(w, r, "reversal", out, err, func(ctx context.Context) ([]byte, error) {
 		tx, err := a.set.Transaction(ctx, out.Transaction)
@@ -171,6 +177,9 @@ func (a *API) getPendingTransfer(w http.ResponseWriter, r *http.Request) error {
 	}
 	pt, err := a.set.PendingTransfer(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	if err := a.maySeePending(r.Context(), pt, false); err != nil {
 		return err
 	}
 	body, err := a.renderPendingTransfer(r.Context(), pt)

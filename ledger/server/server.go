@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
@@ -53,10 +54,13 @@ const (
 
 // Config is what the service needs.
 type Config struct {
-	Listen               string   // API address
-	OpsListen            string   // metrics, /healthz and /readyz
-	ShardDSNs            []string // one per shard, in shard order
-	TokensFile           string   // caller:token lines; empty leaves the API open
+	Listen     string   // API address
+	OpsListen  string   // metrics, /healthz and /readyz
+	ShardDSNs  []string // one per shard, in shard order
+	TokensFile string   // caller:token [roles=...] lines (ledger/auth)
+	// JWT, when set, lets callers in with JWTs it verifies, beside the static tokens.
+	// Without either the API is open.
+	JWT                  *auth.JWTConfig
 	IdempotencyRetention time.Duration
 	MaxConnsPerShard     int32
 	// MaxConcurrentRequests bounds the API requests served at once (zero: the API's default).
@@ -83,6 +87,39 @@ func (c *Config) withDefaults() {
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	}
+}
+
+// authenticator builds what the config asks for: static tokens, JWTs, both, or (nil)
+// neither, for an open API.
+func authenticator(ctx context.Context, cfg Config) (*auth.Authenticator, error) {
+	var tokens *auth.Tokens
+	if cfg.TokensFile != "" {
+		f, err := os.Open(cfg.TokensFile)
+		if err != nil {
+			return nil, fmt.Errorf("server: tokens: %w", err)
+		}
+		tokens, err = auth.ParseTokens(f)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	var verifier *auth.JWTVerifier
+	if cfg.JWT != nil {
+		jc := *cfg.JWT
+		if jc.Log == nil {
+			jc.Log = cfg.Log
+		}
+		var err error
+		if verifier, err = auth.NewJWTVerifier(ctx, jc); err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+	}
+	if tokens == nil && verifier == nil {
+		cfg.Log.Warn("no tokens file and no JWT issuer: the API is open to anyone who can reach it, as an admin named " + auth.AnonymousCaller.Name)
+		return nil, nil
+	}
+	return auth.New(tokens, verifier, cfg.Log)
 }
 
 // Run serves until ctx is cancelled, then shuts down gracefully.
@@ -154,21 +191,11 @@ func Run(ctx context.Context, cfg Config) error {
 		defer stopAwait()
 		go awaitShards(awaitCtx, pending, set, gates, cfg.Log, errc)
 	}
-	var auth *httpapi.Authenticator
-	if cfg.TokensFile != "" {
-		f, err := os.Open(cfg.TokensFile)
-		if err != nil {
-			return fmt.Errorf("server: tokens: %w", err)
-		}
-		auth, err = httpapi.ParseTokens(f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-	} else {
-		cfg.Log.Warn("no tokens file: the API is open to anyone who can reach it, as caller " + httpapi.AnonymousCaller)
+	authn, err := authenticator(ctx, cfg)
+	if err != nil {
+		return err
 	}
-	api := httpapi.New(set, auth, httpapi.NewMetrics(reg), cfg.Log)
+	api := httpapi.New(set, authn, httpapi.NewMetrics(reg), cfg.Log)
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
 	}

@@ -39,8 +39,12 @@ type Set struct {
 	driver *crossshard.Driver
 
 	mu     sync.RWMutex
-	assets map[string]ledger.Asset // assets never change once registered, so caching is exact
+	assets map[string]ledger.Asset     // assets never change once registered, so caching is exact
+	owners map[ledger.AccountID]string // nor do accounts' owners (a trigger forbids it)
 }
+
+// maxCachedOwners bounds the owner cache: about 10 MB of the accounts users touch most.
+const maxCachedOwners = 100_000
 
 // New returns a set over the shards, indexed by shard number. Shard i's transactions are
 // posted and its balances read through fronts[i]; with nil fronts, straight to the stores.
@@ -60,7 +64,8 @@ func New(shards []*store.Store, fronts []Front, now func() time.Time) (*Set, err
 	for i, f := range fronts {
 		writers[i] = f
 	}
-	return &Set{shards: shards, fronts: fronts, now: now, driver: crossshard.New(shards, writers, now), assets: map[string]ledger.Asset{}}, nil
+	return &Set{shards: shards, fronts: fronts, now: now, driver: crossshard.New(shards, writers, now),
+		assets: map[string]ledger.Asset{}, owners: map[ledger.AccountID]string{}}, nil
 }
 
 // Shards returns the stores, by shard index.
@@ -296,6 +301,31 @@ func (s *Set) Account(ctx context.Context, id ledger.AccountID) (ledger.Account,
 		return ledger.Account{}, err
 	}
 	return st.Account(ctx, id)
+}
+
+// Owner returns an account's owner: what authorizing a user's request asks of every
+// account it names, so it is cached (owners never change).
+func (s *Set) Owner(ctx context.Context, id ledger.AccountID) (string, error) {
+	s.mu.RLock()
+	owner, ok := s.owners[id]
+	s.mu.RUnlock()
+	if ok {
+		return owner, nil
+	}
+	acc, err := s.Account(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.owners) >= maxCachedOwners {
+		for k := range s.owners { // map order is random: a random entry makes room
+			delete(s.owners, k)
+			break
+		}
+	}
+	s.owners[id] = acc.Owner
+	return acc.Owner, nil
 }
 
 // AccountsByOwner lists an owner's accounts in id order after the given id, from every
