@@ -528,6 +528,17 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		"too many readers":   batching(v1alpha1.BatchingSpec{Readers: int32p(batcher.MaxWriters + 1)}),
 		"no linger":          batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{}}),
 		"linger too long":    batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{Duration: batcher.MaxLinger + time.Microsecond}}),
+		"auth of nothing":    func(c *v1alpha1.LedgerCluster) { c.Spec.Auth = &v1alpha1.AuthSpec{} },
+		"jwt without keys":   jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally"}),
+		"jwt without issuer": jwt(v1alpha1.JWTSpec{Audience: "tally", JWKSURL: "https://id.example/jwks"}),
+		"jwt without aud":    jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", JWKSURL: "https://id.example/jwks"}),
+		"jwks in the clear":  jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "http://id.example/jwks"}),
+		"odd role claim":     jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "a b"}),
+		"tokens in two places": func(c *v1alpha1.LedgerCluster) {
+			s := &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "t"}, Key: "t"}
+			c.Spec.Auth = &v1alpha1.AuthSpec{TokensSecret: s}
+			c.Spec.Ledger.TokensSecret = s
+		},
 	}
 	i := 0
 	for name, mutate := range bad {
@@ -554,6 +565,16 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 	if err := k8s.Create(ctx, limits); err != nil {
 		t.Errorf("the batcher's limits refused: %v", err)
 	} else if err := k8s.Delete(ctx, limits); err != nil {
+		t.Error(err)
+	}
+	// A full auth section is accepted.
+	authOK := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "auth-ok"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1}}
+	jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
+		JWKSSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "keys"}, Key: "jwks.json"}})(authOK)
+	authOK.Spec.Auth.TokensSecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "t"}, Key: "t"}
+	if err := k8s.Create(ctx, authOK); err != nil {
+		t.Errorf("a full auth section refused: %v", err)
+	} else if err := k8s.Delete(ctx, authOK); err != nil {
 		t.Error(err)
 	}
 	// Immutable fields stay immutable.
@@ -611,4 +632,8 @@ func metricValue(t *testing.T, name, ns string) float64 {
 		}
 	}
 	return sum
+}
+
+func jwt(j v1alpha1.JWTSpec) func(*v1alpha1.LedgerCluster) {
+	return func(c *v1alpha1.LedgerCluster) { c.Spec.Auth = &v1alpha1.AuthSpec{JWT: &j} }
 }

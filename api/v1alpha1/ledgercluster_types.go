@@ -6,6 +6,7 @@ import (
 )
 
 // LedgerClusterSpec is what a platform team declares.
+// +kubebuilder:validation:XValidation:rule="!(has(self.auth) && has(self.auth.tokensSecret) && has(self.ledger) && has(self.ledger.tokensSecret))",message="name the tokens Secret in auth.tokensSecret only (ledger.tokensSecret is its old place)"
 type LedgerClusterSpec struct {
 	// Shards is the number of PostgreSQL shards; `kubectl scale` changes it. Shards that
 	// hold accounts are never removed.
@@ -20,6 +21,12 @@ type LedgerClusterSpec struct {
 	// Ledger describes the ledger service in front of the shards.
 	// +optional
 	Ledger LedgerSpec `json:"ledger,omitempty"`
+
+	// Auth says who may call the ledger API: services with static bearer tokens, people
+	// and services with JWTs from an OIDC issuer, or both. Without it the API is open to
+	// anyone who can reach it inside the cluster network.
+	// +optional
+	Auth *AuthSpec `json:"auth,omitempty"`
 
 	// DeletionPolicy says what deleting the cluster or one of its shards does to the
 	// shards' volumes and credentials. Retain (the default) keeps them, owned by nothing,
@@ -49,6 +56,52 @@ func (p DeletionPolicy) Resolved() DeletionPolicy {
 	return DeletionPolicyRetain
 }
 
+// AuthSpec is how the ledger API knows its callers. What each caller may do follows
+// from its roles: a user uses only accounts it owns (owner = its name or JWT subject),
+// an operator any account and the external accounts, an admin also assets and closing.
+// +kubebuilder:validation:XValidation:rule="has(self.tokensSecret) || has(self.jwt)",message="auth needs tokensSecret, jwt, or both"
+type AuthSpec struct {
+	// TokensSecret holds static bearer tokens for services, as lines of
+	// caller:token [roles=user,operator,admin] under the given key (without roles= a
+	// caller is an operator and an admin).
+	// +optional
+	TokensSecret *corev1.SecretKeySelector `json:"tokensSecret,omitempty"`
+
+	// JWT lets in callers with JWTs signed by an OIDC issuer.
+	// +optional
+	JWT *JWTSpec `json:"jwt,omitempty"`
+}
+
+// JWTSpec says which JWTs the ledger accepts: RS256, ES256 or EdDSA signatures by the
+// issuer's keys, with iss, aud and exp checked; the subject is the caller.
+// +kubebuilder:validation:XValidation:rule="has(self.jwksURL) || has(self.jwksSecret)",message="jwt needs the issuer's keys: jwksURL, jwksSecret, or both"
+type JWTSpec struct {
+	// Issuer is the iss tokens must carry.
+	// +kubebuilder:validation:MinLength=1
+	Issuer string `json:"issuer"`
+
+	// Audience is the aud tokens must name: the ledger's, so a token minted for another
+	// service of the same issuer is refused.
+	// +kubebuilder:validation:MinLength=1
+	Audience string `json:"audience"`
+
+	// JWKSURL is the issuer's JWK Set, fetched over HTTPS, refreshed hourly and when a
+	// token names a key it does not hold, so the issuer rotates keys without a restart.
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="jwksURL must be an https:// URL: keys fetched in the clear could be forged"
+	// +optional
+	JWKSURL string `json:"jwksURL,omitempty"`
+
+	// JWKSSecret holds a JWK Set of the issuer's public keys under the given key.
+	// +optional
+	JWKSSecret *corev1.SecretKeySelector `json:"jwksSecret,omitempty"`
+
+	// RoleClaim is the claim naming a caller's roles beyond user (operator, admin), as a
+	// space-separated string (like scope) or a list. Default: roles.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_.:/-]*$`
+	// +optional
+	RoleClaim string `json:"roleClaim,omitempty"`
+}
+
 // LedgerSpec is the ledger service Deployment.
 type LedgerSpec struct {
 	// Replicas of the ledger service. Default: 2.
@@ -65,8 +118,7 @@ type LedgerSpec struct {
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// TokensSecret holds the API's bearer tokens as caller:token lines under the given
-	// key. Without it the API is open inside the cluster network.
+	// TokensSecret is the old place of auth.tokensSecret, still honoured.
 	// +optional
 	TokensSecret *corev1.SecretKeySelector `json:"tokensSecret,omitempty"`
 

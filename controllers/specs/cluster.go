@@ -1,7 +1,9 @@
 package specs
 
 import (
+	"cmp"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 
@@ -128,11 +130,9 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 	}
 	podSpec := corev1ac.PodSpec().
 		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532))
-	if l.TokensSecret != nil {
-		container = container.WithArgs("--tokens-file=/etc/tally/tokens/" + l.TokensSecret.Key).
-			WithVolumeMounts(corev1ac.VolumeMount().WithName("tokens").WithMountPath("/etc/tally/tokens").WithReadOnly(true))
-		podSpec = podSpec.WithVolumes(corev1ac.Volume().WithName("tokens").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(l.TokensSecret.Name)))
-	}
+	authArgs, mounts, volumes := ledgerAuth(c)
+	container = container.WithArgs(authArgs...).WithVolumeMounts(mounts...)
+	podSpec = podSpec.WithVolumes(volumes...)
 	podSpec = podSpec.WithContainers(container)
 	return appsv1ac.Deployment(LedgerName(c.Name), c.Namespace).
 		WithLabels(labels).WithOwnerReferences(clusterOwner(c)).
@@ -140,6 +140,46 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(LedgerSelector(c.Name))).
 			WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RollingUpdateDeploymentStrategyType)).
 			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(podSpec)))
+}
+
+// authDir holds the ledger's credentials files, a volume each.
+const authDir = "/etc/tally"
+
+// ledgerAuth is the ledger's authentication flags for spec.auth (and the old
+// spec.ledger.tokensSecret), with the Secrets they read mounted a volume each.
+func ledgerAuth(c *v1alpha1.LedgerCluster) ([]string, []*corev1ac.VolumeMountApplyConfiguration, []*corev1ac.VolumeApplyConfiguration) {
+	var (
+		args    []string
+		mounts  []*corev1ac.VolumeMountApplyConfiguration
+		volumes []*corev1ac.VolumeApplyConfiguration
+	)
+	file := func(flag, volume string, s corev1.SecretKeySelector) {
+		dir := path.Join(authDir, volume)
+		args = append(args, "--"+flag+"="+path.Join(dir, s.Key))
+		mounts = append(mounts, corev1ac.VolumeMount().WithName(volume).WithMountPath(dir).WithReadOnly(true))
+		volumes = append(volumes, corev1ac.Volume().WithName(volume).
+			WithSecret(corev1ac.SecretVolumeSource().WithSecretName(s.Name).WithItems(corev1ac.KeyToPath().WithKey(s.Key).WithPath(s.Key))))
+	}
+	a := c.Spec.Auth
+	if a == nil {
+		a = &v1alpha1.AuthSpec{}
+	}
+	if tokens := cmp.Or(a.TokensSecret, c.Spec.Ledger.TokensSecret); tokens != nil {
+		file("tokens-file", "tokens", *tokens)
+	}
+	if j := a.JWT; j != nil {
+		args = append(args, "--jwt-issuer="+j.Issuer, "--jwt-audience="+j.Audience)
+		if j.JWKSURL != "" {
+			args = append(args, "--jwks-url="+j.JWKSURL)
+		}
+		if j.JWKSSecret != nil {
+			file("jwks-file", "jwks", *j.JWKSSecret)
+		}
+		if j.RoleClaim != "" {
+			args = append(args, "--jwt-role-claim="+j.RoleClaim)
+		}
+	}
+	return args, mounts, volumes
 }
 
 // LedgerService exposes the API and the metrics port.

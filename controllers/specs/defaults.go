@@ -90,7 +90,6 @@ type Ledger struct {
 	Replicas             int32
 	Image                string
 	Resources            corev1.ResourceRequirements
-	TokensSecret         *corev1.SecretKeySelector
 	IdempotencyRetention metav1.Duration
 	Batching             v1alpha1.BatchingSpec // unset fields take the service's own defaults
 }
@@ -98,7 +97,7 @@ type Ledger struct {
 // ResolveLedger fills in the defaults of a LedgerSpec; operatorImage is the operator's
 // own image, the default for the ledger.
 func ResolveLedger(l v1alpha1.LedgerSpec, operatorImage string) Ledger {
-	r := Ledger{Replicas: DefaultLedgerReplicas, Image: l.Image, TokensSecret: l.TokensSecret}
+	r := Ledger{Replicas: DefaultLedgerReplicas, Image: l.Image}
 	if l.Replicas != nil {
 		r.Replicas = *l.Replicas
 	}

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -106,7 +108,12 @@ func TestClusterObjectsGolden(t *testing.T) {
 	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money", UID: "uid-cluster"},
 		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3),
 			// only the fields set become flags: the service keeps its own defaults
-			Batching: &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}}}}}
+			Batching: &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}}},
+			Auth: &v1alpha1.AuthSpec{
+				TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "pay-tokens"}, Key: "tokens"},
+				JWT: &v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
+					JWKSSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "id-keys"}, Key: "jwks.json"}}},
+		}}
 	golden(t, "ledger-deployment", LedgerDeployment(c, 2, "tally:1"))
 	golden(t, "ledger-service", LedgerService(c))
 	shard, err := Shard(c, 1, "tally:1")
@@ -114,6 +121,16 @@ func TestClusterObjectsGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "ledgershard", shard.Object)
+}
+
+// The tokens Secret in its old place, spec.ledger.tokensSecret, still reaches the ledger.
+func TestTokensSecretInItsOldPlace(t *testing.T) {
+	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1,
+		Ledger: v1alpha1.LedgerSpec{TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "old"}, Key: "t"}}}}
+	pod := LedgerDeployment(c, 1, "tally:1").Spec.Template.Spec
+	if !slices.Contains(pod.Containers[0].Args, "--tokens-file=/etc/tally/tokens/t") || *pod.Volumes[0].Secret.SecretName != "old" {
+		t.Errorf("args %v, volumes %+v", pod.Containers[0].Args, pod.Volumes)
+	}
 }
 
 // Volumes and credentials are owned by their shard only under deletionPolicy Delete.
