@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
@@ -407,5 +409,67 @@ func TestMigrationsAreConcurrentAndRepeatable(t *testing.T) {
 	}
 	if err := migrations.SetShard(ctx, conn, 1); err == nil {
 		t.Error("a database must not change shard")
+	}
+}
+
+// TestServiceRewritesNoTable: on every table of the schema, found in the catalog so a
+// new table is covered the day it is added, the service's login may not delete,
+// truncate or update, but for the columns that record an account's status, a balance,
+// a pending transfer's resolution, and idempotency records (which retention removes).
+func TestServiceRewritesNoTable(t *testing.T) {
+	f := newFixture(t, 1)
+	ctx := context.Background()
+	app, err := pgx.Connect(ctx, f.db.AppDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	mayUpdate := map[string]string{
+		"accounts": "status", "balances": "posted,version", "pending_transfers": "posted_amount,resolved_at,resolved_by,state",
+		"idempotency_keys": "*",
+	}
+	rows, err := app.Query(ctx, `SELECT c.relname,
+	       has_table_privilege(c.oid, 'UPDATE'),
+	       coalesce((SELECT string_agg(a.attname, ',' ORDER BY a.attname) FROM pg_attribute a
+	                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND has_column_privilege(c.oid, a.attnum, 'UPDATE')), '')
+	  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	 WHERE n.nspname = 'tally' AND c.relkind IN ('r', 'p') ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type table struct {
+		name, columns string
+		update        bool
+	}
+	tables, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (table, error) {
+		var tb table
+		return tb, r.Scan(&tb.name, &tb.update, &tb.columns)
+	})
+	if err != nil || len(tables) < 9 {
+		t.Fatalf("tables %v: %v", tables, err)
+	}
+	for _, tb := range tables {
+		updates := tb.columns
+		if tb.update {
+			updates = "*"
+		}
+		if updates != mayUpdate[tb.name] {
+			t.Errorf("the service may update %s columns %q, want %q", tb.name, updates, mayUpdate[tb.name])
+		}
+		for _, stmt := range []string{"DELETE FROM tally." + tb.name, "TRUNCATE tally." + tb.name + " CASCADE"} {
+			if tb.name == "idempotency_keys" && strings.HasPrefix(stmt, "DELETE") {
+				continue
+			}
+			tx, err := app.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.Exec(ctx, stmt)
+			_ = tx.Rollback(ctx)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+				t.Errorf("%s as the service: %v, want permission denied", stmt, err)
+			}
+		}
 	}
 }
