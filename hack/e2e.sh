@@ -267,8 +267,9 @@ cp -r "$root/config" "$work/config"
 "$KUSTOMIZE" build "$work/config/default" | kubectl apply --server-side -f - >/dev/null
 kubectl -n tally-system rollout status deployment/tally-operator --timeout="$TIMEOUT"
 
-step "create LedgerCluster e2e with one shard of three instances"
+step "create LedgerCluster e2e with one shard of three instances, in a namespace that enforces the restricted Pod Security Standard"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 kubectl -n "$NS" apply -f - <<YAML
 apiVersion: ledger.tally.dev/v1alpha1
 kind: LedgerCluster

@@ -123,13 +123,11 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 		// A replaced pod keeps serving while its address leaves every node's Service rules:
 		// stopped at once, the connections opened meanwhile to it would hang unanswered.
 		WithLifecycle(corev1ac.Lifecycle().WithPreStop(corev1ac.LifecycleHandler().WithSleep(corev1ac.SleepAction().WithSeconds(ledgerDrainSeconds)))).
-		WithSecurityContext(corev1ac.SecurityContext().WithAllowPrivilegeEscalation(false).WithReadOnlyRootFilesystem(true).
-			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")))
+		WithSecurityContext(restrictedContainer())
 	if l.Resources.Requests != nil {
 		container = container.WithResources(corev1ac.ResourceRequirements().WithRequests(l.Resources.Requests).WithLimits(l.Resources.Limits))
 	}
-	podSpec := corev1ac.PodSpec().
-		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532))
+	podSpec := corev1ac.PodSpec().WithSecurityContext(restrictedPod(tallyUID))
 	authArgs, mounts, volumes := ledgerAuth(c)
 	container = container.WithArgs(authArgs...).WithVolumeMounts(mounts...)
 	podSpec = podSpec.WithVolumes(volumes...)

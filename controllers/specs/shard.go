@@ -254,13 +254,12 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 		WithServiceAccountName(InstanceAccount(shard.Name)).
 		WithTerminationGracePeriodSeconds(60).
 		WithShareProcessNamespace(true).
-		WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(postgresUID).
-			WithRunAsGroup(postgresUID).WithFSGroup(postgresUID)).
+		WithSecurityContext(restrictedPod(postgresUID)).
 		WithInitContainers(corev1ac.Container().WithName("bootstrap").WithImage(shard.Spec.Image).
-			WithCommand(TallyBinary, "copy-binary", ControllerMount+"/tally").
+			WithCommand(TallyBinary, "copy-binary", ControllerMount+"/tally").WithSecurityContext(restrictedContainer()).
 			WithVolumeMounts(corev1ac.VolumeMount().WithName("controller").WithMountPath(ControllerMount))).
 		WithContainers(corev1ac.Container().WithName("postgres").WithImage(pg.Image).
-			WithCommand(ControllerMount+"/tally", "instance", "run").
+			WithCommand(ControllerMount+"/tally", "instance", "run").WithSecurityContext(restrictedContainer()).
 			WithEnv(
 				corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
 				corev1ac.EnvVar().WithName("NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace"))),
@@ -281,10 +280,12 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 				corev1ac.VolumeMount().WithName("data").WithMountPath(DataMount),
 				corev1ac.VolumeMount().WithName("controller").WithMountPath(ControllerMount),
 				corev1ac.VolumeMount().WithName("config").WithMountPath(ConfigMount),
+				corev1ac.VolumeMount().WithName("tmp").WithMountPath("/tmp"),
 			)).
 		WithVolumes(
 			corev1ac.Volume().WithName("data").WithPersistentVolumeClaim(corev1ac.PersistentVolumeClaimVolumeSource().WithClaimName(instance)),
 			corev1ac.Volume().WithName("controller").WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
+			corev1ac.Volume().WithName("tmp").WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
 			corev1ac.Volume().WithName("config").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(ConfigName(shard.Name))),
 		)
 }
@@ -320,8 +321,8 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobAppl
 		WithSpec(batchv1ac.JobSpec().WithBackoffLimit(migrationBackoffLimit).WithActiveDeadlineSeconds(migrationDeadlineSeconds).
 			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(corev1ac.PodSpec().
 				WithRestartPolicy(corev1.RestartPolicyNever).
-				WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).WithRunAsUser(65532)).
-				WithContainers(corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).
+				WithSecurityContext(restrictedPod(tallyUID)).
+				WithContainers(corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
 					WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
 						"--monitor-login", MonitorUser).
 					WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
