@@ -49,7 +49,7 @@ func StatusAPIDialer(c client.Client) InstanceDialer {
 			return nil, fmt.Errorf("status token of %s: %w", shard.Name, err)
 		}
 		url := "http://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
-		return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey])), nil
+		return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey]), nil), nil
 	}
 }
 

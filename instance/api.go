@@ -3,6 +3,7 @@ package instance
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -186,15 +187,20 @@ func (m *Manager) observe(ctx context.Context, st *Status) error {
 
 // Client calls one instance manager's status API.
 type Client struct {
-	// BaseURL is like http://10.0.0.7:8000.
+	// BaseURL is like https://10.0.0.7:8000.
 	BaseURL string
 	Token   string
 	HTTP    *http.Client
 }
 
-// NewClient returns a client with a bounded timeout.
-func NewClient(baseURL, token string) *Client {
-	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: &http.Client{Timeout: 2 * time.Minute}}
+// NewClient returns a client with a bounded timeout; tlsConfig verifies an HTTPS
+// server (nil: the system's roots).
+func NewClient(baseURL, token string, tlsConfig *tls.Config) *Client {
+	c := &http.Client{Timeout: 2 * time.Minute}
+	if tlsConfig != nil {
+		c.Transport = &http.Transport{TLSClientConfig: tlsConfig}
+	}
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), Token: token, HTTP: c}
 }
 
 // Status reads the instance's status.
@@ -276,8 +282,8 @@ type peerChecker struct {
 	http *http.Client
 }
 
-func newPeerChecker(self string, members []Member) *peerChecker {
-	p := &peerChecker{http: &http.Client{Timeout: time.Second}}
+func newPeerChecker(self string, members []Member, t *TLS) *peerChecker {
+	p := &peerChecker{http: peerHTTPClient(t, time.Second)}
 	for _, mb := range members {
 		if mb.Name != self && mb.StatusURL != "" {
 			p.urls = append(p.urls, strings.TrimRight(mb.StatusURL, "/")+PathHealthz)

@@ -92,6 +92,9 @@ type Config struct {
 	ReplicationUser     string
 	ReplicationPassword string
 	Bootstrap           Bootstrap
+	// TLS, when set, is the instance's certificate: PostgreSQL serves TLS and requires it
+	// from outside the pod, peers are verified, and the status API is HTTPS.
+	TLS *TLS
 	// Params are extra postgresql.conf settings.
 	Params map[string]string
 	// Include is a settings file (the allow-listed parameters from the spec) read before
@@ -166,7 +169,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Log = slog.Default()
 	}
 	log := cfg.Log.With("instance", cfg.Name)
-	return &Manager{cfg: cfg, log: log, peers: newPeerChecker(cfg.Name, cfg.Members), members: cfg.Members, rule: cfg.Sync}, nil
+	return &Manager{cfg: cfg, log: log, peers: newPeerChecker(cfg.Name, cfg.Members, cfg.TLS), members: cfg.Members, rule: cfg.Sync}, nil
 }
 
 // SetShape changes the shard's members and synchronous rule while the manager runs, as
@@ -179,7 +182,7 @@ func (m *Manager) SetShape(members []Member, rule SyncRule) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.members, m.rule = slices.Clone(members), rule
-	m.peers = newPeerChecker(m.cfg.Name, members)
+	m.peers = newPeerChecker(m.cfg.Name, members, m.cfg.TLS)
 	return nil
 }
 
@@ -246,6 +249,9 @@ func (m *Manager) tick(ctx context.Context) error {
 	pg := m.server()
 	if pg == nil || pg.Exited() {
 		return m.start(ctx)
+	}
+	if err := m.renewServerCert(ctx); err != nil {
+		m.log.Warn("the server certificate was not renewed; serving the one before", "err", err.Error())
 	}
 	primary, err := m.inRecovery(ctx)
 	if err != nil {
@@ -563,7 +569,7 @@ func (m *Manager) clone(ctx context.Context, primary string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, toolTimeout)
 	defer cancel()
-	_, err = postgres.RunTool(ctx, m.cfg.BinDir, "pg_basebackup", m.passwordEnv(m.cfg.ReplicationPassword),
+	_, err = postgres.RunTool(ctx, m.cfg.BinDir, "pg_basebackup", append(m.passwordEnv(m.cfg.ReplicationPassword), m.peerTLSEnv()...),
 		"-D", m.cfg.DataDir, "-h", src.Host, "-p", strconv.Itoa(src.Port), "-U", m.cfg.ReplicationUser,
 		"-X", "stream", "-c", "fast", "--no-password")
 	if err != nil {
@@ -593,7 +599,7 @@ func (m *Manager) rewind(ctx context.Context, primary string) error {
 	if err := m.checkpointSource(ctx, primary); err != nil {
 		return err
 	}
-	out, err := postgres.RunTool(ctx, m.cfg.BinDir, "pg_rewind", m.passwordEnv(m.cfg.SuperuserPassword),
+	out, err := postgres.RunTool(ctx, m.cfg.BinDir, "pg_rewind", append(m.passwordEnv(m.cfg.SuperuserPassword), m.peerTLSEnv()...),
 		"--target-pgdata", m.cfg.DataDir, "--source-server", memberConninfo(src))
 	if err != nil {
 		return fmt.Errorf("instance: rewind against %s: %w", primary, err)
@@ -614,7 +620,7 @@ func (m *Manager) connectMember(ctx context.Context, name string) (*pgx.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(memberConninfo(src) + " sslmode=disable connect_timeout=5")
+	cfg, err := pgx.ParseConfig(memberConninfo(src) + m.peerTLSConninfo() + " connect_timeout=5")
 	if err != nil {
 		return nil, fmt.Errorf("instance: conninfo of %s: %w", name, err)
 	}
@@ -743,6 +749,12 @@ func (m *Manager) writeSettings(upstream string, streaming []string) error {
 	}
 	fmt.Fprintf(&b, "synchronous_standby_names = %s\n", quoteLiteral(names))
 	b.WriteString("recovery_target_timeline = 'latest'\n")
+	if m.cfg.TLS != nil {
+		if _, err := m.installServerCert(); err != nil {
+			return err
+		}
+		b.WriteString(tlsSettings())
+	}
 	if upstream != "" {
 		src, err := m.member(upstream)
 		if err != nil {
@@ -750,7 +762,8 @@ func (m *Manager) writeSettings(upstream string, streaming []string) error {
 		}
 		// connect_timeout: a connection attempt to a frozen primary (the kernel completes
 		// the TCP handshake, nobody answers) gives up instead of hanging.
-		conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5", src.Host, src.Port, m.cfg.ReplicationUser, conninfoQuote(m.cfg.Name))
+		conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5", src.Host, src.Port, m.cfg.ReplicationUser, conninfoQuote(m.cfg.Name)) +
+			m.replicationTLSConninfo()
 		if m.cfg.ReplicationPassword != "" {
 			conninfo += " password=" + conninfoQuote(m.cfg.ReplicationPassword)
 		}
@@ -762,12 +775,18 @@ func (m *Manager) writeSettings(upstream string, streaming []string) error {
 		return err
 	}
 	if m.cfg.SuperuserPassword != "" {
+		// From outside the pod: a password, and with TLS only over TLS (no line admits a
+		// connection in the clear, so it is refused).
+		remote := "host"
+		if m.cfg.TLS != nil {
+			remote = "hostssl"
+		}
 		hba := fmt.Sprintf(`# Written by the tally instance manager.
 host all all 127.0.0.1/32 trust
 host replication all 127.0.0.1/32 trust
-host replication %[1]s all scram-sha-256
-host all all all scram-sha-256
-`, m.cfg.ReplicationUser)
+%[2]s replication %[1]s all scram-sha-256
+%[2]s all all all scram-sha-256
+`, m.cfg.ReplicationUser, remote)
 		if err := m.writeDataFile("pg_hba.conf", hba); err != nil {
 			return err
 		}

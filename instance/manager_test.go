@@ -129,7 +129,7 @@ func TestStatusAPIRequiresToken(t *testing.T) {
 			t.Errorf("GET %s: %d", path, resp.StatusCode)
 		}
 	}
-	c := NewClient(srv.URL, "s3cret")
+	c := NewClient(srv.URL, "s3cret", nil)
 	st, err := c.Status(ctx)
 	if err != nil || st.Role != RolePrimary || st.Timeline != 1 || st.WAL == 0 {
 		t.Fatalf("status: %+v %v", st, err)

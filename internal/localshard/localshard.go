@@ -8,6 +8,7 @@ package localshard
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -55,6 +57,9 @@ type Config struct {
 	Event func(failover.Event)
 	// Token of the status APIs; a random one when empty.
 	Token string
+	// TLS, when set, is every instance's certificate: PostgreSQL and the status APIs
+	// serve TLS, and the instances and the failover loop verify each other with its CA.
+	TLS *instance.TLS
 }
 
 // Shard is a running local shard.
@@ -157,11 +162,15 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 		if err != nil {
 			return nil, err
 		}
+		scheme := "http"
+		if cfg.TLS != nil {
+			scheme = "https"
+		}
 		m := instance.Member{
 			Name: fmt.Sprintf("instance-%d", i), Host: "127.0.0.1", Port: pgPort,
-			StatusURL: fmt.Sprintf("http://127.0.0.1:%d", statusPort),
+			StatusURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, statusPort),
 		}
-		ln, err := net.Listen("tcp", m.StatusURL[len("http://"):])
+		ln, err := net.Listen("tcp", statusAddr(m))
 		if err != nil {
 			s.releaseHeld()
 			return nil, fmt.Errorf("localshard: status listener of %s: %w", m.Name, err)
@@ -183,7 +192,11 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 	s.fs = &failover.Shard{Rule: cfg.Sync, Primary: primary, Publisher: s, Event: s.event, Instances: map[string]failover.Instance{}}
 	for _, m := range s.members {
 		s.fs.Members = append(s.fs.Members, m.Name)
-		s.fs.Instances[m.Name] = instance.NewClient(m.StatusURL, s.token)
+		var verify *tls.Config
+		if cfg.TLS != nil {
+			verify = instance.CAClientConfig(cfg.TLS.CAFile)
+		}
+		s.fs.Instances[m.Name] = instance.NewClient(m.StatusURL, s.token, verify)
 	}
 	if err := s.Primary(ctx, primary); err != nil {
 		return nil, err
@@ -281,6 +294,12 @@ func (s *Shard) Primary(_ context.Context, name string) error {
 	return nil
 }
 
+// statusAddr is the host:port of a member's status API.
+func statusAddr(m instance.Member) string {
+	_, addr, _ := strings.Cut(m.StatusURL, "://")
+	return addr
+}
+
 // Restart starts (or starts again) one instance's manager on its data directory, as
 // a pod coming back would.
 func (s *Shard) Restart(name string) error {
@@ -306,7 +325,7 @@ func (s *Shard) Restart(name string) error {
 	mgr, err := instance.New(instance.Config{
 		Name: name, DataDir: filepath.Join(stateDir, "pgdata"), Port: self.Port, Members: s.members,
 		Sync: s.cfg.Sync, Token: s.token, Bootstrap: s.cfg.Bootstrap, Locator: s.loc,
-		Tick: s.cfg.Tick, Log: s.cfg.Log,
+		Tick: s.cfg.Tick, Log: s.cfg.Log, TLS: s.cfg.TLS,
 		Params: map[string]string{"max_connections": "200", "shared_buffers": "64MB"},
 	})
 	if err != nil {
@@ -315,9 +334,12 @@ func (s *Shard) Restart(name string) error {
 	ln, held := s.held[name]
 	delete(s.held, name)
 	if !held {
-		if ln, err = net.Listen("tcp", self.StatusURL[len("http://"):]); err != nil {
+		if ln, err = net.Listen("tcp", statusAddr(self)); err != nil {
 			return fmt.Errorf("localshard: status listener of %s: %w", name, err)
 		}
+	}
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, instance.ServerTLSConfig(s.cfg.TLS))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := newGate()
