@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -24,6 +26,8 @@ type AccountCounter struct {
 	// DSN returns a connection string for the shard's primary as a member of
 	// tally_monitor, which may count accounts and do nothing else.
 	DSN func(ctx context.Context, shard *v1alpha1.LedgerShard) (string, error)
+	// Roots, when set, returns the CAs to verify a shard that serves TLS (nil: no TLS).
+	Roots func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error)
 }
 
 // Count connects to the shard's primary and counts its standard (customer) accounts.
@@ -34,7 +38,20 @@ func (a AccountCounter) Count(ctx context.Context, shard *v1alpha1.LedgerShard) 
 	if err != nil {
 		return 0, err
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return 0, fmt.Errorf("count accounts of %s: %w", shard.Name, err)
+	}
+	if a.Roots != nil && shard.Spec.TLS.Enabled() && shard.Status.ServingTLS {
+		roots, err := a.Roots(ctx, shard)
+		if err != nil {
+			return 0, err
+		}
+		// verify-full against the cluster's CA, not the operator image's system roots.
+		cfg.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: cfg.Host}
+		cfg.Fallbacks = nil
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return 0, fmt.Errorf("count accounts of %s: connect: %w", shard.Name, err)
 	}
@@ -44,6 +61,14 @@ func (a AccountCounter) Count(ctx context.Context, shard *v1alpha1.LedgerShard) 
 		return 0, fmt.Errorf("count accounts of %s: %w", shard.Name, err)
 	}
 	return n, nil
+}
+
+// ClusterRoots reads a shard's cluster CA from its Secret: how the operator verifies
+// the shards when it runs inside the cluster.
+func ClusterRoots(c client.Client) func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
+	return func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
+		return clusterRoots(ctx, c, shard)
+	}
 }
 
 // ServiceDSN reaches a shard through its -rw Service with the monitor login's Secret:

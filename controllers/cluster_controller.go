@@ -217,7 +217,13 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		if err := apply(ctx, r.Client, specs.LedgerService(cluster)); err != nil {
 			return err
 		}
-		if err := apply(ctx, r.Client, specs.LedgerDeployment(cluster, st.serving, r.Image)); err != nil {
+		verify := make([]bool, st.serving)
+		for _, s := range st.shards {
+			if s.Spec.Index < st.serving {
+				verify[s.Spec.Index] = cluster.Spec.TLS.Mode.Enabled() && s.Status.ServingTLS
+			}
+		}
+		if err := apply(ctx, r.Client, specs.LedgerDeployment(cluster, st.serving, verify, r.Image)); err != nil {
 			return err
 		}
 	}

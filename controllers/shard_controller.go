@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -128,6 +129,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	}{
 		{"protection", r.reconcileProtection},
 		{"secrets", r.reconcileSecrets},
+		{"certificates", r.reconcileCertificates},
 		{"instance access", r.reconcileInstanceAccess},
 		{"config", r.reconcileConfig},
 		{"services", r.reconcileServices},
@@ -368,6 +370,9 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	s.ObservedGeneration = shard.Generation
 	s.CurrentPrimary, s.TargetPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.target, st.instances, st.schemaVersion, st.accounts
 	s.PrimaryUnhealthySince = st.lostSince
+	// Once the primary runs with the certificate it serves TLS, and so does every
+	// instance after it (a rollout takes the primary last); it stays so while TLS is on.
+	s.ServingTLS = shard.Spec.TLS.Enabled() && (s.ServingTLS || st.primaryReady && st.primary != "" && !slices.Contains(st.rolloutPending, st.primary))
 	migrated := st.migration == v1alpha1.ReasonMigrationsCurrent
 	allReady := true
 	for _, in := range st.instances {

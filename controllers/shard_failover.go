@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -18,6 +20,7 @@ import (
 	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/failover"
 	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/pki"
 )
 
 // Timing of the failover step.
@@ -48,9 +51,28 @@ func StatusAPIDialer(c client.Client) InstanceDialer {
 		if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretStatusToken(shard.Name)}, &secret); err != nil {
 			return nil, fmt.Errorf("status token of %s: %w", shard.Name, err)
 		}
-		url := "http://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
-		return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey]), nil), nil
+		if !shard.Spec.TLS.Enabled() {
+			url := "http://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
+			return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey]), nil), nil
+		}
+		roots, err := clusterRoots(ctx, c, shard)
+		if err != nil {
+			return nil, err
+		}
+		// Dialled by IP (a pod's DNS name may lag), verified by the name its certificate holds.
+		url := "https://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
+		verify := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: specs.InstanceHost(shard, pod.Name)}
+		return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey]), verify), nil
 	}
+}
+
+// clusterRoots is the cluster's CA as a pool, for verifying its servers.
+func clusterRoots(ctx context.Context, c client.Client, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
+	var secret corev1.Secret
+	if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretCA(shard.Spec.Cluster)}, &secret); err != nil {
+		return nil, fmt.Errorf("the CA of %s: %w", shard.Spec.Cluster, err)
+	}
+	return pki.Pool(secret.Data[corev1.ServiceAccountRootCAKey])
 }
 
 // SyncRule is the instance managers' form of a shard's synchronous replication spec.

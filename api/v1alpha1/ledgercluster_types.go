@@ -28,6 +28,10 @@ type LedgerClusterSpec struct {
 	// +optional
 	Auth *AuthSpec `json:"auth,omitempty"`
 
+	// TLS says how connections to PostgreSQL and to the instance managers are encrypted.
+	// +optional
+	TLS TLSSpec `json:"tls,omitempty"`
+
 	// DeletionPolicy says what deleting the cluster or one of its shards does to the
 	// shards' volumes and credentials. Retain (the default) keeps them, owned by nothing,
 	// so no delete in any propagation mode erases a journal, and a cluster re-created
@@ -37,6 +41,31 @@ type LedgerClusterSpec struct {
 	// +optional
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
 }
+
+// TLSSpec is the cluster's encryption in transit.
+type TLSSpec struct {
+	// Mode: Operator (the default) has the operator issue every certificate from a CA of
+	// the cluster's own (Secret <cluster>-ca, ten years) and renew the servers' (90 days,
+	// renewed with 30 left) without downtime: PostgreSQL requires TLS from outside its pod,
+	// and the ledger, migrations, replication and the operator verify it (verify-full);
+	// the instance managers' status API is HTTPS. Disabled leaves every connection in the
+	// clear, for networks that encrypt by themselves (a service mesh).
+	// +optional
+	Mode TLSMode `json:"mode,omitempty"`
+}
+
+// TLSMode is who issues the cluster's certificates, if anyone.
+// +kubebuilder:validation:Enum=Operator;Disabled
+type TLSMode string
+
+// TLS modes.
+const (
+	TLSOperator TLSMode = "Operator"
+	TLSDisabled TLSMode = "Disabled"
+)
+
+// Enabled reports whether the mode encrypts: every mode but Disabled.
+func (m TLSMode) Enabled() bool { return m != TLSDisabled }
 
 // DeletionPolicy is what happens to a shard's data when the shard is deleted.
 // +kubebuilder:validation:Enum=Retain;Delete

@@ -19,6 +19,9 @@ type LedgerShardSpec struct {
 	// Postgres describes this shard's instances.
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
+	// TLS is the cluster's TLS mode.
+	// +optional
+	TLS TLSMode `json:"tls,omitempty"`
 	// DeletionPolicy is the cluster's: whether the shard's volumes and credentials are
 	// kept (Retain, the default) or go with the shard (Delete).
 	// +optional
@@ -94,6 +97,10 @@ type LedgerShardStatus struct {
 	// instead of starting again.
 	// +optional
 	PrimaryUnhealthySince *metav1.Time `json:"primaryUnhealthySince,omitempty"`
+	// ServingTLS is true once the primary serves TLS with the cluster's certificates, so
+	// clients may require it (verify-full): until then they only prefer it.
+	// +optional
+	ServingTLS bool `json:"servingTLS,omitempty"`
 	// SchemaVersion is the ledger schema version applied to this shard.
 	// +optional
 	SchemaVersion int32 `json:"schemaVersion,omitempty"`

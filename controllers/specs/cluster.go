@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -66,20 +67,24 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 	if c.Spec.DeletionPolicy != "" {
 		u.Object["spec"].(map[string]any)["deletionPolicy"] = string(c.Spec.DeletionPolicy)
 	}
+	if c.Spec.TLS.Mode != "" {
+		u.Object["spec"].(map[string]any)["tls"] = string(c.Spec.TLS.Mode)
+	}
 	return u, nil
 }
 
 func ptrTo[T any](v T) *T { return &v }
 
 // ShardURLs is the ledger's shard map: one URL per shard, in index order, through each
-// shard's -rw service. Passwords come from environment variables the Deployment sets from
-// each shard's app Secret (Kubernetes expands $(VAR) in env values).
-func ShardURLs(c *v1alpha1.LedgerCluster, shards int32) string {
+// shard's -rw service, verifying its certificate where verify[i] says the shard serves
+// TLS. Passwords come from environment variables the Deployment sets from each shard's
+// app Secret (Kubernetes expands $(VAR) in env values).
+func ShardURLs(c *v1alpha1.LedgerCluster, shards int32, verify []bool) string {
 	urls := make([]string, shards)
 	for i := range shards {
 		shard := ShardName(c.Name, i)
-		urls[i] = fmt.Sprintf("postgres://%s:$(SHARD%d_PASSWORD)@%s.%s.svc:%d/%s?sslmode=prefer",
-			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database)
+		urls[i] = fmt.Sprintf("postgres://%s:$(SHARD%d_PASSWORD)@%s.%s.svc:%d/%s?%s",
+			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database, sslParams(int(i) < len(verify) && verify[i]))
 	}
 	return strings.Join(urls, ",")
 }
@@ -101,15 +106,16 @@ func batchingArgs(b v1alpha1.BatchingSpec) []string {
 	return args
 }
 
-// LedgerDeployment builds the ledger service over the first shards shards.
-func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
+// LedgerDeployment builds the ledger service over the first shards shards; verify[i]
+// says shard i serves TLS, so the ledger requires it there.
+func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, verify []bool, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
 	l := ResolveLedger(c.Spec.Ledger, operatorImage)
 	labels := ClusterLabels(c.Name, ComponentLedger)
 	env := make([]*corev1ac.EnvVarApplyConfiguration, 0, shards+1)
 	for i := range shards {
 		env = append(env, secretEnv(fmt.Sprintf("SHARD%d_PASSWORD", i), SecretApp(ShardName(c.Name, i)), corev1.BasicAuthPasswordKey))
 	}
-	env = append(env, corev1ac.EnvVar().WithName("TALLY_SHARD_URLS").WithValue(ShardURLs(c, shards)))
+	env = append(env, corev1ac.EnvVar().WithName("TALLY_SHARD_URLS").WithValue(ShardURLs(c, shards, verify)))
 	args := []string{"ledger", "serve",
 		"--listen=0.0.0.0:" + strconv.Itoa(APIPort), "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
 		"--idempotency-retention=" + l.IdempotencyRetention.Duration.String()}
@@ -129,6 +135,10 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, operatorImage str
 	}
 	podSpec := corev1ac.PodSpec().WithSecurityContext(restrictedPod(tallyUID))
 	authArgs, mounts, volumes := ledgerAuth(c)
+	if slices.Contains(verify, true) {
+		vol, mount := caVolume(c.Name)
+		mounts, volumes = append(mounts, mount), append(volumes, vol)
+	}
 	container = container.WithArgs(authArgs...).WithVolumeMounts(mounts...)
 	podSpec = podSpec.WithVolumes(volumes...)
 	podSpec = podSpec.WithContainers(container)

@@ -235,8 +235,12 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 	if pg.Resources.Limits != nil {
 		res = res.WithLimits(pg.Resources.Limits)
 	}
+	scheme := corev1.URISchemeHTTP
+	if shard.Spec.TLS.Enabled() {
+		scheme = corev1.URISchemeHTTPS // the kubelet does not verify the certificate, nor does it need to
+	}
 	probe := func(path string, period int32) *corev1ac.ProbeApplyConfiguration {
-		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("status"))).
+		return corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("status")).WithScheme(scheme)).
 			WithPeriodSeconds(period).WithTimeoutSeconds(3)
 	}
 	// Instances of one shard avoid sharing a topology domain (a node by default).
@@ -248,7 +252,7 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 	} else {
 		anti = anti.WithPreferredDuringSchedulingIgnoredDuringExecution(corev1ac.WeightedPodAffinityTerm().WithWeight(100).WithPodAffinityTerm(term))
 	}
-	return corev1ac.PodSpec().
+	spec := corev1ac.PodSpec().
 		WithAffinity(corev1ac.Affinity().WithPodAntiAffinity(anti)).
 		WithHostname(instance).WithSubdomain(ServiceInstances(shard.Name)).
 		WithServiceAccountName(InstanceAccount(shard.Name)).
@@ -288,6 +292,15 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 			corev1ac.Volume().WithName("tmp").WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
 			corev1ac.Volume().WithName("config").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(ConfigName(shard.Name))),
 		)
+	if shard.Spec.TLS.Enabled() {
+		// Readable by the postgres group (fsGroup) only; the manager copies the key into
+		// the data directory with the mode PostgreSQL insists on.
+		spec = spec.WithVolumes(corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(SecretTLS(shard.Name)).WithDefaultMode(0o440)))
+		spec.Containers[0].WithVolumeMounts(corev1ac.VolumeMount().WithName("tls").WithMountPath(TLSMount).WithReadOnly(true)).
+			WithEnv(corev1ac.EnvVar().WithName("TALLY_TLS_DIR").WithValue(TLSMount))
+	}
+	return spec
 }
 
 // PDBs keeps voluntary disruptions (node drains) from taking the primary, or more than one
@@ -315,17 +328,21 @@ func PDBs(shard *v1alpha1.LedgerShard) []*policyv1ac.PodDisruptionBudgetApplyCon
 func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobApplyConfiguration {
 	labels := ShardLabels(shard, ComponentMigration)
 	labels[LabelSchema] = strconv.Itoa(int(version))
-	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?sslmode=prefer", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database)
+	verify := shard.Spec.TLS.Enabled() && shard.Status.ServingTLS
+	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(verify))
+	migrate := corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
+		WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
+			"--monitor-login", MonitorUser).
+		WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
+			secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
+			corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))
+	pod := corev1ac.PodSpec().WithRestartPolicy(corev1.RestartPolicyNever).WithSecurityContext(restrictedPod(tallyUID))
+	if verify {
+		vol, mount := caVolume(shard.Spec.Cluster)
+		pod, migrate = pod.WithVolumes(vol), migrate.WithVolumeMounts(mount)
+	}
 	return batchv1ac.Job(MigrationJobName(shard.Name, version), shard.Namespace).
 		WithLabels(labels).WithOwnerReferences(shardOwner(shard)).
 		WithSpec(batchv1ac.JobSpec().WithBackoffLimit(migrationBackoffLimit).WithActiveDeadlineSeconds(migrationDeadlineSeconds).
-			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(corev1ac.PodSpec().
-				WithRestartPolicy(corev1.RestartPolicyNever).
-				WithSecurityContext(restrictedPod(tallyUID)).
-				WithContainers(corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
-					WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
-						"--monitor-login", MonitorUser).
-					WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
-						secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
-						corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))))))
+			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(pod.WithContainers(migrate))))
 }

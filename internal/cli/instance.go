@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,13 +63,17 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	var tlsFiles *instance.TLS
+	if dir := os.Getenv("TALLY_TLS_DIR"); dir != "" {
+		tlsFiles = &instance.TLS{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"), CAFile: filepath.Join(dir, "ca.crt")}
+	}
 	kube, err := kubeClient()
 	if err != nil {
 		return err
 	}
 	mgr, err := instance.New(instance.Config{
 		Name: pod, DataDir: pgdata, Listen: "*", Port: specs.PostgresPort,
-		Members: shardMembers(shard, ns, shape.instances), Sync: shape.rule, Token: token,
+		Members: shardMembers(shard, ns, shape.instances, tlsFiles != nil), Sync: shape.rule, Token: token, TLS: tlsFiles,
 		SuperuserPassword: superPw, ReplicationUser: specs.Replicator, ReplicationPassword: replPw,
 		Bootstrap: instance.Bootstrap{Database: specs.Database, AppUser: specs.AppUser, AppPassword: appPw},
 		Include:   filepath.Join(*configDir, "custom.conf"),
@@ -82,6 +87,9 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("status API: %w", err)
 	}
+	if tlsFiles != nil {
+		ln = tls.NewListener(ln, instance.ServerTLSConfig(tlsFiles))
+	}
 	srv := &http.Server{Handler: mgr.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -89,7 +97,7 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}()
 	log.Info("instance manager running", "instance", pod, "shard", shard, "instances", shape.instances, "sync", fmt.Sprintf("%+v", shape.rule))
-	go followShardShape(ctx, mgr, *configDir, shard, ns, shape, log)
+	go followShardShape(ctx, mgr, *configDir, shard, ns, tlsFiles != nil, shape, log)
 	err = mgr.Run(ctx) // returns once ctx ends (SIGTERM), after a clean PostgreSQL shutdown
 	sctx, cancel := context.WithTimeout(context.Background(), instanceShutdownGrace)
 	defer cancel()
@@ -103,7 +111,7 @@ const shapePoll = 10 * time.Second
 
 // followShardShape hands the manager a new instance count or synchronous rule when the
 // ConfigMap changes, so synchronous_standby_names follows instances as they come and go.
-func followShardShape(ctx context.Context, mgr *instance.Manager, dir, shard, ns string, have shardShape, log *slog.Logger) {
+func followShardShape(ctx context.Context, mgr *instance.Manager, dir, shard, ns string, tlsOn bool, have shardShape, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -118,7 +126,7 @@ func followShardShape(ctx context.Context, mgr *instance.Manager, dir, shard, ns
 		if shape == have {
 			continue
 		}
-		if err := mgr.SetShape(shardMembers(shard, ns, shape.instances), shape.rule); err != nil {
+		if err := mgr.SetShape(shardMembers(shard, ns, shape.instances, tlsOn), shape.rule); err != nil {
 			log.Warn("shard config not applied", "err", err.Error())
 			continue
 		}
@@ -162,15 +170,20 @@ func readShardShape(dir string) (shardShape, error) {
 }
 
 // shardMembers lists a shard's instances as their peers reach them: through the
-// headless -instances Service, which names every pod, ready or not.
-func shardMembers(shard, ns string, n int) []instance.Member {
+// headless -instances Service, which names every pod, ready or not (and which the
+// shard's certificate names).
+func shardMembers(shard, ns string, n int, tlsOn bool) []instance.Member {
+	scheme := "http://"
+	if tlsOn {
+		scheme = "https://"
+	}
 	members := make([]instance.Member, 0, n)
 	for i := 1; i <= n; i++ {
 		name := specs.InstanceName(shard, int32(i))
 		host := fmt.Sprintf("%s.%s.%s.svc", name, specs.ServiceInstances(shard), ns)
 		members = append(members, instance.Member{
 			Name: name, Host: host, Port: specs.PostgresPort,
-			StatusURL: "http://" + net.JoinHostPort(host, strconv.Itoa(specs.StatusPort)),
+			StatusURL: scheme + net.JoinHostPort(host, strconv.Itoa(specs.StatusPort)),
 		})
 	}
 	return members

@@ -36,10 +36,13 @@ func TestShardShapeFromOperatorConfigMap(t *testing.T) {
 	if shape.instances != 5 || shape.rule != want {
 		t.Fatalf("got %+v", shape)
 	}
-	members := shardMembers("pay-0", "money", shape.instances)
+	members := shardMembers("pay-0", "money", shape.instances, false)
 	if len(members) != 5 || members[4].Name != "pay-0-5" || members[0].Host != "pay-0-1.pay-0-instances.money.svc" ||
 		members[0].StatusURL != "http://pay-0-1.pay-0-instances.money.svc:8000" {
 		t.Fatalf("members %+v", members)
+	}
+	if m := shardMembers("pay-0", "money", 1, true); m[0].StatusURL != "https://pay-0-1.pay-0-instances.money.svc:8000" {
+		t.Fatalf("members with TLS %+v", m)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "instances"), []byte("zero"), 0o644); err != nil {
 		t.Fatal(err)
