@@ -2,8 +2,10 @@ package controllers_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +28,7 @@ import (
 	"github.com/tallyhq/tally/controllers"
 	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/migrations"
@@ -206,6 +209,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	var pdb policyv1.PodDisruptionBudget
 	waitFor(t, ns, specs.PDBPrimary(shard), &pdb)
 	waitFor(t, ns, specs.PDBReplicas(shard), &pdb)
+	checkCertificates(t, ns, "books", shard)
 
 	// No migration before the primary is ready, and no ledger before the migration.
 	var job batchv1.Job
@@ -233,6 +237,13 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	}
 	if !strings.Contains(env["TALLY_SHARD_URLS"], "@books-0-rw."+ns+".svc:5432/tally") || dep.Spec.Template.Spec.Containers[0].Image != testImage || *dep.Spec.Replicas != 2 {
 		t.Errorf("ledger deployment: env %v image %s", env, dep.Spec.Template.Spec.Containers[0].Image)
+	}
+	// The primary serves TLS, so the ledger and the migration require it, verified by the CA.
+	if !strings.Contains(env["TALLY_SHARD_URLS"], "sslmode=verify-full&sslrootcert=/etc/tally/ca/ca.crt") ||
+		!slices.ContainsFunc(job.Spec.Template.Spec.Containers[0].Env, func(e corev1.EnvVar) bool {
+			return e.Name == "DATABASE_URL" && strings.Contains(e.Value, "sslmode=verify-full")
+		}) {
+		t.Errorf("clients do not verify the shard: ledger %s", env["TALLY_SHARD_URLS"])
 	}
 	if err := controlledBy(&dep, "LedgerCluster", "books"); err != nil {
 		t.Error(err)
@@ -636,4 +647,55 @@ func metricValue(t *testing.T, name, ns string) float64 {
 
 func jwt(j v1alpha1.JWTSpec) func(*v1alpha1.LedgerCluster) {
 	return func(c *v1alpha1.LedgerCluster) { c.Spec.Auth = &v1alpha1.AuthSpec{JWT: &j} }
+}
+
+// checkCertificates: the cluster's CA (owned by the cluster, never mounted with its key)
+// signs the shard's server certificate for its Services and instances; the instances
+// mount it; and a certificate near its end is renewed.
+func checkCertificates(t *testing.T, ns, cluster, shard string) {
+	t.Helper()
+	var caSecret, tlsSecret corev1.Secret
+	waitFor(t, ns, specs.SecretCA(cluster), &caSecret)
+	if err := controlledBy(&caSecret, "LedgerCluster", cluster); err != nil {
+		t.Error(err)
+	}
+	waitFor(t, ns, specs.SecretTLS(shard), &tlsSecret)
+	ca, err := pki.ParseCA(caSecret.Data["ca.crt"], caSecret.Data[specs.CAKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := pki.Pool(tlsSecret.Data["ca.crt"])
+	cert, err := pki.ParseCertificate(tlsSecret.Data["tls.crt"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{specs.ServiceRW(shard) + "." + ns + ".svc", specs.InstanceName(shard, 2) + "." + specs.ServiceInstances(shard) + "." + ns + ".svc"} {
+		if _, err := cert.Verify(x509.VerifyOptions{DNSName: name, Roots: roots}); err != nil {
+			t.Errorf("the server certificate for %s: %v", name, err)
+		}
+	}
+	var pod corev1.Pod
+	waitFor(t, ns, specs.InstanceName(shard, 1), &pod)
+	if !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == specs.SecretTLS(shard) }) {
+		t.Errorf("the instance does not mount its certificate: %+v", pod.Spec.Volumes)
+	}
+	// A certificate with a sixth of its life left is replaced.
+	old, key, err := ca.Issue(specs.CertNames(&v1alpha1.LedgerShard{ObjectMeta: metav1.ObjectMeta{Name: shard, Namespace: ns}}), 130*time.Minute, time.Now().Add(-2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsSecret.Data["tls.crt"], tlsSecret.Data["tls.key"] = old, key
+	if err := k8s.Update(context.Background(), &tlsSecret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the expiring certificate renewed", func() error {
+		var s corev1.Secret
+		if err := get(ns, specs.SecretTLS(shard), &s); err != nil {
+			return err
+		}
+		if why := ca.Renew(s.Data["tls.crt"], specs.CertNames(&v1alpha1.LedgerShard{ObjectMeta: metav1.ObjectMeta{Name: shard, Namespace: ns}}), time.Now()); why != "" {
+			return errors.New(why)
+		}
+		return nil
+	})
 }

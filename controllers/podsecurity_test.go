@@ -32,7 +32,7 @@ func TestPodsMeetTheRestrictedStandard(t *testing.T) {
 	pods := map[string]*corev1ac.PodSpecApplyConfiguration{
 		"postgres":  specs.Pod(shard, "pay-0-1", v1alpha1.RolePrimary).Spec,
 		"ledger":    specs.LedgerDeployment(cluster, 1, []bool{true}, "tally:1").Spec.Template.Spec,
-		"migration": specs.MigrationJob(shard, 2).Spec.Template.Spec,
+		"migration": specs.MigrationJob(shard, 2, true).Spec.Template.Spec,
 	}
 	// A denial must be what fails here: first, a pod the standard refuses is refused.
 	root := corev1ac.PodSpec().WithContainers(corev1ac.Container().WithName("c").WithImage("x").

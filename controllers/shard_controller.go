@@ -259,6 +259,13 @@ func (r *ShardReconciler) reconcileInstances(ctx context.Context, shard *v1alpha
 
 // primaryAnswers: the primary's Pod is Ready and, when this pass observed the instances,
 // the primary answered as a healthy primary.
+// servingTLS says whether the shard serves TLS: once the primary runs with the
+// certificate it does, and so does every instance after it (a rollout takes the
+// primary last); it stays so while TLS is on.
+func (st *shardState) servingTLS(shard *v1alpha1.LedgerShard) bool {
+	return shard.Spec.TLS.Enabled() && (shard.Status.ServingTLS || st.primaryReady && st.primary != "" && !slices.Contains(st.rolloutPending, st.primary))
+}
+
 func (st *shardState) primaryAnswers() bool {
 	if !st.primaryReady {
 		return false
@@ -305,7 +312,7 @@ func (r *ShardReconciler) reconcileMigrations(ctx context.Context, shard *v1alph
 	var job batchv1.Job
 	err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.MigrationJobName(shard.Name, want)}, &job)
 	if apierrors.IsNotFound(err) {
-		if err := apply(ctx, r.Client, specs.MigrationJob(shard, want)); err != nil {
+		if err := apply(ctx, r.Client, specs.MigrationJob(shard, want, st.servingTLS(shard))); err != nil {
 			return err
 		}
 		r.Recorder.Eventf(shard, nil, corev1.EventTypeNormal, "MigrationStarted", "Migrate", "migrating the schema to version %d", want)
@@ -370,9 +377,7 @@ func (r *ShardReconciler) updateStatus(ctx context.Context, shard *v1alpha1.Ledg
 	s.ObservedGeneration = shard.Generation
 	s.CurrentPrimary, s.TargetPrimary, s.Instances, s.SchemaVersion, s.Accounts = st.primary, st.target, st.instances, st.schemaVersion, st.accounts
 	s.PrimaryUnhealthySince = st.lostSince
-	// Once the primary runs with the certificate it serves TLS, and so does every
-	// instance after it (a rollout takes the primary last); it stays so while TLS is on.
-	s.ServingTLS = shard.Spec.TLS.Enabled() && (s.ServingTLS || st.primaryReady && st.primary != "" && !slices.Contains(st.rolloutPending, st.primary))
+	s.ServingTLS = st.servingTLS(shard)
 	migrated := st.migration == v1alpha1.ReasonMigrationsCurrent
 	allReady := true
 	for _, in := range st.instances {

@@ -118,7 +118,10 @@ func (r *ShardReconciler) reconcileFailover(ctx context.Context, shard *v1alpha1
 			}
 			return nil
 		}
-		st.primary, st.target = job.primary, job.primary
+		// The role moved: what this pass saw of the old primary's pod says nothing of the
+		// new one's, and nothing may act on it (count its accounts, say) until a pass has
+		// looked at the new primary.
+		st.primary, st.target, st.primaryReady = job.primary, job.primary, false
 		if job.what == "failover" {
 			st.lostSince = nil
 			r.Metrics.observeFailover(shard.Namespace, shard.Name, "succeeded")

@@ -324,12 +324,12 @@ func PDBs(shard *v1alpha1.LedgerShard) []*policyv1ac.PodDisruptionBudgetApplyCon
 }
 
 // MigrationJob runs `tally migrate` from the shard's tally image against its primary,
-// through the -rw service, as the schema owner.
-func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobApplyConfiguration {
+// through the -rw service, as the schema owner; with verifyTLS it requires TLS and
+// verifies the server against the cluster CA.
+func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *batchv1ac.JobApplyConfiguration {
 	labels := ShardLabels(shard, ComponentMigration)
 	labels[LabelSchema] = strconv.Itoa(int(version))
-	verify := shard.Spec.TLS.Enabled() && shard.Status.ServingTLS
-	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(verify))
+	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(verifyTLS))
 	migrate := corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
 		WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
 			"--monitor-login", MonitorUser).
@@ -337,7 +337,7 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32) *batchv1ac.JobAppl
 			secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
 			corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))
 	pod := corev1ac.PodSpec().WithRestartPolicy(corev1.RestartPolicyNever).WithSecurityContext(restrictedPod(tallyUID))
-	if verify {
+	if verifyTLS {
 		vol, mount := caVolume(shard.Spec.Cluster)
 		pod, migrate = pod.WithVolumes(vol), migrate.WithVolumeMounts(mount)
 	}

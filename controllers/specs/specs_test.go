@@ -84,7 +84,7 @@ func TestShardObjectsGolden(t *testing.T) {
 	golden(t, "services", Services(s))
 	golden(t, "pdbs", PDBs(s))
 	golden(t, "config", PostgresConfig(s))
-	golden(t, "migration-job", MigrationJob(s, 2))
+	golden(t, "migration-job", MigrationJob(s, 2, true))
 	one := sampleShard()
 	one.Spec.Postgres.Instances = i32(1)
 	if n := len(PDBs(one)); n != 1 {
