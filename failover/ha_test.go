@@ -42,6 +42,7 @@ type haLedger struct {
 	t        *testing.T
 	index    int // the ledger shard it is
 	shard    *localshard.Shard
+	pool     *pgxpool.Pool
 	store    *store.Store
 	external ledger.AccountID
 	accounts []ledger.AccountID
@@ -67,6 +68,13 @@ func startHALedgerWith(t *testing.T, instances int, rule instance.SyncRule, fail
 
 // startHALedgerShard is startHALedgerWith for the ledger's shard with the given index.
 func startHALedgerShard(t *testing.T, index, instances int, rule instance.SyncRule, failoverDelay time.Duration) *haLedger {
+	t.Helper()
+	return startHALedgerTLS(t, index, instances, rule, failoverDelay, nil)
+}
+
+// startHALedgerTLS is startHALedgerShard whose instances serve TLS with the given
+// certificate (nil: none), and whose clients verify it.
+func startHALedgerTLS(t *testing.T, index, instances int, rule instance.SyncRule, failoverDelay time.Duration, tlsFiles *instance.TLS) *haLedger {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-ha-")
 	if err != nil {
@@ -94,7 +102,7 @@ func startHALedgerShard(t *testing.T, index, instances int, rule instance.SyncRu
 	sh, err := localshard.Start(ctx, localshard.Config{
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
 		Dir: dir, Instances: instances, Sync: rule, FailoverDelay: failoverDelay, Tick: 200 * time.Millisecond,
-		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser},
+		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser}, TLS: tlsFiles,
 		Event:     func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
 	})
 	if err != nil {
@@ -120,7 +128,7 @@ func startHALedgerShard(t *testing.T, index, instances int, rule instance.SyncRu
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	h := &haLedger{t: t, index: index, shard: sh, store: store.New(pool), log: logFile.Name()}
+	h := &haLedger{t: t, index: index, shard: sh, pool: pool, store: store.New(pool), log: logFile.Name()}
 	extID, _ := ledger.NewAccountID(index)
 	if _, h.external, _, err = h.store.RegisterAsset(ctx, "USD", 2, extID); err != nil {
 		t.Fatal(err)

@@ -296,7 +296,9 @@ for kind in pods services pdb jobs; do
   [[ -n $owners && $owners != *"<no value>"* ]] || { echo "!! $kind without owner references"; false; }
 done
 # deletionPolicy Retain (the default): volumes and credentials are owned by nothing
-owned=$(kubectl -n "$NS" get pvc,secrets -l ledger.tally.dev/shard=e2e-0 -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}' | sort -u)
+# (the server certificate is not data: owned by its shard, issued again when missing)
+owned=$( (kubectl -n "$NS" get pvc -l ledger.tally.dev/shard=e2e-0 -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}'
+  kubectl -n "$NS" get secrets -l ledger.tally.dev/shard=e2e-0 --field-selector type!=kubernetes.io/tls -o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].kind}{"\n"}{end}') | sort -u)
 [[ -z $owned ]] || { echo "!! volumes or credentials owned by $owned under Retain"; false; }
 [[ $(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=e2e-0,ledger.tally.dev/role=primary -o name | wc -l) == 1 ]]
 # spec.ledger.batching reaches the service as flags, and the service starts with them
@@ -331,6 +333,18 @@ else
 fi
 bash -euo pipefail "$work/script.sh" | tee "$work/out"
 grep -q '"balance":"12.34"' "$work/out"
+
+step "encryption in transit: every connection into PostgreSQL from outside its pod is TLS, and the ledger verifies it"
+p=$(primary_of e2e-0)
+remote=$(kubectl -n "$NS" exec "$p" -c postgres -- psql -h 127.0.0.1 -U postgres -d tally -Atc \
+  "SELECT count(*) || ' ' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+    WHERE a.client_addr IS NOT NULL AND a.client_addr <> '127.0.0.1'")
+read -r all encrypted <<<"$remote"
+say "$all connections from outside $p (the ledger's, the replicas'), $encrypted over TLS"
+(( all > 0 && all == encrypted )) || { echo "!! connections in the clear: $remote"; false; }
+kubectl -n "$NS" get deployment e2e-ledger -o jsonpath='{.spec.template.spec.containers[0].env}' | grep -q 'sslmode=verify-full' ||
+  { echo "!! the ledger does not verify the shard's certificate"; false; }
+
 SRC=$(open_funded load-source 1000000.00)
 DST=$(api POST /v1/accounts '{"owner":"load-sink","asset":"USD"}' | id_of)
 say "load moves 0.01 at a time from $SRC to $DST with $CLIENTS clients"

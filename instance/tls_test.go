@@ -28,33 +28,17 @@ import (
 // holds them, and returns the files and a way to renew the certificate in place.
 func certFiles(t *testing.T) (*instance.TLS, func() *big.Int) {
 	t.Helper()
-	dir := openDir(t)
-	ca, err := pki.NewCA("tally test CA", 24*time.Hour, time.Now())
+	f, err := pki.WriteFiles(openDir(t), []string{"127.0.0.1", "localhost"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := &instance.TLS{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"), CAFile: filepath.Join(dir, "ca.crt")}
-	write := func(name string, b []byte) {
-		if err := os.WriteFile(name+".tmp", b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(name+".tmp", name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(files.CAFile, ca.CertPEM)
-	issue := func() *big.Int {
-		cert, key, err := ca.Issue([]string{"127.0.0.1", "localhost"}, time.Hour, time.Now())
+	return &instance.TLS{CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile}, func() *big.Int {
+		c, err := f.Renew(time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		write(files.KeyFile, key)
-		write(files.CertFile, cert)
-		c, _ := pki.ParseCertificate(cert)
 		return c.SerialNumber
 	}
-	issue()
-	return files, issue
 }
 
 // serverSerial connects with verify-full and returns the serial of the certificate the
@@ -95,10 +79,10 @@ func TestShardOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sh.Stop()
-	verified := func(dsn string) string {
-		return dsn[:len(dsn)-len("sslmode=disable")] + "sslmode=verify-full&sslrootcert=" + files.CAFile
+	dsn := sh.DSN("postgres", "postgres") // verify-full against the CA
+	if !strings.Contains(dsn, "sslmode=verify-full") {
+		t.Fatalf("the shard DSN does not verify: %s", dsn)
 	}
-	dsn := verified(sh.DSN("postgres", "postgres"))
 	first, ssl, err := serverSerial(ctx, dsn)
 	if err != nil || !ssl || first == nil {
 		t.Fatalf("a verified connection: serial %v, ssl %v, %v", first, ssl, err)

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,16 +255,24 @@ func (s *Shard) Token() string { return s.token }
 // ProxyPort is the port of the -rw proxy on 127.0.0.1.
 func (s *Shard) ProxyPort() int { return s.proxy.port() }
 
-// DSN connects through the proxy, as user, to database db.
+// DSN connects through the proxy, as user, to database db; with TLS it verifies the
+// server's certificate.
 func (s *Shard) DSN(user, db string) string {
-	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, s.ProxyPort(), db)
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?%s", user, s.ProxyPort(), db, s.sslParams())
+}
+
+func (s *Shard) sslParams() string {
+	if s.cfg.TLS == nil {
+		return "sslmode=disable"
+	}
+	return "sslmode=verify-full&sslrootcert=" + url.QueryEscape(s.cfg.TLS.CAFile)
 }
 
 // InstanceDSN connects straight to one instance.
 func (s *Shard) InstanceDSN(name, user, db string) string {
 	for _, m := range s.members {
 		if m.Name == name {
-			return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, m.Port, db)
+			return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?%s", user, m.Port, db, s.sslParams())
 		}
 	}
 	return ""
