@@ -103,7 +103,7 @@ func startHALedgerTLS(t *testing.T, index, instances int, rule instance.SyncRule
 		Log: slog.New(slog.NewTextHandler(logFile, nil)),
 		Dir: dir, Instances: instances, Sync: rule, FailoverDelay: failoverDelay, Tick: 200 * time.Millisecond,
 		Bootstrap: instance.Bootstrap{Database: database, AppUser: appUser}, TLS: tlsFiles,
-		Event:     func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
+		Event: func(e failover.Event) { t.Logf("event %s: %s", e.Reason, e.Message) },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -147,6 +147,12 @@ type LedgerSpec struct {
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
+	// TLSSecret names a kubernetes.io/tls Secret (yours, or cert-manager's) with which
+	// the API serves HTTPS; a renewed Secret is served without a restart. Without it
+	// the API is plain HTTP, for a mesh or an ingress that terminates TLS.
+	// +optional
+	TLSSecret *corev1.LocalObjectReference `json:"tlsSecret,omitempty"`
+
 	// TokensSecret is the old place of auth.tokensSecret, still honoured.
 	// +optional
 	TokensSecret *corev1.SecretKeySelector `json:"tokensSecret,omitempty"`

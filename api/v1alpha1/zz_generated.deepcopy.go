@@ -353,6 +353,11 @@ func (in *LedgerSpec) DeepCopyInto(out *LedgerSpec) {
 		*out = new(v1.ResourceRequirements)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.TLSSecret != nil {
+		in, out := &in.TLSSecret, &out.TLSSecret
+		*out = new(v1.LocalObjectReference)
+		**out = **in
+	}
 	if in.TokensSecret != nil {
 		in, out := &in.TokensSecret, &out.TokensSecret
 		*out = new(v1.SecretKeySelector)

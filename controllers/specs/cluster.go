@@ -139,6 +139,15 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, verify []bool, op
 		vol, mount := caVolume(c.Name)
 		mounts, volumes = append(mounts, mount), append(volumes, vol)
 	}
+	if c.Spec.Ledger.TLSSecret != nil {
+		dir := path.Join(authDir, "api-tls")
+		authArgs = append(authArgs, "--tls-cert-file="+path.Join(dir, corev1.TLSCertKey), "--tls-key-file="+path.Join(dir, corev1.TLSPrivateKeyKey))
+		mounts = append(mounts, corev1ac.VolumeMount().WithName("api-tls").WithMountPath(dir).WithReadOnly(true))
+		volumes = append(volumes, corev1ac.Volume().WithName("api-tls").WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(c.Spec.Ledger.TLSSecret.Name).WithItems(
+			corev1ac.KeyToPath().WithKey(corev1.TLSCertKey).WithPath(corev1.TLSCertKey),
+			corev1ac.KeyToPath().WithKey(corev1.TLSPrivateKeyKey).WithPath(corev1.TLSPrivateKeyKey))))
+	}
 	container = container.WithArgs(authArgs...).WithVolumeMounts(mounts...)
 	podSpec = podSpec.WithVolumes(volumes...)
 	podSpec = podSpec.WithContainers(container)

@@ -108,7 +108,8 @@ func TestClusterObjectsGolden(t *testing.T) {
 	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money", UID: "uid-cluster"},
 		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3),
 			// only the fields set become flags: the service keeps its own defaults
-			Batching: &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}}},
+			Batching:  &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}},
+			TLSSecret: &corev1.LocalObjectReference{Name: "pay-api-tls"}},
 			Auth: &v1alpha1.AuthSpec{
 				TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "pay-tokens"}, Key: "tokens"},
 				JWT: &v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",

@@ -23,6 +23,7 @@ import (
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/pki"
 )
 
 // instanceShutdownGrace bounds the status server's shutdown.
@@ -88,7 +89,7 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("status API: %w", err)
 	}
 	if tlsFiles != nil {
-		ln = tls.NewListener(ln, instance.ServerTLSConfig(tlsFiles))
+		ln = tls.NewListener(ln, pki.ServerConfig(tlsFiles.CertFile, tlsFiles.KeyFile))
 	}
 	srv := &http.Server{Handler: mgr.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {

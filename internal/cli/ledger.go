@@ -31,6 +31,8 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "API address")
 	fs.StringVar(&cfg.OpsListen, "ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
 	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM; read again when it changes)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
 	var jwt auth.JWTConfig
 	fs.StringVar(&jwt.Issuer, "jwt-issuer", "", "accept JWTs from this issuer (iss); needs --jwt-audience and keys")
 	fs.StringVar(&jwt.Audience, "jwt-audience", "", "the audience (aud) JWTs must name")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/tallyhq/tally/failover"
 	"github.com/tallyhq/tally/instance"
+	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/internal/postgres"
 )
 
@@ -195,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (*Shard, error) {
 		s.fs.Members = append(s.fs.Members, m.Name)
 		var verify *tls.Config
 		if cfg.TLS != nil {
-			verify = instance.CAClientConfig(cfg.TLS.CAFile)
+			verify = pki.ClientConfig(cfg.TLS.CAFile)
 		}
 		s.fs.Instances[m.Name] = instance.NewClient(m.StatusURL, s.token, verify)
 	}
@@ -348,7 +349,7 @@ func (s *Shard) Restart(name string) error {
 		}
 	}
 	if s.cfg.TLS != nil {
-		ln = tls.NewListener(ln, instance.ServerTLSConfig(s.cfg.TLS))
+		ln = tls.NewListener(ln, pki.ServerConfig(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := newGate()

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
@@ -58,6 +60,9 @@ type Config struct {
 	OpsListen  string   // metrics, /healthz and /readyz
 	ShardDSNs  []string // one per shard, in shard order
 	TokensFile string   // caller:token [roles=...] lines (ledger/auth)
+	// TLSCertFile and TLSKeyFile, when set, serve the API over HTTPS with that
+	// certificate, read again when the files change (a renewed Secret).
+	TLSCertFile, TLSKeyFile string
 	// JWT, when set, lets callers in with JWTs it verifies, beside the static tokens.
 	// Without either the API is open.
 	JWT                  *auth.JWTConfig
@@ -208,6 +213,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		apiLn.Close()
 		return fmt.Errorf("server: listen %s: %w", cfg.OpsListen, err)
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		apiLn.Close()
+		opsLn.Close()
+		return errors.New("server: HTTPS needs both a certificate and a key file")
+	}
+	if cfg.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			apiLn.Close()
+			opsLn.Close()
+			return fmt.Errorf("server: the API's certificate: %w", err)
+		}
+		apiLn = tls.NewListener(apiLn, pki.ServerConfig(cfg.TLSCertFile, cfg.TLSKeyFile))
 	}
 	apiSrv := api.Server()
 	opsSrv := &http.Server{Handler: opsHandler(reg, stores), ReadHeaderTimeout: 10 * time.Second}

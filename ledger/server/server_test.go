@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/server"
@@ -381,5 +384,45 @@ func postUntilServed(t *testing.T, what, url, body, key string) string {
 		if code != 503 || time.Now().After(deadline) {
 			t.Fatalf("%s: %d %s", what, code, got)
 		}
+	}
+}
+
+// TestServesHTTPS: with a certificate the API is HTTPS only, and a renewed certificate
+// is served to new connections without a restart.
+func TestServesHTTPS(t *testing.T) {
+	db := pgtest.NewDB(t)
+	files, err := pki.WriteFiles(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile})
+	defer stop() //nolint:errcheck
+	var served *big.Int
+	verify := pki.ClientConfig(files.CAFile)
+	check := verify.VerifyConnection
+	verify.VerifyConnection = func(cs tls.ConnectionState) error {
+		served = cs.PeerCertificates[0].SerialNumber
+		return check(cs)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: verify, DisableKeepAlives: true}}
+	resp, err := client.Get("https://" + addr + "/v1/assets")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("over HTTPS: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if resp, err := http.Get("http://" + addr + "/v1/assets"); err == nil && resp.StatusCode == http.StatusOK {
+		t.Error("the API answered plain HTTP")
+	}
+	renewed, err := files.Renew(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = client.Get("https://" + addr + "/v1/assets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if served.Cmp(renewed.SerialNumber) != 0 {
+		t.Error("the renewed certificate is not served")
 	}
 }
