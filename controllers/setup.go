@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -34,6 +35,8 @@ type Options struct {
 	MaxConcurrentReconciles int
 	// LostNodeGrace: see ShardReconciler.LostNodeGrace.
 	LostNodeGrace time.Duration
+	// OperatorNamespace: see ShardReconciler.OperatorNamespace.
+	OperatorNamespace string
 }
 
 // DefaultMaxConcurrentReconciles is how many shards are reconciled at once by default.
@@ -49,7 +52,7 @@ func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Pod{}: by, &corev1.Secret{}: by, &corev1.PersistentVolumeClaim{}: by, &corev1.Service{}: by,
 		&corev1.ConfigMap{}: by, &corev1.ServiceAccount{}: by, &appsv1.Deployment{}: by, &batchv1.Job{}: by,
-		&policyv1.PodDisruptionBudget{}: by, &rbacv1.Role{}: by, &rbacv1.RoleBinding{}: by,
+		&policyv1.PodDisruptionBudget{}: by, &rbacv1.Role{}: by, &rbacv1.RoleBinding{}: by, &networkingv1.NetworkPolicy{}: by,
 	}}
 }
 
@@ -67,5 +70,6 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Instances: o.Instances, FailoverDelay: o.FailoverDelay,
 		MaxConcurrentReconciles: cmp.Or(o.MaxConcurrentReconciles, DefaultMaxConcurrentReconciles),
 		LostNodeGrace:           o.LostNodeGrace,
+		OperatorNamespace:       o.OperatorNamespace,
 	}).SetupWithManager(mgr)
 }

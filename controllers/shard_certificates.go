@@ -85,9 +85,10 @@ func clusterCA(ctx context.Context, c client.Client, shard *v1alpha1.LedgerShard
 		if !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("create the CA of %s: %w", shard.Spec.Cluster, err)
 		}
-		err = c.Get(ctx, key, &secret) // another shard made it first
-	}
-	if err != nil {
+		if err := c.Get(ctx, key, &secret); err != nil { // another shard made it first
+			return nil, fmt.Errorf("the CA of %s: %w", shard.Spec.Cluster, err)
+		}
+	} else if err != nil {
 		return nil, fmt.Errorf("the CA of %s: %w", shard.Spec.Cluster, err)
 	}
 	ca, err := pki.ParseCA(secret.Data[corev1.ServiceAccountRootCAKey], secret.Data[specs.CAKey])

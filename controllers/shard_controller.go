@@ -11,6 +11,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -56,6 +57,9 @@ type ShardReconciler struct {
 	// slow failover never delays another's (one shard is still reconciled by one worker
 	// at a time).
 	MaxConcurrentReconciles int
+	// OperatorNamespace is where the operator runs: its NetworkPolicies let the
+	// operator's pods of that namespace in (empty: of any namespace).
+	OperatorNamespace string
 	// LostNodeGrace is how long past its deadline a pod on a lost node may stay
 	// Terminating before it is deleted for good (DefaultLostNodeGrace when zero).
 	LostNodeGrace time.Duration
@@ -94,6 +98,7 @@ type shardState struct {
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgershards/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods;services;persistentvolumeclaims;configmaps;secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
@@ -133,6 +138,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		{"instance access", r.reconcileInstanceAccess},
 		{"config", r.reconcileConfig},
 		{"services", r.reconcileServices},
+		{"network policy", r.reconcileNetworkPolicy},
 		{"instances", r.reconcileInstances},
 		{"nodes", r.reconcileNodes},
 		{"failover", r.reconcileFailover},
@@ -184,6 +190,17 @@ func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.
 		}
 	}
 	return err
+}
+
+// reconcileNetworkPolicy keeps the shard's NetworkPolicy while the cluster asks for
+// one, and removes it when it no longer does.
+func (r *ShardReconciler) reconcileNetworkPolicy(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
+	if shard.Spec.NetworkPolicies {
+		return apply(ctx, r.Client, specs.ShardNetworkPolicy(shard, r.OperatorNamespace))
+	}
+	np := &networkingv1.NetworkPolicy{}
+	np.Name, np.Namespace = specs.NetworkPolicyName(shard.Name), shard.Namespace
+	return client.IgnoreNotFound(r.Delete(ctx, np))
 }
 
 // reconcileInstanceAccess gives the PostgreSQL pods their identity: a ServiceAccount
@@ -446,7 +463,7 @@ func (r *ShardReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.LedgerShard{}).
 		Owns(&corev1.Pod{}).Owns(&corev1.PersistentVolumeClaim{}).Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).Owns(&corev1.ConfigMap{}).Owns(&policyv1.PodDisruptionBudget{}).
-		Owns(&batchv1.Job{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
+		Owns(&batchv1.Job{}).Owns(&networkingv1.NetworkPolicy{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
 		Named("ledgershard").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)

@@ -129,9 +129,11 @@ event_seen() {
 
 # api <method> <path> [body] [idempotency key]: one call to the ledger service; prints
 # the body, fails on anything but 2xx.
+# api <method> <path> [body] [idempotency key], as the caller whose bearer token is in
+# $TOKEN (none while the API is open)
 api() {
   curl -sSf -m 30 -X "$1" "http://$LEDGER$2" -H 'Content-Type: application/json' \
-    ${4:+-H "Idempotency-Key: $4"} ${3:+-d "$3"}
+    ${TOKEN:+-H "Authorization: Bearer $TOKEN"} ${4:+-H "Idempotency-Key: $4"} ${3:+-d "$3"}
 }
 id_of() { sed -E 's/.*"id":"([^"]+)".*/\1/'; }
 # shard_of <account id>: the shard index carried in bytes 9 and 10 of the id
@@ -484,6 +486,32 @@ until_true "instance e2e-0-3 to be retired, pod and volume" 300 retired
 event_seen e2e-0 InstanceRetired e2e-0-3
 until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
 api POST /v1/accounts '{"owner":"after-retire","asset":"USD"}' >/dev/null
+
+step "callers with JWTs: a user moves money between its own accounts only; a service has its token"
+(cd "$root" && go build -o "$work/jwt" ./hack/jwt)
+mkdir -p "$work/issuer" && "$work/jwt" keys "$work/issuer"
+ops_token=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+kubectl -n "$NS" create secret generic e2e-jwks --from-file=jwks.json="$work/issuer/jwks.json" >/dev/null
+kubectl -n "$NS" create secret generic e2e-tokens --from-literal=tokens="e2e-ops:$ops_token roles=operator,admin" >/dev/null
+kubectl -n "$NS" patch ledgercluster e2e --type merge -p '{"spec":{"auth":{"tokensSecret":{"name":"e2e-tokens","key":"tokens"},
+  "jwt":{"issuer":"https://issuer.e2e.test","audience":"tally-e2e","jwksSecret":{"name":"e2e-jwks","key":"jwks.json"}}}}}' >/dev/null
+anonymous_refused() { [[ $(curl -s -o /dev/null -w '%{http_code}' -m 5 "http://$LEDGER/v1/assets") == 401 ]]; }
+until_true "the ledger to refuse callers without a token" 300 anonymous_refused
+kubectl -n "$NS" rollout status deployment/e2e-ledger --timeout="$TIMEOUT" >/dev/null
+alice=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e alice-e2e)
+TOKEN=$alice
+a1=$(api POST /v1/accounts '{"owner":"alice-e2e","asset":"USD"}' | id_of)
+a2=$(api POST /v1/accounts '{"owner":"alice-e2e","asset":"USD"}' | id_of)
+TOKEN=$ops_token pay external "$a1" 10.00 jwt-fund
+pay "$a1" "$a2" 2.50 jwt-own
+[[ $(balance_of "$a2") == 2.50 ]] || { echo "!! alice's transfer between her accounts"; false; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -m 5 -H "Authorization: Bearer $alice" "http://$LEDGER/v1/accounts/$SRC/balance")
+[[ $status == 404 ]] || { echo "!! alice read another owner's balance: $status"; false; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -m 5 -X POST -H "Authorization: Bearer $alice" -H 'Idempotency-Key: jwt-steal' \
+  -H 'Content-Type: application/json' -d "{\"from_account\":\"$SRC\",\"to_account\":\"$a1\",\"amount\":\"1.00\",\"asset\":\"USD\"}" "http://$LEDGER/v1/transfers")
+[[ $status == 404 ]] || { echo "!! alice took money from another owner's account: $status"; false; }
+say "alice (a JWT) moved 2.50 between her accounts; another owner's account answered her 404"
+unset TOKEN
 
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"

@@ -32,6 +32,14 @@ type LedgerClusterSpec struct {
 	// +optional
 	TLS TLSSpec `json:"tls,omitempty"`
 
+	// NetworkPolicies, when true, has the operator keep a NetworkPolicy per shard:
+	// PostgreSQL accepts connections only from the shard's instances, the cluster's ledger
+	// pods, the shard's migration Jobs and the operator; the instance managers' status
+	// API only from the shard's instances and the operator. It needs a network plugin
+	// that enforces NetworkPolicies.
+	// +optional
+	NetworkPolicies bool `json:"networkPolicies,omitempty"`
+
 	// DeletionPolicy says what deleting the cluster or one of its shards does to the
 	// shards' volumes and credentials. Retain (the default) keeps them, owned by nothing,
 	// so no delete in any propagation mode erases a journal, and a cluster re-created

@@ -19,6 +19,10 @@ type LedgerShardSpec struct {
 	// Postgres describes this shard's instances.
 	// +optional
 	Postgres PostgresSpec `json:"postgres,omitempty"`
+	// NetworkPolicies is the cluster's: whether the shard's pods accept only the
+	// connections they need.
+	// +optional
+	NetworkPolicies bool `json:"networkPolicies,omitempty"`
 	// TLS is the cluster's TLS mode.
 	// +optional
 	TLS TLSMode `json:"tls,omitempty"`

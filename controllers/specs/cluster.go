@@ -67,6 +67,9 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 	if c.Spec.DeletionPolicy != "" {
 		u.Object["spec"].(map[string]any)["deletionPolicy"] = string(c.Spec.DeletionPolicy)
 	}
+	if c.Spec.NetworkPolicies {
+		u.Object["spec"].(map[string]any)["networkPolicies"] = true
+	}
 	if c.Spec.TLS.Mode != "" {
 		u.Object["spec"].(map[string]any)["tls"] = string(c.Spec.TLS.Mode)
 	}
