@@ -495,9 +495,15 @@ kubectl -n "$NS" create secret generic e2e-jwks --from-file=jwks.json="$work/iss
 kubectl -n "$NS" create secret generic e2e-tokens --from-literal=tokens="e2e-ops:$ops_token roles=operator,admin" >/dev/null
 kubectl -n "$NS" patch ledgercluster e2e --type merge -p '{"spec":{"auth":{"tokensSecret":{"name":"e2e-tokens","key":"tokens"},
   "jwt":{"issuer":"https://issuer.e2e.test","audience":"tally-e2e","jwksSecret":{"name":"e2e-jwks","key":"jwks.json"}}}}}' >/dev/null
-anonymous_refused() { [[ $(curl -s -o /dev/null -w '%{http_code}' -m 5 "http://$LEDGER/v1/assets") == 401 ]]; }
-until_true "the ledger to refuse callers without a token" 300 anonymous_refused
+# every ledger pod, old ones included while they drain, refuses an anonymous caller
+anonymous_refused() {
+  local i
+  for i in $(seq 20); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -m 5 "http://$LEDGER/v1/assets") == 401 ]] || return 1
+  done
+}
 kubectl -n "$NS" rollout status deployment/e2e-ledger --timeout="$TIMEOUT" >/dev/null
+until_true "every ledger pod to refuse callers without a token" 300 anonymous_refused
 alice=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e alice-e2e)
 TOKEN=$alice
 a1=$(api POST /v1/accounts '{"owner":"alice-e2e","asset":"USD"}' | id_of)
