@@ -63,11 +63,11 @@ func (a AccountCounter) Count(ctx context.Context, shard *v1alpha1.LedgerShard) 
 	return n, nil
 }
 
-// ClusterRoots reads a shard's cluster CA from its Secret: how the operator verifies
-// the shards when it runs inside the cluster.
-func ClusterRoots(c client.Client) func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
+// ShardRoots reads the CA of a shard's certificate from its Secret: how the operator
+// verifies the shards when it runs inside the cluster.
+func ShardRoots(c client.Client) func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
 	return func(ctx context.Context, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
-		return clusterRoots(ctx, c, shard)
+		return shardRoots(ctx, c, shard)
 	}
 }
 

@@ -220,7 +220,7 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		verify := make([]bool, st.serving)
 		for _, s := range st.shards {
 			if s.Spec.Index < st.serving {
-				verify[s.Spec.Index] = cluster.Spec.TLS.Mode.Enabled() && s.Status.ServingTLS
+				verify[s.Spec.Index] = cluster.Spec.TLS.Enabled() && s.Status.ServingTLS
 			}
 		}
 		if err := apply(ctx, r.Client, specs.LedgerDeployment(cluster, st.serving, verify, r.Image)); err != nil {

@@ -239,7 +239,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 		t.Errorf("ledger deployment: env %v image %s", env, dep.Spec.Template.Spec.Containers[0].Image)
 	}
 	// The primary serves TLS, so the ledger and the migration require it, verified by the CA.
-	if !strings.Contains(env["TALLY_SHARD_URLS"], "sslmode=verify-full&sslrootcert=/etc/tally/ca/ca.crt") ||
+	if !strings.Contains(env["TALLY_SHARD_URLS"], "sslmode=verify-full&sslrootcert=/etc/tally/ca/books-0.crt") ||
 		!slices.ContainsFunc(job.Spec.Template.Spec.Containers[0].Env, func(e corev1.EnvVar) bool {
 			return e.Name == "DATABASE_URL" && strings.Contains(e.Value, "sslmode=verify-full")
 		}) {
@@ -530,21 +530,25 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 		"param empty": func(c *v1alpha1.LedgerCluster) {
 			c.Spec.Postgres.Parameters = map[string]v1alpha1.ParameterValue{"work_mem": ""}
 		},
-		"negative replicas":  func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
-		"too many instances": func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },
-		"no writers":         batching(v1alpha1.BatchingSpec{Writers: int32p(0)}),
-		"too many writers":   batching(v1alpha1.BatchingSpec{Writers: int32p(batcher.MaxWriters + 1)}),
-		"batch too big":      batching(v1alpha1.BatchingSpec{MaxBatch: int32p(batcher.MaxBatchLimit + 1)}),
-		"no readers":         batching(v1alpha1.BatchingSpec{Readers: int32p(0)}),
-		"too many readers":   batching(v1alpha1.BatchingSpec{Readers: int32p(batcher.MaxWriters + 1)}),
-		"no linger":          batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{}}),
-		"linger too long":    batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{Duration: batcher.MaxLinger + time.Microsecond}}),
-		"auth of nothing":    func(c *v1alpha1.LedgerCluster) { c.Spec.Auth = &v1alpha1.AuthSpec{} },
-		"jwt without keys":   jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally"}),
-		"jwt without issuer": jwt(v1alpha1.JWTSpec{Audience: "tally", JWKSURL: "https://id.example/jwks"}),
-		"jwt without aud":    jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", JWKSURL: "https://id.example/jwks"}),
-		"jwks in the clear":  jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "http://id.example/jwks"}),
-		"odd role claim":     jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "a b"}),
+		"negative replicas":           func(c *v1alpha1.LedgerCluster) { c.Spec.Ledger.Replicas = int32p(-1) },
+		"too many instances":          func(c *v1alpha1.LedgerCluster) { c.Spec.Postgres.Instances = int32p(10) },
+		"no writers":                  batching(v1alpha1.BatchingSpec{Writers: int32p(0)}),
+		"too many writers":            batching(v1alpha1.BatchingSpec{Writers: int32p(batcher.MaxWriters + 1)}),
+		"batch too big":               batching(v1alpha1.BatchingSpec{MaxBatch: int32p(batcher.MaxBatchLimit + 1)}),
+		"no readers":                  batching(v1alpha1.BatchingSpec{Readers: int32p(0)}),
+		"too many readers":            batching(v1alpha1.BatchingSpec{Readers: int32p(batcher.MaxWriters + 1)}),
+		"no linger":                   batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{}}),
+		"linger too long":             batching(v1alpha1.BatchingSpec{Linger: &metav1.Duration{Duration: batcher.MaxLinger + time.Microsecond}}),
+		"auth of nothing":             func(c *v1alpha1.LedgerCluster) { c.Spec.Auth = &v1alpha1.AuthSpec{} },
+		"jwt without keys":            jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally"}),
+		"jwt without issuer":          jwt(v1alpha1.JWTSpec{Audience: "tally", JWKSURL: "https://id.example/jwks"}),
+		"jwt without aud":             jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", JWKSURL: "https://id.example/jwks"}),
+		"jwks in the clear":           jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "http://id.example/jwks"}),
+		"cert-manager without issuer": func(c *v1alpha1.LedgerCluster) { c.Spec.TLS = v1alpha1.TLSSpec{Mode: v1alpha1.TLSCertManager} },
+		"issuer without cert-manager": func(c *v1alpha1.LedgerCluster) {
+			c.Spec.TLS = v1alpha1.TLSSpec{Mode: v1alpha1.TLSOperator, IssuerRef: &v1alpha1.IssuerRef{Name: "x"}}
+		},
+		"odd role claim": jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "a b"}),
 		"tokens in two places": func(c *v1alpha1.LedgerCluster) {
 			s := &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "t"}, Key: "t"}
 			c.Spec.Auth = &v1alpha1.AuthSpec{TokensSecret: s}

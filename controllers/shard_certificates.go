@@ -16,12 +16,16 @@ import (
 )
 
 // reconcileCertificates keeps the shard's server certificate (Secret <shard>-tls)
-// issued by the cluster's CA, naming the shard's Services and instances, and renews it
+// issued by the cluster's CA (or asks cert-manager for it), naming the shard's Services and instances, and renews it
 // with a third of its life left. The instance managers serve a renewed certificate
 // without a restart once the kubelet has updated their mounted Secret.
 func (r *ShardReconciler) reconcileCertificates(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
-	if !shard.Spec.TLS.Enabled() {
+	switch shard.Spec.TLS.Mode {
+	case v1alpha1.TLSDisabled:
 		return nil
+	case v1alpha1.TLSCertManager:
+		// cert-manager issues and renews it into the Secret; the instances wait for it.
+		return applyUnstructured(ctx, r.Client, specs.CertManagerCertificate(shard))
 	}
 	ca, err := clusterCA(ctx, r.Client, shard)
 	if err != nil {

@@ -55,7 +55,7 @@ func StatusAPIDialer(c client.Client) InstanceDialer {
 			url := "http://" + pod.Status.PodIP + ":" + strconv.Itoa(specs.StatusPort)
 			return instance.NewClient(url, string(secret.Data[specs.StatusTokenKey]), nil), nil
 		}
-		roots, err := clusterRoots(ctx, c, shard)
+		roots, err := shardRoots(ctx, c, shard)
 		if err != nil {
 			return nil, err
 		}
@@ -66,11 +66,12 @@ func StatusAPIDialer(c client.Client) InstanceDialer {
 	}
 }
 
-// clusterRoots is the cluster's CA as a pool, for verifying its servers.
-func clusterRoots(ctx context.Context, c client.Client, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
+// shardRoots is the CA of the shard's server certificate (ca.crt of its Secret, whoever
+// issued it) as a pool, for verifying the shard's servers.
+func shardRoots(ctx context.Context, c client.Client, shard *v1alpha1.LedgerShard) (*x509.CertPool, error) {
 	var secret corev1.Secret
-	if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretCA(shard.Spec.Cluster)}, &secret); err != nil {
-		return nil, fmt.Errorf("the CA of %s: %w", shard.Spec.Cluster, err)
+	if err := c.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: specs.SecretTLS(shard.Name)}, &secret); err != nil {
+		return nil, fmt.Errorf("the CA of %s: %w", shard.Name, err)
 	}
 	return pki.Pool(secret.Data[corev1.ServiceAccountRootCAKey])
 }

@@ -51,29 +51,55 @@ type LedgerClusterSpec struct {
 }
 
 // TLSSpec is the cluster's encryption in transit.
+// +kubebuilder:validation:XValidation:rule="self.mode != 'CertManager' || has(self.issuerRef)",message="mode CertManager needs an issuerRef"
+// +kubebuilder:validation:XValidation:rule="self.mode == 'CertManager' || !has(self.issuerRef)",message="issuerRef applies to mode CertManager only"
 type TLSSpec struct {
 	// Mode: Operator (the default) has the operator issue every certificate from a CA of
 	// the cluster's own (Secret <cluster>-ca, ten years) and renew the servers' (90 days,
-	// renewed with 30 left) without downtime: PostgreSQL requires TLS from outside its pod,
-	// and the ledger, migrations, replication and the operator verify it (verify-full);
-	// the instance managers' status API is HTTPS. Disabled leaves every connection in the
-	// clear, for networks that encrypt by themselves (a service mesh).
+	// renewed with 30 left) without downtime. CertManager has cert-manager issue them
+	// (a Certificate per shard, from issuerRef, which must fill ca.crt: a CA or Vault
+	// issuer). Either way PostgreSQL requires TLS from outside its pod; the ledger,
+	// migrations, replication and the operator verify it (verify-full); the instance
+	// managers' status API is HTTPS. Disabled leaves every connection in the clear, for
+	// networks that encrypt by themselves (a service mesh).
+	// +kubebuilder:default=Operator
 	// +optional
 	Mode TLSMode `json:"mode,omitempty"`
+
+	// IssuerRef is the cert-manager issuer of mode CertManager.
+	// +optional
+	IssuerRef *IssuerRef `json:"issuerRef,omitempty"`
+}
+
+// IssuerRef names a cert-manager Issuer or ClusterIssuer.
+type IssuerRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// Kind: Issuer (the default, in the cluster's namespace) or ClusterIssuer.
+	// +kubebuilder:validation:Enum=Issuer;ClusterIssuer
+	// +optional
+	Kind string `json:"kind,omitempty"`
+	// Group of the issuer kind. Default: cert-manager.io.
+	// +optional
+	Group string `json:"group,omitempty"`
 }
 
 // TLSMode is who issues the cluster's certificates, if anyone.
-// +kubebuilder:validation:Enum=Operator;Disabled
+// +kubebuilder:validation:Enum=Operator;CertManager;Disabled
 type TLSMode string
 
 // TLS modes.
 const (
-	TLSOperator TLSMode = "Operator"
-	TLSDisabled TLSMode = "Disabled"
+	TLSOperator    TLSMode = "Operator"
+	TLSCertManager TLSMode = "CertManager"
+	TLSDisabled    TLSMode = "Disabled"
 )
 
 // Enabled reports whether the mode encrypts: every mode but Disabled.
 func (m TLSMode) Enabled() bool { return m != TLSDisabled }
+
+// Enabled reports whether the cluster encrypts.
+func (t TLSSpec) Enabled() bool { return t.Mode.Enabled() }
 
 // DeletionPolicy is what happens to a shard's data when the shard is deleted.
 // +kubebuilder:validation:Enum=Retain;Delete

@@ -23,9 +23,9 @@ type LedgerShardSpec struct {
 	// connections they need.
 	// +optional
 	NetworkPolicies bool `json:"networkPolicies,omitempty"`
-	// TLS is the cluster's TLS mode.
+	// TLS is the cluster's encryption in transit.
 	// +optional
-	TLS TLSMode `json:"tls,omitempty"`
+	TLS TLSSpec `json:"tls,omitempty"`
 	// DeletionPolicy is the cluster's: whether the shard's volumes and credentials are
 	// kept (Retain, the default) or go with the shard (Delete).
 	// +optional

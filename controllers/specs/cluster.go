@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -70,8 +69,12 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 	if c.Spec.NetworkPolicies {
 		u.Object["spec"].(map[string]any)["networkPolicies"] = true
 	}
-	if c.Spec.TLS.Mode != "" {
-		u.Object["spec"].(map[string]any)["tls"] = string(c.Spec.TLS.Mode)
+	if c.Spec.TLS != (v1alpha1.TLSSpec{}) {
+		tlsSpec, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&c.Spec.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("specs: convert tls spec: %w", err)
+		}
+		u.Object["spec"].(map[string]any)["tls"] = tlsSpec
 	}
 	return u, nil
 }
@@ -87,7 +90,7 @@ func ShardURLs(c *v1alpha1.LedgerCluster, shards int32, verify []bool) string {
 	for i := range shards {
 		shard := ShardName(c.Name, i)
 		urls[i] = fmt.Sprintf("postgres://%s:$(SHARD%d_PASSWORD)@%s.%s.svc:%d/%s?%s",
-			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database, sslParams(int(i) < len(verify) && verify[i]))
+			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database, sslParams(shard, int(i) < len(verify) && verify[i]))
 	}
 	return strings.Join(urls, ",")
 }
@@ -138,8 +141,14 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, verify []bool, op
 	}
 	podSpec := corev1ac.PodSpec().WithSecurityContext(restrictedPod(tallyUID))
 	authArgs, mounts, volumes := ledgerAuth(c)
-	if slices.Contains(verify, true) {
-		vol, mount := caVolume(c.Name)
+	var verified []string
+	for i, v := range verify {
+		if v {
+			verified = append(verified, ShardName(c.Name, int32(i)))
+		}
+	}
+	if len(verified) > 0 {
+		vol, mount := caVolume(verified...)
 		mounts, volumes = append(mounts, mount), append(volumes, vol)
 	}
 	if c.Spec.Ledger.TLSSecret != nil {

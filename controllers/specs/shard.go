@@ -329,7 +329,7 @@ func PDBs(shard *v1alpha1.LedgerShard) []*policyv1ac.PodDisruptionBudgetApplyCon
 func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *batchv1ac.JobApplyConfiguration {
 	labels := ShardLabels(shard, ComponentMigration)
 	labels[LabelSchema] = strconv.Itoa(int(version))
-	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(verifyTLS))
+	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(shard.Name, verifyTLS))
 	migrate := corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
 		WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
 			"--monitor-login", MonitorUser).
@@ -338,7 +338,7 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *b
 			corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))
 	pod := corev1ac.PodSpec().WithRestartPolicy(corev1.RestartPolicyNever).WithSecurityContext(restrictedPod(tallyUID))
 	if verifyTLS {
-		vol, mount := caVolume(shard.Spec.Cluster)
+		vol, mount := caVolume(shard.Name)
 		pod, migrate = pod.WithVolumes(vol), migrate.WithVolumeMounts(mount)
 	}
 	return batchv1ac.Job(MigrationJobName(shard.Name, version), shard.Namespace).

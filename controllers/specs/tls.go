@@ -1,11 +1,15 @@
 package specs
 
 import (
+	"cmp"
 	"fmt"
+	"net"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
@@ -69,19 +73,61 @@ func TLSSecret(shard *v1alpha1.LedgerShard, certPEM, keyPEM, caPEM []byte) *core
 	return s
 }
 
-// caVolume mounts only the CA certificate of the cluster (never its key).
-func caVolume(cluster string) (*corev1ac.VolumeApplyConfiguration, *corev1ac.VolumeMountApplyConfiguration) {
-	return corev1ac.Volume().WithName("ca").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(SecretCA(cluster)).
-			WithItems(corev1ac.KeyToPath().WithKey(corev1.ServiceAccountRootCAKey).WithPath(corev1.ServiceAccountRootCAKey))),
+// caVolume mounts the CA certificate of each named shard (the ca.crt of its server
+// certificate's Secret, whoever issued it) as CAMount/<shard>.crt: never a CA's key.
+func caVolume(shards ...string) (*corev1ac.VolumeApplyConfiguration, *corev1ac.VolumeMountApplyConfiguration) {
+	projected := corev1ac.ProjectedVolumeSource()
+	for _, shard := range shards {
+		projected = projected.WithSources(corev1ac.VolumeProjection().WithSecret(corev1ac.SecretProjection().WithName(SecretTLS(shard)).
+			WithItems(corev1ac.KeyToPath().WithKey(corev1.ServiceAccountRootCAKey).WithPath(shard + ".crt"))))
+	}
+	return corev1ac.Volume().WithName("ca").WithProjected(projected),
 		corev1ac.VolumeMount().WithName("ca").WithMountPath(CAMount).WithReadOnly(true)
 }
 
 // sslParams are a client's connection parameters to a shard: verify-full against the
-// mounted CA once the shard serves TLS, else prefer (what a shard that does not serve
-// it yet, during the first rollout with TLS, still accepts).
-func sslParams(verify bool) string {
+// shard's mounted CA once the shard serves TLS, else prefer (what a shard that does not
+// serve it yet, during the first rollout with TLS, still accepts).
+func sslParams(shard string, verify bool) string {
 	if verify {
-		return "sslmode=verify-full&sslrootcert=" + CAMount + "/" + corev1.ServiceAccountRootCAKey
+		return "sslmode=verify-full&sslrootcert=" + CAMount + "/" + shard + ".crt"
 	}
 	return "sslmode=prefer"
+}
+
+// CertManagerCertificate asks cert-manager (mode CertManager) for the shard's server
+// certificate, in the Secret the instances mount; the Secret carries the shard's
+// labels, so the operator's cache sees it.
+func CertManagerCertificate(shard *v1alpha1.LedgerShard) *unstructured.Unstructured {
+	ref := shard.Spec.TLS.IssuerRef
+	if ref == nil {
+		ref = &v1alpha1.IssuerRef{}
+	}
+	issuer := map[string]any{"name": ref.Name, "kind": cmp.Or(ref.Kind, "Issuer"), "group": cmp.Or(ref.Group, "cert-manager.io")}
+	var dns, ips []any
+	for _, n := range CertNames(shard) {
+		if net.ParseIP(n) != nil {
+			ips = append(ips, n)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	labels := map[string]any{}
+	for k, v := range ShardLabels(shard, ComponentPostgres) {
+		labels[k] = v
+	}
+	t := true
+	owner, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(ptrTo(ownerRef(shard.Name, shard.UID, "LedgerShard", &t)))
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+		"metadata": map[string]any{"name": SecretTLS(shard.Name), "namespace": shard.Namespace, "labels": labels, "ownerReferences": []any{owner}},
+		"spec": map[string]any{
+			"secretName": SecretTLS(shard.Name), "secretTemplate": map[string]any{"labels": labels},
+			"commonName": dns[0], "dnsNames": dns, "ipAddresses": ips,
+			"duration": ServerValidity.String(), "renewBefore": (ServerValidity / 3).String(),
+			"privateKey": map[string]any{"algorithm": "ECDSA", "size": int64(256), "rotationPolicy": "Always"},
+			"usages":     []any{"server auth", "client auth", "digital signature"},
+			"issuerRef":  issuer,
+		},
+	}}
 }

@@ -60,7 +60,7 @@ func runManager(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("manager: %w", err)
 	}
 	if err := controllers.Setup(mgr, controllers.Options{
-		Image: *image, Accounts: controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient()), Roots: controllers.ClusterRoots(mgr.GetClient())},
+		Image: *image, Accounts: controllers.AccountCounter{DSN: controllers.ServiceDSN(mgr.GetClient()), Roots: controllers.ShardRoots(mgr.GetClient())},
 		Registry: ctrlmetrics.Registry, Instances: controllers.StatusAPIDialer(mgr.GetClient()), FailoverDelay: *failoverDelay,
 		MaxConcurrentReconciles: *concurrency, OperatorNamespace: os.Getenv("POD_NAMESPACE"),
 	}); err != nil {
