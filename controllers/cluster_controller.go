@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
@@ -217,13 +221,11 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		if err := apply(ctx, r.Client, specs.LedgerService(cluster)); err != nil {
 			return err
 		}
-		verify := make([]bool, st.serving)
-		for _, s := range st.shards {
-			if s.Spec.Index < st.serving {
-				verify[s.Spec.Index] = cluster.Spec.TLS.Enabled() && s.Status.ServingTLS
-			}
+		ls, err := r.ledgerShards(ctx, cluster, st)
+		if err != nil {
+			return err
 		}
-		if err := apply(ctx, r.Client, specs.LedgerDeployment(cluster, st.serving, verify, r.Image)); err != nil {
+		if err := apply(ctx, r.Client, specs.LedgerDeployment(cluster, ls, r.Image)); err != nil {
 			return err
 		}
 	}
@@ -235,6 +237,28 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		return err
 	}
 	return nil
+}
+
+// ledgerShards are the shards the ledger serves: which serve TLS, and a hash of the CAs
+// of their certificates.
+func (r *ClusterReconciler) ledgerShards(ctx context.Context, cluster *v1alpha1.LedgerCluster, st *clusterState) (specs.LedgerShards, error) {
+	ls := specs.LedgerShards{Count: st.serving, Verify: make([]bool, st.serving)}
+	sum := sha256.New()
+	for _, s := range st.shards {
+		if s.Spec.Index >= st.serving || !cluster.Spec.TLS.Enabled() || !s.Status.ServingTLS {
+			continue
+		}
+		ls.Verify[s.Spec.Index] = true
+		var secret corev1.Secret
+		if err := r.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: specs.SecretTLS(s.Name)}, &secret); err != nil {
+			return ls, fmt.Errorf("the certificate of %s: %w", s.Name, err)
+		}
+		fmt.Fprintf(sum, "%s\n%s\n", s.Name, secret.Data[corev1.ServiceAccountRootCAKey])
+	}
+	if slices.Contains(ls.Verify, true) {
+		ls.CAHash = hex.EncodeToString(sum.Sum(nil)[:8])
+	}
+	return ls, nil
 }
 
 // reconcileShardRemoval deletes shards the scale-down decision let go, but only after the
@@ -353,6 +377,14 @@ func (r *ClusterReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.LedgerCluster{}).
 		Owns(&v1alpha1.LedgerShard{}).Owns(&appsv1.Deployment{}).Owns(&corev1.Service{}).
+		// A shard's certificate Secret names the CA the ledger trusts (ledgerShards).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			cluster, ok := o.GetLabels()[specs.LabelCluster]
+			if !ok || o.GetName() != specs.SecretTLS(o.GetLabels()[specs.LabelShard]) {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: cluster}}}
+		})).
 		Named("ledgercluster").
 		Complete(r)
 }

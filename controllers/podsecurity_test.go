@@ -31,7 +31,7 @@ func TestPodsMeetTheRestrictedStandard(t *testing.T) {
 		Spec: v1alpha1.LedgerShardSpec{Cluster: "pay", Index: 0, Image: "tally:1"}}
 	pods := map[string]*corev1ac.PodSpecApplyConfiguration{
 		"postgres":  specs.Pod(shard, "pay-0-1", v1alpha1.RolePrimary).Spec,
-		"ledger":    specs.LedgerDeployment(cluster, 1, []bool{true}, "tally:1").Spec.Template.Spec,
+		"ledger":    specs.LedgerDeployment(cluster, specs.LedgerShards{Count: 1, Verify: []bool{true}}, "tally:1").Spec.Template.Spec,
 		"migration": specs.MigrationJob(shard, 2, true).Spec.Template.Spec,
 	}
 	// A denial must be what fails here: first, a pod the standard refuses is refused.

@@ -112,9 +112,23 @@ func batchingArgs(b v1alpha1.BatchingSpec) []string {
 	return args
 }
 
-// LedgerDeployment builds the ledger service over the first shards shards; verify[i]
-// says shard i serves TLS, so the ledger requires it there.
-func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, verify []bool, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
+// LedgerShards are the shards the ledger serves, as its Deployment needs them.
+type LedgerShards struct {
+	// Count: the ledger serves shards 0 to Count-1.
+	Count int32
+	// Verify[i] says shard i serves TLS, so the ledger requires it there.
+	Verify []bool
+	// CAHash identifies the CAs the ledger trusts: a new CA rolls the ledger, which
+	// reads them when it starts.
+	CAHash string
+}
+
+// AnnotationCAHash records LedgerShards.CAHash on the ledger's pods.
+const AnnotationCAHash = "ledger.tally.dev/ca-hash"
+
+// LedgerDeployment builds the ledger service over the shards.
+func LedgerDeployment(c *v1alpha1.LedgerCluster, ls LedgerShards, operatorImage string) *appsv1ac.DeploymentApplyConfiguration {
+	shards, verify := ls.Count, ls.Verify
 	l := ResolveLedger(c.Spec.Ledger, operatorImage)
 	labels := ClusterLabels(c.Name, ComponentLedger)
 	env := make([]*corev1ac.EnvVarApplyConfiguration, 0, shards+1)
@@ -163,12 +177,16 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, shards int32, verify []bool, op
 	container = container.WithArgs(authArgs...).WithVolumeMounts(mounts...)
 	podSpec = podSpec.WithVolumes(volumes...)
 	podSpec = podSpec.WithContainers(container)
+	template := corev1ac.PodTemplateSpec().WithLabels(labels)
+	if ls.CAHash != "" {
+		template = template.WithAnnotations(map[string]string{AnnotationCAHash: ls.CAHash})
+	}
 	return appsv1ac.Deployment(LedgerName(c.Name), c.Namespace).
 		WithLabels(labels).WithOwnerReferences(clusterOwner(c)).
 		WithSpec(appsv1ac.DeploymentSpec().WithReplicas(l.Replicas).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(LedgerSelector(c.Name))).
 			WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RollingUpdateDeploymentStrategyType)).
-			WithTemplate(corev1ac.PodTemplateSpec().WithLabels(labels).WithSpec(podSpec)))
+			WithTemplate(template.WithSpec(podSpec)))
 }
 
 // authDir holds the ledger's credentials files, a volume each.

@@ -115,7 +115,7 @@ func TestClusterObjectsGolden(t *testing.T) {
 				JWT: &v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
 					JWKSSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "id-keys"}, Key: "jwks.json"}}},
 		}}
-	golden(t, "ledger-deployment", LedgerDeployment(c, 2, []bool{true, false}, "tally:1"))
+	golden(t, "ledger-deployment", LedgerDeployment(c, LedgerShards{Count: 2, Verify: []bool{true, false}, CAHash: "c0ffee"}, "tally:1"))
 	golden(t, "ledger-service", LedgerService(c))
 	shard, err := Shard(c, 1, "tally:1")
 	if err != nil {
@@ -128,7 +128,7 @@ func TestClusterObjectsGolden(t *testing.T) {
 func TestTokensSecretInItsOldPlace(t *testing.T) {
 	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money"}, Spec: v1alpha1.LedgerClusterSpec{Shards: 1,
 		Ledger: v1alpha1.LedgerSpec{TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "old"}, Key: "t"}}}}
-	pod := LedgerDeployment(c, 1, nil, "tally:1").Spec.Template.Spec
+	pod := LedgerDeployment(c, LedgerShards{Count: 1}, "tally:1").Spec.Template.Spec
 	if !slices.Contains(pod.Containers[0].Args, "--tokens-file=/etc/tally/tokens/t") || *pod.Volumes[0].Secret.SecretName != "old" {
 		t.Errorf("args %v, volumes %+v", pod.Containers[0].Args, pod.Volumes)
 	}
