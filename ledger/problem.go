@@ -46,6 +46,7 @@ const (
 	CodeBetweenShards           Code = "transfer_between_shards"
 	CodeUnauthorized            Code = "unauthorized"
 	CodeForbidden               Code = "forbidden"
+	CodeRateLimited             Code = "rate_limited"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
 )
@@ -125,6 +126,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusUnauthorized, "Authentication required"}
 	case CodeForbidden:
 		return codeInfo{http.StatusForbidden, "Not allowed for the caller's role"}
+	case CodeRateLimited:
+		return codeInfo{http.StatusTooManyRequests, "Too many requests"}
 	case CodeUnavailable:
 		return codeInfo{http.StatusServiceUnavailable, "Service unavailable"}
 	default:

@@ -16,6 +16,7 @@ import (
 	"github.com/tallyhq/tally/ledger/crossshard"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/ratelimit"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -33,6 +34,9 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM; read again when it changes)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis shared by the replicas for rate limits (redis:// or rediss://); without it each replica limits alone")
+	writesLimit := fs.String("rate-limit-writes", "", "each caller's writes (POSTs), as RATE/UNIT[:BURST], e.g. 600/m; none when empty")
+	readsLimit := fs.String("rate-limit-reads", "", "each caller's reads (GETs), as RATE/UNIT[:BURST]; none when empty")
 	var jwt auth.JWTConfig
 	fs.StringVar(&jwt.Issuer, "jwt-issuer", "", "accept JWTs from this issuer (iss); needs --jwt-audience and keys")
 	fs.StringVar(&jwt.Audience, "jwt-audience", "", "the audience (aud) JWTs must name")
@@ -56,6 +60,19 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("give at least one --shard-url or set %s", shardURLsEnv)
 	}
 	cfg.MaxConnsPerShard = int32(*maxConns)
+	for class, flag := range map[ratelimit.Class]string{ratelimit.Writes: *writesLimit, ratelimit.Reads: *readsLimit} {
+		if flag == "" {
+			continue
+		}
+		l, err := ratelimit.ParseLimit(flag)
+		if err != nil {
+			return fmt.Errorf("--rate-limit-%s: %w", class, err)
+		}
+		if cfg.RateLimits == nil {
+			cfg.RateLimits = map[ratelimit.Class]ratelimit.Limit{}
+		}
+		cfg.RateLimits[class] = l
+	}
 	if jwt.Issuer != "" {
 		if err := readJWTKeys(&jwt, *jwksFile, *hmacFile); err != nil {
 			return err

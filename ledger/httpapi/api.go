@@ -21,6 +21,7 @@ import (
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
+	"github.com/tallyhq/tally/ledger/ratelimit"
 	"github.com/tallyhq/tally/ledger/shardset"
 )
 
@@ -45,12 +46,20 @@ type API struct {
 	metrics       *Metrics
 	log           *slog.Logger
 	maxConcurrent int
+	limiter       *ratelimit.Limiter // nil: no rate limits
 }
 
 // New returns the API over the shard set. authn may be nil for an open API whose every
 // caller is auth.AnonymousCaller, an admin (local development only).
 func New(set *shardset.Set, authn *auth.Authenticator, metrics *Metrics, log *slog.Logger) *API {
 	return &API{set: set, auth: authn, metrics: metrics, log: log, maxConcurrent: DefaultMaxConcurrentRequests}
+}
+
+// WithRateLimiter limits each caller's requests: writes (every POST) and reads (GETs)
+// each have their own allowance.
+func (a *API) WithRateLimiter(l *ratelimit.Limiter) *API {
+	a.limiter = l
+	return a
 }
 
 // WithMaxConcurrentRequests sets the bound on requests served at once (at least 1).
@@ -119,6 +128,9 @@ func (a *API) instrument(route string, need access, h func(http.ResponseWriter, 
 		caller, err := a.auth.Authenticate(r)
 		if err == nil && !need.allows(caller) {
 			err = ledger.Errorf(ledger.CodeForbidden, "%s %s needs the %s role", r.Method, route[strings.Index(route, " ")+1:], need)
+		}
+		if err == nil {
+			err = a.rateLimit(sw, r, caller)
 		}
 		if err == nil {
 			r = r.WithContext(context.WithValue(r.Context(), callerKey{}, caller))

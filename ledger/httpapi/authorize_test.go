@@ -11,7 +11,10 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger/auth"
+	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/ratelimit"
 )
 
 // The callers of the authorization tests: alice and bob are users, each owning the
@@ -238,4 +241,26 @@ func TestUsersTouchOnlyTheirOwn(t *testing.T) {
 	if !strings.Contains(logged.String(), "authentication failed") || strings.Contains(logged.String(), forged[strings.LastIndex(forged, ".")+1:]) {
 		t.Errorf("log: %s", logged.String())
 	}
+}
+
+// TestRateLimits: over its allowance of writes a caller gets 429 rate_limited with
+// Retry-After and the RateLimit-* headers; its reads, and other callers, are not held
+// back by it.
+func TestRateLimits(t *testing.T) {
+	limiter := ratelimit.New(ratelimit.Config{Limits: map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 3, Period: time.Hour, Burst: 3}}})
+	c := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, tokens(t, roleTokens), func(a *httpapi.API) { a.WithRateLimiter(limiter) })
+	c.token = tokenOf["root"]
+	c.asset("USD", 2)
+	c.account("alice", "USD")
+	r := c.do("POST", "/v1/accounts", `{"owner":"alice","asset":"USD"}`)
+	if r.status != 201 || r.header.Get("RateLimit-Remaining") != "0" || r.header.Get("RateLimit-Limit") != "3" {
+		t.Fatalf("the third write: %d, headers %v", r.status, r.header)
+	}
+	r = c.do("POST", "/v1/accounts", `{"owner":"alice","asset":"USD"}`)
+	if r.status != 429 || r.code() != "rate_limited" || r.header.Get("Retry-After") == "" || r.header.Get("RateLimit-Reset") == "" {
+		t.Errorf("the fourth write: %d %s, headers %v", r.status, r.body, r.header)
+	}
+	c.must(200, c.do("GET", "/v1/assets", ""))
+	c.token = tokenOf["ops"]
+	c.account("bob", "USD")
 }

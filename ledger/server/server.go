@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/ledger"
@@ -29,6 +30,7 @@ import (
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/ratelimit"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -63,6 +65,10 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, when set, serve the API over HTTPS with that
 	// certificate, read again when the files change (a renewed Secret).
 	TLSCertFile, TLSKeyFile string
+	// RateLimits per class of route and caller; none when empty. RedisURL (redis:// or
+	// rediss://) shares them between replicas; without it each replica has its own.
+	RateLimits map[ratelimit.Class]ratelimit.Limit
+	RedisURL   string
 	// JWT, when set, lets callers in with JWTs it verifies, beside the static tokens.
 	// Without either the API is open.
 	JWT                  *auth.JWTConfig
@@ -203,6 +209,19 @@ func Run(ctx context.Context, cfg Config) error {
 	api := httpapi.New(set, authn, httpapi.NewMetrics(reg), cfg.Log)
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
+	}
+	if len(cfg.RateLimits) > 0 {
+		rl := ratelimit.Config{Limits: cfg.RateLimits, Log: cfg.Log, Registerer: reg}
+		if cfg.RedisURL != "" {
+			opts, err := redis.ParseURL(cfg.RedisURL)
+			if err != nil {
+				return fmt.Errorf("server: redis URL: %w", err)
+			}
+			rdb := redis.NewClient(opts)
+			defer rdb.Close()
+			rl.Redis = rdb
+		}
+		api.WithRateLimiter(ratelimit.New(rl))
 	}
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)

@@ -1,0 +1,209 @@
+// Package ratelimit limits each caller's requests per class of route. The allowance is
+// shared by every ledger replica through Redis (GCRA, go-redis/redis_rate); when Redis
+// is unreachable or slow, each replica falls back to an allowance of its own in memory
+// for a while, so a limiter that is down never fails a request.
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+)
+
+// Class is a kind of route with its own allowance.
+type Class string
+
+// The classes: writes (transfers, transactions, accounts, every POST) and reads.
+const (
+	Writes Class = "writes"
+	Reads  Class = "reads"
+)
+
+// Defaults of Config.
+const (
+	DefaultTimeout  = 50 * time.Millisecond
+	DefaultCooldown = 5 * time.Second
+	// maxLocal bounds the in-memory limiters of the fallback.
+	maxLocal = 100_000
+)
+
+// Limit allows Rate requests per Period, in bursts of up to Burst.
+type Limit struct {
+	Rate   int
+	Period time.Duration
+	Burst  int
+}
+
+// ParseLimit reads a limit written as RATE/UNIT, with UNIT s, m or h, and optionally
+// :BURST (default: RATE), for example 600/m or 100/s:200.
+func ParseLimit(s string) (Limit, error) {
+	spec, burst, hasBurst := strings.Cut(s, ":")
+	n, unit, ok := strings.Cut(spec, "/")
+	periods := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour}
+	l := Limit{Period: periods[unit]}
+	var err error
+	if l.Rate, err = strconv.Atoi(n); err != nil || !ok || l.Period == 0 || l.Rate < 1 {
+		return Limit{}, fmt.Errorf("ratelimit: %q is not RATE/UNIT[:BURST] with a positive RATE and UNIT s, m or h", s)
+	}
+	l.Burst = l.Rate
+	if hasBurst {
+		if l.Burst, err = strconv.Atoi(burst); err != nil || l.Burst < 1 {
+			return Limit{}, fmt.Errorf("ratelimit: burst %q of %q is not a positive number", burst, s)
+		}
+	}
+	return l, nil
+}
+
+// String writes the limit as ParseLimit reads it.
+func (l Limit) String() string {
+	unit := map[time.Duration]string{time.Second: "s", time.Minute: "m", time.Hour: "h"}[l.Period]
+	return fmt.Sprintf("%d/%s:%d", l.Rate, unit, l.Burst)
+}
+
+// Config is what a Limiter needs.
+type Config struct {
+	// Limits per class; a class without one is not limited.
+	Limits map[Class]Limit
+	// Redis shares the allowance between replicas; nil keeps each replica's own.
+	Redis redis.UniversalClient
+	// Timeout bounds each Redis call (DefaultTimeout); Cooldown is how long Redis is
+	// skipped after it failed one (DefaultCooldown).
+	Timeout, Cooldown time.Duration
+	Log               *slog.Logger
+	// Registerer receives the limiter's metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Decision is the answer for one request.
+type Decision struct {
+	Allowed bool
+	Limit   Limit
+	// Remaining is how many more requests would be allowed now.
+	Remaining int
+	// RetryAfter is when the next request will be allowed (when not Allowed);
+	// ResetAfter when the whole burst will be available again.
+	RetryAfter, ResetAfter time.Duration
+}
+
+// Limiter decides whether a caller's request may go on.
+type Limiter struct {
+	cfg       Config
+	shared    *redis_rate.Limiter
+	decisions *prometheus.CounterVec
+
+	mu        sync.Mutex
+	local     map[string]*rate.Limiter
+	openUntil time.Time // Redis is skipped until then
+}
+
+// New returns a limiter.
+func New(cfg Config) *Limiter {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Cooldown <= 0 {
+		cfg.Cooldown = DefaultCooldown
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	l := &Limiter{cfg: cfg, local: map[string]*rate.Limiter{},
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_ratelimit_decisions_total",
+			Help: "Rate limit decisions, by class, outcome (allowed, limited) and where they were taken (redis, memory: Redis unreachable or not configured).",
+		}, []string{"class", "outcome", "source"})}
+	if cfg.Redis != nil {
+		l.shared = redis_rate.NewLimiter(cfg.Redis)
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(l.decisions)
+	}
+	return l
+}
+
+// Allow decides on one request of the caller in the class.
+func (l *Limiter) Allow(ctx context.Context, caller string, class Class) Decision {
+	limit, ok := l.cfg.Limits[class]
+	if !ok {
+		return Decision{Allowed: true}
+	}
+	key := "tally:rl:" + string(class) + ":" + caller
+	d, source := l.allowShared(ctx, key, limit)
+	if source == "" {
+		d, source = l.allowLocal(key, limit), "memory"
+	}
+	outcome := "allowed"
+	if !d.Allowed {
+		outcome = "limited"
+	}
+	l.decisions.WithLabelValues(string(class), outcome, source).Inc()
+	return d
+}
+
+// allowShared asks Redis, unless it is skipped; source is "" when it gave no answer.
+func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Decision, string) {
+	if l.shared == nil {
+		return Decision{}, ""
+	}
+	l.mu.Lock()
+	skipped := time.Now().Before(l.openUntil)
+	l.mu.Unlock()
+	if skipped {
+		return Decision{}, ""
+	}
+	callCtx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+	defer cancel()
+	res, err := l.shared.Allow(callCtx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
+	if err != nil {
+		if ctx.Err() != nil {
+			return Decision{}, "" // the request went away: not Redis's fault
+		}
+		l.mu.Lock()
+		if time.Now().After(l.openUntil) {
+			l.cfg.Log.Warn("rate limits fall back to each replica's memory: Redis did not answer", "for", l.cfg.Cooldown, "err", err.Error())
+		}
+		l.openUntil = time.Now().Add(l.cfg.Cooldown)
+		l.mu.Unlock()
+		return Decision{}, ""
+	}
+	return Decision{Allowed: res.Allowed > 0, Limit: limit, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0), ResetAfter: res.ResetAfter}, "redis"
+}
+
+// allowLocal decides with this replica's own token bucket for the key.
+func (l *Limiter) allowLocal(key string, limit Limit) Decision {
+	l.mu.Lock()
+	lim, ok := l.local[key]
+	if !ok {
+		if len(l.local) >= maxLocal {
+			for k := range l.local { // map order is random: a random entry makes room
+				delete(l.local, k)
+				break
+			}
+		}
+		lim = rate.NewLimiter(rate.Limit(float64(limit.Rate)/limit.Period.Seconds()), limit.Burst)
+		l.local[key] = lim
+	}
+	l.mu.Unlock()
+	now := time.Now()
+	r := lim.ReserveN(now, 1)
+	d := Decision{Limit: limit}
+	if delay := r.DelayFrom(now); delay > 0 {
+		r.CancelAt(now)
+		d.RetryAfter = delay
+	} else {
+		d.Allowed = true
+	}
+	tokens := lim.TokensAt(now)
+	d.Remaining = max(int(tokens), 0)
+	d.ResetAfter = time.Duration((float64(limit.Burst) - tokens) / float64(lim.Limit()) * float64(time.Second))
+	return d
+}
