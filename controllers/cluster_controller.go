@@ -79,6 +79,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		run  func(context.Context, *v1alpha1.LedgerCluster, *clusterState) error
 	}{
 		{"shards", r.reconcileShards},
+		{"redis", r.reconcileRedis},
 		{"ledger service", r.reconcileLedgerService},
 		{"shard removal", r.reconcileShardRemoval},
 	}
@@ -237,6 +238,22 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		return err
 	}
 	return nil
+}
+
+// reconcileRedis runs the managed Redis while spec.redis asks for one, and removes it
+// when it no longer does.
+func (r *ClusterReconciler) reconcileRedis(ctx context.Context, cluster *v1alpha1.LedgerCluster, _ *clusterState) error {
+	if cluster.Spec.Redis != nil && cluster.Spec.Redis.Managed {
+		if err := apply(ctx, r.Client, specs.RedisDeployment(cluster)); err != nil {
+			return err
+		}
+		return apply(ctx, r.Client, specs.RedisService(cluster))
+	}
+	dep := &appsv1.Deployment{}
+	dep.Name, dep.Namespace = specs.RedisName(cluster.Name), cluster.Namespace
+	svc := &corev1.Service{}
+	svc.Name, svc.Namespace = dep.Name, dep.Namespace
+	return errors.Join(client.IgnoreNotFound(r.Delete(ctx, dep)), client.IgnoreNotFound(r.Delete(ctx, svc)))
 }
 
 // ledgerShards are the shards the ledger serves: which serve TLS, and a hash of the CAs

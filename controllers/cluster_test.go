@@ -587,8 +587,11 @@ func TestCELRejectsBadSpecs(t *testing.T) {
 	jwt(v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
 		JWKSSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "keys"}, Key: "jwks.json"}})(authOK)
 	authOK.Spec.Auth.TokensSecret = &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "t"}, Key: "t"}
+	authOK.Spec.Redis = &v1alpha1.RedisSpec{Address: "cache.example:6380", TLS: true,
+		PasswordSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cache"}, Key: "password"}}
+	authOK.Spec.Ledger.RateLimits = &v1alpha1.RateLimitsSpec{Writes: "600/m", Reads: "100/s:200"}
 	if err := k8s.Create(ctx, authOK); err != nil {
-		t.Errorf("a full auth section refused: %v", err)
+		t.Errorf("a full auth, redis and rate limits section refused: %v", err)
 	} else if err := k8s.Delete(ctx, authOK); err != nil {
 		t.Error(err)
 	}

@@ -33,6 +33,7 @@ func TestPodsMeetTheRestrictedStandard(t *testing.T) {
 		"postgres":  specs.Pod(shard, "pay-0-1", v1alpha1.RolePrimary).Spec,
 		"ledger":    specs.LedgerDeployment(cluster, specs.LedgerShards{Count: 1, Verify: []bool{true}}, "tally:1").Spec.Template.Spec,
 		"migration": specs.MigrationJob(shard, 2, true).Spec.Template.Spec,
+		"redis":     specs.RedisDeployment(cluster).Spec.Template.Spec,
 	}
 	// A denial must be what fails here: first, a pod the standard refuses is refused.
 	root := corev1ac.PodSpec().WithContainers(corev1ac.Container().WithName("c").WithImage("x").

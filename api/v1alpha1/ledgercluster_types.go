@@ -32,6 +32,12 @@ type LedgerClusterSpec struct {
 	// +optional
 	TLS TLSSpec `json:"tls,omitempty"`
 
+	// Redis is a cache beside the ledger: its replicas share each caller's rate-limit
+	// allowance there. Losing it costs fairness for a few seconds (each replica then
+	// limits alone), never correctness: PostgreSQL holds every truth.
+	// +optional
+	Redis *RedisSpec `json:"redis,omitempty"`
+
 	// NetworkPolicies, when true, has the operator keep a NetworkPolicy per shard:
 	// PostgreSQL accepts connections only from the shard's instances, the cluster's ledger
 	// pods, the shard's migration Jobs and the operator; the instance managers' status
@@ -69,6 +75,43 @@ type TLSSpec struct {
 	// IssuerRef is the cert-manager issuer of mode CertManager.
 	// +optional
 	IssuerRef *IssuerRef `json:"issuerRef,omitempty"`
+}
+
+// RedisSpec is either a Redis the operator runs or one the cluster is given.
+// +kubebuilder:validation:XValidation:rule="(has(self.managed) && self.managed) != has(self.address)",message="redis is either managed: true or an address"
+// +kubebuilder:validation:XValidation:rule="has(self.address) || !has(self.image) || (has(self.managed) && self.managed)",message="image applies to a managed Redis"
+// +kubebuilder:validation:XValidation:rule="has(self.address) || (!has(self.passwordSecret) && !(has(self.tls) && self.tls))",message="passwordSecret and tls apply to an external Redis"
+type RedisSpec struct {
+	// Managed has the operator run a single-replica Redis Deployment and Service owned
+	// by the cluster (a cache only: nothing is persisted).
+	// +optional
+	Managed bool `json:"managed,omitempty"`
+	// Image of the managed Redis. Default: redis:7.
+	// +optional
+	Image string `json:"image,omitempty"`
+	// Address of an external Redis, host:port.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9.-]+:[0-9]{1,5}$`
+	// +optional
+	Address string `json:"address,omitempty"`
+	// PasswordSecret holds the external Redis's password.
+	// +optional
+	PasswordSecret *corev1.SecretKeySelector `json:"passwordSecret,omitempty"`
+	// TLS reaches the external Redis over TLS, verified against the system's roots.
+	// +optional
+	TLS bool `json:"tls,omitempty"`
+}
+
+// RateLimitsSpec limits each caller's requests, per class of route, as
+// RATE/UNIT[:BURST] with UNIT s, m or h (600/m; 100/s:200). A class left out is not limited.
+type RateLimitsSpec struct {
+	// Writes: every POST (transfers, transactions, accounts, ...).
+	// +kubebuilder:validation:Pattern=`^[1-9][0-9]{0,8}/[smh](:[1-9][0-9]{0,8})?$`
+	// +optional
+	Writes string `json:"writes,omitempty"`
+	// Reads: every GET.
+	// +kubebuilder:validation:Pattern=`^[1-9][0-9]{0,8}/[smh](:[1-9][0-9]{0,8})?$`
+	// +optional
+	Reads string `json:"reads,omitempty"`
 }
 
 // IssuerRef names a cert-manager Issuer or ClusterIssuer.
@@ -186,6 +229,11 @@ type LedgerSpec struct {
 	// the API is plain HTTP, for a mesh or an ingress that terminates TLS.
 	// +optional
 	TLSSecret *corev1.LocalObjectReference `json:"tlsSecret,omitempty"`
+
+	// RateLimits limits each caller's requests; shared by the replicas through
+	// spec.redis when there is one, else each replica limits alone.
+	// +optional
+	RateLimits *RateLimitsSpec `json:"rateLimits,omitempty"`
 
 	// TokensSecret is the old place of auth.tokensSecret, still honoured.
 	// +optional

@@ -155,6 +155,9 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, ls LedgerShards, operatorImage 
 	}
 	podSpec := corev1ac.PodSpec().WithSecurityContext(restrictedPod(tallyUID))
 	authArgs, mounts, volumes := ledgerAuth(c)
+	redisArgs, redisEnv := ledgerRedis(c)
+	authArgs = append(authArgs, redisArgs...)
+	container = container.WithEnv(redisEnv...)
 	var verified []string
 	for i, v := range verify {
 		if v {

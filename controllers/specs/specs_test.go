@@ -108,8 +108,11 @@ func TestClusterObjectsGolden(t *testing.T) {
 	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money", UID: "uid-cluster"},
 		Spec: v1alpha1.LedgerClusterSpec{Shards: 2, Ledger: v1alpha1.LedgerSpec{Replicas: i32(3),
 			// only the fields set become flags: the service keeps its own defaults
-			Batching:  &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}},
-			TLSSecret: &corev1.LocalObjectReference{Name: "pay-api-tls"}},
+			Batching:   &v1alpha1.BatchingSpec{Writers: i32(4), Linger: &metav1.Duration{Duration: 2 * time.Millisecond}},
+			TLSSecret:  &corev1.LocalObjectReference{Name: "pay-api-tls"},
+			RateLimits: &v1alpha1.RateLimitsSpec{Writes: "600/m", Reads: "100/s:200"}},
+			Redis: &v1alpha1.RedisSpec{Address: "cache.example:6380", TLS: true,
+				PasswordSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "cache"}, Key: "password"}},
 			Auth: &v1alpha1.AuthSpec{
 				TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "pay-tokens"}, Key: "tokens"},
 				JWT: &v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
@@ -117,6 +120,7 @@ func TestClusterObjectsGolden(t *testing.T) {
 		}}
 	golden(t, "ledger-deployment", LedgerDeployment(c, LedgerShards{Count: 2, Verify: []bool{true, false}, CAHash: "c0ffee"}, "tally:1"))
 	golden(t, "ledger-service", LedgerService(c))
+	golden(t, "redis-deployment", RedisDeployment(c))
 	shard, err := Shard(c, 1, "tally:1")
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/crossshard"
@@ -34,7 +35,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM; read again when it changes)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
-	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis shared by the replicas for rate limits (redis:// or rediss://); without it each replica limits alone")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis shared by the replicas for rate limits (redis:// or rediss://; its password, if any, from $"+specs.RedisPasswordEnv+"); without it each replica limits alone")
 	writesLimit := fs.String("rate-limit-writes", "", "each caller's writes (POSTs), as RATE/UNIT[:BURST], e.g. 600/m; none when empty")
 	readsLimit := fs.String("rate-limit-reads", "", "each caller's reads (GETs), as RATE/UNIT[:BURST]; none when empty")
 	var jwt auth.JWTConfig
@@ -60,6 +61,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("give at least one --shard-url or set %s", shardURLsEnv)
 	}
 	cfg.MaxConnsPerShard = int32(*maxConns)
+	cfg.RedisPassword = os.Getenv(specs.RedisPasswordEnv)
 	for class, flag := range map[ratelimit.Class]string{ratelimit.Writes: *writesLimit, ratelimit.Reads: *readsLimit} {
 		if flag == "" {
 			continue

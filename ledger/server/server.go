@@ -67,8 +67,9 @@ type Config struct {
 	TLSCertFile, TLSKeyFile string
 	// RateLimits per class of route and caller; none when empty. RedisURL (redis:// or
 	// rediss://) shares them between replicas; without it each replica has its own.
-	RateLimits map[ratelimit.Class]ratelimit.Limit
-	RedisURL   string
+	RateLimits    map[ratelimit.Class]ratelimit.Limit
+	RedisURL      string
+	RedisPassword string // overrides the URL's, so it need not be in any argument
 	// JWT, when set, lets callers in with JWTs it verifies, beside the static tokens.
 	// Without either the API is open.
 	JWT                  *auth.JWTConfig
@@ -216,6 +217,9 @@ func Run(ctx context.Context, cfg Config) error {
 			opts, err := redis.ParseURL(cfg.RedisURL)
 			if err != nil {
 				return fmt.Errorf("server: redis URL: %w", err)
+			}
+			if cfg.RedisPassword != "" {
+				opts.Password = cfg.RedisPassword
 			}
 			rdb := redis.NewClient(opts)
 			defer rdb.Close()

@@ -1,0 +1,54 @@
+package controllers_test
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/tallyhq/tally/api/v1alpha1"
+	"github.com/tallyhq/tally/controllers/specs"
+)
+
+// TestManagedRedisFollowsTheSpec: spec.redis.managed runs a Redis Deployment and
+// Service owned by the cluster; turned off, they go.
+func TestManagedRedisFollowsTheSpec(t *testing.T) {
+	ns := newNamespace(t)
+	createCluster(t, ns, "cached", 1, func(c *v1alpha1.LedgerCluster) {
+		c.Spec.Redis = &v1alpha1.RedisSpec{Managed: true}
+		c.Spec.Ledger.RateLimits = &v1alpha1.RateLimitsSpec{Writes: "600/m"}
+	})
+	var dep appsv1.Deployment
+	waitFor(t, ns, specs.RedisName("cached"), &dep)
+	var svc corev1.Service
+	waitFor(t, ns, specs.RedisName("cached"), &svc)
+	if err := controlledBy(&dep, "LedgerCluster", "cached"); err != nil {
+		t.Error(err)
+	}
+	if img := dep.Spec.Template.Spec.Containers[0].Image; img != specs.DefaultRedisImage || !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "allkeys-lru") {
+		t.Errorf("redis %s %v", img, dep.Spec.Template.Spec.Containers[0].Args)
+	}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var c v1alpha1.LedgerCluster
+		if err := get(ns, "cached", &c); err != nil {
+			return err
+		}
+		c.Spec.Redis = nil
+		return k8s.Update(ctx, &c)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the managed Redis removed", func() error {
+		errDep, errSvc := get(ns, specs.RedisName("cached"), &dep), get(ns, specs.RedisName("cached"), &svc)
+		if !apierrors.IsNotFound(errDep) || !apierrors.IsNotFound(errSvc) {
+			return errors.New(strings.TrimSpace("still there"))
+		}
+		return nil
+	})
+}
