@@ -49,6 +49,7 @@ log "cluster up in $(($(date +%s) - started)) s"
 ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images tag --force \
   "docker.io/library/$POSTGRES_IMAGE" "docker.io/library/$POSTGRES_IMAGE-next" >/dev/null
 KUBECONFIG=$kubeconfig PATH=$k8s:$PATH IMAGE=$TALLY_IMAGE \
-  E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE E2E_POSTGRES_IMAGE_NEXT=$POSTGRES_IMAGE-next E2E_NODE_ACCESS=1 E2E_KEEP=${KEEP:-} \
+  E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE E2E_POSTGRES_IMAGE_NEXT=$POSTGRES_IMAGE-next E2E_REDIS_IMAGE=$POSTGRES_IMAGE \
+  E2E_NODE_ACCESS=1 E2E_KEEP=${KEEP:-} \
   TALLY_BIN=${TALLY_CACHE:-$HOME/.cache/tally}/images/tally \
   KUSTOMIZE=${KUSTOMIZE:-kustomize} "$root/hack/e2e.sh"

@@ -23,6 +23,7 @@ NS=${E2E_NAMESPACE:-tally-e2e}
 TIMEOUT=${E2E_TIMEOUT:-600s}
 PG_IMAGE=${E2E_POSTGRES_IMAGE:-}
 PG_IMAGE_NEXT=${E2E_POSTGRES_IMAGE_NEXT:-}
+REDIS_IMAGE=${E2E_REDIS_IMAGE:-}
 # how soon writes must resume after the primary hangs (the issue's bound is 15 s; the
 # default leaves room for a machine busier than the one that measured it)
 RESUME_WITHIN=${E2E_RESUME_WITHIN:-30}
@@ -518,6 +519,31 @@ status=$(curl -s -o /dev/null -w '%{http_code}' -m 5 -X POST -H "Authorization: 
 [[ $status == 404 ]] || { echo "!! alice took money from another owner's account: $status"; false; }
 say "alice (a JWT) moved 2.50 between her accounts; another owner's account answered her 404"
 unset TOKEN
+
+step "rate limits shared by the ledger's replicas through the managed Redis"
+kubectl -n "$NS" patch ledgercluster e2e --type merge -p "{\"spec\":{\"redis\":{\"managed\":true${REDIS_IMAGE:+,\"image\":\"$REDIS_IMAGE\"}},
+  \"ledger\":{\"rateLimits\":{\"writes\":\"5/h\"}}}}" >/dev/null
+kubectl -n "$NS" rollout status deployment/e2e-redis --timeout="$TIMEOUT" >/dev/null
+kubectl -n "$NS" rollout status deployment/e2e-ledger --timeout="$TIMEOUT" >/dev/null
+# every replica answering, draining ones included, limits writes (the probes are the
+# operator token's writes: once over its allowance they are refused, still with headers)
+limited() {
+  local i
+  for i in $(seq 10); do
+    curl -s -D - -o /dev/null -m 5 -X POST -H "Authorization: Bearer $ops_token" -H 'Content-Type: application/json' \
+      -d '{"owner":"probe","asset":"USD"}' "http://$LEDGER/v1/accounts" | grep -qi '^ratelimit-limit: 5' || return 1
+  done
+}
+until_true "every ledger replica to limit writes" 300 limited
+carol=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e carol-e2e)
+codes=""
+for i in $(seq 8); do
+  codes+=" $(curl -s -o /dev/null -w '%{http_code}' -m 10 -X POST -H "Authorization: Bearer $carol" -H 'Content-Type: application/json' \
+    -d '{"owner":"carol-e2e","asset":"USD"}' "http://$LEDGER/v1/accounts")"
+done
+say "carol's 8 writes across $(kubectl -n "$NS" get deployment e2e-ledger -o jsonpath='{.spec.replicas}') ledger replicas:$codes"
+[[ $(grep -o 201 <<<"$codes" | wc -l) == 5 && $(grep -o 429 <<<"$codes" | wc -l) == 3 ]] ||
+  { echo "!! the replicas did not share one allowance of 5 writes"; false; }
 
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"

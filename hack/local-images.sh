@@ -4,8 +4,9 @@
 #   pause            Kubernetes' own pause.c (it reaps children: the instance pods share a
 #                    process namespace), compiled static from the k8s.io/kubernetes module.
 #   tally            the one Tally binary, static, as the Dockerfile builds it.
-#   tally-postgres   Debian bookworm (debootstrap, minbase) with Debian's PostgreSQL 15; the
-#                    postgres user has uid 999, as the operator's pods run it.
+#   tally-postgres   Debian bookworm (debootstrap, minbase) with Debian's PostgreSQL 15 and
+#                    redis-server (the e2e's managed Redis runs it too); the postgres user
+#                    has uid 999, as the operator's pods run it.
 # Each image is written as a docker-archive tarball that `ctr images import` reads.
 # Usage: hack/local-images.sh <containerd socket, or "" to build only> <tally image>
 #        <postgres image> <pause image> [which: "pause postgres tally" by default]
@@ -66,14 +67,14 @@ tally_image() {
 }
 
 postgres_image() {
-  local out=$IMAGES/postgres-15-bookworm.tar
+  local out=$IMAGES/postgres-15-redis-bookworm.tar
   if [[ ! -s $out ]]; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     local work
     work=$(mktemp -d)
-    log "building the PostgreSQL image from Debian's packages (a few minutes, once)"
+    log "building the PostgreSQL (and Redis) image from Debian's packages (a few minutes, once)"
     # uid 999 first, so the package's postinst adopts it instead of picking its own
-    debootstrap --variant=minbase --include=postgresql-15,procps,iproute2 bookworm "$work/root" \
+    debootstrap --variant=minbase --include=postgresql-15,redis-server,procps,iproute2 bookworm "$work/root" \
       http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 ||
       { tail -20 "$work/debootstrap.log"; exit 1; }
     local uid gid

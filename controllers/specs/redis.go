@@ -43,7 +43,7 @@ func RedisDeployment(c *v1alpha1.LedgerCluster) *appsv1ac.DeploymentApplyConfigu
 	}
 	labels := ClusterLabels(c.Name, ComponentRedis)
 	container := corev1ac.Container().WithName("redis").WithImage(image).
-		WithArgs("--save", "", "--appendonly", "no", "--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
+		WithCommand("redis-server").WithArgs("--save", "", "--appendonly", "no", "--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
 		WithPorts(corev1ac.ContainerPort().WithName("redis").WithContainerPort(RedisPort)).
 		WithReadinessProbe(corev1ac.Probe().WithTCPSocket(corev1ac.TCPSocketAction().WithPort(intstr.FromString("redis"))).WithPeriodSeconds(5)).
 		WithResources(corev1ac.ResourceRequirements().WithRequests(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(redisMemoryRequest)})).
