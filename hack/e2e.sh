@@ -535,15 +535,25 @@ limited() {
   done
 }
 until_true "every ledger replica to limit writes" 300 limited
-carol=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e carol-e2e)
-codes=""
-for i in $(seq 8); do
-  codes+=" $(curl -s -o /dev/null -w '%{http_code}' -m 10 -X POST -H "Authorization: Bearer $carol" -H 'Content-Type: application/json' \
-    -d '{"owner":"carol-e2e","asset":"USD"}' "http://$LEDGER/v1/accounts")"
+# 8 writes of a new caller across the replicas: 5 allowed, 3 refused, when they share
+# Redis. (A replica whose Redis call ran past its 100 ms limits alone for 5 s, by
+# design: then the try is made again, with another caller.)
+shared=""
+for try in 1 2 3; do
+  carol=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e "carol-$try")
+  codes=""
+  for i in $(seq 8); do
+    codes+=" $(curl -s -o /dev/null -w '%{http_code}' -m 10 -X POST -H "Authorization: Bearer $carol" -H 'Content-Type: application/json' \
+      -d "{\"owner\":\"carol-$try\",\"asset\":\"USD\"}" "http://$LEDGER/v1/accounts")"
+  done
+  say "carol-$try's 8 writes across the ledger replicas:$codes"
+  if [[ $(grep -o 201 <<<"$codes" | wc -l) == 5 && $(grep -o 429 <<<"$codes" | wc -l) == 3 ]]; then
+    shared=1
+    break
+  fi
+  sleep 6
 done
-say "carol's 8 writes across $(kubectl -n "$NS" get deployment e2e-ledger -o jsonpath='{.spec.replicas}') ledger replicas:$codes"
-[[ $(grep -o 201 <<<"$codes" | wc -l) == 5 && $(grep -o 429 <<<"$codes" | wc -l) == 3 ]] ||
-  { echo "!! the replicas did not share one allowance of 5 writes"; false; }
+[[ -n $shared ]] || { echo "!! the replicas did not share one allowance of 5 writes"; false; }
 
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"

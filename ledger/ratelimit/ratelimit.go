@@ -30,7 +30,7 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultTimeout  = 50 * time.Millisecond
+	DefaultTimeout  = 100 * time.Millisecond
 	DefaultCooldown = 5 * time.Second
 	// maxLocal bounds the in-memory limiters of the fallback.
 	maxLocal = 100_000
@@ -128,6 +128,18 @@ func New(cfg Config) *Limiter {
 		cfg.Registerer.MustRegister(l.decisions)
 	}
 	return l
+}
+
+// Warm makes the first shared decision now, bounded by ctx rather than the call
+// timeout: it connects to Redis and loads the limiter's script, which a first request
+// could not do within its few milliseconds. An error means Redis is not there yet;
+// requests then fall back until it is.
+func (l *Limiter) Warm(ctx context.Context) error {
+	if l.shared == nil {
+		return nil
+	}
+	_, err := l.shared.Allow(ctx, "tally:rl:warm", redis_rate.PerSecond(1))
+	return err
 }
 
 // Allow decides on one request of the caller in the class.

@@ -73,7 +73,13 @@ func TestRedisDownFallsBackToMemory(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	limits := map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 5, Period: time.Hour, Burst: 5}}
 	l := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client(), Cooldown: 200 * time.Millisecond, Registerer: reg})
+	if err := l.Warm(context.Background()); err != nil {
+		t.Fatalf("warm with Redis up: %v", err)
+	}
 	srv.Kill()
+	if err := l.Warm(context.Background()); err == nil {
+		t.Error("warm with Redis down said nothing")
+	}
 	if got := count([]*ratelimit.Limiter{l}, "shop", ratelimit.Writes, 8); got != 5 {
 		t.Errorf("Redis down: allowed %d, want this replica's 5", got)
 	}

@@ -51,8 +51,10 @@ const (
 	expiryBatch    = 100
 	// resumeAfter is how long a transfer between shards is left to the replica that took
 	// its request before every replica's resumer takes it on.
-	resumeAfter       = 10 * time.Second
-	shutdownGrace     = 15 * time.Second
+	resumeAfter   = 10 * time.Second
+	shutdownGrace = 15 * time.Second
+	// redisWarmTimeout bounds the first connection to Redis at start.
+	redisWarmTimeout  = 3 * time.Second
 	readyCheckTimeout = 2 * time.Second
 )
 
@@ -221,11 +223,18 @@ func Run(ctx context.Context, cfg Config) error {
 			if cfg.RedisPassword != "" {
 				opts.Password = cfg.RedisPassword
 			}
+			opts.MinIdleConns = max(opts.MinIdleConns, 2) // connected before a request needs one
 			rdb := redis.NewClient(opts)
 			defer rdb.Close()
 			rl.Redis = rdb
 		}
-		api.WithRateLimiter(ratelimit.New(rl))
+		limiter := ratelimit.New(rl)
+		warmCtx, cancel := context.WithTimeout(ctx, redisWarmTimeout)
+		if err := limiter.Warm(warmCtx); err != nil {
+			cfg.Log.Warn("Redis does not answer yet: rate limits start in each replica's memory", "err", err.Error())
+		}
+		cancel()
+		api.WithRateLimiter(limiter)
 	}
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
