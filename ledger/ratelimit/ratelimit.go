@@ -28,9 +28,13 @@ const (
 	Reads  Class = "reads"
 )
 
-// Defaults of Config.
+// Defaults of Config and of the client RedisOptions makes.
 const (
-	DefaultTimeout  = 100 * time.Millisecond
+	// DefaultTimeout bounds each read and write of a Redis call.
+	DefaultTimeout = 100 * time.Millisecond
+	// dialTimeout bounds a connection, outside any request's few milliseconds: a request
+	// that had to wait for one would otherwise give up, and so would the next.
+	dialTimeout     = time.Second
 	DefaultCooldown = 5 * time.Second
 	// maxLocal bounds the in-memory limiters of the fallback.
 	maxLocal = 100_000
@@ -73,12 +77,12 @@ func (l Limit) String() string {
 type Config struct {
 	// Limits per class; a class without one is not limited.
 	Limits map[Class]Limit
-	// Redis shares the allowance between replicas; nil keeps each replica's own.
+	// Redis shares the allowance between replicas; nil keeps each replica's own. Its
+	// timeouts bound each call (RedisOptions sets them).
 	Redis redis.UniversalClient
-	// Timeout bounds each Redis call (DefaultTimeout); Cooldown is how long Redis is
-	// skipped after it failed one (DefaultCooldown).
-	Timeout, Cooldown time.Duration
-	Log               *slog.Logger
+	// Cooldown is how long Redis is skipped after it failed a call (DefaultCooldown).
+	Cooldown time.Duration
+	Log      *slog.Logger
 	// Registerer receives the limiter's metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -107,9 +111,6 @@ type Limiter struct {
 
 // New returns a limiter.
 func New(cfg Config) *Limiter {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
 	if cfg.Cooldown <= 0 {
 		cfg.Cooldown = DefaultCooldown
 	}
@@ -130,16 +131,33 @@ func New(cfg Config) *Limiter {
 	return l
 }
 
-// Warm makes the first shared decision now, bounded by ctx rather than the call
-// timeout: it connects to Redis and loads the limiter's script, which a first request
-// could not do within its few milliseconds. An error means Redis is not there yet;
-// requests then fall back until it is.
+// Warm makes a first shared decision: it connects to Redis and loads the limiter's
+// script before a request needs them. An error means Redis is not there yet; requests
+// then fall back until it is.
 func (l *Limiter) Warm(ctx context.Context) error {
 	if l.shared == nil {
 		return nil
 	}
 	_, err := l.shared.Allow(ctx, "tally:rl:warm", redis_rate.PerSecond(1))
 	return err
+}
+
+// RedisOptions reads a redis:// or rediss:// URL into a client's options whose calls
+// fail within milliseconds (DefaultTimeout for each read and write, never waiting for a
+// pooled connection), and which keeps connections ready so that no request dials.
+func RedisOptions(url, password string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: redis URL: %w", err)
+	}
+	if password != "" {
+		opts.Password = password
+	}
+	opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = DefaultTimeout, DefaultTimeout, DefaultTimeout
+	opts.DialTimeout = dialTimeout
+	opts.MinIdleConns = max(opts.MinIdleConns, 2)
+	opts.MaxRetries = -1 // a failed call falls back at once; a retry would double its cost
+	return opts, nil
 }
 
 // Allow decides on one request of the caller in the class.
@@ -172,9 +190,7 @@ func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Dec
 	if skipped {
 		return Decision{}, ""
 	}
-	callCtx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
-	defer cancel()
-	res, err := l.shared.Allow(callCtx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
+	res, err := l.shared.Allow(ctx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
 	if err != nil {
 		if ctx.Err() != nil {
 			return Decision{}, "" // the request went away: not Redis's fault

@@ -216,14 +216,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(cfg.RateLimits) > 0 {
 		rl := ratelimit.Config{Limits: cfg.RateLimits, Log: cfg.Log, Registerer: reg}
 		if cfg.RedisURL != "" {
-			opts, err := redis.ParseURL(cfg.RedisURL)
+			opts, err := ratelimit.RedisOptions(cfg.RedisURL, cfg.RedisPassword)
 			if err != nil {
-				return fmt.Errorf("server: redis URL: %w", err)
+				return fmt.Errorf("server: %w", err)
 			}
-			if cfg.RedisPassword != "" {
-				opts.Password = cfg.RedisPassword
-			}
-			opts.MinIdleConns = max(opts.MinIdleConns, 2) // connected before a request needs one
 			rdb := redis.NewClient(opts)
 			defer rdb.Close()
 			rl.Redis = rdb
