@@ -43,7 +43,8 @@ func RedisDeployment(c *v1alpha1.LedgerCluster) *appsv1ac.DeploymentApplyConfigu
 	}
 	labels := ClusterLabels(c.Name, ComponentRedis)
 	container := corev1ac.Container().WithName("redis").WithImage(image).
-		WithCommand("redis-server").WithArgs("--save", "", "--appendonly", "no", "--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
+		// Protected mode would refuse every client from another pod: the ledger's are.
+		WithCommand("redis-server").WithArgs("--protected-mode", "no", "--save", "", "--appendonly", "no", "--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
 		WithPorts(corev1ac.ContainerPort().WithName("redis").WithContainerPort(RedisPort)).
 		WithReadinessProbe(corev1ac.Probe().WithTCPSocket(corev1ac.TCPSocketAction().WithPort(intstr.FromString("redis"))).WithPeriodSeconds(5)).
 		WithResources(corev1ac.ResourceRequirements().WithRequests(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(redisMemoryRequest)})).
