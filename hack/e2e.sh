@@ -523,6 +523,7 @@ unset TOKEN
 step "rate limits shared by the ledger's replicas through the managed Redis"
 kubectl -n "$NS" patch ledgercluster e2e --type merge -p "{\"spec\":{\"redis\":{\"managed\":true${REDIS_IMAGE:+,\"image\":\"$REDIS_IMAGE\"}},
   \"ledger\":{\"rateLimits\":{\"writes\":\"5/h\"}}}}" >/dev/null
+until_true "the managed Redis Deployment" 120 kubectl -n "$NS" get deployment e2e-redis
 kubectl -n "$NS" rollout status deployment/e2e-redis --timeout="$TIMEOUT" >/dev/null
 kubectl -n "$NS" rollout status deployment/e2e-ledger --timeout="$TIMEOUT" >/dev/null
 # every replica answering, draining ones included, limits writes (the probes are the
