@@ -7,7 +7,6 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
@@ -40,17 +39,7 @@ func TestNetworkPolicyFollowsTheSpec(t *testing.T) {
 			t.Errorf("rule %d lets in %d from %v, want %s", i, port, from, want)
 		}
 	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var c v1alpha1.LedgerCluster
-		if err := get(ns, "fenced", &c); err != nil {
-			return err
-		}
-		c.Spec.NetworkPolicies = false
-		return k8s.Update(ctx, &c)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, "fenced", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.NetworkPolicies = false })
 	eventually(t, "the policy removed", func() error {
 		if err := get(ns, specs.NetworkPolicyName(shard), &np); !apierrors.IsNotFound(err) {
 			return errors.Join(errors.New("still there"), err)

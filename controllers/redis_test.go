@@ -3,13 +3,11 @@ package controllers_test
 import (
 	"errors"
 	"slices"
-	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 	"github.com/tallyhq/tally/controllers/specs"
@@ -33,21 +31,11 @@ func TestManagedRedisFollowsTheSpec(t *testing.T) {
 	if img := dep.Spec.Template.Spec.Containers[0].Image; img != specs.DefaultRedisImage || !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "allkeys-lru") {
 		t.Errorf("redis %s %v", img, dep.Spec.Template.Spec.Containers[0].Args)
 	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var c v1alpha1.LedgerCluster
-		if err := get(ns, "cached", &c); err != nil {
-			return err
-		}
-		c.Spec.Redis = nil
-		return k8s.Update(ctx, &c)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	update(t, ns, "cached", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Redis = nil })
 	eventually(t, "the managed Redis removed", func() error {
 		errDep, errSvc := get(ns, specs.RedisName("cached"), &dep), get(ns, specs.RedisName("cached"), &svc)
 		if !apierrors.IsNotFound(errDep) || !apierrors.IsNotFound(errSvc) {
-			return errors.New(strings.TrimSpace("still there"))
+			return errors.New("still there")
 		}
 		return nil
 	})

@@ -48,13 +48,6 @@ func Start(t testing.TB) *Server {
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
 
-// Client is a client of the server, closed when the test ends.
-func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
-	s.t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // Restart starts the server again (on the same port and directory, so with the
 // snapshot it saved, if any) once it has stopped, and waits until it answers.
 func (s *Server) Restart() {
