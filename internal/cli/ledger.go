@@ -35,7 +35,8 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM; read again when it changes)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
-	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis shared by the replicas for rate limits (redis:// or rediss://; its password, if any, from $"+specs.RedisPasswordEnv+"); without it each replica limits alone")
+	fs.StringVar(&cfg.RedisURL, "redis-url", "", "Redis shared by the replicas for rate limits and completed writes' answers (redis:// or rediss://; its password, if any, from $"+specs.RedisPasswordEnv+"); without it each replica limits alone and PostgreSQL answers every replay")
+	idemCache := fs.Bool("idempotency-cache", true, "with --redis-url, keep completed writes' answers in Redis so replays skip PostgreSQL")
 	writesLimit := fs.String("rate-limit-writes", "", "each caller's writes (POSTs), as RATE/UNIT[:BURST], e.g. 600/m; none when empty")
 	readsLimit := fs.String("rate-limit-reads", "", "each caller's reads (GETs), as RATE/UNIT[:BURST]; none when empty")
 	var jwt auth.JWTConfig
@@ -62,6 +63,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	cfg.MaxConnsPerShard = int32(*maxConns)
 	cfg.RedisPassword = os.Getenv(specs.RedisPasswordEnv)
+	cfg.NoIdempotencyCache = !*idemCache
 	for class, flag := range map[ratelimit.Class]string{ratelimit.Writes: *writesLimit, ratelimit.Reads: *readsLimit} {
 		if flag == "" {
 			continue

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/internal/redisconn"
 )
 
 // Server is a redis-server the test started.
@@ -95,5 +96,39 @@ func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
 func (s *Server) signal(sig syscall.Signal) {
 	if err := s.cmd.Process.Signal(sig); err != nil {
 		s.t.Fatal(fmt.Errorf("redistest: %v: %w", sig, err))
+	}
+}
+
+// Client is a client of the server with the options the service runs with; it closes
+// when the test ends.
+func (s *Server) Client() *redis.Client {
+	s.t.Helper()
+	opts, err := redisconn.Options("redis://"+s.Addr()+"/0", "")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
+	s.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Save writes the server's snapshot (SAVE), which the next Restart loads: a restart
+// after more writes plays a cache come back with old data.
+func (s *Server) Save() {
+	s.t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	if err := c.Save(context.Background()).Err(); err != nil {
+		s.t.Fatalf("redistest: save: %v", err)
+	}
+}
+
+// FlushAll empties the server (FLUSHALL), as an operator clearing a cache does.
+func (s *Server) FlushAll() {
+	s.t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer c.Close()
+	if err := c.FlushAll(context.Background()).Err(); err != nil {
+		s.t.Fatalf("redistest: flushall: %v", err)
 	}
 }

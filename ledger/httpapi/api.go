@@ -19,6 +19,7 @@ import (
 
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
+	"github.com/tallyhq/tally/ledger/idemcache"
 	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
 	"github.com/tallyhq/tally/ledger/ratelimit"
@@ -47,6 +48,7 @@ type API struct {
 	log           *slog.Logger
 	maxConcurrent int
 	limiter       *ratelimit.Limiter // nil: no rate limits
+	cache         *idemcache.Cache   // nil: every replay is answered by PostgreSQL
 }
 
 // New returns the API over the shard set. authn may be nil for an open API whose every
@@ -628,8 +630,12 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 		return err
 	}
 	req.Hash = sha256.Sum256(canon)
+	started := time.Now()
+	if a.cachedReplay(w, r, kind, key, req.Hash) {
+		return nil
+	}
 	if p := req.Postings[0]; kind == "transfer" && !p.From.External && !p.To.External && p.From.ID.Shard() != p.To.ID.Shard() {
-		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p)
+		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p, started)
 	}
 	out, err := a.set.Post(r.Context(), req, a.renderTransaction)
 	if err != nil {
@@ -646,11 +652,10 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 		code = problemCodeOf(out.Body)
 	}
 	a.metrics.observeTransaction(kind, outcome, code)
-	contentType := "application/json"
-	if out.Status >= 300 {
-		contentType = "application/problem+json"
+	writeRaw(w, out.Status, contentTypeOf(out.Status), out.Body)
+	if !out.Replayed {
+		a.remember(r, key, req.Hash, started, out.Status, out.Body)
 	}
-	writeRaw(w, out.Status, contentType, out.Body)
 	return nil
 }
 

@@ -49,10 +49,14 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 		return err
 	}
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	started := time.Now()
+	if a.cachedReplay(w, r, "pending_transfer", key, step.Hash) {
+		return nil
+	}
 	out, err := a.set.Reserve(r.Context(), step, p, time.Duration(req.TimeoutSeconds)*time.Second)
 	// The answer, first or replayed, is the transfer as it was made: its state now is
 	// what GET /v1/transfers/{id} is for.
-	return a.writeStep(w, r, "pending_transfer", out, err, func(ctx context.Context) ([]byte, error) {
+	return a.writeStep(w, r, "pending_transfer", step, started, out, err, func(ctx context.Context) ([]byte, error) {
 		pt, err := a.set.PendingTransfer(ctx, out.Transaction)
 		if err != nil {
 			return nil, err
@@ -117,10 +121,14 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 			return err
 		}
 		step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+		started := time.Now()
+		if a.cachedReplay(w, r, string(how), key, step.Hash) {
+			return nil
+		}
 		out, err := a.set.Resolve(r.Context(), step, id, how, amount)
 		// Once resolved a transfer never changes again, so its state now is the answer
 		// to this request and to every replay of it.
-		return a.writeStep(w, r, string(how), out, err, func(ctx context.Context) ([]byte, error) {
+		return a.writeStep(w, r, string(how), step, started, out, err, func(ctx context.Context) ([]byte, error) {
 			pt, err := a.set.PendingTransfer(ctx, id)
 			if err != nil {
 				return nil, err
@@ -159,8 +167,12 @@ func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
+	started := time.Now()
+	if a.cachedReplay(w, r, "reversal", key, step.Hash) {
+		return nil
+	}
 	out, err := a.set.Reverse(r.Context(), step, id)
-	return a.writeStep(w, r, "reversal", out, err, func(ctx context.Context) ([]byte, error) {
+	return a.writeStep(w, r, "reversal", step, started, out, err, func(ctx context.Context) ([]byte, error) {
 		tx, err := a.set.Transaction(ctx, out.Transaction)
 		if err != nil {
 			return nil, err
@@ -191,8 +203,10 @@ func (a *API) getPendingTransfer(w http.ResponseWriter, r *http.Request) error {
 }
 
 // writeStep answers a two-phase step or a reversal: a refusal's recorded problem as it
-// is, a 201 rendered from the journal (so a replay answers the same).
-func (a *API) writeStep(w http.ResponseWriter, r *http.Request, kind string, out ledger.Outcome, err error, render func(context.Context) ([]byte, error)) error {
+// is, a 201 rendered from the journal (so a replay answers the same). A first answer is
+// kept for replays.
+func (a *API) writeStep(w http.ResponseWriter, r *http.Request, kind string, step shardset.StepRequest, started time.Time,
+	out ledger.Outcome, err error, render func(context.Context) ([]byte, error)) error {
 	if err != nil {
 		a.metrics.observeTransaction(kind, "error", ledger.CodeOf(err))
 		return err
@@ -207,15 +221,16 @@ func (a *API) writeStep(w http.ResponseWriter, r *http.Request, kind string, out
 		code = problemCodeOf(out.Body)
 	}
 	a.metrics.observeTransaction(kind, outcome, code)
-	if out.Status >= 300 {
-		writeRaw(w, out.Status, "application/problem+json", out.Body)
-		return nil
+	body := out.Body
+	if out.Status < 300 {
+		if body, err = render(r.Context()); err != nil {
+			return err
+		}
 	}
-	body, err := render(r.Context())
-	if err != nil {
-		return err
+	writeRaw(w, out.Status, contentTypeOf(out.Status), body)
+	if !out.Replayed {
+		a.remember(r, step.Key, step.Hash, started, out.Status, body)
 	}
-	writeRaw(w, out.Status, "application/json", body)
 	return nil
 }
 
@@ -269,7 +284,7 @@ const crossShardWait = 5 * time.Second
 // transfer once settled; the destination's refusal once returned (the money is back); or
 // 202 with a Location to poll while it is still in flight. A replay answers the same once
 // the transfer has ended, and drives it on if it has not.
-func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shardset.StepRequest, p shardset.PostingRequest) error {
+func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shardset.StepRequest, p shardset.PostingRequest, started time.Time) error {
 	out, res, err := a.set.TransferAcross(r.Context(), step, p, crossShardWait)
 	if err != nil {
 		a.metrics.observeTransaction("transfer", "error", ledger.CodeOf(err))
@@ -285,6 +300,9 @@ func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shards
 		code = problemCodeOf(out.Body)
 		a.metrics.observeTransaction("transfer", "rejected", code)
 		writeRaw(w, out.Status, "application/problem+json", out.Body)
+		if !out.Replayed {
+			a.remember(r, step.Key, step.Hash, started, out.Status, out.Body)
+		}
 		return nil
 	case res.Transfer.State == ledger.StateVoided:
 		var prob ledger.Problem
@@ -293,6 +311,9 @@ func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shards
 		}
 		a.metrics.observeTransaction("transfer", "rejected", prob.Code)
 		writeRaw(w, prob.Status, "application/problem+json", res.Refusal)
+		if !out.Replayed {
+			a.remember(r, step.Key, step.Hash, started, prob.Status, res.Refusal)
+		}
 		return nil
 	}
 	body, err := a.renderPendingTransfer(r.Context(), res.Transfer)
@@ -307,5 +328,8 @@ func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shards
 	}
 	a.metrics.observeTransaction("transfer", outcome, code)
 	writeRaw(w, status, "application/json", body)
+	if status == http.StatusCreated && !out.Replayed {
+		a.remember(r, step.Key, step.Hash, started, status, body) // settled: a 202's answer is yet to come
+	}
 	return nil
 }

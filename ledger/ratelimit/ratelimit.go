@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
+
+	"github.com/tallyhq/tally/internal/redisconn"
 )
 
 // Class is a kind of route with its own allowance.
@@ -28,17 +30,8 @@ const (
 	Reads  Class = "reads"
 )
 
-// Defaults of Config and of the client RedisOptions makes.
-const (
-	// DefaultTimeout bounds each read and write of a Redis call.
-	DefaultTimeout = 100 * time.Millisecond
-	// dialTimeout bounds a connection, outside any request's few milliseconds: a request
-	// that had to wait for one would otherwise give up, and so would the next.
-	dialTimeout     = time.Second
-	DefaultCooldown = 5 * time.Second
-	// maxLocal bounds the in-memory limiters of the fallback.
-	maxLocal = 100_000
-)
+// maxLocal bounds the in-memory limiters of the fallback.
+const maxLocal = 100_000
 
 // Limit allows Rate requests per Period, in bursts of up to Burst.
 type Limit struct {
@@ -78,11 +71,11 @@ type Config struct {
 	// Limits per class; a class without one is not limited.
 	Limits map[Class]Limit
 	// Redis shares the allowance between replicas; nil keeps each replica's own. Its
-	// timeouts bound each call (RedisOptions sets them).
+	// timeouts bound each call (redisconn.Options sets them).
 	Redis redis.UniversalClient
-	// Cooldown is how long Redis is skipped after it failed a call (DefaultCooldown).
-	Cooldown time.Duration
-	Log      *slog.Logger
+	// Breaker skips Redis once it failed a call (nil: a breaker of the limiter's own).
+	Breaker *redisconn.Breaker
+	Log     *slog.Logger
 	// Registerer receives the limiter's metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -104,18 +97,17 @@ type Limiter struct {
 	shared    *redis_rate.Limiter
 	decisions *prometheus.CounterVec
 
-	mu        sync.Mutex
-	local     map[string]*rate.Limiter
-	openUntil time.Time // Redis is skipped until then
+	mu    sync.Mutex
+	local map[string]*rate.Limiter
 }
 
 // New returns a limiter.
 func New(cfg Config) *Limiter {
-	if cfg.Cooldown <= 0 {
-		cfg.Cooldown = DefaultCooldown
-	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Breaker == nil {
+		cfg.Breaker = redisconn.NewBreaker(0, cfg.Log)
 	}
 	l := &Limiter{cfg: cfg, local: map[string]*rate.Limiter{},
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -142,24 +134,6 @@ func (l *Limiter) Warm(ctx context.Context) error {
 	return err
 }
 
-// RedisOptions reads a redis:// or rediss:// URL into a client's options whose calls
-// fail within milliseconds (DefaultTimeout for each read and write, never waiting for a
-// pooled connection), and which keeps connections ready so that no request dials.
-func RedisOptions(url, password string) (*redis.Options, error) {
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("ratelimit: redis URL: %w", err)
-	}
-	if password != "" {
-		opts.Password = password
-	}
-	opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = DefaultTimeout, DefaultTimeout, DefaultTimeout
-	opts.DialTimeout = dialTimeout
-	opts.MinIdleConns = max(opts.MinIdleConns, 2)
-	opts.MaxRetries = -1 // a failed call falls back at once; a retry would double its cost
-	return opts, nil
-}
-
 // Allow decides on one request of the caller in the class.
 func (l *Limiter) Allow(ctx context.Context, caller string, class Class) Decision {
 	limit, ok := l.cfg.Limits[class]
@@ -181,13 +155,7 @@ func (l *Limiter) Allow(ctx context.Context, caller string, class Class) Decisio
 
 // allowShared asks Redis, unless it is skipped; source is "" when it gave no answer.
 func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Decision, string) {
-	if l.shared == nil {
-		return Decision{}, ""
-	}
-	l.mu.Lock()
-	skipped := time.Now().Before(l.openUntil)
-	l.mu.Unlock()
-	if skipped {
+	if l.shared == nil || l.cfg.Breaker.Open() {
 		return Decision{}, ""
 	}
 	res, err := l.shared.Allow(ctx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
@@ -195,12 +163,7 @@ func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Dec
 		if ctx.Err() != nil {
 			return Decision{}, "" // the request went away: not Redis's fault
 		}
-		l.mu.Lock()
-		if time.Now().After(l.openUntil) {
-			l.cfg.Log.Warn("rate limits fall back to each replica's memory: Redis did not answer", "for", l.cfg.Cooldown, "err", err.Error())
-		}
-		l.openUntil = time.Now().Add(l.cfg.Cooldown)
-		l.mu.Unlock()
+		l.cfg.Breaker.Fail(err, "rate limits fall back to each replica's memory, and replays to PostgreSQL")
 		return Decision{}, ""
 	}
 	return Decision{Allowed: res.Allowed > 0, Limit: limit, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0), ResetAfter: res.ResetAfter}, "redis"

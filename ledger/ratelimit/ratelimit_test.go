@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/tallyhq/tally/internal/redisconn"
 	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/ledger/ratelimit"
 )
@@ -49,8 +49,8 @@ func count(ls []*ratelimit.Limiter, caller string, class ratelimit.Class, n int)
 func TestAllowanceIsSharedByReplicas(t *testing.T) {
 	srv := redistest.Start(t)
 	limits := map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 10, Period: time.Hour, Burst: 10}}
-	a := ratelimit.New(ratelimit.Config{Limits: limits, Redis: client(t, srv)})
-	b := ratelimit.New(ratelimit.Config{Limits: limits, Redis: client(t, srv)})
+	a := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client()})
+	b := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client()})
 	if got := count([]*ratelimit.Limiter{a, b}, "shop", ratelimit.Writes, 30); got != 10 {
 		t.Errorf("two replicas allowed %d writes, want 10", got)
 	}
@@ -73,7 +73,7 @@ func TestRedisDownFallsBackToMemory(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := prometheus.NewRegistry()
 	limits := map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 5, Period: time.Hour, Burst: 5}}
-	l := ratelimit.New(ratelimit.Config{Limits: limits, Redis: client(t, srv), Cooldown: 200 * time.Millisecond, Registerer: reg})
+	l := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client(), Breaker: redisconn.NewBreaker(200*time.Millisecond, nil), Registerer: reg})
 	if err := l.Warm(context.Background()); err != nil {
 		t.Fatalf("warm with Redis up: %v", err)
 	}
@@ -121,16 +121,4 @@ func decisionsFrom(t *testing.T, reg *prometheus.Registry, source string) float6
 		}
 	}
 	return total
-}
-
-// client is a client of the server with the options the service runs with.
-func client(t *testing.T, srv *redistest.Server) *redis.Client {
-	t.Helper()
-	opts, err := ratelimit.RedisOptions("redis://"+srv.Addr()+"/0", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	t.Cleanup(func() { c.Close() })
-	return c
 }

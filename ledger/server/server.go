@@ -25,10 +25,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tallyhq/tally/internal/pki"
+	"github.com/tallyhq/tally/internal/redisconn"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/idemcache"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/ratelimit"
 	"github.com/tallyhq/tally/ledger/shardset"
@@ -72,6 +74,9 @@ type Config struct {
 	RateLimits    map[ratelimit.Class]ratelimit.Limit
 	RedisURL      string
 	RedisPassword string // overrides the URL's, so it need not be in any argument
+	// NoIdempotencyCache answers every replay from PostgreSQL even with Redis; with
+	// Redis and without it, completed writes' answers are kept there (idemcache).
+	NoIdempotencyCache bool
 	// JWT, when set, lets callers in with JWTs it verifies, beside the static tokens.
 	// Without either the API is open.
 	JWT                  *auth.JWTConfig
@@ -213,24 +218,41 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
 	}
+	var (
+		rdb     *redis.Client
+		breaker = redisconn.NewBreaker(0, cfg.Log)
+	)
+	if cfg.RedisURL != "" {
+		opts, err := redisconn.Options(cfg.RedisURL, cfg.RedisPassword)
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		rdb = redis.NewClient(opts)
+		defer rdb.Close()
+		warmCtx, cancel := context.WithTimeout(ctx, redisWarmTimeout)
+		if err := rdb.Ping(warmCtx).Err(); err != nil {
+			cfg.Log.Warn("Redis does not answer yet: rate limits start in each replica's memory, replays in PostgreSQL", "err", err.Error())
+		}
+		cancel()
+	}
 	if len(cfg.RateLimits) > 0 {
-		rl := ratelimit.Config{Limits: cfg.RateLimits, Log: cfg.Log, Registerer: reg}
-		if cfg.RedisURL != "" {
-			opts, err := ratelimit.RedisOptions(cfg.RedisURL, cfg.RedisPassword)
-			if err != nil {
-				return fmt.Errorf("server: %w", err)
-			}
-			rdb := redis.NewClient(opts)
-			defer rdb.Close()
+		rl := ratelimit.Config{Limits: cfg.RateLimits, Breaker: breaker, Log: cfg.Log, Registerer: reg}
+		if rdb != nil {
 			rl.Redis = rdb
 		}
 		limiter := ratelimit.New(rl)
 		warmCtx, cancel := context.WithTimeout(ctx, redisWarmTimeout)
-		if err := limiter.Warm(warmCtx); err != nil {
-			cfg.Log.Warn("Redis does not answer yet: rate limits start in each replica's memory", "err", err.Error())
-		}
+		_ = limiter.Warm(warmCtx) // loads its script; a Redis not there yet was logged above
 		cancel()
 		api.WithRateLimiter(limiter)
+	}
+	cacheCtx, stopCache := context.WithCancel(ctx)
+	defer stopCache()
+	if rdb != nil && !cfg.NoIdempotencyCache {
+		cache := idemcache.New(idemcache.Config{Redis: rdb, Breaker: breaker, Retention: cfg.IdempotencyRetention, Log: cfg.Log, Registerer: reg})
+		go cache.Run(cacheCtx)
+		go identityLoop(cacheCtx, stores[0], cache, cfg.Log)
+		api.WithIdempotencyCache(cache)
 	}
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
@@ -281,6 +303,41 @@ func Run(ctx context.Context, cfg Config) error {
 	errAPI := apiSrv.Shutdown(shutdownCtx)
 	errOps := opsSrv.Shutdown(shutdownCtx)
 	return errors.Join(errAPI, errOps)
+}
+
+// identityInterval is how often the ledger's identity is read again, so that a
+// database made anew under a running replica stops its cached answers within it.
+const identityInterval = 30 * time.Second
+
+// identityLoop names the cache's database (shard 0's identity) once it answers, and
+// again whenever it changes, until ctx ends.
+func identityLoop(ctx context.Context, st *store.Store, cache *idemcache.Cache, log *slog.Logger) {
+	known, told := "", false
+	for {
+		readCtx, cancel := context.WithTimeout(ctx, readyCheckTimeout)
+		id, err := st.Identity(readCtx)
+		cancel()
+		switch {
+		case err == nil && id != known:
+			if known != "" {
+				log.Warn("shard 0's database was made anew: answers kept in Redis for the old one are no longer read")
+			}
+			cache.SetIdentity(id)
+			known = id
+		case err != nil && known == "" && !told && ctx.Err() == nil:
+			log.Info("the idempotency cache waits for shard 0 to answer", "err", err.Error())
+			told = true
+		}
+		wait := identityInterval
+		if known == "" {
+			wait = shardRecheck
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // shardStartCheckTimeout bounds the first check of each shard at start, so an

@@ -106,6 +106,17 @@ func (s *Store) RegisterAsset(ctx context.Context, code string, scale int, exter
 	return a, ledger.AccountID(ext), created, nil
 }
 
+// Identity is the database's identity, made with its schema and never changed: the
+// idempotency fast path keeps answers under it, so a database made anew never inherits
+// the answers Redis kept for the one before.
+func (s *Store) Identity(ctx context.Context) (string, error) {
+	var id string
+	if err := s.pool.QueryRow(ctx, `SELECT id::text FROM tally.ledger_identity`).Scan(&id); err != nil {
+		return "", wrap("read the ledger identity", err)
+	}
+	return id, nil
+}
+
 // Asset reads one asset and its external account on this shard.
 func (s *Store) Asset(ctx context.Context, code string) (ledger.Asset, ledger.AccountID, error) {
 	var a ledger.Asset

@@ -1,0 +1,252 @@
+// Package idemcache is the idempotency fast path: the answers of completed writes, kept
+// in Redis so that a replay is answered without PostgreSQL. PostgreSQL stays the truth,
+// and the cache only ever holds what it already says:
+//
+//   - An answer is kept only after PostgreSQL committed the request (synchronously
+//     replicated, so no failover forgets it), and only a first answer: a replay's answer
+//     comes from PostgreSQL anyway.
+//   - An entry answers only the very request it was kept for: same caller, same key,
+//     same request hash. Any other request under the key goes to PostgreSQL, which
+//     answers 409 as before.
+//   - An entry expires a tenth of the retention before PostgreSQL may forget the key, so
+//     an entry, even one from an old snapshot, never answers for a key the database no
+//     longer knows (and a new request under it would apply).
+//   - Entries live under the database's identity (store.Identity): a database made anew
+//     never inherits the answers kept for the one before.
+//
+// A cache that is down, slow, flushed or restarted with old data costs time, never
+// correctness: every miss goes to PostgreSQL. Keeping an answer happens after the
+// response, in the background, batched, so the first attempt never waits for Redis.
+package idemcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tallyhq/tally/internal/redisconn"
+)
+
+// Sizes of the background writer.
+const (
+	queueSize = 8192 // answers waiting to be kept; more are dropped (a cache may lose them)
+	maxBatch  = 256  // answers kept in one pipelined round trip
+)
+
+// entryVersion leads every entry, so a later layout is never misread.
+const entryVersion = 1
+
+// Answer is a completed write's response, as its first attempt answered it.
+type Answer struct {
+	// Hash is the request's hash: the entry answers that request only.
+	Hash   [32]byte
+	Status int
+	Body   []byte
+}
+
+// Config is what a Cache needs.
+type Config struct {
+	// Redis holds the entries; its timeouts bound each call (redisconn.Options).
+	Redis redis.UniversalClient
+	// Breaker skips Redis once it failed a call (nil: one of the cache's own).
+	Breaker *redisconn.Breaker
+	// Retention is how long PostgreSQL keeps idempotency records; entries expire a
+	// tenth of it sooner.
+	Retention time.Duration
+	Log       *slog.Logger
+	// Registerer receives the cache's metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Cache is the fast path; its methods are safe for concurrent use.
+type Cache struct {
+	cfg       Config
+	namespace atomic.Pointer[string] // the key prefix under the ledger's identity; nil: not known yet
+	queue     chan pending
+	lookups   *prometheus.CounterVec
+	writes    *prometheus.CounterVec
+}
+
+type pending struct {
+	key     string
+	value   []byte
+	started time.Time
+}
+
+// New returns a cache that looks nothing up and keeps nothing until SetIdentity.
+func New(cfg Config) *Cache {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Breaker == nil {
+		cfg.Breaker = redisconn.NewBreaker(0, cfg.Log)
+	}
+	c := &Cache{cfg: cfg, queue: make(chan pending, queueSize),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_idempotency_cache_lookups_total",
+			Help: "Lookups of a write's answer in Redis, by result: hit (answered from Redis), miss, other_request (the key answers another request), skipped (Redis down or identity not known yet), error.",
+		}, []string{"result"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_idempotency_cache_writes_total",
+			Help: "Answers kept in Redis, by result: written, dropped (Redis down, queue full, or too late to expire in time), error.",
+		}, []string{"result"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.lookups, c.writes)
+	}
+	return c
+}
+
+// SetIdentity names the database the answers come from (store.Identity); a new one
+// leaves every entry kept under the old one unread.
+func (c *Cache) SetIdentity(id string) {
+	ns := "tally:idem:" + id + ":"
+	c.namespace.Store(&ns)
+}
+
+// key is where the answer to the caller's key lives: hashed, so neither the caller nor
+// the key is written to Redis as such, and any bytes make a valid Redis key.
+func (c *Cache) key(caller, key string) (string, bool) {
+	ns := c.namespace.Load()
+	if ns == nil {
+		return "", false
+	}
+	h := sha256.New()
+	h.Write([]byte(caller))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return *ns + hex.EncodeToString(h.Sum(nil)), true
+}
+
+// Lookup returns the answer kept for this request (the caller's key, with this hash),
+// if any. Anything else (no entry, another request's, Redis down) is not found, and the
+// request goes to PostgreSQL.
+func (c *Cache) Lookup(ctx context.Context, caller, key string, hash [32]byte) (Answer, bool) {
+	k, ok := c.key(caller, key)
+	if !ok || c.cfg.Breaker.Open() {
+		c.lookups.WithLabelValues("skipped").Inc()
+		return Answer{}, false
+	}
+	raw, err := c.cfg.Redis.Get(ctx, k).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		c.lookups.WithLabelValues("miss").Inc()
+		return Answer{}, false
+	case err != nil:
+		if ctx.Err() == nil { // a request that went away is not Redis's fault
+			c.cfg.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
+		}
+		c.lookups.WithLabelValues("error").Inc()
+		return Answer{}, false
+	}
+	a, ok := decode(raw)
+	if !ok || a.Hash != hash {
+		c.lookups.WithLabelValues("other_request").Inc()
+		return Answer{}, false
+	}
+	c.lookups.WithLabelValues("hit").Inc()
+	return a, true
+}
+
+// Remember keeps the first answer to the caller's key, in the background. started is
+// when the request began, before PostgreSQL recorded the key: the entry expires within
+// the retention from then, less a tenth.
+func (c *Cache) Remember(caller, key string, a Answer, started time.Time) {
+	k, ok := c.key(caller, key)
+	if !ok || c.cfg.Breaker.Open() {
+		c.writes.WithLabelValues("dropped").Inc()
+		return
+	}
+	select {
+	case c.queue <- pending{key: k, value: encode(a), started: started}:
+	default:
+		c.writes.WithLabelValues("dropped").Inc()
+	}
+}
+
+// Run keeps the remembered answers until ctx ends; what is still queued then is dropped.
+func (c *Cache) Run(ctx context.Context) {
+	batch := make([]pending, 0, maxBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-c.queue:
+			batch = append(batch[:0], p)
+		}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case p := <-c.queue:
+				batch = append(batch, p)
+			default:
+				break more
+			}
+		}
+		c.write(ctx, batch)
+	}
+}
+
+// write keeps a batch in one pipelined round trip.
+func (c *Cache) write(ctx context.Context, batch []pending) {
+	if c.cfg.Breaker.Open() {
+		c.writes.WithLabelValues("dropped").Add(float64(len(batch)))
+		return
+	}
+	margin := c.cfg.Retention / 10
+	pipe := c.cfg.Redis.Pipeline()
+	queued := 0
+	for _, p := range batch {
+		// PostgreSQL recorded the key after started, so it keeps it at least until
+		// started+Retention; the entry goes a margin before. The call's own time is
+		// bounded by the client's timeouts, far inside the margin.
+		ttl := c.cfg.Retention - margin - time.Since(p.started)
+		if ttl < time.Millisecond {
+			c.writes.WithLabelValues("dropped").Inc()
+			continue
+		}
+		pipe.Set(ctx, p.key, p.value, ttl)
+		queued++
+	}
+	if queued == 0 {
+		return
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		if ctx.Err() == nil {
+			c.cfg.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
+		}
+		c.writes.WithLabelValues("error").Add(float64(queued))
+		return
+	}
+	c.writes.WithLabelValues("written").Add(float64(queued))
+}
+
+// encode lays an answer out as: version, hash, status (2 bytes), body.
+func encode(a Answer) []byte {
+	b := make([]byte, 0, 1+len(a.Hash)+2+len(a.Body))
+	b = append(b, entryVersion)
+	b = append(b, a.Hash[:]...)
+	b = binary.BigEndian.AppendUint16(b, uint16(a.Status))
+	return append(b, a.Body...)
+}
+
+// decode reads what encode wrote; anything else is not an answer.
+func decode(b []byte) (Answer, bool) {
+	const head = 1 + 32 + 2
+	if len(b) < head || b[0] != entryVersion {
+		return Answer{}, false
+	}
+	var a Answer
+	copy(a.Hash[:], b[1:33])
+	a.Status = int(binary.BigEndian.Uint16(b[33:head]))
+	a.Body = b[head:]
+	return a, a.Status >= 200 && a.Status < 600
+}
