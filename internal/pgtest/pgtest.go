@@ -130,7 +130,12 @@ func NewDB(t testing.TB) *DB {
 	if templateErr != nil {
 		t.Fatalf("pgtest: template: %v", templateErr)
 	}
-	return create(t, srv, "TEMPLATE "+templateDB)
+	db := create(t, srv, "TEMPLATE "+templateDB)
+	// A copy of the template would share its identity; a database made anew has its own.
+	if _, err := db.SuperConn(t).Exec(context.Background(), "UPDATE tally.ledger_identity SET id = gen_random_uuid()"); err != nil {
+		t.Fatalf("pgtest: new identity: %v", err)
+	}
+	return db
 }
 
 // NewEmptyDB creates a fresh database with no schema.

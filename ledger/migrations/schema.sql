@@ -1928,6 +1928,17 @@ CREATE TABLE tally.inbound_transfers (
 
 
 --
+-- Name: ledger_identity; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.ledger_identity (
+    only_row boolean DEFAULT true NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    CONSTRAINT ledger_identity_only_row_check CHECK (only_row)
+);
+
+
+--
 -- Name: pending_transfers; Type: TABLE; Schema: tally; Owner: -
 --
 
@@ -2066,6 +2077,14 @@ ALTER TABLE ONLY tally.inbound_transfers
 
 ALTER TABLE ONLY tally.inbound_transfers
     ADD CONSTRAINT inbound_transfers_transaction_id_key UNIQUE (transaction_id);
+
+
+--
+-- Name: ledger_identity ledger_identity_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.ledger_identity
+    ADD CONSTRAINT ledger_identity_pkey PRIMARY KEY (only_row);
 
 
 --
@@ -2713,6 +2732,13 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE tally.idempotency_keys TO tally_app;
 --
 
 GRANT SELECT,INSERT ON TABLE tally.inbound_transfers TO tally_app;
+
+
+--
+-- Name: TABLE ledger_identity; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.ledger_identity TO tally_app;
 
 
 --

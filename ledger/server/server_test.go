@@ -18,6 +18,7 @@ import (
 
 	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger/batcher"
@@ -424,5 +425,44 @@ func TestServesHTTPS(t *testing.T) {
 	resp.Body.Close()
 	if served.Cmp(renewed.SerialNumber) != 0 {
 		t.Error("the renewed certificate is not served")
+	}
+}
+
+// TestServeKeepsAnswersInRedis: given Redis, the service keeps completed writes'
+// answers there and answers replays from it, which its metrics show; with
+// NoIdempotencyCache it does not.
+func TestServeKeepsAnswersInRedis(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		redisSrv := redistest.Start(t)
+		db := pgtest.NewDB(t)
+		addr, ops, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, RedisURL: "redis://" + redisSrv.Addr(), NoIdempotencyCache: off})
+		base := "http://" + addr
+		if code, body := post(t, base+"/v1/assets", `{"code":"USD","scale":2}`, ""); code != 201 {
+			t.Fatalf("asset: %d %s", code, body)
+		}
+		_, acc := post(t, base+"/v1/accounts", `{"owner":"alice","asset":"USD"}`, "")
+		deposit := `{"from_account":"external","to_account":"` + jsonField(acc, "id") + `","amount":"5","asset":"USD"}`
+		_, first := post(t, base+"/v1/transfers", deposit, "d1")
+		hit := func() bool {
+			_, metrics := get(t, "http://"+ops+"/metrics")
+			return strings.Contains(metrics, `tally_idempotency_cache_lookups_total{result="hit"}`)
+		}
+		wait := 10 * time.Second // kept in the background: soon, on a busy machine later
+		if off {
+			wait = time.Second
+		}
+		deadline := time.Now().Add(wait)
+		for !hit() && time.Now().Before(deadline) {
+			if _, again := post(t, base+"/v1/transfers", deposit, "d1"); again != first {
+				t.Fatalf("replay %s, first %s", again, first)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if hit() == off {
+			t.Errorf("cache off %v, yet replays answered from Redis: %v", off, hit())
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
