@@ -18,9 +18,9 @@ import (
 
 	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/pgtest"
-	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/shardset"
