@@ -62,7 +62,7 @@ const (
 )
 
 // Scenarios are every scenario, in the order make bench runs them.
-var Scenarios = []string{Uniform, Hot, HotCredit, Mixed, Reads, CrossShard, PendingPost}
+var Scenarios = []string{Uniform, Hot, HotCredit, Mixed, Reads, CrossShard, PendingPost, Replays}
 
 // Modes: through the HTTP API, straight into the shard set (batched), Tally's own
 // transaction function called once per transfer with no batching, and the reference.
@@ -180,18 +180,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	var results, medians []Result
 	measure := func(scenario string, clients int) error {
-		modes := slices.Clone(cfg.Modes)
-		switch scenario {
-		case CrossShard: // Tally's transaction function alone does not cross shards
-			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall })
-		case PendingPost: // nor make pending transfers; and wrk does not chain two requests
-			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall || m == ModeWrk })
-		}
-		if scenario == Reads {
-			modes = slices.DeleteFunc(modes, func(m string) bool { return m == ModeOneCall }) // it reads as store does
-		} else {
-			modes = append([]string{ModeReference}, modes...)
-		}
+		modes := modesFor(scenario, cfg.Modes)
 		byMode := map[string][]Result{}
 		for round := 1; round <= rounds; round++ {
 			var reference float64
@@ -231,6 +220,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		if err := env.grow(ctx, cfg.LargeAccounts); err != nil {
 			return results, fmt.Errorf("bench: grow to %d accounts: %w", cfg.LargeAccounts, err)
 		}
+		cfg.Modes = slices.DeleteFunc(slices.Clone(cfg.Modes), viaRedis) // what a big table costs is not Redis's question
 		if err := measure(Uniform, slices.Max(cfg.Clients)); err != nil {
 			return results, err
 		}
@@ -244,6 +234,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 			summary = medians
 		}
 		printTargets(cfg.Out, summary)
+		printRedisTargets(cfg.Out, summary)
 	}
 	return append(results, medians...), nil
 }
@@ -393,16 +384,16 @@ func printTargets(w io.Writer, results []Result) {
 }
 
 type env struct {
-	dir      string
-	pg       *postgres.Server
-	pool     *pgxpool.Pool
-	store    *store.Store
-	direct   *shardset.Set // one-call: one post_batch call per transfer
-	ref      *reference
-	apiAddr  string
-	opsAddr  string
-	stopAPI  context.CancelFunc
-	apiDone  chan error
+	dir    string
+	pg     *postgres.Server
+	pool   *pgxpool.Pool
+	store  *store.Store
+	direct *shardset.Set // one-call: one post_batch call per transfer
+	ref    *reference
+	// services are the running ledger services by mode: http's (and wrk's), and one for
+	// each Redis mode asked for, all over the same databases.
+	services map[string]*service
+	redis    *redisServer // the Redis modes' own; nil without them
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
@@ -435,7 +426,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	maxClients := slices.Max(cfg.Clients)
 	params := instance.ServerParams()
 	maps.Copy(params, productionSizing)
-	params["max_connections"] = strconv.Itoa(3*maxClients + 50)
+	params["max_connections"] = strconv.Itoa(8*maxClients + 50) // three services, the reference and the store modes
 	e.pg, err = postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"), Params: params})
 	if err != nil {
 		return nil, err
@@ -484,35 +475,56 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 		return nil, fmt.Errorf("seed: %w", err)
 	}
 
-	// The service exactly as `tally ledger serve` runs it, on loopback.
-	apiCtx, stop := context.WithCancel(ctx)
-	e.stopAPI, e.apiDone = stop, make(chan error, 1)
-	ready := make(chan string, 1)
-	opsPort, err := postgres.FreePort()
-	if err != nil {
+	// The service exactly as `tally ledger serve` runs it, on loopback; with Redis modes,
+	// more of them, each configured as its mode says.
+	base := server.Config{ShardDSNs: []string{appDSN, appDSN1}, MaxConnsPerShard: int32(maxClients + 4), Batching: cfg.Batching}
+	e.services = map[string]*service{}
+	if e.services[ModeHTTP], err = startService(ctx, base); err != nil {
 		return nil, err
 	}
-	go func() {
-		e.apiDone <- server.Run(apiCtx, server.Config{
-			Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:" + strconv.Itoa(opsPort), ShardDSNs: []string{appDSN, appDSN1},
-			MaxConnsPerShard: int32(maxClients + 4), Batching: cfg.Batching, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: ready,
-		})
-	}()
-	e.opsAddr = "127.0.0.1:" + strconv.Itoa(opsPort)
-	select {
-	case e.apiAddr = <-ready:
-	case err := <-e.apiDone:
-		return nil, fmt.Errorf("ledger server: %w", err)
+	if err := e.startRedisServices(ctx, cfg.Modes, base); err != nil {
+		return nil, err
 	}
 	e.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * maxClients, MaxConnsPerHost: 2 * maxClients}}
 	ok = true
 	return e, nil
 }
 
+// service is one running ledger service.
+type service struct {
+	api, ops string // addresses
+	stop     context.CancelFunc
+	done     chan error
+}
+
+// startService runs the ledger service with cfg on loopback ports.
+func startService(ctx context.Context, cfg server.Config) (*service, error) {
+	opsPort, err := postgres.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	ready := make(chan string, 1)
+	cfg.Listen, cfg.OpsListen, cfg.Ready = "127.0.0.1:0", "127.0.0.1:"+strconv.Itoa(opsPort), ready
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	runCtx, stop := context.WithCancel(ctx)
+	s := &service{ops: cfg.OpsListen, stop: stop, done: make(chan error, 1)}
+	go func() { s.done <- server.Run(runCtx, cfg) }()
+	select {
+	case s.api = <-ready:
+		return s, nil
+	case err := <-s.done:
+		stop()
+		return nil, fmt.Errorf("ledger server: %w", err)
+	}
+}
+
 func (e *env) close() {
-	if e.stopAPI != nil {
-		e.stopAPI()
-		<-e.apiDone
+	for _, s := range e.services {
+		s.stop()
+		<-s.done
+	}
+	if e.redis != nil {
+		e.redis.stop()
 	}
 	if e.pool != nil {
 		e.pool.Close()
@@ -673,11 +685,14 @@ func (e *env) pick(scenario string) func(rng *rand.Rand) (from, to int) {
 type opFunc func(ctx context.Context, rng *rand.Rand) (rejected bool, err error)
 
 func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
+	if scenario == Replays {
+		return e.replayOp(mode)
+	}
 	if scenario == Reads {
-		if mode == ModeHTTP {
+		if viaHTTP(mode) {
 			return func(ctx context.Context, rng *rand.Rand) (bool, error) {
 				id := e.accounts[rng.IntN(len(e.accounts))]
-				return e.httpDo(ctx, http.MethodGet, "/v1/accounts/"+id.String()+"/balance", "", nil)
+				return e.httpDoAt(ctx, mode, http.MethodGet, "/v1/accounts/"+id.String()+"/balance", "", nil)
 			}
 		}
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
@@ -695,11 +710,11 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 	switch mode {
 	case ModeReference:
 		return e.ref.op(pick)
-	case ModeHTTP:
+	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits:
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
 			from, to := pick(rng)
 			body := `{"from_account":"` + e.accounts[from].String() + `","to_account":"` + e.accounts[to].String() + `","amount":"1.00","asset":"USD"}`
-			return e.httpDo(ctx, http.MethodPost, "/v1/transfers", body, map[string]string{"Idempotency-Key": "h-" + strconv.FormatInt(e.seq.Add(1), 10)})
+			return e.httpDoAt(ctx, mode, http.MethodPost, "/v1/transfers", body, map[string]string{"Idempotency-Key": "h-" + strconv.FormatInt(e.seq.Add(1), 10)})
 		}
 	default:
 		set := e.direct
@@ -722,7 +737,12 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 }
 
 func (e *env) httpDo(ctx context.Context, method, path, body string, headers map[string]string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+e.apiAddr+path, strings.NewReader(body))
+	return e.httpDoAt(ctx, ModeHTTP, method, path, body, headers)
+}
+
+// httpDoAt sends a request to the mode's service: true if it was refused (4xx).
+func (e *env) httpDoAt(ctx context.Context, mode, method, path, body string, headers map[string]string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+e.services[mode].api+path, strings.NewReader(body))
 	if err != nil {
 		return false, err
 	}
@@ -757,6 +777,11 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 	}
 	defer stop()
 	op := e.op(scenario, mode, batchedSet)
+	if scenario == Replays {
+		if err := e.applyReplayed(ctx, mode, clients); err != nil {
+			return Result{}, err
+		}
+	}
 	// Warm up, unmeasured: a connection compiles each database function it calls on first
 	// use (tens of milliseconds for post_batch), once in a running service's life, not per
 	// request; the reference warms up the same way.
@@ -987,11 +1012,13 @@ func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (
 	switch mode {
 	case ModeStore:
 		return b.Stats(), nil
-	case ModeHTTP, ModeWrk:
+	case ModeWrk:
+		mode = ModeHTTP
+	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits:
 	default:
 		return batcher.Stats{}, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.opsAddr+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.services[mode].ops+"/metrics", nil)
 	if err != nil {
 		return batcher.Stats{}, err
 	}

@@ -21,26 +21,27 @@ func TestHarnessRuns(t *testing.T) {
 	var table, lines bytes.Buffer
 	results, err := Run(context.Background(), Config{
 		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, LargeAccounts: 80, HotSlots: 4,
-		Scenarios: Scenarios, Modes: []string{ModeHTTP, ModeWrk, ModeStore, ModeOneCall},
+		Scenarios: Scenarios, Modes: []string{ModeHTTP, ModeWrk, ModeStore, ModeOneCall, ModeHTTPCache, ModeHTTPLimits},
 		Out: &table, JSON: &lines,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 4 transfer scenarios x (reference, http, wrk, store, one-call) + reads x (http, wrk,
-	// store) + cross-shard x (reference, http, wrk, store) + pending-post x (reference,
-	// http, store) + uniform on 80 accounts x 5
-	if len(results) != 35 {
+	// 4 transfer scenarios x (reference, http, wrk, store, one-call), uniform and hot also
+	// x (http-cache, http-limits) + reads x (http, wrk, store, http-limits) + cross-shard x
+	// (reference, http, wrk, store) + pending-post x (reference, http, store) + replays x
+	// (http, http-cache) + uniform on 80 accounts x 5
+	if len(results) != 42 {
 		t.Fatalf("%d results:\n%s", len(results), table.String())
 	}
 	for i, r := range results {
 		if r.Ops == 0 || r.Errors != 0 || r.Violations != 0 || r.Rejected != 0 {
 			t.Errorf("%+v", r)
 		}
-		if want := map[bool]int{false: 50, true: 80}[i >= 30]; r.Accounts != want {
+		if want := map[bool]int{false: 50, true: 80}[i >= 37]; r.Accounts != want {
 			t.Errorf("%s/%s ran on %d accounts, want %d", r.Scenario, r.Mode, r.Accounts, want)
 		}
-		if r.Scenario == Reads {
+		if r.Scenario == Reads || r.Scenario == Replays { // no reference; a replay from Redis writes nothing
 			continue
 		}
 		if r.Mode != ModeReference && r.Ratio == 0 {
@@ -80,7 +81,8 @@ func TestHarnessRuns(t *testing.T) {
 	if err := json.Unmarshal([]byte(strings.SplitN(lines.String(), "\n", 2)[0]), &first); err != nil || first.Scenario != Uniform {
 		t.Errorf("JSON line: %v %+v", err, first)
 	}
-	if !strings.Contains(table.String(), "x reference") || !strings.Contains(table.String(), "uniform, 80 accounts >= 0.8x of 50") {
+	if !strings.Contains(table.String(), "x reference") || !strings.Contains(table.String(), "uniform, 80 accounts >= 0.8x of 50") ||
+		!strings.Contains(table.String(), "replays from Redis >= 3x from PostgreSQL") {
 		t.Errorf("table:\n%s", table.String())
 	}
 }

@@ -126,7 +126,7 @@ func transferBody(from, to ledger.AccountID, extra string) string {
 
 // httpCreate posts and returns the new resource's id from a 201.
 func (e *env) httpCreate(ctx context.Context, path, body, key string) (id string, rejected bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.apiAddr+path, strings.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.services[ModeHTTP].api+path, strings.NewReader(body))
 	if err != nil {
 		return "", false, err
 	}

@@ -103,7 +103,7 @@ func (e *env) wrk(ctx context.Context, scenario string, clients int, d time.Dura
 	}
 	threads := min(2, clients)
 	cmd := exec.CommandContext(ctx, bin, "-t", strconv.Itoa(threads), "-c", strconv.Itoa(clients),
-		"-d", strconv.Itoa(max(1, int(d.Seconds())))+"s", "--timeout", "10s", "-s", script, "http://"+e.apiAddr)
+		"-d", strconv.Itoa(max(1, int(d.Seconds())))+"s", "--timeout", "10s", "-s", script, "http://"+e.services[ModeHTTP].api)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("wrk: %w\n%s", err, out)

@@ -27,7 +27,7 @@ type Server struct {
 	dir  string
 	port int
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // Start runs redis-server for the test; it stops when the test ends.
@@ -53,28 +53,42 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // snapshot it saved, if any) once it has stopped, and waits until it answers.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--appendonly", "no", "--protected-mode", "no")
-	log, err := os.Create(filepath.Join(s.dir, "redis.log"))
+	cmd, done, err := Launch(s.dir, s.port)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.cmd.Stdout, s.cmd.Stderr = log, log
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("redistest: start: %v", err)
+	s.cmd, s.done = cmd, done
+}
+
+// Launch runs a redis-server on 127.0.0.1:port, with no persistence beyond an explicit
+// SAVE and its files in dir, and waits until it answers (a minute at most: only a server
+// that never answers fails). done closes when the process has ended.
+func Launch(dir string, port int) (cmd *exec.Cmd, done <-chan struct{}, err error) {
+	cmd = exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no")
+	log, err := os.Create(filepath.Join(dir, "redis.log"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("redistest: %w", err)
 	}
-	s.done = make(chan struct{})
-	go func() { _ = s.cmd.Wait(); log.Close(); close(s.done) }()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, nil, fmt.Errorf("redistest: start redis-server: %w", err)
+	}
+	ended := make(chan struct{})
+	go func() { _ = cmd.Wait(); log.Close(); close(ended) }()
+	c := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))})
 	defer c.Close()
-	deadline := time.Now().Add(time.Minute) // only a server that never answers fails
+	deadline := time.Now().Add(time.Minute)
 	for c.Ping(context.Background()).Err() != nil {
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.t.Fatalf("redistest: redis-server does not answer: %s", b)
+			_ = cmd.Process.Kill()
+			b, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			return nil, nil, fmt.Errorf("redistest: redis-server does not answer: %s", b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return cmd, ended, nil
 }
 
 // Kill stops the server with SIGKILL, as a crashed cache goes.
