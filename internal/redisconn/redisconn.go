@@ -1,10 +1,11 @@
 // Package redisconn is the ledger's connection to Redis, which it uses only for what may
 // be lost (rate limits, the idempotency fast path): calls that fail within milliseconds,
-// and a breaker that skips Redis for a while once it failed, so a sick Redis costs a
-// request nothing after the first few.
+// a breaker that skips Redis for a while once it failed, so a sick Redis costs a request
+// nothing after the first few, and concurrent commands sent together.
 package redisconn
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -12,6 +13,105 @@ import (
 
 	"github.com/redis/go-redis/v9"
 )
+
+// Sizes of the batching of commands.
+const (
+	// senders is how many pipelines may be on their way at once.
+	senders = 2
+	// maxPipeline bounds the commands of one pipeline.
+	maxPipeline = 256
+)
+
+// Client is the ledger's Redis: the go-redis client, the breaker its users share, and
+// the batching of their commands. Under load every request would otherwise pay Redis,
+// and this process, a write and a read of its own; batched, the requests of a moment
+// share them, which on a machine whose cores Redis, PostgreSQL and the service share is
+// the difference between a check that costs a tenth of a request and one that costs a
+// few per cent.
+type Client struct {
+	Redis   redis.UniversalClient
+	Breaker *Breaker
+	queue   chan call
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type call struct {
+	cmd  redis.Cmder
+	done chan struct{}
+}
+
+// New returns a client of rdb, whose timeouts bound each call (Options sets them); Close
+// stops it (not rdb).
+func New(rdb redis.UniversalClient, breaker *Breaker) *Client {
+	c := &Client{Redis: rdb, Breaker: breaker, queue: make(chan call, 4*maxPipeline), stop: make(chan struct{})}
+	for range senders {
+		c.wg.Add(1)
+		go c.send()
+	}
+	return c
+}
+
+// Close stops the batching; commands still waiting fail.
+func (c *Client) Close() {
+	close(c.stop)
+	c.wg.Wait()
+}
+
+// Do runs the command in the next pipeline on its way and returns its error. Only when
+// that is nil may the command's result be read: ctx bounds the wait, not the round trip
+// (the client's timeouts bound that), so after ctx's error the command may still be on
+// its way.
+func (c *Client) Do(ctx context.Context, cmd redis.Cmder) error {
+	done := make(chan struct{})
+	select {
+	case c.queue <- call{cmd: cmd, done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.stop:
+		return redis.ErrClosed
+	}
+	select {
+	case <-done:
+		return cmd.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.stop:
+		return redis.ErrClosed
+	}
+}
+
+// send pipelines what is waiting: the first command, and every one that arrived while
+// the last pipeline was on its way.
+func (c *Client) send() {
+	defer c.wg.Done()
+	batch := make([]call, 0, maxPipeline)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case first := <-c.queue:
+			batch = append(batch[:0], first)
+		}
+	more:
+		for len(batch) < maxPipeline {
+			select {
+			case next := <-c.queue:
+				batch = append(batch, next)
+			default:
+				break more
+			}
+		}
+		pipe := c.Redis.Pipeline()
+		for _, b := range batch {
+			_ = pipe.Process(context.Background(), b.cmd)
+		}
+		_, _ = pipe.Exec(context.Background()) // each command holds its own error
+		for _, b := range batch {
+			close(b.done)
+		}
+	}
+}
 
 // Defaults of Options and of Breaker.
 const (

@@ -5,12 +5,14 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -36,12 +38,21 @@ func Start(t testing.TB) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatal("redistest: redis-server is not installed; hack/ensure-deps.sh installs it")
 	}
-	port, err := postgres.FreePort()
-	if err != nil {
-		t.Fatal(err)
+	s := &Server{t: t, dir: t.TempDir()}
+	for tries := 1; ; tries++ {
+		port, err := postgres.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.port = port
+		s.cmd, s.done, err = Launch(s.dir, port)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errPortTaken) || tries == 3 {
+			t.Fatal(err)
+		}
 	}
-	s := &Server{t: t, dir: t.TempDir(), port: port}
-	s.Restart()
 	t.Cleanup(s.Kill)
 	return s
 }
@@ -80,7 +91,19 @@ func Launch(dir string, port int) (cmd *exec.Cmd, done <-chan struct{}, err erro
 	c := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))})
 	defer c.Close()
 	deadline := time.Now().Add(time.Minute)
-	for c.Ping(context.Background()).Err() != nil {
+	for {
+		// The server answering must be this one: another process may have taken the port
+		// between FreePort and the bind.
+		info, err := c.Info(context.Background(), "server").Result()
+		if err == nil && strings.Contains(info, "process_id:"+strconv.Itoa(cmd.Process.Pid)+"\r\n") {
+			return cmd, ended, nil
+		}
+		select {
+		case <-ended:
+			b, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			return nil, nil, fmt.Errorf("%w: redis-server on port %d ended: %s", errPortTaken, port, b)
+		default:
+		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			b, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
@@ -88,8 +111,10 @@ func Launch(dir string, port int) (cmd *exec.Cmd, done <-chan struct{}, err erro
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return cmd, ended, nil
 }
+
+// errPortTaken says a server could not have its port.
+var errPortTaken = errors.New("redistest: port taken")
 
 // Kill stops the server with SIGKILL, as a crashed cache goes.
 func (s *Server) Kill() {
@@ -113,16 +138,17 @@ func (s *Server) signal(sig syscall.Signal) {
 	}
 }
 
-// Client is a client of the server with the options the service runs with; it closes
-// when the test ends.
-func (s *Server) Client() *redis.Client {
+// Client is a client of the server as the service makes one, with a cooldown short
+// enough for tests; it closes when the test ends. Its Redis field is the plain client.
+func (s *Server) Client() *redisconn.Client {
 	s.t.Helper()
 	opts, err := redisconn.Options("redis://"+s.Addr()+"/0", "")
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	c := redis.NewClient(opts)
-	s.t.Cleanup(func() { c.Close() })
+	rdb := redis.NewClient(opts)
+	c := redisconn.New(rdb, redisconn.NewBreaker(200*time.Millisecond, nil))
+	s.t.Cleanup(func() { c.Close(); rdb.Close() })
 	return c
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/internal/pgtest"
-	"github.com/tallyhq/tally/internal/redisconn"
 	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/httpapi"
@@ -23,7 +22,7 @@ import (
 // writing in the background until the test ends.
 func newCache(t *testing.T, srv *redistest.Server, reg *prometheus.Registry) *idemcache.Cache {
 	t.Helper()
-	cache := idemcache.New(idemcache.Config{Redis: srv.Client(), Breaker: redisconn.NewBreaker(200*time.Millisecond, nil),
+	cache := idemcache.New(idemcache.Config{Redis: srv.Client(),
 		Retention: time.Hour, Registerer: reg})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -54,10 +54,8 @@ type Answer struct {
 
 // Config is what a Cache needs.
 type Config struct {
-	// Redis holds the entries; its timeouts bound each call (redisconn.Options).
-	Redis redis.UniversalClient
-	// Breaker skips Redis once it failed a call (nil: one of the cache's own).
-	Breaker *redisconn.Breaker
+	// Redis holds the entries.
+	Redis *redisconn.Client
 	// Retention is how long PostgreSQL keeps idempotency records; entries expire a
 	// tenth of it sooner.
 	Retention time.Duration
@@ -85,9 +83,6 @@ type pending struct {
 func New(cfg Config) *Cache {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Breaker == nil {
-		cfg.Breaker = redisconn.NewBreaker(0, cfg.Log)
 	}
 	c := &Cache{cfg: cfg, queue: make(chan pending, queueSize),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -131,18 +126,23 @@ func (c *Cache) key(caller, key string) (string, bool) {
 // request goes to PostgreSQL.
 func (c *Cache) Lookup(ctx context.Context, caller, key string, hash [32]byte) (Answer, bool) {
 	k, ok := c.key(caller, key)
-	if !ok || c.cfg.Breaker.Open() {
+	if !ok || c.cfg.Redis.Breaker.Open() {
 		c.lookups.WithLabelValues("skipped").Inc()
 		return Answer{}, false
 	}
-	raw, err := c.cfg.Redis.Get(ctx, k).Bytes()
+	get := redis.NewStringCmd(ctx, "get", k)
+	err := c.cfg.Redis.Do(ctx, get) // with the other requests' of the moment
+	var raw []byte
+	if err == nil {
+		raw, err = get.Bytes()
+	}
 	switch {
 	case errors.Is(err, redis.Nil):
 		c.lookups.WithLabelValues("miss").Inc()
 		return Answer{}, false
 	case err != nil:
 		if ctx.Err() == nil { // a request that went away is not Redis's fault
-			c.cfg.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
+			c.cfg.Redis.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
 		}
 		c.lookups.WithLabelValues("error").Inc()
 		return Answer{}, false
@@ -161,7 +161,7 @@ func (c *Cache) Lookup(ctx context.Context, caller, key string, hash [32]byte) (
 // the retention from then, less a tenth.
 func (c *Cache) Remember(caller, key string, a Answer, started time.Time) {
 	k, ok := c.key(caller, key)
-	if !ok || c.cfg.Breaker.Open() {
+	if !ok || c.cfg.Redis.Breaker.Open() {
 		c.writes.WithLabelValues("dropped").Inc()
 		return
 	}
@@ -197,12 +197,12 @@ func (c *Cache) Run(ctx context.Context) {
 
 // write keeps a batch in one pipelined round trip.
 func (c *Cache) write(ctx context.Context, batch []pending) {
-	if c.cfg.Breaker.Open() {
+	if c.cfg.Redis.Breaker.Open() {
 		c.writes.WithLabelValues("dropped").Add(float64(len(batch)))
 		return
 	}
 	margin := c.cfg.Retention / 10
-	pipe := c.cfg.Redis.Pipeline()
+	pipe := c.cfg.Redis.Redis.Pipeline()
 	queued := 0
 	for _, p := range batch {
 		// PostgreSQL recorded the key after started, so it keeps it at least until
@@ -221,7 +221,7 @@ func (c *Cache) write(ctx context.Context, batch []pending) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		if ctx.Err() == nil {
-			c.cfg.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
+			c.cfg.Redis.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
 		}
 		c.writes.WithLabelValues("error").Add(float64(queued))
 		return

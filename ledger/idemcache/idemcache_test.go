@@ -18,7 +18,7 @@ import (
 func started(t *testing.T, srv *redistest.Server, identity string, retention time.Duration) (*idemcache.Cache, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	c := idemcache.New(idemcache.Config{Redis: srv.Client(), Breaker: redisconn.NewBreaker(200*time.Millisecond, nil),
+	c := idemcache.New(idemcache.Config{Redis: srv.Client(),
 		Retention: retention, Registerer: reg})
 	c.SetIdentity(identity)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -85,11 +85,11 @@ func TestEntriesExpireBeforeTheDatabaseForgets(t *testing.T) {
 	if _, ok := eventually(c, "shop", "k", hash); !ok {
 		t.Fatal("not kept")
 	}
-	keys, err := srv.Client().Keys(context.Background(), "tally:idem:db:*").Result()
+	keys, err := srv.Client().Redis.Keys(context.Background(), "tally:idem:db:*").Result()
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("keys %v %v", keys, err)
 	}
-	ttl, err := srv.Client().PTTL(context.Background(), keys[0]).Result()
+	ttl, err := srv.Client().Redis.PTTL(context.Background(), keys[0]).Result()
 	// Redis counts whole milliseconds from a clock it reads once per command.
 	if limit := retention - retention/10 - time.Since(begun) + 20*time.Millisecond; err != nil || ttl <= 0 || ttl > limit {
 		t.Errorf("TTL %v (%v), want at most %v", ttl, err, limit)
@@ -136,7 +136,7 @@ func TestSickRedisCostsMilliseconds(t *testing.T) {
 	if _, ok := eventually(c, "shop", "k", hash); !ok {
 		t.Error("Redis back, yet the answer is not read")
 	}
-	if err := srv.Client().Set(context.Background(), keyOf(t, srv), "garbage", time.Hour).Err(); err != nil {
+	if err := srv.Client().Redis.Set(context.Background(), keyOf(t, srv), "garbage", time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := c.Lookup(context.Background(), "shop", "k", hash); ok {
@@ -147,7 +147,7 @@ func TestSickRedisCostsMilliseconds(t *testing.T) {
 // keyOf is the one key the server holds.
 func keyOf(t *testing.T, srv *redistest.Server) string {
 	t.Helper()
-	keys, err := srv.Client().Keys(context.Background(), "tally:idem:*").Result()
+	keys, err := srv.Client().Redis.Keys(context.Background(), "tally:idem:*").Result()
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("keys %v %v", keys, err)
 	}

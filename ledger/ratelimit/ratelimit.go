@@ -70,12 +70,9 @@ func (l Limit) String() string {
 type Config struct {
 	// Limits per class; a class without one is not limited.
 	Limits map[Class]Limit
-	// Redis shares the allowance between replicas; nil keeps each replica's own. Its
-	// timeouts bound each call (redisconn.Options sets them).
-	Redis redis.UniversalClient
-	// Breaker skips Redis once it failed a call (nil: a breaker of the limiter's own).
-	Breaker *redisconn.Breaker
-	Log     *slog.Logger
+	// Redis shares the allowance between replicas; nil keeps each replica's own.
+	Redis *redisconn.Client
+	Log   *slog.Logger
 	// Registerer receives the limiter's metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -106,16 +103,13 @@ func New(cfg Config) *Limiter {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Breaker == nil {
-		cfg.Breaker = redisconn.NewBreaker(0, cfg.Log)
-	}
 	l := &Limiter{cfg: cfg, local: map[string]*rate.Limiter{},
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ratelimit_decisions_total",
 			Help: "Rate limit decisions, by class, outcome (allowed, limited) and where they were taken (redis, memory: Redis unreachable or not configured).",
 		}, []string{"class", "outcome", "source"})}
 	if cfg.Redis != nil {
-		l.shared = redis_rate.NewLimiter(cfg.Redis)
+		l.shared = redis_rate.NewLimiter(batchedScripts{cfg.Redis.Redis, cfg.Redis})
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(l.decisions)
@@ -155,7 +149,7 @@ func (l *Limiter) Allow(ctx context.Context, caller string, class Class) Decisio
 
 // allowShared asks Redis, unless it is skipped; source is "" when it gave no answer.
 func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Decision, string) {
-	if l.shared == nil || l.cfg.Breaker.Open() {
+	if l.shared == nil || l.cfg.Redis.Breaker.Open() {
 		return Decision{}, ""
 	}
 	res, err := l.shared.Allow(ctx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
@@ -163,7 +157,7 @@ func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Dec
 		if ctx.Err() != nil {
 			return Decision{}, "" // the request went away: not Redis's fault
 		}
-		l.cfg.Breaker.Fail(err, "rate limits fall back to each replica's memory, and replays to PostgreSQL")
+		l.cfg.Redis.Breaker.Fail(err, "rate limits fall back to each replica's memory, and replays to PostgreSQL")
 		return Decision{}, ""
 	}
 	return Decision{Allowed: res.Allowed > 0, Limit: limit, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0), ResetAfter: res.ResetAfter}, "redis"
@@ -197,4 +191,27 @@ func (l *Limiter) allowLocal(key string, limit Limit) Decision {
 	d.Remaining = max(int(tokens), 0)
 	d.ResetAfter = time.Duration((float64(limit.Burst) - tokens) / float64(lim.Limit()) * float64(time.Second))
 	return d
+}
+
+// batchedScripts runs the limiter's script (EVALSHA) batched with the other requests' of
+// the moment (redisconn.Client.Do); its other, rare, commands go straight to Redis.
+type batchedScripts struct {
+	redis.UniversalClient
+	batched *redisconn.Client
+}
+
+// EvalSha runs a loaded script in the next pipeline.
+func (b batchedScripts) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	cmdArgs = append(cmdArgs, "evalsha", sha1, len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmd := redis.NewCmd(ctx, append(cmdArgs, args...)...)
+	if err := b.batched.Do(ctx, cmd); err != nil {
+		failed := redis.NewCmd(ctx) // cmd may still be on its way
+		failed.SetErr(err)
+		return failed
+	}
+	return cmd
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tallyhq/tally/internal/redisconn"
 	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/ledger/ratelimit"
 )
@@ -73,7 +72,7 @@ func TestRedisDownFallsBackToMemory(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := prometheus.NewRegistry()
 	limits := map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 5, Period: time.Hour, Burst: 5}}
-	l := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client(), Breaker: redisconn.NewBreaker(200*time.Millisecond, nil), Registerer: reg})
+	l := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client(), Registerer: reg})
 	if err := l.Warm(context.Background()); err != nil {
 		t.Fatalf("warm with Redis up: %v", err)
 	}

@@ -218,29 +218,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
 	}
-	var (
-		rdb     *redis.Client
-		breaker = redisconn.NewBreaker(0, cfg.Log)
-	)
+	var rdb *redisconn.Client
 	if cfg.RedisURL != "" {
 		opts, err := redisconn.Options(cfg.RedisURL, cfg.RedisPassword)
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
 		}
-		rdb = redis.NewClient(opts)
+		client := redis.NewClient(opts)
+		defer client.Close()
+		rdb = redisconn.New(client, redisconn.NewBreaker(0, cfg.Log))
 		defer rdb.Close()
 		warmCtx, cancel := context.WithTimeout(ctx, redisWarmTimeout)
-		if err := rdb.Ping(warmCtx).Err(); err != nil {
+		if err := client.Ping(warmCtx).Err(); err != nil {
 			cfg.Log.Warn("Redis does not answer yet: rate limits start in each replica's memory, replays in PostgreSQL", "err", err.Error())
 		}
 		cancel()
 	}
 	if len(cfg.RateLimits) > 0 {
-		rl := ratelimit.Config{Limits: cfg.RateLimits, Breaker: breaker, Log: cfg.Log, Registerer: reg}
-		if rdb != nil {
-			rl.Redis = rdb
-		}
-		limiter := ratelimit.New(rl)
+		limiter := ratelimit.New(ratelimit.Config{Limits: cfg.RateLimits, Redis: rdb, Log: cfg.Log, Registerer: reg})
 		warmCtx, cancel := context.WithTimeout(ctx, redisWarmTimeout)
 		_ = limiter.Warm(warmCtx) // loads its script; a Redis not there yet was logged above
 		cancel()
@@ -249,7 +244,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cacheCtx, stopCache := context.WithCancel(ctx)
 	defer stopCache()
 	if rdb != nil && !cfg.NoIdempotencyCache {
-		cache := idemcache.New(idemcache.Config{Redis: rdb, Breaker: breaker, Retention: cfg.IdempotencyRetention, Log: cfg.Log, Registerer: reg})
+		cache := idemcache.New(idemcache.Config{Redis: rdb, Retention: cfg.IdempotencyRetention, Log: cfg.Log, Registerer: reg})
 		go cache.Run(cacheCtx)
 		go identityLoop(cacheCtx, stores[0], cache, cfg.Log)
 		api.WithIdempotencyCache(cache)
