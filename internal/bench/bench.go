@@ -184,7 +184,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		byMode := map[string][]Result{}
 		for round := 1; round <= rounds; round++ {
 			var reference float64
-			for _, mode := range modes {
+			for _, mode := range inTurn(modes, round) {
 				r, err := env.run(ctx, scenario, mode, clients, cfg.Duration, cfg.MinOps)
 				if err != nil {
 					return fmt.Errorf("bench: %s/%s/%d: %w", scenario, mode, clients, err)
@@ -237,6 +237,22 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		printRedisTargets(cfg.Out, summary)
 	}
 	return append(results, medians...), nil
+}
+
+// inTurn is the order of the modes in a round: the reference first (each ratio is to
+// its own round's), the others rotated a place each round, so that none is always the
+// first or the last to run (the database grows and checkpoints as a run goes on).
+func inTurn(modes []string, round int) []string {
+	first := 0
+	if len(modes) > 0 && modes[0] == ModeReference {
+		first = 1
+	}
+	rest := modes[first:]
+	if len(rest) == 0 {
+		return modes
+	}
+	k := (round - 1) % len(rest)
+	return append(append(slices.Clone(modes[:first]), rest[k:]...), rest[:k]...)
 }
 
 // median summarises rounds of one scenario, mode and client count: each rate, ratio,

@@ -152,3 +152,23 @@ func TestReferenceIsTheSharedFile(t *testing.T) {
 		t.Error("reference_ceiling.sql differs from the shared copy")
 	}
 }
+
+// TestModesTakeTurns: the reference runs first in every round, and every other mode is
+// first in some round.
+func TestModesTakeTurns(t *testing.T) {
+	modes := []string{ModeReference, ModeHTTP, ModeHTTPCache, ModeHTTPLimits}
+	firsts := map[string]bool{}
+	for round := 1; round <= 3; round++ {
+		got := inTurn(modes, round)
+		if len(got) != len(modes) || got[0] != ModeReference {
+			t.Fatalf("round %d: %v", round, got)
+		}
+		firsts[got[1]] = true
+	}
+	if len(firsts) != 3 {
+		t.Errorf("first after the reference in three rounds: %v", firsts)
+	}
+	if got := inTurn([]string{ModeHTTP, ModeHTTPCache}, 2); !slices.Equal(got, []string{ModeHTTPCache, ModeHTTP}) {
+		t.Errorf("without a reference, round 2: %v", got)
+	}
+}

@@ -631,13 +631,14 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 	}
 	req.Hash = sha256.Sum256(canon)
 	started := time.Now()
-	if a.cachedReplay(w, r, kind, key, req.Hash) {
+	side := a.lookupBeside(r, key, req.Hash)
+	if p := req.Postings[0]; kind == "transfer" && !p.From.External && !p.To.External && p.From.ID.Shard() != p.To.ID.Shard() {
+		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p, started, side)
+	}
+	out, err := a.set.Post(side.ctx, req, a.renderTransaction)
+	if a.cachedReplay(w, kind, side, err) {
 		return nil
 	}
-	if p := req.Postings[0]; kind == "transfer" && !p.From.External && !p.To.External && p.From.ID.Shard() != p.To.ID.Shard() {
-		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p, started)
-	}
-	out, err := a.set.Post(r.Context(), req, a.renderTransaction)
 	if err != nil {
 		a.metrics.observeTransaction(kind, "error", ledger.CodeOf(err))
 		return err

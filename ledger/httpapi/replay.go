@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -15,21 +16,58 @@ func (a *API) WithIdempotencyCache(c *idemcache.Cache) *API {
 	return a
 }
 
-// cachedReplay answers the request from the idempotency cache if it holds this very
-// request's answer (caller, key and hash), exactly as PostgreSQL's record would, and
-// reports whether it did. A duplicate of a request still in flight finds nothing here:
-// it goes to PostgreSQL, waits there for the first to commit, and answers its outcome.
-func (a *API) cachedReplay(w http.ResponseWriter, r *http.Request, kind, key string, hash [32]byte) bool {
+// sideLookup is the cache's lookup of a write's answer, made beside its way to
+// PostgreSQL rather than before it: a first attempt (a miss) waits for Redis not at all,
+// so it joins its shard's batch as soon as without a cache, and batches stay as large.
+// A replay found in the cache ends its request's context, and the batcher drops a
+// request whose context ended before its batch was sent, never applied: then PostgreSQL
+// is never touched. Found after its batch was sent, the replay is answered by PostgreSQL
+// as without a cache, with the same bytes.
+type sideLookup struct {
+	ctx    context.Context // the write's context, ended by a hit
+	cancel context.CancelFunc
+	done   chan struct{} // closed once the lookup is over; nil without a cache
+	answer idemcache.Answer
+	hit    bool
+}
+
+// lookupBeside starts looking the request (caller, key and hash) up in the cache.
+func (a *API) lookupBeside(r *http.Request, key string, hash [32]byte) *sideLookup {
+	ctx, cancel := context.WithCancel(r.Context())
+	l := &sideLookup{ctx: ctx, cancel: cancel}
 	if a.cache == nil {
+		return l
+	}
+	l.done = make(chan struct{})
+	caller := callerOf(r.Context()).Name
+	go func() {
+		defer close(l.done)
+		// Not cancelled when the request ends: the call is over within Redis's timeouts.
+		l.answer, l.hit = a.cache.Lookup(context.WithoutCancel(r.Context()), caller, key, hash)
+		if l.hit {
+			cancel()
+		}
+	}()
+	return l
+}
+
+// cachedReplay answers the write from the cache when PostgreSQL did not (err: the hit
+// ended its context, or the database failed) and the cache holds this very request's
+// answer, exactly as PostgreSQL's record would; it reports whether it did. An answer
+// from PostgreSQL always wins. A duplicate of a request still in flight finds nothing in
+// the cache: it waits in PostgreSQL for the first to commit and answers its outcome.
+func (a *API) cachedReplay(w http.ResponseWriter, kind string, l *sideLookup, err error) bool {
+	defer l.cancel()
+	if err == nil || l.done == nil {
 		return false
 	}
-	ans, ok := a.cache.Lookup(r.Context(), callerOf(r.Context()).Name, key, hash)
-	if !ok {
+	<-l.done
+	if !l.hit {
 		return false
 	}
 	a.metrics.observeTransaction(kind, "replayed", "")
 	w.Header().Set("Idempotent-Replayed", "true")
-	writeRaw(w, ans.Status, contentTypeOf(ans.Status), ans.Body)
+	writeRaw(w, l.answer.Status, contentTypeOf(l.answer.Status), l.answer.Body)
 	return true
 }
 

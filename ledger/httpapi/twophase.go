@@ -50,10 +50,11 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 	}
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	started := time.Now()
-	if a.cachedReplay(w, r, "pending_transfer", key, step.Hash) {
+	side := a.lookupBeside(r, key, step.Hash)
+	out, err := a.set.Reserve(side.ctx, step, p, time.Duration(req.TimeoutSeconds)*time.Second)
+	if a.cachedReplay(w, "pending_transfer", side, err) {
 		return nil
 	}
-	out, err := a.set.Reserve(r.Context(), step, p, time.Duration(req.TimeoutSeconds)*time.Second)
 	// The answer, first or replayed, is the transfer as it was made: its state now is
 	// what GET /v1/transfers/{id} is for.
 	return a.writeStep(w, r, "pending_transfer", step, started, out, err, func(ctx context.Context) ([]byte, error) {
@@ -122,10 +123,11 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 		}
 		step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 		started := time.Now()
-		if a.cachedReplay(w, r, string(how), key, step.Hash) {
+		side := a.lookupBeside(r, key, step.Hash)
+		out, err := a.set.Resolve(side.ctx, step, id, how, amount)
+		if a.cachedReplay(w, string(how), side, err) {
 			return nil
 		}
-		out, err := a.set.Resolve(r.Context(), step, id, how, amount)
 		// Once resolved a transfer never changes again, so its state now is the answer
 		// to this request and to every replay of it.
 		return a.writeStep(w, r, string(how), step, started, out, err, func(ctx context.Context) ([]byte, error) {
@@ -168,10 +170,11 @@ func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
 	}
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	started := time.Now()
-	if a.cachedReplay(w, r, "reversal", key, step.Hash) {
+	side := a.lookupBeside(r, key, step.Hash)
+	out, err := a.set.Reverse(side.ctx, step, id)
+	if a.cachedReplay(w, "reversal", side, err) {
 		return nil
 	}
-	out, err := a.set.Reverse(r.Context(), step, id)
 	return a.writeStep(w, r, "reversal", step, started, out, err, func(ctx context.Context) ([]byte, error) {
 		tx, err := a.set.Transaction(ctx, out.Transaction)
 		if err != nil {
@@ -284,8 +287,11 @@ const crossShardWait = 5 * time.Second
 // transfer once settled; the destination's refusal once returned (the money is back); or
 // 202 with a Location to poll while it is still in flight. A replay answers the same once
 // the transfer has ended, and drives it on if it has not.
-func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shardset.StepRequest, p shardset.PostingRequest, started time.Time) error {
-	out, res, err := a.set.TransferAcross(r.Context(), step, p, crossShardWait)
+func (a *API) transferAcross(w http.ResponseWriter, r *http.Request, step shardset.StepRequest, p shardset.PostingRequest, started time.Time, side *sideLookup) error {
+	out, res, err := a.set.TransferAcross(side.ctx, step, p, crossShardWait)
+	if a.cachedReplay(w, "transfer", side, err) {
+		return nil
+	}
 	if err != nil {
 		a.metrics.observeTransaction("transfer", "error", ledger.CodeOf(err))
 		return err

@@ -429,8 +429,8 @@ func TestServesHTTPS(t *testing.T) {
 }
 
 // TestServeKeepsAnswersInRedis: given Redis, the service keeps completed writes'
-// answers there and answers replays from it, which its metrics show; with
-// NoIdempotencyCache it does not.
+// answers there and answers replays from it, which its metrics show, even while the
+// database is gone; with NoIdempotencyCache it does not.
 func TestServeKeepsAnswersInRedis(t *testing.T) {
 	for _, off := range []bool{false, true} {
 		redisSrv := redistest.Start(t)
@@ -461,6 +461,13 @@ func TestServeKeepsAnswersInRedis(t *testing.T) {
 		if hit() == off {
 			t.Errorf("cache off %v, yet replays answered from Redis: %v", off, hit())
 		}
+		// With the database gone, a replay is answered from Redis alone.
+		allowConnections(t, db, false)
+		code, again := post(t, base+"/v1/transfers", deposit, "d1")
+		if served := code == 201 && again == first; served == off {
+			t.Errorf("cache off %v, database gone: replay %d %s, first %s", off, code, again, first)
+		}
+		allowConnections(t, db, true)
 		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
