@@ -244,6 +244,17 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 // when it no longer does.
 func (r *ClusterReconciler) reconcileRedis(ctx context.Context, cluster *v1alpha1.LedgerCluster, _ *clusterState) error {
 	if cluster.Spec.Redis != nil && cluster.Spec.Redis.Managed {
+		// The password is made once: a new one would lock the running ledger out.
+		err := r.Get(ctx, types.NamespacedName{Namespace: cluster.Namespace, Name: specs.RedisName(cluster.Name)}, &corev1.Secret{})
+		if apierrors.IsNotFound(err) {
+			err = r.Create(ctx, specs.RedisSecret(cluster, newPassword()), client.FieldOwner(FieldOwner))
+			if apierrors.IsAlreadyExists(err) {
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("the managed Redis's password: %w", err)
+		}
 		if err := apply(ctx, r.Client, specs.RedisDeployment(cluster)); err != nil {
 			return err
 		}
@@ -253,7 +264,10 @@ func (r *ClusterReconciler) reconcileRedis(ctx context.Context, cluster *v1alpha
 	dep.Name, dep.Namespace = specs.RedisName(cluster.Name), cluster.Namespace
 	svc := &corev1.Service{}
 	svc.Name, svc.Namespace = dep.Name, dep.Namespace
-	return errors.Join(client.IgnoreNotFound(r.Delete(ctx, dep)), client.IgnoreNotFound(r.Delete(ctx, svc)))
+	secret := &corev1.Secret{}
+	secret.Name, secret.Namespace = dep.Name, dep.Namespace
+	return errors.Join(client.IgnoreNotFound(r.Delete(ctx, dep)), client.IgnoreNotFound(r.Delete(ctx, svc)),
+		client.IgnoreNotFound(r.Delete(ctx, secret)))
 }
 
 // ledgerShards are the shards the ledger serves: which serve TLS, and a hash of the CAs

@@ -14,7 +14,8 @@ import (
 )
 
 // TestManagedRedisFollowsTheSpec: spec.redis.managed runs a Redis Deployment and
-// Service owned by the cluster; turned off, they go.
+// Service owned by the cluster, behind a password the operator makes (the ledger's
+// environment is specs' test); turned off, they go.
 func TestManagedRedisFollowsTheSpec(t *testing.T) {
 	ns := newNamespace(t)
 	createCluster(t, ns, "cached", 1, func(c *v1alpha1.LedgerCluster) {
@@ -31,10 +32,18 @@ func TestManagedRedisFollowsTheSpec(t *testing.T) {
 	if img := dep.Spec.Template.Spec.Containers[0].Image; img != specs.DefaultRedisImage || !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "allkeys-lru") {
 		t.Errorf("redis %s %v", img, dep.Spec.Template.Spec.Containers[0].Args)
 	}
+	var secret corev1.Secret
+	waitFor(t, ns, specs.RedisName("cached"), &secret)
+	if len(secret.Data[specs.RedisPasswordKey]) < 20 || controlledBy(&secret, "LedgerCluster", "cached") != nil {
+		t.Errorf("the password's Secret: %d bytes, owners %v", len(secret.Data[specs.RedisPasswordKey]), secret.OwnerReferences)
+	}
+	if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--requirepass") {
+		t.Errorf("redis runs without a password: %v", dep.Spec.Template.Spec.Containers[0].Args)
+	}
 	update(t, ns, "cached", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Redis = nil })
 	eventually(t, "the managed Redis removed", func() error {
-		errDep, errSvc := get(ns, specs.RedisName("cached"), &dep), get(ns, specs.RedisName("cached"), &svc)
-		if !apierrors.IsNotFound(errDep) || !apierrors.IsNotFound(errSvc) {
+		errDep, errSvc, errSecret := get(ns, specs.RedisName("cached"), &dep), get(ns, specs.RedisName("cached"), &svc), get(ns, specs.RedisName("cached"), &secret)
+		if !apierrors.IsNotFound(errDep) || !apierrors.IsNotFound(errSvc) || !apierrors.IsNotFound(errSecret) {
 			return errors.New("still there")
 		}
 		return nil

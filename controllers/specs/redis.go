@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 
@@ -24,7 +25,19 @@ const (
 	// arguments, which anyone who may read the pod sees).
 	RedisPasswordEnv   = "TALLY_REDIS_PASSWORD"
 	redisMemoryRequest = "64Mi"
+	// RedisPasswordKey is the key of the managed Redis's password in its Secret.
+	RedisPasswordKey = "password"
 )
+
+// RedisSecret holds the managed Redis's password, which the operator makes once (named
+// RedisName, like the Deployment): Redis asks every client for it.
+func RedisSecret(c *v1alpha1.LedgerCluster, password string) *corev1.Secret {
+	s := &corev1.Secret{Type: corev1.SecretTypeOpaque, StringData: map[string]string{RedisPasswordKey: password}}
+	s.Name, s.Namespace, s.Labels = RedisName(c.Name), c.Namespace, ClusterLabels(c.Name, ComponentRedis)
+	t := true
+	s.OwnerReferences = []metav1.OwnerReference{ownerRef(c.Name, c.UID, "LedgerCluster", &t)}
+	return s
+}
 
 // RedisName names a cluster's managed Redis Deployment and Service.
 func RedisName(cluster string) string { return cluster + "-redis" }
@@ -43,8 +56,12 @@ func RedisDeployment(c *v1alpha1.LedgerCluster) *appsv1ac.DeploymentApplyConfigu
 	}
 	labels := ClusterLabels(c.Name, ComponentRedis)
 	container := corev1ac.Container().WithName("redis").WithImage(image).
-		// Protected mode would refuse every client from another pod: the ledger's are.
-		WithCommand("redis-server").WithArgs("--protected-mode", "no", "--save", "", "--appendonly", "no", "--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
+		// Protected mode would refuse every client from another pod: the ledger's are; the
+		// password keeps out every pod that does not hold it. Kubernetes writes it into
+		// the argument from the environment: the pod's spec never shows it.
+		WithCommand("redis-server").WithArgs("--protected-mode", "no", "--requirepass", "$(REDIS_PASSWORD)", "--save", "", "--appendonly", "no",
+			"--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
+		WithEnv(secretEnv("REDIS_PASSWORD", RedisName(c.Name), RedisPasswordKey)).
 		WithPorts(corev1ac.ContainerPort().WithName("redis").WithContainerPort(RedisPort)).
 		WithReadinessProbe(corev1ac.Probe().WithTCPSocket(corev1ac.TCPSocketAction().WithPort(intstr.FromString("redis"))).WithPeriodSeconds(5)).
 		WithResources(corev1ac.ResourceRequirements().WithRequests(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(redisMemoryRequest)})).
@@ -84,6 +101,7 @@ func ledgerRedis(c *v1alpha1.LedgerCluster) ([]string, []*corev1ac.EnvVarApplyCo
 	switch {
 	case r == nil:
 	case r.Managed:
+		env = append(env, secretEnv(RedisPasswordEnv, RedisName(c.Name), RedisPasswordKey))
 		args = append(args, fmt.Sprintf("--redis-url=redis://%s.%s.svc:%d/0", RedisName(c.Name), c.Namespace, RedisPort))
 	default:
 		scheme := "redis"

@@ -138,6 +138,23 @@ func TestTokensSecretInItsOldPlace(t *testing.T) {
 	}
 }
 
+// A managed Redis's password reaches the ledger from the Secret the operator made, by
+// reference, never in an argument.
+func TestManagedRedisPasswordReachesTheLedger(t *testing.T) {
+	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money"},
+		Spec: v1alpha1.LedgerClusterSpec{Shards: 1, Redis: &v1alpha1.RedisSpec{Managed: true}}}
+	container := LedgerDeployment(c, LedgerShards{Count: 1}, "tally:1").Spec.Template.Spec.Containers[0]
+	found := false
+	for _, e := range container.Env {
+		if r := e.ValueFrom; *e.Name == RedisPasswordEnv && r != nil && r.SecretKeyRef != nil && *r.SecretKeyRef.Name == RedisName("pay") && *r.SecretKeyRef.Key == RedisPasswordKey {
+			found = true
+		}
+	}
+	if !found || !slices.Contains(container.Args, "--redis-url=redis://pay-redis.money.svc:6379/0") {
+		t.Errorf("env %+v, args %v", container.Env, container.Args)
+	}
+}
+
 // Volumes and credentials are owned by their shard only under deletionPolicy Delete.
 func TestDataOwnersFollowTheDeletionPolicy(t *testing.T) {
 	for policy, owned := range map[v1alpha1.DeletionPolicy]bool{"": false, v1alpha1.DeletionPolicyRetain: false, v1alpha1.DeletionPolicyDelete: true} {
