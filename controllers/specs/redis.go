@@ -5,9 +5,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 
@@ -60,7 +60,7 @@ func RedisDeployment(c *v1alpha1.LedgerCluster) *appsv1ac.DeploymentApplyConfigu
 		// password keeps out every pod that does not hold it. Kubernetes writes it into
 		// the argument from the environment: the pod's spec never shows it.
 		WithCommand("redis-server").WithArgs("--protected-mode", "no", "--requirepass", "$(REDIS_PASSWORD)", "--save", "", "--appendonly", "no",
-			"--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
+		"--maxmemory", redisMaxMemory, "--maxmemory-policy", "allkeys-lru", "--dir", "/data").
 		WithEnv(secretEnv("REDIS_PASSWORD", RedisName(c.Name), RedisPasswordKey)).
 		WithPorts(corev1ac.ContainerPort().WithName("redis").WithContainerPort(RedisPort)).
 		WithReadinessProbe(corev1ac.Probe().WithTCPSocket(corev1ac.TCPSocketAction().WithPort(intstr.FromString("redis"))).WithPeriodSeconds(5)).
