@@ -13,6 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -63,6 +64,7 @@ type clusterState struct {
 // +kubebuilder:rbac:groups=ledger.tally.dev,resources=ledgerclusters/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile is the cluster's reconcile path, one named step after another.
 func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -258,7 +260,13 @@ func (r *ClusterReconciler) reconcileRedis(ctx context.Context, cluster *v1alpha
 		if err := apply(ctx, r.Client, specs.RedisDeployment(cluster)); err != nil {
 			return err
 		}
-		return apply(ctx, r.Client, specs.RedisService(cluster))
+		if err := apply(ctx, r.Client, specs.RedisService(cluster)); err != nil {
+			return err
+		}
+		if cluster.Spec.NetworkPolicies {
+			return apply(ctx, r.Client, specs.RedisNetworkPolicy(cluster))
+		}
+		return client.IgnoreNotFound(r.Delete(ctx, redisNetworkPolicy(cluster)))
 	}
 	dep := &appsv1.Deployment{}
 	dep.Name, dep.Namespace = specs.RedisName(cluster.Name), cluster.Namespace
@@ -267,7 +275,14 @@ func (r *ClusterReconciler) reconcileRedis(ctx context.Context, cluster *v1alpha
 	secret := &corev1.Secret{}
 	secret.Name, secret.Namespace = dep.Name, dep.Namespace
 	return errors.Join(client.IgnoreNotFound(r.Delete(ctx, dep)), client.IgnoreNotFound(r.Delete(ctx, svc)),
-		client.IgnoreNotFound(r.Delete(ctx, secret)))
+		client.IgnoreNotFound(r.Delete(ctx, secret)), client.IgnoreNotFound(r.Delete(ctx, redisNetworkPolicy(cluster))))
+}
+
+// redisNetworkPolicy names the managed Redis's NetworkPolicy, for deleting it.
+func redisNetworkPolicy(cluster *v1alpha1.LedgerCluster) *networkingv1.NetworkPolicy {
+	np := &networkingv1.NetworkPolicy{}
+	np.Name, np.Namespace = specs.RedisName(cluster.Name), cluster.Namespace
+	return np
 }
 
 // ledgerShards are the shards the ledger serves: which serve TLS, and a hash of the CAs

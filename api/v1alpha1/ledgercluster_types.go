@@ -41,8 +41,8 @@ type LedgerClusterSpec struct {
 	// NetworkPolicies, when true, has the operator keep a NetworkPolicy per shard:
 	// PostgreSQL accepts connections only from the shard's instances, the cluster's ledger
 	// pods, the shard's migration Jobs and the operator; the instance managers' status
-	// API only from the shard's instances and the operator. It needs a network plugin
-	// that enforces NetworkPolicies.
+	// API only from the shard's instances and the operator; and a managed Redis accepts
+	// only the ledger pods. It needs a network plugin that enforces NetworkPolicies.
 	// +optional
 	NetworkPolicies bool `json:"networkPolicies,omitempty"`
 

@@ -50,3 +50,16 @@ func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *
 				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(StatusPort)).WithFrom(instances, operator),
 			))
 }
+
+// RedisNetworkPolicy lets into the managed Redis only the cluster's ledger pods.
+func RedisNetworkPolicy(c *v1alpha1.LedgerCluster) *networkingv1ac.NetworkPolicyApplyConfiguration {
+	ledger := networkingv1ac.NetworkPolicyPeer().WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(LedgerSelector(c.Name)))
+	return networkingv1ac.NetworkPolicy(RedisName(c.Name), c.Namespace).
+		WithLabels(ClusterLabels(c.Name, ComponentRedis)).WithOwnerReferences(clusterOwner(c)).
+		WithSpec(networkingv1ac.NetworkPolicySpec().
+			WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(redisSelector(c.Name))).
+			WithPolicyTypes(networkingv1.PolicyTypeIngress).
+			WithIngress(networkingv1ac.NetworkPolicyIngressRule().
+				WithPorts(networkingv1ac.NetworkPolicyPort().WithProtocol(corev1.ProtocolTCP).WithPort(intstr.FromInt(RedisPort))).
+				WithFrom(ledger)))
+}
