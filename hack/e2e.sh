@@ -556,6 +556,39 @@ for try in 1 2 3; do
 done
 [[ -n $shared ]] || { echo "!! the replicas did not share one allowance of 5 writes"; false; }
 
+step "replays answered from the managed Redis"
+# erin's writes fit the 5 an hour: two accounts, a transfer she cannot pay (a recorded
+# refusal is an answer like a 201), and two replays of it, to any replica.
+erin=$("$work/jwt" token "$work/issuer" https://issuer.e2e.test tally-e2e erin)
+erin_account() {
+  curl -s -m 10 -X POST -H "Authorization: Bearer $erin" -H 'Content-Type: application/json' \
+    -d '{"owner":"erin","asset":"USD"}' "http://$LEDGER/v1/accounts" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
+}
+erin_a=$(erin_account)
+erin_b=$(erin_account)
+[[ -n $erin_a && -n $erin_b ]] || { echo "!! erin's accounts were not opened"; false; }
+erin_pay() {
+  curl -s -m 10 -X POST -H "Authorization: Bearer $erin" -H 'Content-Type: application/json' -H 'Idempotency-Key: erin-1' \
+    -d "{\"from_account\":\"$erin_a\",\"to_account\":\"$erin_b\",\"amount\":\"1.00\",\"asset\":\"USD\"}" \
+    -w ' %{http_code}' "http://$LEDGER/v1/transfers"
+}
+first=$(erin_pay)
+[[ $first == *insufficient_funds*422 ]] || { echo "!! erin's transfer: $first"; false; }
+sleep 2 # answers are kept in the background
+for i in 1 2; do
+  again=$(erin_pay)
+  [[ $again == "$first" ]] || { echo "!! replay $i: $again, first: $first"; false; }
+done
+# What the replicas say they answered from Redis (through the API server's proxy).
+hits=0
+for pod in $(kubectl -n "$NS" get pods -l ledger.tally.dev/cluster=e2e,app.kubernetes.io/component=ledger -o name); do
+  n=$( (kubectl get --raw "/api/v1/namespaces/$NS/pods/${pod#pod/}:9090/proxy/metrics" 2>/dev/null || true) |
+    sed -n 's/^tally_idempotency_cache_lookups_total{result="hit"} \([0-9]*\).*/\1/p')
+  hits=$((hits + ${n:-0}))
+done
+[[ $hits -ge 2 ]] || { echo "!! the ledger replicas answered $hits replays from Redis, want 2"; false; }
+say "erin's refused transfer replayed twice, byte for byte, both from Redis"
+
 step "deleting the cluster garbage-collects its children"
 kubectl -n "$NS" delete ledgercluster/e2e --wait=true --timeout="$TIMEOUT"
 gone() { [[ $(kubectl -n "$NS" get ledgershard,pods,svc,deploy -l ledger.tally.dev/cluster=e2e -o name | wc -l) == 0 ]]; }
