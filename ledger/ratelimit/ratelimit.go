@@ -30,8 +30,20 @@ const (
 	Reads  Class = "reads"
 )
 
-// maxLocal bounds the in-memory limiters of the fallback.
+// maxLocal bounds the in-memory limiters of the fallback, and the leases.
 const maxLocal = 100_000
+
+// A replica admits a caller's requests on its own, asking Redis nothing, while Redis last
+// said (within leaseFresh) that more than a leaseShare-th of the burst remains, and up to
+// that share; the request that would pass it asks Redis, charging it with every request
+// admitted since. Near the limit every request asks Redis, so the allowance there is
+// exact; far from it, replicas may together admit at most a leaseShare-th of the burst
+// each beyond it. A burst under leaseShare is always exact. Without this, a limit nobody
+// reaches costs every request a call to Redis.
+const (
+	leaseShare = 64
+	leaseFresh = time.Second
+)
 
 // Limit allows Rate requests per Period, in bursts of up to Burst.
 type Limit struct {
@@ -94,8 +106,17 @@ type Limiter struct {
 	shared    *redis_rate.Limiter
 	decisions *prometheus.CounterVec
 
-	mu    sync.Mutex
-	local map[string]*rate.Limiter
+	mu     sync.Mutex
+	local  map[string]*rate.Limiter
+	leases map[string]*lease
+}
+
+// lease is what a replica may admit of a key on its own.
+type lease struct {
+	remaining  int // what Redis said remains, after its last charge
+	resetAfter time.Duration
+	at         time.Time // when Redis said it
+	granted    int       // admitted here since, not yet charged to Redis
 }
 
 // New returns a limiter.
@@ -103,10 +124,10 @@ func New(cfg Config) *Limiter {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	l := &Limiter{cfg: cfg, local: map[string]*rate.Limiter{},
+	l := &Limiter{cfg: cfg, local: map[string]*rate.Limiter{}, leases: map[string]*lease{},
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ratelimit_decisions_total",
-			Help: "Rate limit decisions, by class, outcome (allowed, limited) and where they were taken (redis, memory: Redis unreachable or not configured).",
+			Help: "Rate limit decisions, by class, outcome (allowed, limited) and where they were taken (redis; lease: by this replica, far from the limit, charged to Redis later; memory: Redis unreachable or not configured).",
 		}, []string{"class", "outcome", "source"})}
 	if cfg.Redis != nil {
 		l.shared = redis_rate.NewLimiter(batchedScripts{cfg.Redis.Redis, cfg.Redis})
@@ -147,20 +168,56 @@ func (l *Limiter) Allow(ctx context.Context, caller string, class Class) Decisio
 	return d
 }
 
-// allowShared asks Redis, unless it is skipped; source is "" when it gave no answer.
+// allowShared asks Redis, unless it is skipped or the key's lease admits the request;
+// source is "" when it gave no answer.
 func (l *Limiter) allowShared(ctx context.Context, key string, limit Limit) (Decision, string) {
 	if l.shared == nil || l.cfg.Redis.Breaker.Open() {
 		return Decision{}, ""
 	}
-	res, err := l.shared.Allow(ctx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst})
+	share := limit.Burst / leaseShare
+	l.mu.Lock()
+	ls := l.leases[key]
+	if ls != nil && share > 0 && ls.granted < share && ls.remaining-ls.granted > share && time.Since(ls.at) < leaseFresh {
+		ls.granted++
+		d := Decision{Allowed: true, Limit: limit, Remaining: ls.remaining - ls.granted, ResetAfter: ls.resetAfter}
+		l.mu.Unlock()
+		return d, "lease"
+	}
+	charge := 1
+	if ls != nil {
+		charge += ls.granted
+		ls.granted = 0
+	}
+	l.mu.Unlock()
+	// The requests admitted on the lease were allowed already: this one is allowed if
+	// Redis allows all of them and it.
+	res, err := l.shared.AllowAtMost(ctx, key, redis_rate.Limit{Rate: limit.Rate, Period: limit.Period, Burst: limit.Burst}, charge)
 	if err != nil {
-		if ctx.Err() != nil {
-			return Decision{}, "" // the request went away: not Redis's fault
+		if ctx.Err() == nil { // a request that went away is not Redis's fault
+			l.cfg.Redis.Breaker.Fail(err, "rate limits fall back to each replica's memory, and replays to PostgreSQL")
 		}
-		l.cfg.Redis.Breaker.Fail(err, "rate limits fall back to each replica's memory, and replays to PostgreSQL")
 		return Decision{}, ""
 	}
-	return Decision{Allowed: res.Allowed > 0, Limit: limit, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0), ResetAfter: res.ResetAfter}, "redis"
+	d := Decision{Allowed: res.Allowed >= charge, Limit: limit, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0), ResetAfter: res.ResetAfter}
+	if !d.Allowed && d.RetryAfter == 0 {
+		d.RetryAfter = limit.Period / time.Duration(limit.Rate) // Redis let the lease's requests in, not this one
+	}
+	if share > 0 {
+		l.mu.Lock()
+		if ls = l.leases[key]; ls == nil {
+			if len(l.leases) >= maxLocal {
+				for k := range l.leases { // map order is random: a random entry makes room
+					delete(l.leases, k)
+					break
+				}
+			}
+			ls = &lease{}
+			l.leases[key] = ls
+		}
+		ls.remaining, ls.resetAfter, ls.at = res.Remaining, res.ResetAfter, time.Now()
+		l.mu.Unlock()
+	}
+	return d, "redis"
 }
 
 // allowLocal decides with this replica's own token bucket for the key.

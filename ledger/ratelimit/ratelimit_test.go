@@ -121,3 +121,27 @@ func decisionsFrom(t *testing.T, reg *prometheus.Registry, source string) float6
 	}
 	return total
 }
+
+// TestFarFromTheLimitReplicasAdmitOnTheirOwn: with a burst of 6,400 (a 64th: 100), two
+// replicas admit most requests without a call to Redis, yet together grant no less
+// than the allowance and at most a 64th of it each beyond; near the limit every
+// request asks Redis.
+func TestFarFromTheLimitReplicasAdmitOnTheirOwn(t *testing.T) {
+	srv := redistest.Start(t)
+	reg := prometheus.NewRegistry()
+	limits := map[ratelimit.Class]ratelimit.Limit{ratelimit.Reads: {Rate: 6400, Period: time.Hour, Burst: 6400}}
+	a := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client(), Registerer: reg})
+	b := ratelimit.New(ratelimit.Config{Limits: limits, Redis: srv.Client()})
+	replicas := []*ratelimit.Limiter{a, b}
+	got := count(replicas, "shop", ratelimit.Reads, 6000)
+	if redis := decisionsFrom(t, reg, "redis"); got != 6000 || redis > 100 {
+		t.Errorf("far from the limit: %d of 6000 allowed, replica a asked Redis %v times of 3000", got, redis)
+	}
+	got += count(replicas, "shop", ratelimit.Reads, 4000)
+	if got < 6400 || got > 6400+2*100+5 { // and what an hour's rate refills meanwhile
+		t.Errorf("two replicas allowed %d reads, want 6400 to 6605", got)
+	}
+	if d := a.Allow(context.Background(), "shop", ratelimit.Reads); d.Allowed || d.RetryAfter <= 0 {
+		t.Errorf("over the limit: %+v", d)
+	}
+}
