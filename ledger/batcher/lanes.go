@@ -93,6 +93,7 @@ func (l *lane[R, O]) write() {
 	for {
 		batch, next, ok := l.collect(carry)
 		carry = next
+		batch = dropAbandoned(batch)
 		if len(batch) > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), l.b.cfg.Timeout)
 			// The batch is decided on its own context: once taken, it commits or fails as
@@ -104,6 +105,21 @@ func (l *lane[R, O]) write() {
 			return
 		}
 	}
+}
+
+// dropAbandoned answers, unapplied, the requests whose callers gave up while their batch
+// was collected (a replay answered from the idempotency cache meanwhile, say), and
+// returns the rest.
+func dropAbandoned[R request, O any](batch []*job[R, O]) []*job[R, O] {
+	kept := batch[:0]
+	for _, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			j.done <- answer[O]{err: err}
+			continue
+		}
+		kept = append(kept, j)
+	}
+	return kept
 }
 
 // collect takes the carried-over requests, then waits for one more if it has none, then

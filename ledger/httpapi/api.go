@@ -632,6 +632,9 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 	req.Hash = sha256.Sum256(canon)
 	started := time.Now()
 	side := a.lookupBeside(r, key, req.Hash)
+	if a.replayedFirst(w, kind, side) {
+		return nil
+	}
 	if p := req.Postings[0]; kind == "transfer" && !p.From.External && !p.To.External && p.From.ID.Shard() != p.To.ID.Shard() {
 		return a.transferAcross(w, r, shardset.StepRequest{Caller: req.Caller, Key: key, Hash: req.Hash, Metadata: meta}, p, started, side)
 	}

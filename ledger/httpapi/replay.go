@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -22,7 +23,8 @@ func (a *API) WithIdempotencyCache(c *idemcache.Cache) *API {
 // A replay found in the cache ends its request's context, and the batcher drops a
 // request whose context ended before its batch was sent, never applied: then PostgreSQL
 // is never touched. Found after its batch was sent, the replay is answered by PostgreSQL
-// as without a cache, with the same bytes.
+// as without a cache, with the same bytes. While most lookups find an answer (a storm of
+// retries), the write waits for the lookup first, so the storm stays off PostgreSQL.
 type sideLookup struct {
 	ctx    context.Context // the write's context, ended by a hit
 	cancel context.CancelFunc
@@ -48,8 +50,28 @@ func (a *API) lookupBeside(r *http.Request, key string, hash [32]byte) *sideLook
 			cancel()
 		}
 	}()
+	if a.cache.ReplaysDominate() {
+		<-l.done
+	}
 	return l
 }
+
+// replayedFirst answers the write from the cache if the lookup found its answer before
+// the write set out for PostgreSQL; it reports whether it did.
+func (a *API) replayedFirst(w http.ResponseWriter, kind string, l *sideLookup) bool {
+	if l.done == nil {
+		return false
+	}
+	select {
+	case <-l.done:
+		return l.hit && a.cachedReplay(w, kind, l, errFoundFirst)
+	default:
+		return false
+	}
+}
+
+// errFoundFirst stands for PostgreSQL's answer to a write the cache answered first.
+var errFoundFirst = errors.New("httpapi: answered from the idempotency cache")
 
 // cachedReplay answers the write from the cache when PostgreSQL did not (err: the hit
 // ended its context, or the database failed) and the cache holds this very request's

@@ -51,6 +51,9 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	started := time.Now()
 	side := a.lookupBeside(r, key, step.Hash)
+	if a.replayedFirst(w, "pending_transfer", side) {
+		return nil
+	}
 	out, err := a.set.Reserve(side.ctx, step, p, time.Duration(req.TimeoutSeconds)*time.Second)
 	if a.cachedReplay(w, "pending_transfer", side, err) {
 		return nil
@@ -124,6 +127,9 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 		step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 		started := time.Now()
 		side := a.lookupBeside(r, key, step.Hash)
+		if a.replayedFirst(w, string(how), side) {
+			return nil
+		}
 		out, err := a.set.Resolve(side.ctx, step, id, how, amount)
 		if a.cachedReplay(w, string(how), side, err) {
 			return nil
@@ -171,6 +177,9 @@ func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
 	step := shardset.StepRequest{Caller: callerOf(r.Context()).Name, Key: key, Hash: sha256.Sum256(canon), Metadata: meta}
 	started := time.Now()
 	side := a.lookupBeside(r, key, step.Hash)
+	if a.replayedFirst(w, "reversal", side) {
+		return nil
+	}
 	out, err := a.set.Reverse(side.ctx, step, id)
 	if a.cachedReplay(w, "reversal", side, err) {
 		return nil

@@ -71,7 +71,14 @@ type Cache struct {
 	queue     chan pending
 	lookups   *prometheus.CounterVec
 	writes    *prometheus.CounterVec
+	// The hits among the latest lookups (a window of hitWindow), and whether they were
+	// most of the last full window: a storm of retries.
+	windowHits, windowLookups atomic.Int64
+	replaysDominate           atomic.Bool
 }
+
+// hitWindow is how many lookups ReplaysDominate judges by.
+const hitWindow = 256
 
 type pending struct {
 	key     string
@@ -139,6 +146,7 @@ func (c *Cache) Lookup(ctx context.Context, caller, key string, hash [32]byte) (
 	switch {
 	case errors.Is(err, redis.Nil):
 		c.lookups.WithLabelValues("miss").Inc()
+		c.judge(false)
 		return Answer{}, false
 	case err != nil:
 		if ctx.Err() == nil { // a request that went away is not Redis's fault
@@ -150,11 +158,30 @@ func (c *Cache) Lookup(ctx context.Context, caller, key string, hash [32]byte) (
 	a, ok := decode(raw)
 	if !ok || a.Hash != hash {
 		c.lookups.WithLabelValues("other_request").Inc()
+		c.judge(false)
 		return Answer{}, false
 	}
 	c.lookups.WithLabelValues("hit").Inc()
+	c.judge(true)
 	return a, true
 }
+
+// judge counts a lookup Redis answered into the window, and judges each full window.
+func (c *Cache) judge(hit bool) {
+	if hit {
+		c.windowHits.Add(1)
+	}
+	if c.windowLookups.Add(1) == hitWindow {
+		c.replaysDominate.Store(2*c.windowHits.Swap(0) > hitWindow)
+		c.windowLookups.Store(0)
+	}
+}
+
+// ReplaysDominate reports whether most of the latest lookups found an answer: a storm
+// of retries (clients retrying what an outage left unanswered, say), when waiting for
+// Redis before PostgreSQL takes the storm off PostgreSQL. Otherwise a write is better
+// sent to PostgreSQL at once and looked up beside it.
+func (c *Cache) ReplaysDominate() bool { return c.replaysDominate.Load() }
 
 // Remember keeps the first answer to the caller's key, in the background. started is
 // when the request began, before PostgreSQL recorded the key: the entry expires within

@@ -17,9 +17,14 @@ import (
 // background until the test ends.
 func started(t *testing.T, srv *redistest.Server, identity string, retention time.Duration) (*idemcache.Cache, *prometheus.Registry) {
 	t.Helper()
+	return startedWith(t, srv.Client(), identity, retention)
+}
+
+// startedWith is started over a client of the test's own making.
+func startedWith(t *testing.T, client *redisconn.Client, identity string, retention time.Duration) (*idemcache.Cache, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	c := idemcache.New(idemcache.Config{Redis: srv.Client(),
-		Retention: retention, Registerer: reg})
+	c := idemcache.New(idemcache.Config{Redis: client, Retention: retention, Registerer: reg})
 	c.SetIdentity(identity)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -112,7 +117,10 @@ func TestEntriesExpireBeforeTheDatabaseForgets(t *testing.T) {
 // nothing; a Redis back is used again.
 func TestSickRedisCostsMilliseconds(t *testing.T) {
 	srv := redistest.Start(t)
-	c, reg := started(t, srv, "db", time.Hour)
+	// A cooldown no busy machine outlasts between two lookups.
+	client := redisconn.New(srv.Client().Redis, redisconn.NewBreaker(2*time.Second, nil))
+	t.Cleanup(client.Close)
+	c, reg := startedWith(t, client, "db", time.Hour)
 	hash := sha256.Sum256([]byte("r"))
 	c.Remember("shop", "k", idemcache.Answer{Hash: hash, Status: 201, Body: []byte("{}")}, time.Now())
 	if _, ok := eventually(c, "shop", "k", hash); !ok {
@@ -169,4 +177,28 @@ func count(t *testing.T, reg *prometheus.Registry, family, result string) float6
 		}
 	}
 	return 0
+}
+
+// TestStormsOfRetriesAreNoticed: once most of a window of lookups found answers, the
+// cache says replays dominate; once most of one found none, it says they no longer do.
+func TestStormsOfRetriesAreNoticed(t *testing.T) {
+	srv := redistest.Start(t)
+	c, _ := started(t, srv, "db", time.Hour)
+	hash := sha256.Sum256([]byte("r"))
+	c.Remember("shop", "k", idemcache.Answer{Hash: hash, Status: 201, Body: []byte("{}")}, time.Now())
+	if _, ok := eventually(c, "shop", "k", hash); !ok {
+		t.Fatal("not kept")
+	}
+	for range 300 {
+		c.Lookup(context.Background(), "shop", "k", hash)
+	}
+	if !c.ReplaysDominate() {
+		t.Error("300 hits in a row, yet replays do not dominate")
+	}
+	for range 300 {
+		c.Lookup(context.Background(), "shop", "new", hash)
+	}
+	if c.ReplaysDominate() {
+		t.Error("300 misses in a row, yet replays dominate")
+	}
 }
