@@ -25,9 +25,7 @@ const (
 // Client is the ledger's Redis: the go-redis client, the breaker its users share, and
 // the batching of their commands. Under load every request would otherwise pay Redis,
 // and this process, a write and a read of its own; batched, the requests of a moment
-// share them, which on a machine whose cores Redis, PostgreSQL and the service share is
-// the difference between a check that costs a tenth of a request and one that costs a
-// few per cent.
+// share them.
 type Client struct {
 	Redis   redis.UniversalClient
 	Breaker *Breaker
