@@ -86,12 +86,13 @@ dev: deps
 
 ## bench: the throughput harness (tally bench: every scenario at 64 clients, 3 rounds, through
 ## the API from a Go client and from wrk, straight into the store, and one unbatched call per
-## transfer, each divided by the reference ceiling run beside it on the same PostgreSQL; WAL
-## and disk bytes per transfer; uniform again on 1,000,000 accounts; then the targets), then
+## transfer, each divided by the reference ceiling run beside it on the same PostgreSQL; the
+## service with Redis (idempotency fast path, rate limits) beside it without; WAL and disk
+## bytes per transfer; uniform again on 1,000,000 accounts; then the targets), then
 ## the Go benchmarks, then the time from losing a primary to the first acknowledged write.
 bench: deps build
 	$(BIN) bench --duration $(BENCH_TIME) --rounds $(BENCH_ROUNDS) --clients $(BENCH_CLIENTS) \
-	  --modes http,wrk,store,one-call --large-accounts $(BENCH_LARGE) --json bench.jsonl
+	  --modes http,wrk,store,one-call,http-cache,http-limits --large-accounts $(BENCH_LARGE) --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 	@echo "failover on a local three-instance shard (kill -9 of the primary under load; full log in bench-failover.log):"
 	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover > bench-failover.log 2>&1; \
