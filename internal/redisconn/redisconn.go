@@ -31,12 +31,14 @@ type Client struct {
 	Breaker *Breaker
 	queue   chan call
 	stop    chan struct{}
+	closing sync.Once
 	wg      sync.WaitGroup
 }
 
 type call struct {
-	cmd  redis.Cmder
-	done chan struct{}
+	cmd   redis.Cmder
+	done  chan struct{}   // closed once sent (Do)
+	after func(err error) // called once sent (Send)
 }
 
 // New returns a client of rdb, whose timeouts bound each call (Options sets them); Close
@@ -50,9 +52,9 @@ func New(rdb redis.UniversalClient, breaker *Breaker) *Client {
 	return c
 }
 
-// Close stops the batching; commands still waiting fail.
+// Close stops the batching; commands still waiting fail. Closing again does nothing.
 func (c *Client) Close() {
-	close(c.stop)
+	c.closing.Do(func() { close(c.stop) })
 	c.wg.Wait()
 }
 
@@ -76,6 +78,24 @@ func (c *Client) Do(ctx context.Context, cmd redis.Cmder) error {
 		return ctx.Err()
 	case <-c.stop:
 		return redis.ErrClosed
+	}
+}
+
+// Send queues the command for the next pipeline and returns at once, for a command
+// nobody waits for (keeping a cache entry); after, if not nil, gets its error once it
+// was sent. It reports false, sending nothing, when the queue is full or the client
+// closed: what only a cache would have held may be lost.
+func (c *Client) Send(cmd redis.Cmder, after func(err error)) bool {
+	select {
+	case <-c.stop:
+		return false
+	default:
+	}
+	select {
+	case c.queue <- call{cmd: cmd, after: after}:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -106,7 +126,12 @@ func (c *Client) send() {
 		}
 		_, _ = pipe.Exec(context.Background()) // each command holds its own error
 		for _, b := range batch {
-			close(b.done)
+			if b.done != nil {
+				close(b.done)
+			}
+			if b.after != nil {
+				b.after(b.cmd.Err())
+			}
 		}
 	}
 }

@@ -80,3 +80,24 @@ func (h *countPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 		return next(ctx, cmds)
 	}
 }
+
+// TestSentCommandsReportOnceSent: a command nobody waits for is sent in the next
+// pipeline and reports its outcome; a closed client takes none.
+func TestSentCommandsReportOnceSent(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client()
+	outcome := make(chan error, 1)
+	if !c.Send(redis.NewStatusCmd(context.Background(), "set", "k", "v"), func(err error) { outcome <- err }) {
+		t.Fatal("not taken")
+	}
+	if err := <-outcome; err != nil {
+		t.Fatalf("sent: %v", err)
+	}
+	if v, err := c.Redis.Get(context.Background(), "k").Result(); err != nil || v != "v" {
+		t.Errorf("k = %q %v", v, err)
+	}
+	c.Close()
+	if c.Send(redis.NewStatusCmd(context.Background(), "set", "k", "w"), nil) {
+		t.Error("a closed client took a command")
+	}
+}

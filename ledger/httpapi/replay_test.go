@@ -18,16 +18,10 @@ import (
 	"github.com/tallyhq/tally/ledger/idemcache"
 )
 
-// newCache is the idempotency fast path over the Redis server, its metrics in reg,
-// writing in the background until the test ends.
+// newCache is the idempotency fast path over the Redis server, its metrics in reg.
 func newCache(t *testing.T, srv *redistest.Server, reg *prometheus.Registry) *idemcache.Cache {
 	t.Helper()
-	cache := idemcache.New(idemcache.Config{Redis: srv.Client(),
-		Retention: time.Hour, Registerer: reg})
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go cache.Run(ctx)
-	return cache
+	return idemcache.New(idemcache.Config{Redis: srv.Client(), Retention: time.Hour, Registerer: reg})
 }
 
 // name names the cache after the client's first shard, as the service does.

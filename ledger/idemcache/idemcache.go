@@ -35,12 +35,6 @@ import (
 	"github.com/tallyhq/tally/internal/redisconn"
 )
 
-// Sizes of the background writer.
-const (
-	queueSize = 8192 // answers waiting to be kept; more are dropped (a cache may lose them)
-	maxBatch  = 256  // answers kept in one pipelined round trip
-)
-
 // entryVersion leads every entry, so a later layout is never misread.
 const entryVersion = 1
 
@@ -68,7 +62,6 @@ type Config struct {
 type Cache struct {
 	cfg       Config
 	namespace atomic.Pointer[string] // the key prefix under the ledger's identity; nil: not known yet
-	queue     chan pending
 	lookups   *prometheus.CounterVec
 	writes    *prometheus.CounterVec
 	// The hits among the latest lookups (a window of hitWindow), and whether they were
@@ -80,18 +73,12 @@ type Cache struct {
 // hitWindow is how many lookups ReplaysDominate judges by.
 const hitWindow = 256
 
-type pending struct {
-	key     string
-	value   []byte
-	started time.Time
-}
-
 // New returns a cache that looks nothing up and keeps nothing until SetIdentity.
 func New(cfg Config) *Cache {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{cfg: cfg, queue: make(chan pending, queueSize),
+	c := &Cache{cfg: cfg,
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_idempotency_cache_lookups_total",
 			Help: "Lookups of a write's answer in Redis, by result: hit (answered from Redis), miss, other_request (the key answers another request), skipped (Redis down or identity not known yet), error.",
@@ -183,77 +170,30 @@ func (c *Cache) judge(hit bool) {
 // sent to PostgreSQL at once and looked up beside it.
 func (c *Cache) ReplaysDominate() bool { return c.replaysDominate.Load() }
 
-// Remember keeps the first answer to the caller's key, in the background. started is
-// when the request began, before PostgreSQL recorded the key: the entry expires within
-// the retention from then, less a tenth.
+// Remember keeps the first answer to the caller's key, sent in the next pipeline with
+// the other requests' commands; nothing waits for it. started is when the request
+// began, before PostgreSQL recorded the key, so PostgreSQL keeps the key at least until
+// started+Retention; the entry goes a tenth of the retention before. The time it waits
+// in the client's queue is bounded by the client's timeouts, far inside that margin.
 func (c *Cache) Remember(caller, key string, a Answer, started time.Time) {
 	k, ok := c.key(caller, key)
-	if !ok || c.cfg.Redis.Breaker.Open() {
+	ttl := c.cfg.Retention - c.cfg.Retention/10 - time.Since(started)
+	if !ok || ttl < time.Millisecond || c.cfg.Redis.Breaker.Open() {
 		c.writes.WithLabelValues("dropped").Inc()
 		return
 	}
-	select {
-	case c.queue <- pending{key: k, value: encode(a), started: started}:
-	default:
-		c.writes.WithLabelValues("dropped").Inc()
-	}
-}
-
-// Run keeps the remembered answers until ctx ends; what is still queued then is dropped.
-func (c *Cache) Run(ctx context.Context) {
-	batch := make([]pending, 0, maxBatch)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case p := <-c.queue:
-			batch = append(batch[:0], p)
-		}
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case p := <-c.queue:
-				batch = append(batch, p)
-			default:
-				break more
-			}
-		}
-		c.write(ctx, batch)
-	}
-}
-
-// write keeps a batch in one pipelined round trip.
-func (c *Cache) write(ctx context.Context, batch []pending) {
-	if c.cfg.Redis.Breaker.Open() {
-		c.writes.WithLabelValues("dropped").Add(float64(len(batch)))
-		return
-	}
-	margin := c.cfg.Retention / 10
-	pipe := c.cfg.Redis.Redis.Pipeline()
-	queued := 0
-	for _, p := range batch {
-		// PostgreSQL recorded the key after started, so it keeps it at least until
-		// started+Retention; the entry goes a margin before. The call's own time is
-		// bounded by the client's timeouts, far inside the margin.
-		ttl := c.cfg.Retention - margin - time.Since(p.started)
-		if ttl < time.Millisecond {
-			c.writes.WithLabelValues("dropped").Inc()
-			continue
-		}
-		pipe.Set(ctx, p.key, p.value, ttl)
-		queued++
-	}
-	if queued == 0 {
-		return
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		if ctx.Err() == nil {
+	set := redis.NewStatusCmd(context.Background(), "set", k, encode(a), "px", ttl.Milliseconds())
+	sent := c.cfg.Redis.Send(set, func(err error) {
+		if err != nil {
 			c.cfg.Redis.Breaker.Fail(err, "replays go to PostgreSQL, rate limits to each replica's memory")
+			c.writes.WithLabelValues("error").Inc()
+			return
 		}
-		c.writes.WithLabelValues("error").Add(float64(queued))
-		return
+		c.writes.WithLabelValues("written").Inc()
+	})
+	if !sent {
+		c.writes.WithLabelValues("dropped").Inc()
 	}
-	c.writes.WithLabelValues("written").Add(float64(queued))
 }
 
 // encode lays an answer out as: version, hash, status (2 bytes), body.

@@ -13,8 +13,7 @@ import (
 	"github.com/tallyhq/tally/ledger/idemcache"
 )
 
-// started returns a cache over the server, named after the identity, writing in the
-// background until the test ends.
+// started returns a cache over the server, named after the identity.
 func started(t *testing.T, srv *redistest.Server, identity string, retention time.Duration) (*idemcache.Cache, *prometheus.Registry) {
 	t.Helper()
 	return startedWith(t, srv.Client(), identity, retention)
@@ -26,9 +25,6 @@ func startedWith(t *testing.T, client *redisconn.Client, identity string, retent
 	reg := prometheus.NewRegistry()
 	c := idemcache.New(idemcache.Config{Redis: client, Retention: retention, Registerer: reg})
 	c.SetIdentity(identity)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go c.Run(ctx)
 	return c, reg
 }
 

@@ -245,7 +245,6 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopCache()
 	if rdb != nil && !cfg.NoIdempotencyCache {
 		cache := idemcache.New(idemcache.Config{Redis: rdb, Retention: cfg.IdempotencyRetention, Log: cfg.Log, Registerer: reg})
-		go cache.Run(cacheCtx)
 		go identityLoop(cacheCtx, stores[0], cache, cfg.Log)
 		api.WithIdempotencyCache(cache)
 	}
