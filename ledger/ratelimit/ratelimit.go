@@ -1,7 +1,8 @@
 // Package ratelimit limits each caller's requests per class of route. The allowance is
 // shared by every ledger replica through Redis (GCRA, go-redis/redis_rate); when Redis
 // is unreachable or slow, each replica falls back to an allowance of its own in memory
-// for a while, so a limiter that is down never fails a request.
+// for a while, so a limiter that is down never fails a request. Far from a caller's
+// limit a replica admits on a lease and charges Redis later (leaseShare).
 package ratelimit
 
 import (
