@@ -25,6 +25,10 @@ import (
 // privileges the ledger service has.
 const AppRole = "tally_service"
 
+// RelayLogin is the login role the event relay's tests connect as: a member of
+// tally_relay, the same privileges the relay has.
+const RelayLogin = "tally_relayer"
+
 const templateDB = "tally_template"
 
 // The server and template are shared by all tests of one binary, which Main brackets.
@@ -88,6 +92,11 @@ func (d *DB) SuperDSN() string { return d.srv.DSN(d.Name) }
 // AppDSN connects as AppRole, with the ledger service's privileges.
 func (d *DB) AppDSN() string {
 	return strings.Replace(d.srv.DSN(d.Name), postgres.Superuser+"@", AppRole+"@", 1)
+}
+
+// RelayDSN connects as RelayLogin, with the event relay's privileges.
+func (d *DB) RelayDSN() string {
+	return strings.Replace(d.srv.DSN(d.Name), postgres.Superuser+"@", RelayLogin+"@", 1)
 }
 
 // AppPool opens a pool as AppRole, closed when the test ends.
@@ -197,7 +206,10 @@ func makeTemplate(srv *postgres.Server) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	_, err = migrations.Setup(ctx, conn, 0, AppRole)
+	if _, err = migrations.Setup(ctx, conn, 0, AppRole); err != nil {
+		return err
+	}
+	_, err = admin.Exec(ctx, "CREATE ROLE "+RelayLogin+" LOGIN IN ROLE "+migrations.RelayRole)
 	return err
 }
 

@@ -175,9 +175,23 @@ func GrantLogin(ctx context.Context, conn *pgx.Conn, role string) error {
 // (migration 006); the operator logs in as a member of it.
 const MonitorRole = "tally_monitor"
 
+// RelayRole is the database role that may read and publish a shard's event outbox and
+// nothing else (migration 012); the event relay logs in as a member of it.
+const RelayRole = "tally_relay"
+
 // GrantMonitor makes login a login role with the given password (stored as a SCRAM
 // verifier, never sent in clear) and a member of MonitorRole, and nothing more.
 func GrantMonitor(ctx context.Context, conn *pgx.Conn, login, password string) error {
+	return grantRole(ctx, conn, MonitorRole, login, password)
+}
+
+// GrantRelay makes login a login role with the given password and a member of
+// RelayRole, and nothing more.
+func GrantRelay(ctx context.Context, conn *pgx.Conn, login, password string) error {
+	return grantRole(ctx, conn, RelayRole, login, password)
+}
+
+func grantRole(ctx context.Context, conn *pgx.Conn, granted, login, password string) error {
 	role := pgx.Identifier{login}.Sanitize()
 	if _, err := conn.Exec(ctx, `DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = `+quoteLiteral(login)+`) THEN CREATE ROLE `+role+` LOGIN; END IF; END $$`); err != nil {
 		return fmt.Errorf("migrations: create %s: %w", login, err)
@@ -185,8 +199,8 @@ func GrantMonitor(ctx context.Context, conn *pgx.Conn, login, password string) e
 	if err := postgres.SetPassword(ctx, conn, login, password); err != nil {
 		return fmt.Errorf("migrations: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "GRANT "+MonitorRole+" TO "+role); err != nil {
-		return fmt.Errorf("migrations: grant %s to %s: %w", MonitorRole, login, err)
+	if _, err := conn.Exec(ctx, "GRANT "+granted+" TO "+role); err != nil {
+		return fmt.Errorf("migrations: grant %s to %s: %w", granted, login, err)
 	}
 	return nil
 }

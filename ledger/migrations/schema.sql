@@ -586,6 +586,228 @@ CREATE FUNCTION tally.id_shard(id uuid) RETURNS integer
 
 
 --
+-- Name: outbox_accounts_changed(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_accounts_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data)
+  SELECT CASE WHEN n.status = 'active' THEN 'account.unfrozen' ELSE 'account.' || n.status END,
+         n.id, ARRAY[n.id],
+         jsonb_build_object('id', n.id, 'status', n.status, 'previous_status', o.status)
+  FROM new_rows n JOIN old_rows o ON o.id = n.id
+  WHERE n.status <> o.status ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+
+--
+-- Name: outbox_accounts_opened(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_accounts_opened() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data, occurred_at)
+  SELECT 'account.opened', n.id, ARRAY[n.id],
+         jsonb_build_object('id', n.id, 'kind', n.kind, 'owner', n.owner, 'asset', n.asset,
+                            'status', n.status, 'metadata', n.metadata, 'created_at', n.created_at),
+         n.created_at
+  FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+
+--
+-- Name: outbox_events(bigint, integer); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_events(p_after bigint, p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+  SELECT o.sequence, o.type, o.subject, o.occurred_at,
+         coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
+  FROM tally.outbox o
+  LEFT JOIN LATERAL (
+    SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
+           jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
+             'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
+               'amount', round(p.amount::numeric / 10::numeric ^ a.scale, a.scale)::text, 'asset', p.asset)
+               ORDER BY p.posting))
+           || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
+                        FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
+    FROM tally.transactions tx
+    JOIN LATERAL (
+      -- a posting is one credit leg and one debit leg per slot drawn from
+      SELECT e.posting, (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1] AS from_account,
+             (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
+             sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
+      FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
+    JOIN tally.assets a ON a.code = p.asset
+    WHERE o.type = 'transaction.committed' AND tx.id = o.subject
+    GROUP BY tx.id) t ON true
+  WHERE o.sequence > p_after
+  ORDER BY o.sequence LIMIT p_limit
+$$;
+
+
+--
+-- Name: outbox_inbound_transfers(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_inbound_transfers() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data)
+  SELECT CASE n.state WHEN 'applied' THEN 'transfer.received' ELSE 'transfer.refused' END,
+         n.id, ARRAY[n.to_account],
+         jsonb_strip_nulls(jsonb_build_object('id', n.id, 'to_account', n.to_account, 'asset', n.asset,
+           'amount', n.amount, 'state', n.state, 'transaction_id', n.transaction_id, 'problem', n.problem))
+  FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+
+--
+-- Name: outbox_number(integer); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) RETURNS record
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+DECLARE
+  v_count bigint;
+BEGIN
+  -- The row lock makes two relays that both believe they are the one take turns.
+  SELECT p.numbered, p.published INTO numbered, published FROM tally.outbox_progress p FOR UPDATE;
+  WITH fresh AS (
+    SELECT o.id, row_number() OVER (ORDER BY pg_xact_commit_timestamp(o.xmin), o.id) AS n
+    FROM tally.outbox o WHERE o.sequence IS NULL
+    ORDER BY pg_xact_commit_timestamp(o.xmin), o.id LIMIT p_limit)
+  UPDATE tally.outbox o SET sequence = outbox_number.numbered + f.n FROM fresh f WHERE o.id = f.id;
+  GET DIAGNOSTICS v_count = ROW_COUNT;
+  numbered := numbered + v_count;
+  UPDATE tally.outbox_progress SET numbered = outbox_number.numbered;
+  SELECT least(
+      (SELECT o.occurred_at FROM tally.outbox o WHERE o.sequence = outbox_number.published + 1),
+      (SELECT min(o.occurred_at) FROM tally.outbox o WHERE o.sequence IS NULL))
+    INTO oldest;
+  SELECT count(*) INTO unnumbered FROM tally.outbox o WHERE o.sequence IS NULL;
+END $$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: pending_transfers; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.pending_transfers (
+    id uuid NOT NULL,
+    from_account uuid NOT NULL,
+    to_account uuid NOT NULL,
+    asset text NOT NULL,
+    amount bigint NOT NULL,
+    expires_at timestamp with time zone,
+    state text DEFAULT 'pending'::text NOT NULL,
+    posted_amount bigint,
+    resolved_by uuid,
+    resolved_at timestamp with time zone,
+    remote_account uuid,
+    CONSTRAINT pending_transfers_amount_check CHECK ((amount > 0)),
+    CONSTRAINT pending_transfers_check CHECK (((posted_amount > 0) AND (posted_amount <= amount))),
+    CONSTRAINT pending_transfers_posted_amount CHECK (((state = 'posted'::text) = (posted_amount IS NOT NULL))),
+    CONSTRAINT pending_transfers_remote_never_expire CHECK (((remote_account IS NULL) OR (expires_at IS NULL))),
+    CONSTRAINT pending_transfers_resolved_once CHECK ((((state = 'pending'::text) = (resolved_by IS NULL)) AND ((resolved_by IS NULL) = (resolved_at IS NULL)))),
+    CONSTRAINT pending_transfers_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'posted'::text, 'voided'::text, 'expired'::text]))),
+    CONSTRAINT pending_transfers_two_accounts CHECK ((from_account <> to_account))
+);
+
+
+--
+-- Name: outbox_pending_transfer(tally.pending_transfers); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_pending_transfer(p tally.pending_transfers) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog'
+    AS $$
+  SELECT jsonb_strip_nulls(jsonb_build_object('id', p.id, 'from_account', p.from_account,
+    'to_account', p.to_account, 'remote_account', p.remote_account, 'asset', p.asset,
+    'amount', p.amount, 'state', p.state, 'posted_amount', p.posted_amount,
+    'expires_at', p.expires_at, 'resolved_by', p.resolved_by, 'resolved_at', p.resolved_at))
+$$;
+
+
+--
+-- Name: outbox_pending_transfers(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_pending_transfers() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO tally.outbox (type, subject, accounts, data)
+    SELECT 'transfer.pending', n.id, ARRAY[n.from_account, n.to_account], tally.outbox_pending_transfer(n)
+    FROM new_rows n ORDER BY n.id;
+  ELSE
+    INSERT INTO tally.outbox (type, subject, accounts, data)
+    SELECT 'transfer.' || n.state, n.id, ARRAY[n.from_account, n.to_account], tally.outbox_pending_transfer(n)
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state <> o.state ORDER BY n.id;
+  END IF;
+  RETURN NULL;
+END $$;
+
+
+--
+-- Name: outbox_published(bigint, bigint); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_published(p_from bigint, p_through bigint) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  UPDATE tally.outbox_progress SET published = p_through, published_at = now()
+  WHERE published = p_from AND p_through >= p_from AND p_through <= numbered;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  DELETE FROM tally.outbox WHERE sequence > p_from AND sequence <= p_through;
+  RETURN true;
+END $$;
+
+
+--
+-- Name: outbox_transactions(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.outbox_transactions() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog'
+    AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, occurred_at)
+  SELECT 'transaction.committed', n.id, n.created_at FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+
+--
 -- Name: post_batch(text[], text[], bytea[], uuid[], timestamp with time zone[], jsonb[], integer[], uuid[], uuid[], bigint[], text[]); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -1787,10 +2009,6 @@ END
 $$;
 
 
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
-
 --
 -- Name: accounts; Type: TABLE; Schema: tally; Owner: -
 --
@@ -1939,28 +2157,48 @@ CREATE TABLE tally.ledger_identity (
 
 
 --
--- Name: pending_transfers; Type: TABLE; Schema: tally; Owner: -
+-- Name: outbox; Type: TABLE; Schema: tally; Owner: -
 --
 
-CREATE TABLE tally.pending_transfers (
-    id uuid NOT NULL,
-    from_account uuid NOT NULL,
-    to_account uuid NOT NULL,
-    asset text NOT NULL,
-    amount bigint NOT NULL,
-    expires_at timestamp with time zone,
-    state text DEFAULT 'pending'::text NOT NULL,
-    posted_amount bigint,
-    resolved_by uuid,
-    resolved_at timestamp with time zone,
-    remote_account uuid,
-    CONSTRAINT pending_transfers_amount_check CHECK ((amount > 0)),
-    CONSTRAINT pending_transfers_check CHECK (((posted_amount > 0) AND (posted_amount <= amount))),
-    CONSTRAINT pending_transfers_posted_amount CHECK (((state = 'posted'::text) = (posted_amount IS NOT NULL))),
-    CONSTRAINT pending_transfers_remote_never_expire CHECK (((remote_account IS NULL) OR (expires_at IS NULL))),
-    CONSTRAINT pending_transfers_resolved_once CHECK ((((state = 'pending'::text) = (resolved_by IS NULL)) AND ((resolved_by IS NULL) = (resolved_at IS NULL)))),
-    CONSTRAINT pending_transfers_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'posted'::text, 'voided'::text, 'expired'::text]))),
-    CONSTRAINT pending_transfers_two_accounts CHECK ((from_account <> to_account))
+CREATE TABLE tally.outbox (
+    id bigint NOT NULL,
+    type text NOT NULL,
+    subject uuid NOT NULL,
+    accounts uuid[],
+    data jsonb,
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    sequence bigint,
+    CONSTRAINT outbox_check CHECK (((type = 'transaction.committed'::text) = ((accounts IS NULL) AND (data IS NULL)))),
+    CONSTRAINT outbox_sequence_check CHECK ((sequence > 0)),
+    CONSTRAINT outbox_type_check CHECK ((type = ANY (ARRAY['transaction.committed'::text, 'account.opened'::text, 'account.frozen'::text, 'account.unfrozen'::text, 'account.closed'::text, 'transfer.pending'::text, 'transfer.posted'::text, 'transfer.voided'::text, 'transfer.expired'::text, 'transfer.received'::text, 'transfer.refused'::text])))
+);
+
+
+--
+-- Name: outbox_id_seq; Type: SEQUENCE; Schema: tally; Owner: -
+--
+
+ALTER TABLE tally.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME tally.outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: outbox_progress; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.outbox_progress (
+    only_row boolean DEFAULT true NOT NULL,
+    numbered bigint DEFAULT 0 NOT NULL,
+    published bigint DEFAULT 0 NOT NULL,
+    published_at timestamp with time zone,
+    CONSTRAINT outbox_progress_check CHECK (((published >= 0) AND (published <= numbered))),
+    CONSTRAINT outbox_progress_only_row_check CHECK (only_row)
 );
 
 
@@ -2088,6 +2326,30 @@ ALTER TABLE ONLY tally.ledger_identity
 
 
 --
+-- Name: outbox outbox_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.outbox
+    ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: outbox_progress outbox_progress_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.outbox_progress
+    ADD CONSTRAINT outbox_progress_pkey PRIMARY KEY (only_row);
+
+
+--
+-- Name: outbox outbox_sequence_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.outbox
+    ADD CONSTRAINT outbox_sequence_key UNIQUE (sequence);
+
+
+--
 -- Name: pending_transfers pending_transfers_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -2192,6 +2454,13 @@ CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (crea
 
 
 --
+-- Name: outbox_unnumbered; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX outbox_unnumbered ON tally.outbox USING btree (id) WHERE (sequence IS NULL);
+
+
+--
 -- Name: pending_transfers_in_flight; Type: INDEX; Schema: tally; Owner: -
 --
 
@@ -2245,6 +2514,20 @@ CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON tally.accounts FOR EACH S
 --
 
 CREATE TRIGGER accounts_on_this_shard AFTER INSERT ON tally.accounts REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_ids_on_this_shard();
+
+
+--
+-- Name: accounts accounts_outbox_changed; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_outbox_changed AFTER UPDATE ON tally.accounts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_changed();
+
+
+--
+-- Name: accounts accounts_outbox_opened; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER accounts_outbox_opened AFTER INSERT ON tally.accounts REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_opened();
 
 
 --
@@ -2332,6 +2615,13 @@ CREATE TRIGGER inbound_transfers_no_truncate BEFORE TRUNCATE ON tally.inbound_tr
 
 
 --
+-- Name: inbound_transfers inbound_transfers_outbox; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_inbound_transfers();
+
+
+--
 -- Name: pending_transfers pending_transfers_no_delete; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -2343,6 +2633,20 @@ CREATE TRIGGER pending_transfers_no_delete BEFORE DELETE ON tally.pending_transf
 --
 
 CREATE TRIGGER pending_transfers_no_truncate BEFORE TRUNCATE ON tally.pending_transfers FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: pending_transfers pending_transfers_outbox_created; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_outbox_created AFTER INSERT ON tally.pending_transfers REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_pending_transfers();
+
+
+--
+-- Name: pending_transfers pending_transfers_outbox_resolved; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_transfers REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_pending_transfers();
 
 
 --
@@ -2392,6 +2696,13 @@ CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON tally.transactions FO
 --
 
 CREATE TRIGGER transactions_on_this_shard AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_ids_on_this_shard();
+
+
+--
+-- Name: transactions transactions_outbox; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER transactions_outbox AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
 
 
 --
@@ -2472,6 +2783,7 @@ ALTER TABLE ONLY tally.reversals
 
 GRANT USAGE ON SCHEMA tally TO tally_app;
 GRANT USAGE ON SCHEMA tally TO tally_monitor;
+GRANT USAGE ON SCHEMA tally TO tally_relay;
 
 
 --
@@ -2550,6 +2862,65 @@ GRANT ALL ON FUNCTION tally.holding_account(p_asset text, p_new_id uuid) TO tall
 --
 
 GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION outbox_events(p_after bigint, p_limit integer); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.outbox_events(p_after bigint, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_events(p_after bigint, p_limit integer) TO tally_relay;
+
+
+--
+-- Name: FUNCTION outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) TO tally_relay;
+
+
+--
+-- Name: TABLE pending_transfers; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.state; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(state) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.posted_amount; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(posted_amount) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.resolved_by; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(resolved_by) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: COLUMN pending_transfers.resolved_at; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT UPDATE(resolved_at) ON TABLE tally.pending_transfers TO tally_app;
+
+
+--
+-- Name: FUNCTION outbox_published(p_from bigint, p_through bigint); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.outbox_published(p_from bigint, p_through bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_published(p_from bigint, p_through bigint) TO tally_relay;
 
 
 --
@@ -2739,41 +3110,7 @@ GRANT SELECT,INSERT ON TABLE tally.inbound_transfers TO tally_app;
 --
 
 GRANT SELECT ON TABLE tally.ledger_identity TO tally_app;
-
-
---
--- Name: TABLE pending_transfers; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT SELECT,INSERT ON TABLE tally.pending_transfers TO tally_app;
-
-
---
--- Name: COLUMN pending_transfers.state; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT UPDATE(state) ON TABLE tally.pending_transfers TO tally_app;
-
-
---
--- Name: COLUMN pending_transfers.posted_amount; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT UPDATE(posted_amount) ON TABLE tally.pending_transfers TO tally_app;
-
-
---
--- Name: COLUMN pending_transfers.resolved_by; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT UPDATE(resolved_by) ON TABLE tally.pending_transfers TO tally_app;
-
-
---
--- Name: COLUMN pending_transfers.resolved_at; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT UPDATE(resolved_at) ON TABLE tally.pending_transfers TO tally_app;
+GRANT SELECT ON TABLE tally.ledger_identity TO tally_relay;
 
 
 --
@@ -2788,6 +3125,7 @@ GRANT SELECT,INSERT ON TABLE tally.reversals TO tally_app;
 --
 
 GRANT SELECT ON TABLE tally.shard TO tally_app;
+GRANT SELECT ON TABLE tally.shard TO tally_relay;
 
 
 --

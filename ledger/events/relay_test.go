@@ -1,0 +1,412 @@
+package events_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/events"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild())
+	}
+	pgtest.Main(m)
+}
+
+const topic = "tally.events"
+
+// fixture is a fresh shard-0 database with USD registered, and a Kafka (kfake).
+type fixture struct {
+	t        *testing.T
+	db       *pgtest.DB
+	store    *store.Store
+	external ledger.AccountID
+	kafka    *kfake.Cluster
+	addrs    []string
+}
+
+func newFixture(t *testing.T, kafkaOpts ...kfake.Opt) *fixture {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	s := store.New(db.AppPool(t, 16))
+	extID, err := ledger.NewAccountID(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := s.RegisterAsset(context.Background(), "USD", 2, extID); err != nil {
+		t.Fatalf("register USD: %v", err)
+	}
+	f := &fixture{t: t, db: db, store: s, external: extID}
+	f.startKafka(kafkaOpts...)
+	return f
+}
+
+func (f *fixture) startKafka(opts ...kfake.Opt) {
+	f.t.Helper()
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(4, topic)}, opts...)...)
+	if err != nil {
+		f.t.Fatalf("kfake: %v", err)
+	}
+	f.kafka, f.addrs = c, c.ListenAddrs()
+	f.t.Cleanup(c.Close)
+}
+
+// relay runs one relay for shard 0 until the returned stop is called (or the test ends).
+func (f *fixture) relay(name string, reg *prometheus.Registry) (stop func()) {
+	f.t.Helper()
+	producer, err := events.NewProducer(events.Kafka{Brokers: f.addrs})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := events.Run(ctx, events.Config{DSN: f.db.RelayDSN(), Client: producer, Topic: topic,
+			Log: testLog(f.t, name), Metrics: events.NewMetrics(reg)})
+		if err != nil {
+			f.t.Errorf("relay %s: %v", name, err)
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			producer.Close()
+		})
+	}
+	f.t.Cleanup(stop)
+	return stop
+}
+
+func testLog(t *testing.T, name string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("relay", name)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+func (f *fixture) account(owner string) ledger.AccountID {
+	f.t.Helper()
+	id, err := ledger.NewAccountID(0)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := f.store.CreateAccount(context.Background(), ledger.Account{ID: id, Owner: owner, Asset: "USD"}); err != nil {
+		f.t.Fatalf("create account: %v", err)
+	}
+	return id
+}
+
+func request(t testing.TB, key string, postings ...ledger.Posting) store.Request {
+	t.Helper()
+	id, err := ledger.NewTransactionID(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.Request{
+		Caller: "test", Key: key, Hash: sha256.Sum256([]byte(key)),
+		Transaction: ledger.Transaction{ID: id, Postings: postings, CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+			Metadata: json.RawMessage(`{"note":"` + key + `"}`)},
+		Body: []byte(`{"id":"` + id.String() + `"}`),
+	}
+}
+
+func usd(from, to ledger.AccountID, amount int64) ledger.Posting {
+	return ledger.Posting{From: from, To: to, Amount: amount, Asset: "USD"}
+}
+
+// post posts one transfer and returns its transaction id, or the zero id when refused.
+func (f *fixture) post(poster interface {
+	PostTransaction(context.Context, store.Request) (ledger.Outcome, error)
+}, key string, postings ...ledger.Posting) ledger.TransactionID {
+	f.t.Helper()
+	req := request(f.t, key, postings...)
+	out, err := poster.PostTransaction(context.Background(), req)
+	if err != nil {
+		f.t.Errorf("post %s: %v", key, err)
+		return ledger.TransactionID{}
+	}
+	if out.Status != 201 {
+		return ledger.TransactionID{}
+	}
+	return req.Transaction.ID
+}
+
+// received is one record as a consumer reads it.
+type received struct {
+	events.Event
+	Partition int32
+	Headers   map[string]string
+}
+
+// consume reads the topic from the start until done says it has all it waits for.
+func (f *fixture) consume(within time.Duration, done func([]received) bool) []received {
+	f.t.Helper()
+	c, err := kgo.NewClient(kgo.SeedBrokers(f.addrs...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var got []received
+	for !done(got) {
+		fetches := c.PollFetches(ctx)
+		if ctx.Err() != nil {
+			f.t.Fatalf("after %s the topic holds %d records, and not all that was expected", within, len(got))
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			var ev events.Event
+			if err := json.Unmarshal(r.Value, &ev); err != nil {
+				f.t.Fatalf("record %q: %v", r.Value, err)
+			}
+			if string(r.Key) != ev.Account.String() {
+				f.t.Errorf("record of event %d keyed %q, for account %s", ev.Sequence, r.Key, ev.Account)
+			}
+			h := map[string]string{}
+			for _, kv := range r.Headers {
+				h[kv.Key] = string(kv.Value)
+			}
+			got = append(got, received{Event: ev, Partition: r.Partition, Headers: h})
+		})
+	}
+	return got
+}
+
+// distinct is the events received, one per sequence, checked to be the same event in
+// every copy and redelivery, and numbered 1..n without gaps.
+func distinct(t *testing.T, got []received) []events.Event {
+	t.Helper()
+	bySeq := map[int64]events.Event{}
+	for _, r := range got {
+		first, ok := bySeq[r.Sequence]
+		if !ok {
+			e := r.Event
+			e.Account = uuid.UUID{}
+			bySeq[r.Sequence] = e
+			continue
+		}
+		if first.ID != r.ID || first.Type != r.Type || string(first.Data) != string(r.Data) {
+			t.Errorf("event %d received as %s %s and as %s %s", r.Sequence, first.ID, first.Type, r.ID, r.Type)
+		}
+	}
+	out := make([]events.Event, 0, len(bySeq))
+	for _, e := range bySeq {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Sequence < out[j].Sequence })
+	for i, e := range out {
+		if e.Sequence != int64(i)+1 {
+			t.Fatalf("sequence %d received where %d was due: a gap", e.Sequence, i+1)
+		}
+	}
+	return out
+}
+
+// committed is how many transactions and outbox rows the database holds: what the
+// consumer must end up with.
+func (f *fixture) committed() (transactions, all int) {
+	f.t.Helper()
+	conn := f.db.SuperConn(f.t)
+	err := conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM tally.transactions),
+		(SELECT numbered FROM tally.outbox_progress) + (SELECT count(*) FROM tally.outbox WHERE sequence IS NULL)`).Scan(&transactions, &all)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return transactions, all
+}
+
+func (f *fixture) outboxRows() int {
+	f.t.Helper()
+	var n int
+	if err := f.db.SuperConn(f.t).QueryRow(context.Background(), "SELECT count(*) FROM tally.outbox").Scan(&n); err != nil {
+		f.t.Fatal(err)
+	}
+	return n
+}
+
+func haveSequences(n int) func([]received) bool {
+	return func(got []received) bool {
+		seen := map[int64]bool{}
+		for _, r := range got {
+			seen[r.Sequence] = true
+		}
+		return len(seen) >= n
+	}
+}
+
+// metric reads one series of a registry's metric (the shard 0 one).
+func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range families {
+		if fam.GetName() != name {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			switch {
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestEveryChangeIsPublishedWithTheMoney(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a, b := f.account("alice"), f.account("bob")
+	funded := f.post(f.store, "fund", usd(f.external, a, 100_00))
+	b1, err := batcher.New(f.store, batcher.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1.Start()
+	defer b1.Stop()
+	var mu sync.Mutex
+	posted := map[string]bool{funded.String(): true}
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := f.post(b1, fmt.Sprint("pay-", i), usd(a, b, 1_23))
+			mu.Lock()
+			defer mu.Unlock()
+			posted[id.String()] = true
+		}()
+	}
+	wg.Wait()
+	if refused := f.post(f.store, "too-much", usd(b, a, 1_000_00)); refused != (ledger.TransactionID{}) {
+		t.Fatalf("a transfer above the balance was posted")
+	}
+	// A change rolled back is no event.
+	tx, err := f.db.SuperConn(t).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT tally.set_account_status($1, 'frozen')", [16]byte(a)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []ledger.Status{ledger.StatusFrozen, ledger.StatusActive} {
+		if _, err := f.store.SetStatus(ctx, b, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	f.relay("one", reg)
+	transactions, all := f.committed()
+	if transactions != len(posted) {
+		t.Fatalf("%d transactions in the journal, %d posted", transactions, len(posted))
+	}
+	got := f.consume(time.Minute, haveSequences(all))
+	evs := distinct(t, got)
+	if len(evs) != all {
+		t.Fatalf("%d events received, %d committed", len(evs), all)
+	}
+	byType := map[string]int{}
+	for _, e := range evs {
+		byType[e.Type]++
+		if e.Version != events.SchemaVersion || e.Shard != 0 || e.ID == (uuid.UUID{}) || e.Time.IsZero() {
+			t.Errorf("event %d: version %d shard %d id %s time %s", e.Sequence, e.Version, e.Shard, e.ID, e.Time)
+		}
+		if e.Type != "transaction.committed" {
+			continue
+		}
+		var data struct {
+			ID       string            `json:"id"`
+			Metadata map[string]string `json:"metadata"`
+			Postings []struct {
+				From   string `json:"from_account"`
+				To     string `json:"to_account"`
+				Amount string `json:"amount"`
+				Asset  string `json:"asset"`
+			} `json:"postings"`
+		}
+		if err := json.Unmarshal(e.Data, &data); err != nil {
+			t.Fatalf("event %d data %s: %v", e.Sequence, e.Data, err)
+		}
+		if !posted[data.ID] {
+			t.Errorf("event %d is of transaction %s, which was not posted", e.Sequence, data.ID)
+		}
+		delete(posted, data.ID)
+		if len(data.Postings) != 1 || data.Metadata["note"] == "" {
+			t.Fatalf("event %d data: %s", e.Sequence, e.Data)
+		}
+		if p := data.Postings[0]; p.Asset != "USD" || (p.Amount != "1.23" && p.Amount != "100.00") {
+			t.Errorf("event %d posting: %+v", e.Sequence, p)
+		}
+	}
+	if len(posted) != 0 {
+		t.Errorf("transactions without an event: %v", posted)
+	}
+	// external USD, alice, bob; 41 transactions; bob frozen and unfrozen (the rolled-back
+	// freeze of alice is not there)
+	want := map[string]int{"account.opened": 3, "transaction.committed": 41, "account.frozen": 1, "account.unfrozen": 1}
+	for typ, n := range want {
+		if byType[typ] != n {
+			t.Errorf("%d events %s, want %d (all: %v)", byType[typ], typ, n, byType)
+		}
+	}
+	// one record per account concerned, keyed by it, with the CloudEvents attributes
+	records := map[int64]int{}
+	for _, r := range got {
+		records[r.Sequence]++
+		if r.Headers["ce_specversion"] != "1.0" || r.Headers["ce_type"] != "dev.tally."+r.Type ||
+			r.Headers["ce_subject"] != r.Account.String() || r.Headers["ce_id"] != r.ID.String()+"/"+r.Account.String() {
+			t.Errorf("record of event %d: headers %v", r.Sequence, r.Headers)
+		}
+	}
+	for _, e := range evs {
+		if want := map[bool]int{true: 2, false: 1}[e.Type == "transaction.committed"]; records[e.Sequence] < want {
+			t.Errorf("event %d (%s) came in %d records, want %d", e.Sequence, e.Type, records[e.Sequence], want)
+		}
+	}
+	eventually(t, 30*time.Second, "the published rows to leave the outbox", func() bool { return f.outboxRows() == 0 })
+	if got := metric(t, reg, "tally_events_published_total"); got != float64(all) {
+		t.Errorf("published metric %v, want %d", got, all)
+	}
+}

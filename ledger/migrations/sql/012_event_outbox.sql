@@ -1,0 +1,210 @@
+-- Issue 19: events written with the money (a transactional outbox).
+--
+-- Every change a consumer must learn about adds a row here in the transaction that makes
+-- it, through statement triggers: one INSERT per statement whatever the batch size, and
+-- no lock on any row another transaction writes (the identity is a sequence, not a row).
+-- A transaction's row names it only: the journal it points at never changes, so the
+-- relay reads the postings from there when it publishes. Rows of things that change
+-- again (an account's status, a pending transfer's state) carry their state as of the
+-- change.
+--
+-- The relay (tally relay, role tally_relay) numbers rows in commit order and publishes
+-- them in that order. Commit order, not insertion order: two transactions that touch one
+-- account commit one after the other (the second waits for the first's row lock), but the
+-- second may have been given its id first. A row becomes visible only after its commit
+-- (and its synchronous standbys' ack), and a transaction that waited on another's lock
+-- commits after it, with a later commit timestamp. So numbering, in one statement, the
+-- rows visible now by their commit timestamp puts two transactions on one account in the
+-- order they committed. Hence track_commit_timestamp = on on every server.
+
+CREATE TABLE tally.outbox (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  type text NOT NULL CHECK (type IN ('transaction.committed',
+    'account.opened', 'account.frozen', 'account.unfrozen', 'account.closed',
+    'transfer.pending', 'transfer.posted', 'transfer.voided', 'transfer.expired',
+    'transfer.received', 'transfer.refused')),
+  subject uuid NOT NULL,          -- the transaction, account or transfer
+  accounts uuid[],                -- the accounts it concerns; NULL for a transaction (its entries say)
+  data jsonb,                     -- the subject's state as of the change; NULL for a transaction
+  occurred_at timestamptz NOT NULL DEFAULT now(),
+  sequence bigint UNIQUE CHECK (sequence > 0),  -- given by the relay, in commit order
+  CHECK ((type = 'transaction.committed') = (accounts IS NULL AND data IS NULL))
+);
+CREATE INDEX outbox_unnumbered ON tally.outbox (id) WHERE sequence IS NULL;
+
+-- How far the relay got: sequences given, and the highest one Kafka acknowledged.
+CREATE TABLE tally.outbox_progress (
+  only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+  numbered bigint NOT NULL DEFAULT 0,
+  published bigint NOT NULL DEFAULT 0,
+  published_at timestamptz,
+  CHECK (published >= 0 AND published <= numbered)
+);
+INSERT INTO tally.outbox_progress DEFAULT VALUES;
+
+-- The triggers run as the schema's owner: the service may not write the outbox itself.
+CREATE FUNCTION tally.outbox_accounts_opened() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data, occurred_at)
+  SELECT 'account.opened', n.id, ARRAY[n.id],
+         jsonb_build_object('id', n.id, 'kind', n.kind, 'owner', n.owner, 'asset', n.asset,
+                            'status', n.status, 'metadata', n.metadata, 'created_at', n.created_at),
+         n.created_at
+  FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION tally.outbox_accounts_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data)
+  SELECT CASE WHEN n.status = 'active' THEN 'account.unfrozen' ELSE 'account.' || n.status END,
+         n.id, ARRAY[n.id],
+         jsonb_build_object('id', n.id, 'status', n.status, 'previous_status', o.status)
+  FROM new_rows n JOIN old_rows o ON o.id = n.id
+  WHERE n.status <> o.status ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION tally.outbox_transactions() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, occurred_at)
+  SELECT 'transaction.committed', n.id, n.created_at FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION tally.outbox_pending_transfer(p tally.pending_transfers) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+  SELECT jsonb_strip_nulls(jsonb_build_object('id', p.id, 'from_account', p.from_account,
+    'to_account', p.to_account, 'remote_account', p.remote_account, 'asset', p.asset,
+    'amount', p.amount, 'state', p.state, 'posted_amount', p.posted_amount,
+    'expires_at', p.expires_at, 'resolved_by', p.resolved_by, 'resolved_at', p.resolved_at))
+$$;
+
+CREATE FUNCTION tally.outbox_pending_transfers() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO tally.outbox (type, subject, accounts, data)
+    SELECT 'transfer.pending', n.id, ARRAY[n.from_account, n.to_account], tally.outbox_pending_transfer(n)
+    FROM new_rows n ORDER BY n.id;
+  ELSE
+    INSERT INTO tally.outbox (type, subject, accounts, data)
+    SELECT 'transfer.' || n.state, n.id, ARRAY[n.from_account, n.to_account], tally.outbox_pending_transfer(n)
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state <> o.state ORDER BY n.id;
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION tally.outbox_inbound_transfers() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  INSERT INTO tally.outbox (type, subject, accounts, data)
+  SELECT CASE n.state WHEN 'applied' THEN 'transfer.received' ELSE 'transfer.refused' END,
+         n.id, ARRAY[n.to_account],
+         jsonb_strip_nulls(jsonb_build_object('id', n.id, 'to_account', n.to_account, 'asset', n.asset,
+           'amount', n.amount, 'state', n.state, 'transaction_id', n.transaction_id, 'problem', n.problem))
+  FROM new_rows n ORDER BY n.id;
+  RETURN NULL;
+END $$;
+
+CREATE TRIGGER accounts_outbox_opened AFTER INSERT ON tally.accounts
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_opened();
+CREATE TRIGGER accounts_outbox_changed AFTER UPDATE ON tally.accounts
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_changed();
+CREATE TRIGGER transactions_outbox AFTER INSERT ON tally.transactions
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
+CREATE TRIGGER pending_transfers_outbox_created AFTER INSERT ON tally.pending_transfers
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_pending_transfers();
+CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_transfers
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_pending_transfers();
+CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_inbound_transfers();
+
+-- outbox_number gives the next sequences to up to p_limit rows visible now, in commit
+-- order (see above), and returns the progress: highest sequence given, highest
+-- published, when the oldest row not yet published was written (NULL: none), and how
+-- many rows wait for a number still.
+CREATE FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint,
+  OUT oldest timestamptz, OUT unnumbered bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+  v_count bigint;
+BEGIN
+  -- The row lock makes two relays that both believe they are the one take turns.
+  SELECT p.numbered, p.published INTO numbered, published FROM tally.outbox_progress p FOR UPDATE;
+  WITH fresh AS (
+    SELECT o.id, row_number() OVER (ORDER BY pg_xact_commit_timestamp(o.xmin), o.id) AS n
+    FROM tally.outbox o WHERE o.sequence IS NULL
+    ORDER BY pg_xact_commit_timestamp(o.xmin), o.id LIMIT p_limit)
+  UPDATE tally.outbox o SET sequence = outbox_number.numbered + f.n FROM fresh f WHERE o.id = f.id;
+  GET DIAGNOSTICS v_count = ROW_COUNT;
+  numbered := numbered + v_count;
+  UPDATE tally.outbox_progress SET numbered = outbox_number.numbered;
+  SELECT least(
+      (SELECT o.occurred_at FROM tally.outbox o WHERE o.sequence = outbox_number.published + 1),
+      (SELECT min(o.occurred_at) FROM tally.outbox o WHERE o.sequence IS NULL))
+    INTO oldest;
+  SELECT count(*) INTO unnumbered FROM tally.outbox o WHERE o.sequence IS NULL;
+END $$;
+
+-- outbox_events returns up to p_limit numbered events after sequence p_after, in order,
+-- each with the accounts it concerns and its data (a transaction's from the journal:
+-- postings as the API shows them, amounts in the asset's units).
+CREATE FUNCTION tally.outbox_events(p_after bigint, p_limit integer)
+RETURNS TABLE (sequence bigint, type text, subject uuid, occurred_at timestamptz, accounts uuid[], data jsonb)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+  SELECT o.sequence, o.type, o.subject, o.occurred_at,
+         coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
+  FROM tally.outbox o
+  LEFT JOIN LATERAL (
+    SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
+           jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
+             'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
+               'amount', round(p.amount::numeric / 10::numeric ^ a.scale, a.scale)::text, 'asset', p.asset)
+               ORDER BY p.posting))
+           || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
+                        FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
+    FROM tally.transactions tx
+    JOIN LATERAL (
+      -- a posting is one credit leg and one debit leg per slot drawn from
+      SELECT e.posting, (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1] AS from_account,
+             (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
+             sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
+      FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
+    JOIN tally.assets a ON a.code = p.asset
+    WHERE o.type = 'transaction.committed' AND tx.id = o.subject
+    GROUP BY tx.id) t ON true
+  WHERE o.sequence > p_after
+  ORDER BY o.sequence LIMIT p_limit
+$$;
+
+-- outbox_published records that Kafka acknowledged every event through p_through and
+-- removes them. It moves only from p_from: a relay that lost its turn (another one
+-- published meanwhile) learns it here (false) and stops.
+CREATE FUNCTION tally.outbox_published(p_from bigint, p_through bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  UPDATE tally.outbox_progress SET published = p_through, published_at = now()
+  WHERE published = p_from AND p_through >= p_from AND p_through <= numbered;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  DELETE FROM tally.outbox WHERE sequence > p_from AND sequence <= p_through;
+  RETURN true;
+END $$;
+
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tally_relay') THEN
+    CREATE ROLE tally_relay NOLOGIN;
+  END IF;
+END $$;
+REVOKE ALL ON FUNCTION tally.outbox_number(integer), tally.outbox_events(bigint, integer),
+  tally.outbox_published(bigint, bigint) FROM PUBLIC;
+GRANT USAGE ON SCHEMA tally TO tally_relay;
+GRANT EXECUTE ON FUNCTION tally.outbox_number(integer), tally.outbox_events(bigint, integer),
+  tally.outbox_published(bigint, bigint) TO tally_relay;
+GRANT SELECT ON tally.shard, tally.ledger_identity TO tally_relay;
