@@ -410,3 +410,126 @@ func TestEveryChangeIsPublishedWithTheMoney(t *testing.T) {
 		t.Errorf("published metric %v, want %d", got, all)
 	}
 }
+
+// TestOneAccountsEventsComeInCommitOrder posts, from many clients at once, transactions
+// that touch one account and others in both orders, so the transactions given ids first
+// are not always the ones committed first. The account's records, read from its
+// partition, must follow its balance: each entry's balance is the one before plus its
+// amount.
+func TestOneAccountsEventsComeInCommitOrder(t *testing.T) {
+	f := newFixture(t)
+	hot := f.account("hot")
+	others := []ledger.AccountID{f.account("a"), f.account("b"), f.account("c")}
+	f.post(f.store, "fund-hot", usd(f.external, hot, 1_000_000_00))
+	for i, o := range others {
+		f.post(f.store, fmt.Sprint("fund-", i), usd(f.external, o, 1_000_000_00))
+	}
+	b, err := batcher.New(f.store, batcher.Config{Writers: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start()
+	defer b.Stop()
+	f.relay("one", prometheus.NewRegistry())
+	var wg sync.WaitGroup
+	for c := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				o := others[(c+i)%len(others)]
+				key := fmt.Sprint("c", c, "-", i)
+				switch i % 3 {
+				case 0: // the hot account first, then another
+					f.post(b, key, usd(hot, o, 1), usd(o, others[(c+i+1)%len(others)], 2))
+				case 1: // another first, then the hot account
+					f.post(f.store, key, usd(o, others[(c+i+1)%len(others)], 3), usd(o, hot, 4))
+				default:
+					f.post(b, key, usd(o, hot, 5))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	_, all := f.committed()
+	got := f.consume(time.Minute, haveSequences(all))
+	distinct(t, got)
+
+	// the hot account's transactions, in the order its partition gave them (first copy)
+	var order []string
+	seen := map[int64]bool{}
+	for _, r := range got {
+		if r.Account != uuid.UUID(hot) || r.Type != "transaction.committed" || seen[r.Sequence] {
+			continue
+		}
+		seen[r.Sequence] = true
+		var data struct{ ID string }
+		if err := json.Unmarshal(r.Data, &data); err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, data.ID)
+	}
+	if len(order) < 8*40 {
+		t.Fatalf("%d transactions of the hot account received", len(order))
+	}
+	rows, err := f.db.SuperConn(t).Query(context.Background(), `
+		SELECT e.amount, e.balance_after FROM unnest($1::uuid[]) WITH ORDINALITY AS o(id, n)
+		JOIN tally.entries e ON e.transaction_id = o.id AND e.account_id = $2
+		ORDER BY o.n, e.id`, order, [16]byte(hot))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var balance int64
+	for i := 0; rows.Next(); i++ {
+		var amount, after int64
+		if err := rows.Scan(&amount, &after); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && after-amount != balance {
+			t.Fatalf("entry %d of the hot account as received: %d after %d, but the balance before it was %d: out of commit order", i, after, amount, balance)
+		}
+		balance = after
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEventsAreNumberedInCommitOrder: a change that wrote its outbox row first but
+// committed last is numbered last.
+func TestEventsAreNumberedInCommitOrder(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	x, y := f.account("x"), f.account("y")
+	first, err := f.db.SuperConn(t).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := first.Exec(ctx, "SELECT tally.set_account_status($1, 'frozen')", [16]byte(x)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.SetStatus(ctx, y, ledger.StatusFrozen); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.relay("one", prometheus.NewRegistry())
+	_, all := f.committed()
+	frozen := map[uuid.UUID]int64{}
+	for _, e := range distinct(t, f.consume(time.Minute, haveSequences(all))) {
+		if e.Type == "account.frozen" {
+			var data struct{ ID uuid.UUID }
+			if err := json.Unmarshal(e.Data, &data); err != nil {
+				t.Fatal(err)
+			}
+			frozen[data.ID] = e.Sequence
+		}
+	}
+	if frozen[uuid.UUID(y)] == 0 || frozen[uuid.UUID(x)] <= frozen[uuid.UUID(y)] {
+		t.Fatalf("y frozen (committed first) is event %d, x frozen (written first, committed last) is event %d",
+			frozen[uuid.UUID(y)], frozen[uuid.UUID(x)])
+	}
+}
