@@ -59,15 +59,20 @@ func (k Kafka) Options() ([]kgo.Opt, error) {
 	return opts, nil
 }
 
-// NewProducer returns the relay's producer: idempotent, every in-sync replica
-// acknowledging (franz-go's defaults), no lingering (a round is sent whole at once), and
-// a delivery timeout so a round with Kafka away fails and is tried again.
+// NewProducer returns the relay's producer: every in-sync replica acknowledging, no
+// lingering (a round is sent whole at once), one request in flight per broker (a retry
+// never overtakes what was sent before it), and a delivery timeout so a round with Kafka
+// away fails and is tried again. Not Kafka's idempotent producer: it never gives up on a
+// record it sent without an answer, so a round would wait for a broker that may never
+// come back; the relay's delivery is at least once anyway, with stable ids.
 func NewProducer(k Kafka) (*kgo.Client, error) {
 	opts, err := k.Options()
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, kgo.RecordDeliveryTimeout(DeliveryTimeout), kgo.ProducerLinger(0),
+	opts = append(opts, kgo.DisableIdempotentWrite(), kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.MaxProduceRequestsInflightPerBroker(1),
+		kgo.RecordDeliveryTimeout(DeliveryTimeout), kgo.ProducerLinger(0),
 		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()))
 	c, err := kgo.NewClient(opts...)
 	if err != nil {

@@ -533,3 +533,44 @@ func TestEventsAreNumberedInCommitOrder(t *testing.T) {
 			frozen[uuid.UUID(y)], frozen[uuid.UUID(x)])
 	}
 }
+
+// TestEventsWaitWhileKafkaIsAway stops the broker mid-stream: the relay backs off, the
+// events wait in PostgreSQL (lag, backlog and errors rise), and once Kafka is back every
+// event arrives, in order, none lost.
+func TestEventsWaitWhileKafkaIsAway(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixture(t, kfake.DataDir(dir), kfake.SyncWrites())
+	a, b := f.account("a"), f.account("b")
+	f.post(f.store, "fund", usd(f.external, a, 1_000_00))
+	reg := prometheus.NewRegistry()
+	f.relay("one", reg)
+	for i := range 10 {
+		f.post(f.store, fmt.Sprint("before-", i), usd(a, b, 1))
+	}
+	_, all := f.committed()
+	f.consume(time.Minute, haveSequences(all))
+
+	port := f.addrs[0][len("127.0.0.1:"):]
+	f.kafka.Close()
+	for i := range 20 {
+		f.post(f.store, fmt.Sprint("away-", i), usd(a, b, 1))
+	}
+	eventually(t, 2*time.Minute, "the relay to count failed rounds and a backlog", func() bool {
+		return metric(t, reg, "tally_events_publish_errors_total") > 0 && metric(t, reg, "tally_events_backlog") >= 20 &&
+			metric(t, reg, "tally_events_lag_seconds") > 0
+	})
+	if n := f.outboxRows(); n < 20 {
+		t.Fatalf("%d rows wait in the outbox while Kafka is away, want at least 20", n)
+	}
+	var p int
+	fmt.Sscan(port, &p)
+	f.startKafka(kfake.DataDir(dir), kfake.SyncWrites(), kfake.Ports(p))
+	_, all = f.committed()
+	got := distinct(t, f.consume(2*time.Minute, haveSequences(all)))
+	if len(got) != all {
+		t.Fatalf("%d events, %d committed", len(got), all)
+	}
+	eventually(t, time.Minute, "the backlog to drain", func() bool {
+		return metric(t, reg, "tally_events_backlog") == 0 && metric(t, reg, "tally_events_lag_seconds") == 0 && f.outboxRows() == 0
+	})
+}
