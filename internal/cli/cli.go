@@ -34,6 +34,9 @@ func commands() []command {
 		{"manager", "run the Kubernetes operator (LedgerCluster and LedgerShard controllers)", runManager},
 		{"bench", "measure transfer and read throughput against a PostgreSQL it starts", runBench},
 		{"instance run", "run the PostgreSQL instance manager (the main process of each PostgreSQL pod)", runInstance},
+		{"relay", "publish the shards' events to Kafka (the transactional outbox relay)", runRelay},
+		{"events tail", "print the events a relay published, from a Kafka topic", runEventsTail},
+		{"events broker", "serve an in-memory Kafka broker (kfake) to try events with; not for production", runEventsBroker},
 		{"copy-binary", "copy this binary to a path (the PostgreSQL pods' init container)", runCopyBinary},
 	}
 }

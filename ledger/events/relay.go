@@ -292,3 +292,20 @@ func (b *backoff) sleep(ctx context.Context) bool {
 		return true
 	}
 }
+
+// RunShards runs a relay for each shard (dsns in shard order), with cfg for all but Shard
+// and DSN, until ctx ends.
+func RunShards(ctx context.Context, dsns []string, cfg Config) error {
+	var wg sync.WaitGroup
+	for i, dsn := range dsns {
+		c := cfg
+		c.Shard, c.DSN = i, dsn
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = Run(ctx, c) // it returns only when ctx ends
+		}()
+	}
+	wg.Wait()
+	return nil
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -15,8 +14,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/tallyhq/tally/internal/eventstest"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
@@ -153,76 +152,16 @@ func (f *fixture) post(poster interface {
 	return req.Transaction.ID
 }
 
-// received is one record as a consumer reads it.
-type received struct {
-	events.Event
-	Partition int32
-	Headers   map[string]string
-}
+type received = eventstest.Received
 
-// consume reads the topic from the start until done says it has all it waits for.
 func (f *fixture) consume(within time.Duration, done func([]received) bool) []received {
 	f.t.Helper()
-	c, err := kgo.NewClient(kgo.SeedBrokers(f.addrs...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	var got []received
-	for !done(got) {
-		fetches := c.PollFetches(ctx)
-		if ctx.Err() != nil {
-			f.t.Fatalf("after %s the topic holds %d records, and not all that was expected", within, len(got))
-		}
-		fetches.EachRecord(func(r *kgo.Record) {
-			var ev events.Event
-			if err := json.Unmarshal(r.Value, &ev); err != nil {
-				f.t.Fatalf("record %q: %v", r.Value, err)
-			}
-			if string(r.Key) != ev.Account.String() {
-				f.t.Errorf("record of event %d keyed %q, for account %s", ev.Sequence, r.Key, ev.Account)
-			}
-			h := map[string]string{}
-			for _, kv := range r.Headers {
-				h[kv.Key] = string(kv.Value)
-			}
-			got = append(got, received{Event: ev, Partition: r.Partition, Headers: h})
-		})
-	}
-	return got
+	return eventstest.Consume(f.t, f.addrs, topic, within, done)
 }
 
-// distinct is the events received, one per sequence, checked to be the same event in
-// every copy and redelivery, and numbered 1..n without gaps.
 func distinct(t *testing.T, got []received) []events.Event {
 	t.Helper()
-	bySeq := map[int64]events.Event{}
-	for _, r := range got {
-		first, ok := bySeq[r.Sequence]
-		if !ok {
-			e := r.Event
-			e.Account = uuid.UUID{}
-			bySeq[r.Sequence] = e
-			continue
-		}
-		if first.ID != r.ID || first.Type != r.Type || string(first.Data) != string(r.Data) {
-			t.Errorf("event %d received as %s %s and as %s %s", r.Sequence, first.ID, first.Type, r.ID, r.Type)
-		}
-	}
-	out := make([]events.Event, 0, len(bySeq))
-	for _, e := range bySeq {
-		out = append(out, e)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Sequence < out[j].Sequence })
-	for i, e := range out {
-		if e.Sequence != int64(i)+1 {
-			t.Fatalf("sequence %d received where %d was due: a gap", e.Sequence, i+1)
-		}
-	}
-	return out
+	return eventstest.Distinct(t, got)
 }
 
 // committed is how many transactions and outbox rows the database holds: what the
@@ -247,15 +186,7 @@ func (f *fixture) outboxRows() int {
 	return n
 }
 
-func haveSequences(n int) func([]received) bool {
-	return func(got []received) bool {
-		seen := map[int64]bool{}
-		for _, r := range got {
-			seen[r.Sequence] = true
-		}
-		return len(seen) >= n
-	}
-}
+func haveSequences(n int) func([]received) bool { return eventstest.HaveSequences(n) }
 
 // metric reads one series of a registry's metric (the shard 0 one).
 func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
