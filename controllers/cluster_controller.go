@@ -83,6 +83,7 @@ func (r *ClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		{"shards", r.reconcileShards},
 		{"redis", r.reconcileRedis},
 		{"ledger service", r.reconcileLedgerService},
+		{"event relay", r.reconcileRelay},
 		{"shard removal", r.reconcileShardRemoval},
 	}
 	for _, step := range steps {
@@ -240,6 +241,24 @@ func (r *ClusterReconciler) reconcileLedgerService(ctx context.Context, cluster 
 		return err
 	}
 	return nil
+}
+
+// reconcileRelay runs the event relay while spec.events.kafka asks for one (once every
+// shard it serves is migrated, as for the ledger), and removes it when it no longer does.
+func (r *ClusterReconciler) reconcileRelay(ctx context.Context, cluster *v1alpha1.LedgerCluster, st *clusterState) error {
+	if cluster.Spec.Events == nil || cluster.Spec.Events.Kafka == nil {
+		dep := &appsv1.Deployment{}
+		dep.Name, dep.Namespace = specs.RelayName(cluster.Name), cluster.Namespace
+		return client.IgnoreNotFound(r.Delete(ctx, dep))
+	}
+	if !st.migrated {
+		return nil
+	}
+	ls, err := r.ledgerShards(ctx, cluster, st)
+	if err != nil {
+		return err
+	}
+	return apply(ctx, r.Client, specs.RelayDeployment(cluster, ls, r.Image))
 }
 
 // reconcileRedis runs the managed Redis while spec.redis asks for one, and removes it

@@ -194,7 +194,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 			t.Errorf("service %s selector %v", svc, s.Spec.Selector)
 		}
 	}
-	for _, name := range []string{specs.SecretSuperuser(shard), specs.SecretApp(shard), specs.SecretReplication(shard)} {
+	for _, name := range []string{specs.SecretSuperuser(shard), specs.SecretApp(shard), specs.SecretReplication(shard), specs.SecretRelay(shard)} {
 		var s corev1.Secret
 		waitFor(t, ns, name, &s)
 		if len(s.Data[corev1.BasicAuthPasswordKey]) != 32 || s.Type != corev1.SecretTypeBasicAuth {
@@ -220,7 +220,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 	markPodReady(t, ns, specs.InstanceName(shard, 1))
 	waitFor(t, ns, specs.MigrationJobName(shard, migrations.Count()), &job)
 	cmd := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
-	if cmd != "/tally migrate --shard 0 --grant-login tally_service --monitor-login tally_operator" || job.Spec.Template.Spec.Containers[0].Image != testImage {
+	if cmd != "/tally migrate --shard 0 --grant-login tally_service --monitor-login tally_operator --relay-login tally_relayer" || job.Spec.Template.Spec.Containers[0].Image != testImage {
 		t.Errorf("migration job runs %q in %s", cmd, job.Spec.Template.Spec.Containers[0].Image)
 	}
 	var dep appsv1.Deployment
@@ -281,6 +281,33 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 		return nil
 	})
 	waitCondition(t, ns, "books", v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonRollingOut)
+
+	// spec.events.kafka runs the event relay, as each shard's relay login; without it, none.
+	update(t, ns, "books", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) {
+		c.Spec.Events = &v1alpha1.EventsSpec{Kafka: &v1alpha1.KafkaSpec{Brokers: []string{"kafka.example:9092"}}}
+	})
+	var relay appsv1.Deployment
+	waitFor(t, ns, specs.RelayName("books"), &relay)
+	if err := controlledBy(&relay, "LedgerCluster", "books"); err != nil {
+		t.Error(err)
+	}
+	c := relay.Spec.Template.Spec.Containers[0]
+	if !slices.Contains(c.Args, "--brokers=kafka.example:9092") || *relay.Spec.Replicas != 2 || c.Image != testImage ||
+		!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "TALLY_RELAY_SHARD_URLS" && strings.Contains(e.Value, "postgres://tally_relayer:$(SHARD0_PASSWORD)@books-0-rw."+ns+".svc:5432/tally?sslmode=verify-full")
+		}) ||
+		!slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+			return e.Name == "SHARD0_PASSWORD" && e.ValueFrom.SecretKeyRef.Name == specs.SecretRelay(shard)
+		}) {
+		t.Errorf("relay: args %v env %+v", c.Args, c.Env)
+	}
+	update(t, ns, "books", &v1alpha1.LedgerCluster{}, func(c *v1alpha1.LedgerCluster) { c.Spec.Events = nil })
+	eventually(t, "the relay removed", func() error {
+		if err := get(ns, specs.RelayName("books"), &relay); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
 
 	assertReconcileWritesNothing(t, ns, "books")
 }

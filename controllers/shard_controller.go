@@ -158,8 +158,8 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	return r.updateStatus(ctx, shard, st)
 }
 
-// reconcileSecrets creates the superuser, application, replication and monitor (the
-// operator's own) credentials once.
+// reconcileSecrets creates the superuser, application, replication, monitor (the
+// operator's own) and event relay credentials once.
 // They are never re-applied: a new password under a running database would lock it out.
 func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
 	for _, s := range []struct{ name, user string }{
@@ -167,6 +167,7 @@ func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.
 		{specs.SecretApp(shard.Name), specs.AppUser},
 		{specs.SecretReplication(shard.Name), specs.Replicator},
 		{specs.SecretMonitor(shard.Name), specs.MonitorUser},
+		{specs.SecretRelay(shard.Name), specs.RelayUser},
 	} {
 		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: s.name}, &corev1.Secret{})
 		if err == nil {

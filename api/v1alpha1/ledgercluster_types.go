@@ -38,6 +38,13 @@ type LedgerClusterSpec struct {
 	// +optional
 	Redis *RedisSpec `json:"redis,omitempty"`
 
+	// Events publishes what the ledger did (committed transactions, account and transfer
+	// changes) to Kafka through a relay the operator runs, and can open the journal to
+	// change data capture. Each shard writes its events with the money either way (an
+	// outbox); without a relay they wait there.
+	// +optional
+	Events *EventsSpec `json:"events,omitempty"`
+
 	// NetworkPolicies, when true, has the operator keep a NetworkPolicy per shard:
 	// PostgreSQL accepts connections only from the shard's instances, the cluster's ledger
 	// pods, the shard's migration Jobs and the operator; the instance managers' status
@@ -99,6 +106,61 @@ type RedisSpec struct {
 	// TLS reaches the external Redis over TLS, verified against the system's roots.
 	// +optional
 	TLS bool `json:"tls,omitempty"`
+}
+
+// EventsSpec says where the cluster's events go.
+type EventsSpec struct {
+	// Kafka has the operator run the event relay (Deployment <cluster>-relay, several
+	// replicas: per shard one publishes, the others stand by) publishing every shard's
+	// events to this Kafka.
+	// +optional
+	Kafka *KafkaSpec `json:"kafka,omitempty"`
+}
+
+// KafkaSpec is the Kafka the relay publishes to.
+type KafkaSpec struct {
+	// Brokers to bootstrap from, host:port.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9.-]+:[0-9]{1,5}$`
+	Brokers []string `json:"brokers"`
+	// Topic the events go to. Default: tally.events.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]{1,249}$`
+	// +optional
+	Topic string `json:"topic,omitempty"`
+	// Replicas of the relay. Default: 2.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=5
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+	// TLS reaches Kafka over TLS.
+	// +optional
+	TLS *KafkaTLS `json:"tls,omitempty"`
+	// SASL authenticates the relay to Kafka.
+	// +optional
+	SASL *KafkaSASL `json:"sasl,omitempty"`
+}
+
+// KafkaTLS is how the relay verifies Kafka, and proves who it is.
+type KafkaTLS struct {
+	// CA holds the PEM certificates Kafka's must chain to. Default: the system's roots.
+	// +optional
+	CA *corev1.SecretKeySelector `json:"ca,omitempty"`
+	// ClientSecret is a kubernetes.io/tls Secret whose certificate the relay presents
+	// (mutual TLS).
+	// +optional
+	ClientSecret *corev1.LocalObjectReference `json:"clientSecret,omitempty"`
+}
+
+// KafkaSASL is the relay's SASL login.
+type KafkaSASL struct {
+	// Mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+	// +kubebuilder:validation:Enum=PLAIN;SCRAM-SHA-256;SCRAM-SHA-512
+	Mechanism string `json:"mechanism"`
+	// User to log in as.
+	// +kubebuilder:validation:MinLength=1
+	User string `json:"user"`
+	// PasswordSecret holds its password.
+	PasswordSecret corev1.SecretKeySelector `json:"passwordSecret"`
 }
 
 // RateLimitsSpec limits each caller's requests, per class of route, as

@@ -86,11 +86,16 @@ func ptrTo[T any](v T) *T { return &v }
 // TLS. Passwords come from environment variables the Deployment sets from each shard's
 // app Secret (Kubernetes expands $(VAR) in env values).
 func ShardURLs(c *v1alpha1.LedgerCluster, shards int32, verify []bool) string {
+	return shardURLsAs(c, AppUser, shards, verify)
+}
+
+// shardURLsAs is ShardURLs for another login; shard i's password is in $SHARDi_PASSWORD.
+func shardURLsAs(c *v1alpha1.LedgerCluster, user string, shards int32, verify []bool) string {
 	urls := make([]string, shards)
 	for i := range shards {
 		shard := ShardName(c.Name, i)
 		urls[i] = fmt.Sprintf("postgres://%s:$(SHARD%d_PASSWORD)@%s.%s.svc:%d/%s?%s",
-			AppUser, i, ServiceRW(shard), c.Namespace, PostgresPort, Database, sslParams(shard, int(i) < len(verify) && verify[i]))
+			user, i, ServiceRW(shard), c.Namespace, PostgresPort, Database, sslParams(shard, int(i) < len(verify) && verify[i]))
 	}
 	return strings.Join(urls, ",")
 }

@@ -31,6 +31,7 @@ const (
 	ComponentPostgres  = "postgres"
 	ComponentLedger    = "ledger"
 	ComponentMigration = "migration"
+	ComponentRelay     = "relay"
 )
 
 // Well-known names inside every shard database.
@@ -40,7 +41,9 @@ const (
 	Superuser  = "postgres"
 	Replicator = "streaming_replica"
 	// MonitorUser is the operator's own login: it may only count accounts.
-	MonitorUser  = "tally_operator"
+	MonitorUser = "tally_operator"
+	// RelayUser is the event relay's login: it may only read and publish the outbox.
+	RelayUser    = "tally_relayer"
 	PostgresPort = 5432
 	StatusPort   = 8000 // the instance manager's status API
 	// StatusTokenKey is the key of the status API token in its Secret.
@@ -94,6 +97,9 @@ func SecretApp(shard string) string { return shard + "-app" }
 
 // SecretMonitor names the secret of the operator's login, which may only count accounts.
 func SecretMonitor(shard string) string { return shard + "-monitor" }
+
+// SecretRelay names the secret of the event relay's login.
+func SecretRelay(shard string) string { return shard + "-relay" }
 
 // SecretReplication names the secret of the replication login.
 func SecretReplication(shard string) string { return shard + "-replication" }

@@ -20,7 +20,7 @@ func OperatorLabels() map[string]string {
 
 // ShardNetworkPolicy lets into the shard's PostgreSQL pods only what needs them:
 // PostgreSQL from the shard's instances (replication, rewinds), the cluster's ledger
-// pods, the shard's migration Jobs and the operator; the status API from the shard's
+// and event relay pods, the shard's migration Jobs and the operator; the status API from the shard's
 // instances and the operator. operatorNamespace is where the operator runs (empty: any
 // namespace, for an operator that does not know its own). The kubelet's probes come
 // from the node, which NetworkPolicies never block.
@@ -30,6 +30,7 @@ func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *
 	}
 	instances := pods(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres})
 	ledger := pods(LedgerSelector(shard.Spec.Cluster))
+	relay := pods(RelaySelector(shard.Spec.Cluster))
 	migrations := pods(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentMigration})
 	namespaces := metav1ac.LabelSelector()
 	if operatorNamespace != "" {
@@ -46,7 +47,7 @@ func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *
 			WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres})).
 			WithPolicyTypes(networkingv1.PolicyTypeIngress).
 			WithIngress(
-				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(PostgresPort)).WithFrom(instances, ledger, migrations, operator),
+				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(PostgresPort)).WithFrom(instances, ledger, relay, migrations, operator),
 				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(StatusPort)).WithFrom(instances, operator),
 			))
 }

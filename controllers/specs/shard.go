@@ -332,9 +332,10 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *b
 	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(shard.Name, verifyTLS))
 	migrate := corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
 		WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
-			"--monitor-login", MonitorUser).
+			"--monitor-login", MonitorUser, "--relay-login", RelayUser).
 		WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
 			secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
+			secretEnv("TALLY_RELAY_PASSWORD", SecretRelay(shard.Name), corev1.BasicAuthPasswordKey),
 			corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))
 	pod := corev1ac.PodSpec().WithRestartPolicy(corev1.RestartPolicyNever).WithSecurityContext(restrictedPod(tallyUID))
 	if verifyTLS {

@@ -117,10 +117,16 @@ func TestClusterObjectsGolden(t *testing.T) {
 				TokensSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "pay-tokens"}, Key: "tokens"},
 				JWT: &v1alpha1.JWTSpec{Issuer: "https://id.example", Audience: "tally", JWKSURL: "https://id.example/jwks", RoleClaim: "scope",
 					JWKSSecret: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "id-keys"}, Key: "jwks.json"}}},
+			Events: &v1alpha1.EventsSpec{Kafka: &v1alpha1.KafkaSpec{Brokers: []string{"kafka-0.example:9093", "kafka-1.example:9093"},
+				TLS: &v1alpha1.KafkaTLS{CA: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "kafka-ca"}, Key: "ca.pem"},
+					ClientSecret: &corev1.LocalObjectReference{Name: "relay-cert"}},
+				SASL: &v1alpha1.KafkaSASL{Mechanism: "SCRAM-SHA-512", User: "relay",
+					PasswordSecret: corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "relay-kafka"}, Key: "password"}}}},
 		}}
 	golden(t, "ledger-deployment", LedgerDeployment(c, LedgerShards{Count: 2, Verify: []bool{true, false}, CAHash: "c0ffee"}, "tally:1"))
 	golden(t, "ledger-service", LedgerService(c))
 	golden(t, "redis-deployment", RedisDeployment(c))
+	golden(t, "relay-deployment", RelayDeployment(c, LedgerShards{Count: 2, Verify: []bool{true, false}, CAHash: "c0ffee"}, "tally:1"))
 	shard, err := Shard(c, 1, "tally:1")
 	if err != nil {
 		t.Fatal(err)
