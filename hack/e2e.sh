@@ -504,6 +504,64 @@ event_seen e2e-0 InstanceRetired e2e-0-3
 until_true "LedgerShard e2e-0 to be Ready" 300 shard_ready e2e-0
 api POST /v1/accounts '{"owner":"after-retire","asset":"USD"}' >/dev/null
 
+step "events: the relay publishes every acknowledged transfer of both shards to Kafka (tally events broker)"
+kubectl -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: e2e-kafka}
+spec:
+  selector: {matchLabels: {app: e2e-kafka}}
+  template:
+    metadata: {labels: {app: e2e-kafka}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: kafka
+        image: $IMAGE
+        command: [/tally, events, broker, --listen=0.0.0.0:9092, --advertise=e2e-kafka.$NS.svc:9092]
+        ports: [{containerPort: 9092}]
+        readinessProbe: {tcpSocket: {port: 9092}, periodSeconds: 2}
+        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: e2e-kafka}
+spec:
+  selector: {app: e2e-kafka}
+  ports: [{port: 9092, targetPort: 9092}]
+EOF
+kubectl -n "$NS" rollout status deployment/e2e-kafka --timeout="$TIMEOUT" >/dev/null
+kubectl -n "$NS" patch ledgercluster e2e --type merge -p "{\"spec\":{\"events\":{\"kafka\":{\"brokers\":[\"e2e-kafka.$NS.svc:9092\"]}}}}" >/dev/null
+until_true "the relay Deployment" 120 kubectl -n "$NS" get deployment e2e-relay
+kubectl -n "$NS" rollout status deployment/e2e-relay --timeout="$TIMEOUT" >/dev/null
+load_start events "$SRC" "$DST"
+sleep 5
+load_stop
+check_acked events
+read -r b0 b1 <<<"${pair[1]}"
+shard1_tx=$(api POST /v1/transfers "{\"from_account\":\"$b0\",\"to_account\":\"$b1\",\"amount\":\"1.00\",\"asset\":\"USD\"}" "events-shard1" | id_of)
+acked events >"$work/events-want"
+echo "$shard1_tx" >>"$work/events-want"
+# every acknowledged transfer is a transaction.committed event (read from inside the
+# cluster, from a ledger pod: the broker tells clients its Service address)
+published() {
+  kubectl -n "$NS" exec deploy/e2e-ledger -c ledger -- /tally events tail --brokers "e2e-kafka.$NS.svc:9092" --idle 3s \
+    >"$work/events" 2>"$work/events-err" || return 1
+  grep '"type":"transaction.committed"' "$work/events" | grep -o '"data":{"id":"[^"]*"' | cut -d'"' -f6 | sort -u >"$work/events-got"
+  [[ -z $(sort -u "$work/events-want" | comm -23 - "$work/events-got") ]]
+}
+until_true "every acknowledged transfer to be an event in Kafka" 120 published
+say "$(wc -l <"$work/events-want") acknowledged transfers (both shards) found among $(wc -l <"$work/events") events"
+# one relay replica publishes per shard, the other stands by
+active=0
+for pod in $(kubectl -n "$NS" get pods -l ledger.tally.dev/cluster=e2e,app.kubernetes.io/component=relay -o name); do
+  n=$( (kubectl get --raw "/api/v1/namespaces/$NS/pods/${pod#pod/}:9090/proxy/metrics" 2>/dev/null || true) |
+    awk '/^tally_events_relay_active/ {s += $2} END {print s + 0}')
+  active=$((active + n))
+done
+[[ $active == 2 ]] || { echo "!! $active relays publish, want one per shard (2)"; false; }
+say "one relay publishes per shard, the other stands by"
+
 step "callers with JWTs: a user moves money between its own accounts only; a service has its token"
 (cd "$root" && go build -o "$work/jwt" ./hack/jwt)
 mkdir -p "$work/issuer" && "$work/jwt" keys "$work/issuer"
