@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -152,6 +153,17 @@ func (f *fixture) post(poster interface {
 	return req.Transaction.ID
 }
 
+// step is a two-phase step under a fresh key.
+func (f *fixture) step(key string) store.Step {
+	f.t.Helper()
+	id, err := ledger.NewTransactionID(0)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return store.Step{Caller: "test", Key: key, Hash: sha256.Sum256([]byte(key)), ID: id,
+		CreatedAt: time.Now().UTC().Truncate(time.Microsecond), Metadata: []byte(`{"note":"` + key + `"}`)}
+}
+
 type received = eventstest.Received
 
 func (f *fixture) consume(within time.Duration, done func([]received) bool) []received {
@@ -266,6 +278,20 @@ func TestEveryChangeIsPublishedWithTheMoney(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// a pending transfer of 5.00, posted for 4.50 (the reservation and the posting are
+	// transactions too, and the holding account opens)
+	holding, _ := ledger.NewAccountID(0)
+	clearing, _ := ledger.NewAccountID(0)
+	reserve := f.step("reserve")
+	out, err := f.store.Reserve(ctx, reserve, store.Reservation{From: a, To: b, Amount: 5_00, Asset: "USD", HoldingID: holding, ClearingID: clearing})
+	if err != nil || out.Status != 201 {
+		t.Fatalf("reserve: %v %s", err, out.Body)
+	}
+	post := f.step("post")
+	if out, err := f.store.Resolve(ctx, post, reserve.ID, ledger.ResolvePost, 4_50); err != nil || out.Status != 201 {
+		t.Fatalf("post: %v %s", err, out.Body)
+	}
+	posted[reserve.ID.String()], posted[post.ID.String()] = true, true
 
 	reg := prometheus.NewRegistry()
 	f.relay("one", reg)
@@ -304,19 +330,36 @@ func TestEveryChangeIsPublishedWithTheMoney(t *testing.T) {
 			t.Errorf("event %d is of transaction %s, which was not posted", e.Sequence, data.ID)
 		}
 		delete(posted, data.ID)
-		if len(data.Postings) != 1 || data.Metadata["note"] == "" {
+		if len(data.Postings) == 0 || data.Metadata["note"] == "" {
 			t.Fatalf("event %d data: %s", e.Sequence, e.Data)
 		}
-		if p := data.Postings[0]; p.Asset != "USD" || (p.Amount != "1.23" && p.Amount != "100.00") {
+		if p := data.Postings[0]; p.Asset != "USD" || !slices.Contains([]string{"1.23", "100.00", "5.00", "4.50"}, p.Amount) {
 			t.Errorf("event %d posting: %+v", e.Sequence, p)
 		}
+	}
+	var pending, settled map[string]any
+	for _, e := range evs {
+		switch e.Type {
+		case "transfer.pending":
+			pending = map[string]any{}
+			_ = json.Unmarshal(e.Data, &pending)
+		case "transfer.posted":
+			settled = map[string]any{}
+			_ = json.Unmarshal(e.Data, &settled)
+		}
+	}
+	if pending["amount"] != "5.00" || pending["state"] != "pending" || settled["posted_amount"] != "4.50" ||
+		settled["state"] != "posted" || settled["resolved_by"] != post.ID.String() {
+		t.Errorf("transfer events: pending %v, posted %v", pending, settled)
 	}
 	if len(posted) != 0 {
 		t.Errorf("transactions without an event: %v", posted)
 	}
-	// external USD, alice, bob; 41 transactions; bob frozen and unfrozen (the rolled-back
-	// freeze of alice is not there)
-	want := map[string]int{"account.opened": 3, "transaction.committed": 41, "account.frozen": 1, "account.unfrozen": 1}
+	// external USD, alice, bob, the holding account; 43 transactions; bob frozen and
+	// unfrozen (the rolled-back freeze of alice is not there); the pending transfer made
+	// and posted
+	want := map[string]int{"account.opened": 4, "transaction.committed": 43, "account.frozen": 1, "account.unfrozen": 1,
+		"transfer.pending": 1, "transfer.posted": 1}
 	for typ, n := range want {
 		if byType[typ] != n {
 			t.Errorf("%d events %s, want %d (all: %v)", byType[typ], typ, n, byType)

@@ -75,11 +75,18 @@ BEGIN
   RETURN NULL;
 END $$;
 
+-- outbox_amount renders an amount in minor units in its asset's units, as the API does.
+CREATE FUNCTION tally.outbox_amount(p_amount bigint, p_asset text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+  SELECT round(p_amount::numeric / 10::numeric ^ a.scale, a.scale)::text FROM tally.assets a WHERE a.code = p_asset
+$$;
+
 CREATE FUNCTION tally.outbox_pending_transfer(p tally.pending_transfers) RETURNS jsonb
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
   SELECT jsonb_strip_nulls(jsonb_build_object('id', p.id, 'from_account', p.from_account,
     'to_account', p.to_account, 'remote_account', p.remote_account, 'asset', p.asset,
-    'amount', p.amount, 'state', p.state, 'posted_amount', p.posted_amount,
+    'amount', tally.outbox_amount(p.amount, p.asset), 'state', p.state,
+    'posted_amount', tally.outbox_amount(p.posted_amount, p.asset),
     'expires_at', p.expires_at, 'resolved_by', p.resolved_by, 'resolved_at', p.resolved_at))
 $$;
 
@@ -106,7 +113,8 @@ BEGIN
   SELECT CASE n.state WHEN 'applied' THEN 'transfer.received' ELSE 'transfer.refused' END,
          n.id, ARRAY[n.to_account],
          jsonb_strip_nulls(jsonb_build_object('id', n.id, 'to_account', n.to_account, 'asset', n.asset,
-           'amount', n.amount, 'state', n.state, 'transaction_id', n.transaction_id, 'problem', n.problem))
+           'amount', tally.outbox_amount(n.amount, n.asset), 'state', n.state,
+           'transaction_id', n.transaction_id, 'problem', n.problem))
   FROM new_rows n ORDER BY n.id;
   RETURN NULL;
 END $$;
@@ -164,7 +172,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
     SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
            jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
              'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
-               'amount', round(p.amount::numeric / 10::numeric ^ a.scale, a.scale)::text, 'asset', p.asset)
+               'amount', tally.outbox_amount(p.amount::bigint, p.asset), 'asset', p.asset)
                ORDER BY p.posting))
            || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
                         FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
@@ -175,7 +183,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
              (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
              sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
       FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
-    JOIN tally.assets a ON a.code = p.asset
     WHERE o.type = 'transaction.committed' AND tx.id = o.subject
     GROUP BY tx.id) t ON true
   WHERE o.sequence > p_after
