@@ -59,6 +59,7 @@ manifests: $(CONTROLLER_GEN)
 	$(CONTROLLER_GEN) rbac:roleName=operator paths=./controllers/... output:rbac:artifacts:config=config/rbac
 	cp config/crd/bases/*.yaml charts/tally/crds/
 	cp config/rbac/role.yaml charts/tally/files/role.yaml
+	cp config/prometheus/alerts.yaml charts/tally/files/alerts.yaml
 
 ## schema: rewrite ledger/migrations/schema.sql, the live schema as pg_dump prints it after
 ## every migration (make test fails when it is stale).

@@ -18,6 +18,7 @@ import (
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/localshard"
 	"github.com/tallyhq/tally/internal/postgres"
+	"github.com/tallyhq/tally/ledger/events"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/server"
 )
@@ -28,6 +29,10 @@ const (
 	devPGPort   = 54329
 	devDatabase = "tally"
 	devAppRole  = "tally_service"
+	// the event relay's login (tally dev --events)
+	devRelayRole     = "tally_relayer"
+	devRelayPassword = "dev-relay"
+	devKafka         = "127.0.0.1:9092"
 )
 
 // Local high-availability defaults (tally dev --instances N): instance n listens on
@@ -50,6 +55,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	listen := fs.String("listen", server.DefaultListen, "API address")
 	opsListen := fs.String("ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
 	printScript := fs.String("print-script", "", "only print the curl commands for the API at this host:port, and exit")
+	withEvents := fs.Bool("events", false, "also serve an in-memory Kafka on "+devKafka+" (tally events broker) and relay the shards' events to it")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -85,7 +91,11 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	for _, addr := range []string{*listen, *opsListen} {
+	addrs := []string{*listen, *opsListen}
+	if *withEvents {
+		addrs = append(addrs, devKafka)
+	}
+	for _, addr := range addrs {
 		if err := checkFree(addr); err != nil {
 			return err
 		}
@@ -129,6 +139,15 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	for i := range *shards {
 		databaseURLs = append(databaseURLs, superDSN(devShardDatabase(i)))
 		appDSNs = append(appDSNs, strings.Replace(superDSN(devShardDatabase(i)), postgres.Superuser+"@", devAppRole+"@", 1))
+	}
+	if *withEvents {
+		stop, err := runDevEvents(ctx, superDSN, *shards, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		extra += fmt.Sprintf("\nEvents: every shard's, relayed to an in-memory Kafka on %s (topic %s); watch them:\n  bin/tally events tail --brokers %s\n",
+			devKafka, defaultTopic, devKafka)
 	}
 	ready := make(chan string, 1)
 	go func() {
@@ -275,8 +294,11 @@ func migrateDevShard(ctx context.Context, dsn string, shard int) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	_, err = migrations.Setup(ctx, conn, shard, devAppRole)
-	return err
+	if _, err = migrations.Setup(ctx, conn, shard, devAppRole); err != nil {
+		return err
+	}
+	// the event relay's login, for tally dev --events
+	return migrations.GrantRelay(ctx, conn, devRelayRole, devRelayPassword)
 }
 
 // DevBanner is what `tally dev` prints once it serves: where things are, and curl
@@ -331,4 +353,29 @@ curl -s -X POST $API/v1/transfers -H 'Content-Type: application/json' -H "Idempo
 curl -s $API/v1/accounts/$CAROL/balance; echo`
 	}
 	return strings.ReplaceAll(script, "ADDR", addr)
+}
+
+// runDevEvents serves an in-memory Kafka on devKafka and relays every shard's events to
+// it, until the returned stop is called.
+func runDevEvents(ctx context.Context, superDSN func(db string) string, shards int, log *slog.Logger) (stop func(), err error) {
+	broker, err := startBroker(devKafka, devKafka, defaultTopic, 4)
+	if err != nil {
+		return nil, err
+	}
+	producer, err := events.NewProducer(events.Kafka{Brokers: []string{devKafka}})
+	if err != nil {
+		broker.Close()
+		return nil, err
+	}
+	dsns := make([]string, shards)
+	for i := range dsns {
+		dsns[i] = strings.Replace(superDSN(devShardDatabase(i)), postgres.Superuser+"@", devRelayRole+":"+devRelayPassword+"@", 1)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = events.RunShards(rctx, dsns, events.Config{Client: producer, Topic: defaultTopic, Log: log})
+	}()
+	return func() { cancel(); <-done; producer.Close(); broker.Close() }, nil
 }

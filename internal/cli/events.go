@@ -179,33 +179,43 @@ func runEventsBroker(ctx context.Context, args []string, out io.Writer) error {
 	if *advertise == "" {
 		*advertise = *listen
 	}
-	_, portText, err := net.SplitHostPort(*listen)
+	c, err := startBroker(*listen, *advertise, *topic, *partitions)
 	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	// kfake listens on 127.0.0.1 and tells clients its listener's address; listen where
-	// asked instead, and tell them --advertise.
-	listenFn := func(network, _ string) (net.Listener, error) {
-		ln, err := net.Listen(network, *listen)
-		if err != nil {
-			return nil, err
-		}
-		return advertised{Listener: ln, addr: advertisedAddr(*advertise)}, nil
-	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.ListenFn(listenFn),
-		kfake.SeedTopics(int32(*partitions), *topic), kfake.AllowAutoTopicCreation())
-	if err != nil {
-		return fmt.Errorf("start the broker: %w", err)
+		return err
 	}
 	defer c.Close()
 	fmt.Fprintf(out, "an in-memory Kafka broker (kfake, for trying Tally's events; not for production) on %s, advertised as %s, topic %s\n",
 		*listen, *advertise, *topic)
 	<-ctx.Done()
 	return nil
+}
+
+// startBroker serves an in-memory Kafka (kfake) on listen, telling clients to reach it
+// at advertise, with topic made.
+func startBroker(listen, advertise, topic string, partitions int) (*kfake.Cluster, error) {
+	_, portText, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("broker address %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return nil, fmt.Errorf("broker address %q: %w", listen, err)
+	}
+	// kfake listens on 127.0.0.1 and tells clients its listener's address; listen where
+	// asked instead, and tell them advertise.
+	listenFn := func(network, _ string) (net.Listener, error) {
+		ln, err := net.Listen(network, listen)
+		if err != nil {
+			return nil, err
+		}
+		return advertised{Listener: ln, addr: advertisedAddr(advertise)}, nil
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.ListenFn(listenFn),
+		kfake.SeedTopics(int32(partitions), topic), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		return nil, fmt.Errorf("start the broker: %w", err)
+	}
+	return c, nil
 }
 
 // advertised is a listener that reports another address: the one clients should dial.
