@@ -68,7 +68,7 @@ func TestEventsFollowAFailover(t *testing.T) {
 	err = conn.QueryRow(ctx, `SELECT
 		(SELECT array_agg(transaction_id::text) FROM tally.idempotency_keys WHERE caller = 'ha' AND key = ANY($1) AND status = 201),
 		(SELECT array_agg(id::text) FROM tally.transactions),
-		(SELECT numbered FROM tally.outbox_progress) + (SELECT count(*) FROM tally.outbox WHERE sequence IS NULL)`, acked).
+		(SELECT published FROM tally.outbox_progress) + (SELECT count(*) FROM tally.outbox)`, acked).
 		Scan(&ackedIDs, &journal, &all)
 	if err != nil {
 		t.Fatal(err)

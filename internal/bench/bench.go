@@ -220,10 +220,20 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		if err := env.grow(ctx, cfg.LargeAccounts); err != nil {
 			return results, fmt.Errorf("bench: grow to %d accounts: %w", cfg.LargeAccounts, err)
 		}
-		cfg.Modes = slices.DeleteFunc(slices.Clone(cfg.Modes), viaRedis) // what a big table costs is not Redis's question
+		// what a big table costs is not Redis's question, nor the outbox's
+		cfg.Modes = slices.DeleteFunc(slices.Clone(cfg.Modes), func(m string) bool { return viaRedis(m) || viaEvents(m) })
 		if err := measure(Uniform, slices.Max(cfg.Clients)); err != nil {
 			return results, err
 		}
+	}
+	var latency *Result
+	if env.events != nil {
+		r, err := env.eventLatency(ctx, EventsRate, eventsLatencyD)
+		if err != nil {
+			return results, fmt.Errorf("bench: commit to Kafka: %w", err)
+		}
+		emit(r)
+		latency = &r
 	}
 	if cfg.Out != nil {
 		printTable(cfg.Out, results)
@@ -235,6 +245,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 		printTargets(cfg.Out, summary)
 		printRedisTargets(cfg.Out, summary)
+		printEventsTargets(cfg.Out, summary, latency)
 	}
 	return append(results, medians...), nil
 }
@@ -410,6 +421,7 @@ type env struct {
 	// each Redis mode asked for, all over the same databases.
 	services map[string]*service
 	redis    *redisServer // the Redis modes' own; nil without them
+	events   *eventsEnv   // the event modes' Kafka; nil without them
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
@@ -501,6 +513,9 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err := e.startRedisServices(ctx, cfg.Modes, base); err != nil {
 		return nil, err
 	}
+	if err := e.startEvents(ctx, cfg.Modes); err != nil {
+		return nil, err
+	}
 	e.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * maxClients, MaxConnsPerHost: 2 * maxClients}}
 	ok = true
 	return e, nil
@@ -535,13 +550,18 @@ func startService(ctx context.Context, cfg server.Config) (*service, error) {
 }
 
 func (e *env) close() {
+	stopped := map[*service]bool{} // the event modes share ModeHTTP's
 	for _, s := range e.services {
-		s.stop()
-		<-s.done
+		if !stopped[s] {
+			stopped[s] = true
+			s.stop()
+			<-s.done
+		}
 	}
 	if e.redis != nil {
 		e.redis.stop()
 	}
+	e.events.close()
 	if e.pool != nil {
 		e.pool.Close()
 	}
@@ -726,7 +746,7 @@ func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 	switch mode {
 	case ModeReference:
 		return e.ref.op(pick)
-	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits:
+	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits, ModeHTTPNoOutbox, ModeHTTPEvents:
 		return func(ctx context.Context, rng *rand.Rand) (bool, error) {
 			from, to := pick(rng)
 			body := `{"from_account":"` + e.accounts[from].String() + `","to_account":"` + e.accounts[to].String() + `","amount":"1.00","asset":"USD"}`
@@ -792,6 +812,13 @@ func (e *env) run(ctx context.Context, scenario, mode string, clients int, d tim
 		return Result{}, err
 	}
 	defer stop()
+	if viaEvents(mode) {
+		end, err := e.eventsRound(ctx, mode)
+		if err != nil {
+			return Result{}, err
+		}
+		defer end()
+	}
 	op := e.op(scenario, mode, batchedSet)
 	if scenario == Replays {
 		if err := e.applyReplayed(ctx, mode, clients); err != nil {
@@ -1030,7 +1057,7 @@ func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (
 		return b.Stats(), nil
 	case ModeWrk:
 		mode = ModeHTTP
-	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits:
+	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits, ModeHTTPNoOutbox, ModeHTTPEvents:
 	default:
 		return batcher.Stats{}, nil
 	}

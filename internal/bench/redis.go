@@ -42,7 +42,7 @@ const replayKeys = 2000
 var unreached = ratelimit.Limit{Rate: 1_000_000, Period: time.Second, Burst: 1_000_000}
 
 func viaHTTP(mode string) bool {
-	return mode == ModeHTTP || mode == ModeHTTPCache || mode == ModeHTTPLimits
+	return mode == ModeHTTP || mode == ModeHTTPCache || mode == ModeHTTPLimits || viaEvents(mode)
 }
 
 func viaRedis(mode string) bool { return mode == ModeHTTPCache || mode == ModeHTTPLimits }
@@ -63,6 +63,9 @@ func modesFor(scenario string, asked []string) []string {
 	}
 	if scenario != Uniform && scenario != Hot && scenario != Reads {
 		drop(viaRedis) // the Redis modes are compared where the issue asks
+	}
+	if scenario != Uniform && scenario != Hot {
+		drop(viaEvents) // and the event modes too
 	}
 	if scenario == Reads {
 		return modes

@@ -170,6 +170,7 @@ type publisher struct {
 	conn      *pgx.Conn
 	ledger    uuid.UUID // the shard database's identity, which event ids derive from
 	published int64     // events published in this turn
+	measured  time.Time // when the lag and backlog were last measured
 }
 
 func newPublisher(ctx context.Context, cfg Config, m shardMetrics, conn *pgx.Conn) (*publisher, error) {
@@ -217,37 +218,32 @@ func (p *publisher) run(ctx context.Context) error {
 
 var errKafka = errors.New("kafka")
 
-// round numbers the events committed since the last round, publishes up to a batch of
-// them, and records how far Kafka acknowledged. It reports whether more are waiting.
+// round publishes the next batch of events (the one numbered before and not yet
+// acknowledged, or the next committed ones) and records that Kafka acknowledged it. It
+// reports whether it published a full batch (more may be waiting).
 func (p *publisher) round(ctx context.Context) (bool, error) {
-	var numbered, published, unnumbered int64
-	var oldest *time.Time
-	err := p.conn.QueryRow(ctx, "SELECT numbered, published, oldest, unnumbered FROM tally.outbox_number($1)", p.cfg.Batch).
-		Scan(&numbered, &published, &oldest, &unnumbered)
+	if time.Since(p.measured) >= time.Second {
+		if err := p.measure(ctx); err != nil {
+			return false, err
+		}
+	}
+	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data FROM tally.outbox_next($1)", p.cfg.Batch)
 	if err != nil {
-		return false, fmt.Errorf("events: number new events: %w", err)
-	}
-	p.m.backlog.Set(float64(numbered - published + unnumbered))
-	if oldest == nil {
-		p.m.lag.Set(0)
-	} else {
-		p.m.lag.Set(max(0, time.Since(*oldest).Seconds()))
-	}
-	if numbered == published {
-		return unnumbered > 0, nil
-	}
-	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data FROM tally.outbox_events($1, $2)", published, p.cfg.Batch)
-	if err != nil {
-		return false, fmt.Errorf("events: read events: %w", err)
+		return false, fmt.Errorf("events: read the next events: %w", err)
 	}
 	batch, err := pgx.CollectRows(rows, pgx.RowToStructByPos[outboxRow])
 	if err != nil {
-		return false, fmt.Errorf("events: read events: %w", err)
+		return false, fmt.Errorf("events: read the next events: %w", err)
+	}
+	if len(batch) == 0 {
+		p.m.lag.Set(0)
+		p.m.backlog.Set(0)
+		return false, nil
 	}
 	var recs []*kgo.Record
 	for i, row := range batch {
-		if row.Sequence != published+int64(i)+1 {
-			return false, fmt.Errorf("events: event %d follows %d: the outbox has a gap", row.Sequence, published+int64(i))
+		if i > 0 && row.Sequence != batch[i-1].Sequence+1 {
+			return false, fmt.Errorf("events: event %d follows %d: the batch has a gap", row.Sequence, batch[i-1].Sequence)
 		}
 		rs, err := records(p.cfg.Topic, p.cfg.Shard, p.ledger, row)
 		if err != nil {
@@ -258,10 +254,10 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 	if err := p.cfg.Client.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		return false, fmt.Errorf("%w: produce %d records: %w", errKafka, len(recs), err)
 	}
-	through := published + int64(len(batch))
+	through := batch[len(batch)-1].Sequence
 	var moved bool
-	if err := p.conn.QueryRow(ctx, "SELECT tally.outbox_published($1, $2)", published, through).Scan(&moved); err != nil {
-		return false, fmt.Errorf("events: record events %d to %d as published: %w", published+1, through, err)
+	if err := p.conn.QueryRow(ctx, "SELECT tally.outbox_published($1)", through).Scan(&moved); err != nil {
+		return false, fmt.Errorf("events: record events %d to %d as published: %w", batch[0].Sequence, through, err)
 	}
 	if !moved {
 		return false, ErrLostTurn
@@ -269,7 +265,25 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 	p.published += int64(len(batch))
 	p.m.published.Add(float64(len(batch)))
 	p.m.records.Add(float64(len(recs)))
-	return through < numbered || unnumbered > 0, nil
+	return len(batch) == p.cfg.Batch, nil
+}
+
+// measure sets the lag and backlog metrics (once a second: counting a long backlog is
+// not free).
+func (p *publisher) measure(ctx context.Context) error {
+	var published, waiting int64
+	var oldest *time.Time
+	if err := p.conn.QueryRow(ctx, "SELECT published, waiting, oldest FROM tally.outbox_backlog()").Scan(&published, &waiting, &oldest); err != nil {
+		return fmt.Errorf("events: measure the backlog: %w", err)
+	}
+	p.measured = time.Now()
+	p.m.backlog.Set(float64(waiting))
+	if oldest == nil {
+		p.m.lag.Set(0)
+	} else {
+		p.m.lag.Set(max(0, time.Since(*oldest).Seconds()))
+	}
+	return nil
 }
 
 // backoff doubles a wait from 100 ms up to maxBackoff.

@@ -182,7 +182,7 @@ func (f *fixture) committed() (transactions, all int) {
 	f.t.Helper()
 	conn := f.db.SuperConn(f.t)
 	err := conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM tally.transactions),
-		(SELECT numbered FROM tally.outbox_progress) + (SELECT count(*) FROM tally.outbox WHERE sequence IS NULL)`).Scan(&transactions, &all)
+		(SELECT published FROM tally.outbox_progress) + (SELECT count(*) FROM tally.outbox)`).Scan(&transactions, &all)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -636,35 +636,14 @@ $$;
 
 
 --
--- Name: outbox_events(bigint, integer); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: outbox_backlog(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.outbox_events(p_after bigint, p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
+CREATE FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamp with time zone) RETURNS record
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$
-  SELECT o.sequence, o.type, o.subject, o.occurred_at,
-         coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
-  FROM tally.outbox o
-  LEFT JOIN LATERAL (
-    SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
-           jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
-             'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
-               'amount', tally.outbox_amount(p.amount::bigint, p.asset), 'asset', p.asset)
-               ORDER BY p.posting))
-           || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
-                        FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
-    FROM tally.transactions tx
-    JOIN LATERAL (
-      -- a posting is one credit leg and one debit leg per slot drawn from
-      SELECT e.posting, (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1] AS from_account,
-             (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
-             sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
-      FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
-    WHERE o.type = 'transaction.committed' AND tx.id = o.subject
-    GROUP BY tx.id) t ON true
-  WHERE o.sequence > p_after
-  ORDER BY o.sequence LIMIT p_limit
+  SELECT (SELECT p.published FROM tally.outbox_progress p), count(*), min(o.occurred_at) FROM tally.outbox o
 $$;
 
 
@@ -689,31 +668,58 @@ END $$;
 
 
 --
--- Name: outbox_number(integer); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: outbox_next(integer); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) RETURNS record
+CREATE FUNCTION tally.outbox_next(p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$
 DECLARE
-  v_count bigint;
+  v_published bigint;
+  v_batch bigint[];
 BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
-  SELECT p.numbered, p.published INTO numbered, published FROM tally.outbox_progress p FOR UPDATE;
-  WITH fresh AS (
-    SELECT o.id, row_number() OVER (ORDER BY pg_xact_commit_timestamp(o.xmin), o.id) AS n
-    FROM tally.outbox o WHERE o.sequence IS NULL
-    ORDER BY pg_xact_commit_timestamp(o.xmin), o.id LIMIT p_limit)
-  UPDATE tally.outbox o SET sequence = outbox_number.numbered + f.n FROM fresh f WHERE o.id = f.id;
-  GET DIAGNOSTICS v_count = ROW_COUNT;
-  numbered := numbered + v_count;
-  UPDATE tally.outbox_progress SET numbered = outbox_number.numbered;
-  SELECT least(
-      (SELECT o.occurred_at FROM tally.outbox o WHERE o.sequence = outbox_number.published + 1),
-      (SELECT min(o.occurred_at) FROM tally.outbox o WHERE o.sequence IS NULL))
-    INTO oldest;
-  SELECT count(*) INTO unnumbered FROM tally.outbox o WHERE o.sequence IS NULL;
+  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF v_batch IS NULL THEN
+    -- Whole commits only (every row up to the commit time of the p_limit-th), so that
+    -- within one commit (a batch of requests) the order below is the whole order: the
+    -- transactions in the order the batch applied them, which is their entries' order.
+    WITH c AS (SELECT o.id, o.type, o.subject, pg_xact_commit_timestamp(o.xmin) AS committed FROM tally.outbox o),
+    cut AS (SELECT c.committed FROM c ORDER BY c.committed OFFSET p_limit - 1 LIMIT 1)
+    SELECT array_agg(c.id ORDER BY c.committed,
+             (SELECT min(e.id) FROM tally.entries e WHERE c.type = 'transaction.committed' AND e.transaction_id = c.subject),
+             c.id)
+      INTO v_batch
+    FROM c WHERE NOT EXISTS (SELECT FROM cut) OR c.committed <= (SELECT cut.committed FROM cut);
+    IF v_batch IS NULL THEN
+      RETURN;
+    END IF;
+    UPDATE tally.outbox_progress SET batch = v_batch;
+  END IF;
+  RETURN QUERY
+  SELECT v_published + b.n, o.type, o.subject, o.occurred_at,
+         coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
+  FROM unnest(v_batch) WITH ORDINALITY AS b(id, n)
+  JOIN tally.outbox o ON o.id = b.id
+  LEFT JOIN LATERAL (
+    SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
+           jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
+             'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
+               'amount', tally.outbox_amount(p.amount::bigint, p.asset), 'asset', p.asset)
+               ORDER BY p.posting))
+           || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
+                        FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
+    FROM tally.transactions tx
+    JOIN LATERAL (
+      -- a posting is one credit leg and one debit leg per slot drawn from
+      SELECT e.posting, (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1] AS from_account,
+             (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
+             sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
+      FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
+    WHERE o.type = 'transaction.committed' AND tx.id = o.subject
+    GROUP BY tx.id) t ON true
+  ORDER BY b.n;
 END $$;
 
 
@@ -787,20 +793,23 @@ END $$;
 
 
 --
--- Name: outbox_published(bigint, bigint); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: outbox_published(bigint); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.outbox_published(p_from bigint, p_through bigint) RETURNS boolean
+CREATE FUNCTION tally.outbox_published(p_through bigint) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$
+DECLARE
+  v_published bigint;
+  v_batch bigint[];
 BEGIN
-  UPDATE tally.outbox_progress SET published = p_through, published_at = now()
-  WHERE published = p_from AND p_through >= p_from AND p_through <= numbered;
-  IF NOT FOUND THEN
+  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_through THEN
     RETURN false;
   END IF;
-  DELETE FROM tally.outbox WHERE sequence > p_from AND sequence <= p_through;
+  DELETE FROM tally.outbox WHERE id = ANY (v_batch);
+  UPDATE tally.outbox_progress SET published = p_through, published_at = now(), batch = NULL;
   RETURN true;
 END $$;
 
@@ -2180,9 +2189,7 @@ CREATE TABLE tally.outbox (
     accounts uuid[],
     data jsonb,
     occurred_at timestamp with time zone DEFAULT now() NOT NULL,
-    sequence bigint,
     CONSTRAINT outbox_check CHECK (((type = 'transaction.committed'::text) = ((accounts IS NULL) AND (data IS NULL)))),
-    CONSTRAINT outbox_sequence_check CHECK ((sequence > 0)),
     CONSTRAINT outbox_type_check CHECK ((type = ANY (ARRAY['transaction.committed'::text, 'account.opened'::text, 'account.frozen'::text, 'account.unfrozen'::text, 'account.closed'::text, 'transfer.pending'::text, 'transfer.posted'::text, 'transfer.voided'::text, 'transfer.expired'::text, 'transfer.received'::text, 'transfer.refused'::text])))
 );
 
@@ -2207,11 +2214,12 @@ ALTER TABLE tally.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 CREATE TABLE tally.outbox_progress (
     only_row boolean DEFAULT true NOT NULL,
-    numbered bigint DEFAULT 0 NOT NULL,
     published bigint DEFAULT 0 NOT NULL,
     published_at timestamp with time zone,
-    CONSTRAINT outbox_progress_check CHECK (((published >= 0) AND (published <= numbered))),
-    CONSTRAINT outbox_progress_only_row_check CHECK (only_row)
+    batch bigint[],
+    CONSTRAINT outbox_progress_batch_check CHECK ((cardinality(batch) > 0)),
+    CONSTRAINT outbox_progress_only_row_check CHECK (only_row),
+    CONSTRAINT outbox_progress_published_check CHECK ((published >= 0))
 );
 
 
@@ -2355,14 +2363,6 @@ ALTER TABLE ONLY tally.outbox_progress
 
 
 --
--- Name: outbox outbox_sequence_key; Type: CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.outbox
-    ADD CONSTRAINT outbox_sequence_key UNIQUE (sequence);
-
-
---
 -- Name: pending_transfers pending_transfers_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -2464,13 +2464,6 @@ CREATE INDEX entries_by_transaction ON tally.entries USING btree (transaction_id
 --
 
 CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (created_at);
-
-
---
--- Name: outbox_unnumbered; Type: INDEX; Schema: tally; Owner: -
---
-
-CREATE INDEX outbox_unnumbered ON tally.outbox USING btree (id) WHERE (sequence IS NULL);
 
 
 --
@@ -2878,19 +2871,19 @@ GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
 
 
 --
--- Name: FUNCTION outbox_events(p_after bigint, p_limit integer); Type: ACL; Schema: tally; Owner: -
+-- Name: FUNCTION outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamp with time zone); Type: ACL; Schema: tally; Owner: -
 --
 
-REVOKE ALL ON FUNCTION tally.outbox_events(p_after bigint, p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION tally.outbox_events(p_after bigint, p_limit integer) TO tally_relay;
+REVOKE ALL ON FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamp with time zone) TO tally_relay;
 
 
 --
--- Name: FUNCTION outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint); Type: ACL; Schema: tally; Owner: -
+-- Name: FUNCTION outbox_next(p_limit integer); Type: ACL; Schema: tally; Owner: -
 --
 
-REVOKE ALL ON FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint, OUT oldest timestamp with time zone, OUT unnumbered bigint) TO tally_relay;
+REVOKE ALL ON FUNCTION tally.outbox_next(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_next(p_limit integer) TO tally_relay;
 
 
 --
@@ -2929,11 +2922,11 @@ GRANT UPDATE(resolved_at) ON TABLE tally.pending_transfers TO tally_app;
 
 
 --
--- Name: FUNCTION outbox_published(p_from bigint, p_through bigint); Type: ACL; Schema: tally; Owner: -
+-- Name: FUNCTION outbox_published(p_through bigint); Type: ACL; Schema: tally; Owner: -
 --
 
-REVOKE ALL ON FUNCTION tally.outbox_published(p_from bigint, p_through bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION tally.outbox_published(p_from bigint, p_through bigint) TO tally_relay;
+REVOKE ALL ON FUNCTION tally.outbox_published(p_through bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_published(p_through bigint) TO tally_relay;
 
 
 --

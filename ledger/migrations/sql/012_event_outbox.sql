@@ -16,6 +16,11 @@
 -- commits after it, with a later commit timestamp. So numbering, in one statement, the
 -- rows visible now by their commit timestamp puts two transactions on one account in the
 -- order they committed. Hence track_commit_timestamp = on on every server.
+--
+-- Numbers are given a batch at a time and kept (outbox_progress.batch: the ids, in order,
+-- numbered from published + 1) until Kafka acknowledged the batch, so a relay that dies
+-- meanwhile is followed by one that publishes the very same events under the very same
+-- numbers. Then the batch's rows go: one INSERT and one DELETE per event, nothing more.
 
 CREATE TABLE tally.outbox (
   id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -27,18 +32,16 @@ CREATE TABLE tally.outbox (
   accounts uuid[],                -- the accounts it concerns; NULL for a transaction (its entries say)
   data jsonb,                     -- the subject's state as of the change; NULL for a transaction
   occurred_at timestamptz NOT NULL DEFAULT now(),
-  sequence bigint UNIQUE CHECK (sequence > 0),  -- given by the relay, in commit order
   CHECK ((type = 'transaction.committed') = (accounts IS NULL AND data IS NULL))
 );
-CREATE INDEX outbox_unnumbered ON tally.outbox (id) WHERE sequence IS NULL;
 
--- How far the relay got: sequences given, and the highest one Kafka acknowledged.
+-- How far the relay got: the highest sequence Kafka acknowledged, and the batch numbered
+-- after it, not yet acknowledged.
 CREATE TABLE tally.outbox_progress (
   only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-  numbered bigint NOT NULL DEFAULT 0,
-  published bigint NOT NULL DEFAULT 0,
+  published bigint NOT NULL DEFAULT 0 CHECK (published >= 0),
   published_at timestamptz,
-  CHECK (published >= 0 AND published <= numbered)
+  batch bigint[] CHECK (cardinality(batch) > 0)
 );
 INSERT INTO tally.outbox_progress DEFAULT VALUES;
 
@@ -132,42 +135,40 @@ CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_t
 CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_inbound_transfers();
 
--- outbox_number gives the next sequences to up to p_limit rows visible now, in commit
--- order (see above), and returns the progress: highest sequence given, highest
--- published, when the oldest row not yet published was written (NULL: none), and how
--- many rows wait for a number still.
-CREATE FUNCTION tally.outbox_number(p_limit integer, OUT numbered bigint, OUT published bigint,
-  OUT oldest timestamptz, OUT unnumbered bigint)
+-- outbox_next returns the batch of events to publish, numbered: the one numbered
+-- before and not yet acknowledged, or else up to p_limit rows visible now, numbered in
+-- commit order (see above). Each event comes with the accounts it concerns and its data
+-- (a transaction's from the journal: postings as the API shows them).
+CREATE FUNCTION tally.outbox_next(p_limit integer)
+RETURNS TABLE (sequence bigint, type text, subject uuid, occurred_at timestamptz, accounts uuid[], data jsonb)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
-  v_count bigint;
+  v_published bigint;
+  v_batch bigint[];
 BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
-  SELECT p.numbered, p.published INTO numbered, published FROM tally.outbox_progress p FOR UPDATE;
-  WITH fresh AS (
-    SELECT o.id, row_number() OVER (ORDER BY pg_xact_commit_timestamp(o.xmin), o.id) AS n
-    FROM tally.outbox o WHERE o.sequence IS NULL
-    ORDER BY pg_xact_commit_timestamp(o.xmin), o.id LIMIT p_limit)
-  UPDATE tally.outbox o SET sequence = outbox_number.numbered + f.n FROM fresh f WHERE o.id = f.id;
-  GET DIAGNOSTICS v_count = ROW_COUNT;
-  numbered := numbered + v_count;
-  UPDATE tally.outbox_progress SET numbered = outbox_number.numbered;
-  SELECT least(
-      (SELECT o.occurred_at FROM tally.outbox o WHERE o.sequence = outbox_number.published + 1),
-      (SELECT min(o.occurred_at) FROM tally.outbox o WHERE o.sequence IS NULL))
-    INTO oldest;
-  SELECT count(*) INTO unnumbered FROM tally.outbox o WHERE o.sequence IS NULL;
-END $$;
-
--- outbox_events returns up to p_limit numbered events after sequence p_after, in order,
--- each with the accounts it concerns and its data (a transaction's from the journal:
--- postings as the API shows them, amounts in the asset's units).
-CREATE FUNCTION tally.outbox_events(p_after bigint, p_limit integer)
-RETURNS TABLE (sequence bigint, type text, subject uuid, occurred_at timestamptz, accounts uuid[], data jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
-  SELECT o.sequence, o.type, o.subject, o.occurred_at,
+  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF v_batch IS NULL THEN
+    -- Whole commits only (every row up to the commit time of the p_limit-th), so that
+    -- within one commit (a batch of requests) the order below is the whole order: the
+    -- transactions in the order the batch applied them, which is their entries' order.
+    WITH c AS (SELECT o.id, o.type, o.subject, pg_xact_commit_timestamp(o.xmin) AS committed FROM tally.outbox o),
+    cut AS (SELECT c.committed FROM c ORDER BY c.committed OFFSET p_limit - 1 LIMIT 1)
+    SELECT array_agg(c.id ORDER BY c.committed,
+             (SELECT min(e.id) FROM tally.entries e WHERE c.type = 'transaction.committed' AND e.transaction_id = c.subject),
+             c.id)
+      INTO v_batch
+    FROM c WHERE NOT EXISTS (SELECT FROM cut) OR c.committed <= (SELECT cut.committed FROM cut);
+    IF v_batch IS NULL THEN
+      RETURN;
+    END IF;
+    UPDATE tally.outbox_progress SET batch = v_batch;
+  END IF;
+  RETURN QUERY
+  SELECT v_published + b.n, o.type, o.subject, o.occurred_at,
          coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
-  FROM tally.outbox o
+  FROM unnest(v_batch) WITH ORDINALITY AS b(id, n)
+  JOIN tally.outbox o ON o.id = b.id
   LEFT JOIN LATERAL (
     SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
            jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
@@ -185,33 +186,42 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
       FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
     WHERE o.type = 'transaction.committed' AND tx.id = o.subject
     GROUP BY tx.id) t ON true
-  WHERE o.sequence > p_after
-  ORDER BY o.sequence LIMIT p_limit
-$$;
+  ORDER BY b.n;
+END $$;
 
--- outbox_published records that Kafka acknowledged every event through p_through and
--- removes them. It moves only from p_from: a relay that lost its turn (another one
--- published meanwhile) learns it here (false) and stops.
-CREATE FUNCTION tally.outbox_published(p_from bigint, p_through bigint) RETURNS boolean
+-- outbox_published records that Kafka acknowledged the batch, whose last sequence is
+-- p_through, and removes its rows. A relay that lost its turn (another one published the
+-- batch meanwhile) learns it here (false) and stops.
+CREATE FUNCTION tally.outbox_published(p_through bigint) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+  v_published bigint;
+  v_batch bigint[];
 BEGIN
-  UPDATE tally.outbox_progress SET published = p_through, published_at = now()
-  WHERE published = p_from AND p_through >= p_from AND p_through <= numbered;
-  IF NOT FOUND THEN
+  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_through THEN
     RETURN false;
   END IF;
-  DELETE FROM tally.outbox WHERE sequence > p_from AND sequence <= p_through;
+  DELETE FROM tally.outbox WHERE id = ANY (v_batch);
+  UPDATE tally.outbox_progress SET published = p_through, published_at = now(), batch = NULL;
   RETURN true;
 END $$;
+
+-- outbox_backlog is what the relay's metrics say: the highest sequence acknowledged, the
+-- events not yet acknowledged, and when the oldest of them was written (NULL: none).
+CREATE FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+  SELECT (SELECT p.published FROM tally.outbox_progress p), count(*), min(o.occurred_at) FROM tally.outbox o
+$$;
 
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tally_relay') THEN
     CREATE ROLE tally_relay NOLOGIN;
   END IF;
 END $$;
-REVOKE ALL ON FUNCTION tally.outbox_number(integer), tally.outbox_events(bigint, integer),
-  tally.outbox_published(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally.outbox_next(integer), tally.outbox_published(bigint), tally.outbox_backlog()
+  FROM PUBLIC;
 GRANT USAGE ON SCHEMA tally TO tally_relay;
-GRANT EXECUTE ON FUNCTION tally.outbox_number(integer), tally.outbox_events(bigint, integer),
-  tally.outbox_published(bigint, bigint) TO tally_relay;
+GRANT EXECUTE ON FUNCTION tally.outbox_next(integer), tally.outbox_published(bigint), tally.outbox_backlog()
+  TO tally_relay;
 GRANT SELECT ON tally.shard, tally.ledger_identity TO tally_relay;
