@@ -715,8 +715,6 @@ func ServerParams() map[string]string {
 		"synchronous_commit": "on",
 		"fsync":              "on",
 		"full_page_writes":   "on",
-		// the event relay numbers the outbox in commit order (migration 012)
-		"track_commit_timestamp": "on",
 		// A peer that stops answering (a frozen pod, a cut network) is dropped after 5 s
 		// rather than PostgreSQL's 60 s: a replica whose connection to a hung primary stays
 		// open counts as streaming, and a failover waits until no replica streams. Each side

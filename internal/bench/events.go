@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,7 +48,7 @@ const (
 
 // outboxTriggers are the triggers that write the outbox (migration 012).
 var outboxTriggers = map[string][]string{
-	"tally.transactions":      {"transactions_outbox"},
+	"tally.entries":           {"entries_outbox"},
 	"tally.accounts":          {"accounts_outbox_opened", "accounts_outbox_changed"},
 	"tally.pending_transfers": {"pending_transfers_outbox_created", "pending_transfers_outbox_resolved"},
 	"tally.inbound_transfers": {"inbound_transfers_outbox"},
@@ -155,7 +156,7 @@ func (ev *eventsEnv) relay(ctx context.Context) (stop func(), err error) {
 	go func() {
 		defer wg.Done()
 		_ = events.RunShards(runCtx, ev.relayDSNs, events.Config{Client: producer, Topic: eventsTopic,
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	}()
 	var measuring atomic.Bool
 	lat := newHistogram()
@@ -334,4 +335,3 @@ func yes(ok bool) string {
 	}
 	return "no"
 }
-

@@ -125,9 +125,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("postgres: open log: %w", err)
 	}
 	args := []string{"-D", cfg.DataDir, "-p", strconv.Itoa(cfg.Port),
-		"-c", "listen_addresses=" + cfg.Listen, "-c", "unix_socket_directories=", "-c", "fsync=on",
-		// the event relay numbers the outbox in commit order (migration 012)
-		"-c", "track_commit_timestamp=on"}
+		"-c", "listen_addresses=" + cfg.Listen, "-c", "unix_socket_directories=", "-c", "fsync=on"}
 	keys := make([]string, 0, len(cfg.Params))
 	for k := range cfg.Params {
 		keys = append(keys, k)

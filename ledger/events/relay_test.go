@@ -470,41 +470,48 @@ func TestOneAccountsEventsComeInCommitOrder(t *testing.T) {
 	}
 }
 
-// TestEventsAreNumberedInCommitOrder: a change that wrote its outbox row first but
-// committed last is numbered last.
-func TestEventsAreNumberedInCommitOrder(t *testing.T) {
+// TestAChangeThatWaitedForAnotherComesAfterIt: an account is unfrozen by a transaction
+// that holds its lock while a transfer from it waits; the transfer commits second, and
+// its event comes second, though both were under way at once.
+func TestAChangeThatWaitedForAnotherComesAfterIt(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	x, y := f.account("x"), f.account("y")
-	first, err := f.db.SuperConn(t).Begin(ctx)
+	f.post(f.store, "fund", usd(f.external, x, 10_00))
+	if _, err := f.store.SetStatus(ctx, x, ledger.StatusFrozen); err != nil {
+		t.Fatal(err)
+	}
+	unfreeze, err := f.db.SuperConn(t).Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer first.Rollback(ctx) //nolint:errcheck // committed below
-	if _, err := first.Exec(ctx, "SELECT tally.set_account_status($1, 'frozen')", [16]byte(x)); err != nil {
+	defer unfreeze.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := unfreeze.Exec(ctx, "SELECT tally.set_account_status($1, 'active')", [16]byte(x)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.store.SetStatus(ctx, y, ledger.StatusFrozen); err != nil {
+	paid := make(chan ledger.TransactionID)
+	go func() { paid <- f.post(f.store, "pay", usd(x, y, 1_00)) }()
+	time.Sleep(300 * time.Millisecond) // the transfer waits for x's lock
+	if err := unfreeze.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := first.Commit(ctx); err != nil {
-		t.Fatal(err)
+	tx := <-paid
+	if tx == (ledger.TransactionID{}) {
+		t.Fatal("the transfer from the unfrozen account was refused")
 	}
 	f.relay("one", prometheus.NewRegistry())
 	_, all := f.committed()
-	frozen := map[uuid.UUID]int64{}
+	var unfrozen, transfer int64
 	for _, e := range distinct(t, f.consume(time.Minute, haveSequences(all))) {
-		if e.Type == "account.frozen" {
-			var data struct{ ID uuid.UUID }
-			if err := json.Unmarshal(e.Data, &data); err != nil {
-				t.Fatal(err)
-			}
-			frozen[data.ID] = e.Sequence
+		if e.Type == "account.unfrozen" {
+			unfrozen = e.Sequence
+		}
+		if e.Type == "transaction.committed" && eventstest.TransactionIDs(t, []events.Event{e})[tx.String()] {
+			transfer = e.Sequence
 		}
 	}
-	if frozen[uuid.UUID(y)] == 0 || frozen[uuid.UUID(x)] <= frozen[uuid.UUID(y)] {
-		t.Fatalf("y frozen (committed first) is event %d, x frozen (written first, committed last) is event %d",
-			frozen[uuid.UUID(y)], frozen[uuid.UUID(x)])
+	if unfrozen == 0 || transfer <= unfrozen {
+		t.Fatalf("the unfreezing is event %d, the transfer that waited for it is event %d", unfrozen, transfer)
 	}
 }
 

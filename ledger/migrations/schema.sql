@@ -682,16 +682,8 @@ BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
   SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
   IF v_batch IS NULL THEN
-    -- Whole commits only (every row up to the commit time of the p_limit-th), so that
-    -- within one commit (a batch of requests) the order below is the whole order: the
-    -- transactions in the order the batch applied them, which is their entries' order.
-    WITH c AS (SELECT o.id, o.type, o.subject, pg_xact_commit_timestamp(o.xmin) AS committed FROM tally.outbox o),
-    cut AS (SELECT c.committed FROM c ORDER BY c.committed OFFSET p_limit - 1 LIMIT 1)
-    SELECT array_agg(c.id ORDER BY c.committed,
-             (SELECT min(e.id) FROM tally.entries e WHERE c.type = 'transaction.committed' AND e.transaction_id = c.subject),
-             c.id)
-      INTO v_batch
-    FROM c WHERE NOT EXISTS (SELECT FROM cut) OR c.committed <= (SELECT cut.committed FROM cut);
+    SELECT array_agg(f.id ORDER BY f.id) INTO v_batch
+    FROM (SELECT o.id FROM tally.outbox o ORDER BY o.id LIMIT p_limit) f;
     IF v_batch IS NULL THEN
       RETURN;
     END IF;
@@ -824,7 +816,8 @@ CREATE FUNCTION tally.outbox_transactions() RETURNS trigger
     AS $$
 BEGIN
   INSERT INTO tally.outbox (type, subject, occurred_at)
-  SELECT 'transaction.committed', n.id, n.created_at FROM new_rows n ORDER BY n.id;
+  SELECT 'transaction.committed', e.transaction_id, now() FROM new_entries e
+  GROUP BY e.transaction_id ORDER BY min(e.id);
   RETURN NULL;
 END $$;
 
@@ -2607,6 +2600,13 @@ CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON tally.entries FOR EACH STA
 
 
 --
+-- Name: entries entries_outbox; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER entries_outbox AFTER INSERT ON tally.entries REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
+
+
+--
 -- Name: inbound_transfers inbound_transfers_append_only; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -2702,13 +2702,6 @@ CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON tally.transactions FO
 --
 
 CREATE TRIGGER transactions_on_this_shard AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_ids_on_this_shard();
-
-
---
--- Name: transactions transactions_outbox; Type: TRIGGER; Schema: tally; Owner: -
---
-
-CREATE TRIGGER transactions_outbox AFTER INSERT ON tally.transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
 
 
 --

@@ -8,14 +8,15 @@
 -- again (an account's status, a pending transfer's state) carry their state as of the
 -- change.
 --
--- The relay (tally relay, role tally_relay) numbers rows in commit order and publishes
--- them in that order. Commit order, not insertion order: two transactions that touch one
--- account commit one after the other (the second waits for the first's row lock), but the
--- second may have been given its id first. A row becomes visible only after its commit
--- (and its synchronous standbys' ack), and a transaction that waited on another's lock
--- commits after it, with a later commit timestamp. So numbering, in one statement, the
--- rows visible now by their commit timestamp puts two transactions on one account in the
--- order they committed. Hence track_commit_timestamp = on on every server.
+-- The relay (tally relay, role tally_relay) numbers the rows it can see in the order of
+-- their ids, and publishes them in that order. That order is each account's commit
+-- order: every writer takes the locks that serialize it with others on the same accounts
+-- (the balances' rows) before it writes its outbox row, so of two transactions on one
+-- account the second takes its id only once the first committed; and a row becomes
+-- visible only after its commit (and its synchronous standbys' ack), so a row the relay
+-- does not see yet can only be one that shares no account with those it sees after it.
+-- Within one commit (a batch of requests) the ids follow the order the batch applied
+-- them: the transactions' rows come from their entries, in the entries' order.
 --
 -- Numbers are given a batch at a time and kept (outbox_progress.batch: the ids, in order,
 -- numbered from published + 1) until Kafka acknowledged the batch, so a relay that dies
@@ -74,7 +75,8 @@ CREATE FUNCTION tally.outbox_transactions() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
   INSERT INTO tally.outbox (type, subject, occurred_at)
-  SELECT 'transaction.committed', n.id, n.created_at FROM new_rows n ORDER BY n.id;
+  SELECT 'transaction.committed', e.transaction_id, now() FROM new_entries e
+  GROUP BY e.transaction_id ORDER BY min(e.id);
   RETURN NULL;
 END $$;
 
@@ -126,8 +128,9 @@ CREATE TRIGGER accounts_outbox_opened AFTER INSERT ON tally.accounts
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_opened();
 CREATE TRIGGER accounts_outbox_changed AFTER UPDATE ON tally.accounts
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_accounts_changed();
-CREATE TRIGGER transactions_outbox AFTER INSERT ON tally.transactions
-  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
+-- A transaction's entries are written by one statement, with the transaction (post_batch).
+CREATE TRIGGER entries_outbox AFTER INSERT ON tally.entries
+  REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_transactions();
 CREATE TRIGGER pending_transfers_outbox_created AFTER INSERT ON tally.pending_transfers
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_pending_transfers();
 CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_transfers
@@ -136,8 +139,8 @@ CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_inbound_transfers();
 
 -- outbox_next returns the batch of events to publish, numbered: the one numbered
--- before and not yet acknowledged, or else up to p_limit rows visible now, numbered in
--- commit order (see above). Each event comes with the accounts it concerns and its data
+-- before and not yet acknowledged, or else the first p_limit rows visible now (see
+-- above). Each event comes with the accounts it concerns and its data
 -- (a transaction's from the journal: postings as the API shows them).
 CREATE FUNCTION tally.outbox_next(p_limit integer)
 RETURNS TABLE (sequence bigint, type text, subject uuid, occurred_at timestamptz, accounts uuid[], data jsonb)
@@ -149,16 +152,8 @@ BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
   SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
   IF v_batch IS NULL THEN
-    -- Whole commits only (every row up to the commit time of the p_limit-th), so that
-    -- within one commit (a batch of requests) the order below is the whole order: the
-    -- transactions in the order the batch applied them, which is their entries' order.
-    WITH c AS (SELECT o.id, o.type, o.subject, pg_xact_commit_timestamp(o.xmin) AS committed FROM tally.outbox o),
-    cut AS (SELECT c.committed FROM c ORDER BY c.committed OFFSET p_limit - 1 LIMIT 1)
-    SELECT array_agg(c.id ORDER BY c.committed,
-             (SELECT min(e.id) FROM tally.entries e WHERE c.type = 'transaction.committed' AND e.transaction_id = c.subject),
-             c.id)
-      INTO v_batch
-    FROM c WHERE NOT EXISTS (SELECT FROM cut) OR c.committed <= (SELECT cut.committed FROM cut);
+    SELECT array_agg(f.id ORDER BY f.id) INTO v_batch
+    FROM (SELECT o.id FROM tally.outbox o ORDER BY o.id LIMIT p_limit) f;
     IF v_batch IS NULL THEN
       RETURN;
     END IF;
