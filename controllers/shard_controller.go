@@ -159,7 +159,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 }
 
 // reconcileSecrets creates the superuser, application, replication, monitor (the
-// operator's own) and event relay credentials once.
+// operator's own), event relay and change data capture credentials once.
 // They are never re-applied: a new password under a running database would lock it out.
 func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.LedgerShard, _ *shardState) error {
 	for _, s := range []struct{ name, user string }{
@@ -168,6 +168,7 @@ func (r *ShardReconciler) reconcileSecrets(ctx context.Context, shard *v1alpha1.
 		{specs.SecretReplication(shard.Name), specs.Replicator},
 		{specs.SecretMonitor(shard.Name), specs.MonitorUser},
 		{specs.SecretRelay(shard.Name), specs.RelayUser},
+		{specs.SecretCDC(shard.Name), specs.CDCUser},
 	} {
 		err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: s.name}, &corev1.Secret{})
 		if err == nil {

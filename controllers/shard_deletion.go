@@ -31,7 +31,7 @@ func (r *ShardReconciler) reconcileProtection(ctx context.Context, shard *v1alph
 			return err
 		}
 	}
-	for _, name := range []string{specs.SecretSuperuser(shard.Name), specs.SecretApp(shard.Name), specs.SecretReplication(shard.Name), specs.SecretMonitor(shard.Name), specs.SecretRelay(shard.Name), specs.SecretStatusToken(shard.Name)} {
+	for _, name := range []string{specs.SecretSuperuser(shard.Name), specs.SecretApp(shard.Name), specs.SecretReplication(shard.Name), specs.SecretMonitor(shard.Name), specs.SecretRelay(shard.Name), specs.SecretCDC(shard.Name), specs.SecretStatusToken(shard.Name)} {
 		var s corev1.Secret
 		if err := r.Get(ctx, types.NamespacedName{Namespace: shard.Namespace, Name: name}, &s); apierrors.IsNotFound(err) {
 			continue

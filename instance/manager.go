@@ -99,7 +99,13 @@ type Config struct {
 	Params map[string]string
 	// Include is a settings file (the allow-listed parameters from the spec) read before
 	// the manager's own, which win.
-	Include          string
+	Include string
+	// LogicalDecoding runs PostgreSQL with wal_level=logical (change data capture).
+	LogicalDecoding bool
+	// PrimarySetup, when set, is run on the database Bootstrap.Database of this instance
+	// while it is the primary, each tick until it succeeds once (after each start): what
+	// must exist on a primary but may not at first (it can wait for the schema).
+	PrimarySetup     func(ctx context.Context, conn *pgx.Conn) error
 	Locator          Locator
 	Tick             time.Duration
 	IsolationTimeout time.Duration
@@ -122,6 +128,8 @@ type Manager struct {
 		from string
 		tli  int64
 	}
+	// setUp is the server Config.PrimarySetup last succeeded on (the loop's only).
+	setUp *postgres.Server
 
 	mu            sync.Mutex // guards the fields below, which Status reads
 	members       []Member
@@ -277,7 +285,28 @@ func (m *Manager) tickPrimary(ctx context.Context) error {
 	if err := m.checkIsolation(ctx, lerr); err != nil {
 		return err
 	}
-	return m.updateSyncStandbys(ctx)
+	if err := m.updateSyncStandbys(ctx); err != nil {
+		return err
+	}
+	return m.primarySetup(ctx)
+}
+
+// primarySetup runs Config.PrimarySetup until it succeeds once for this server.
+func (m *Manager) primarySetup(ctx context.Context) error {
+	pg := m.server()
+	if m.cfg.PrimarySetup == nil || pg == m.setUp {
+		return nil
+	}
+	conn, err := m.connect(ctx, m.cfg.Bootstrap.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if err := m.cfg.PrimarySetup(ctx, conn); err != nil {
+		return fmt.Errorf("instance: primary setup (tried again next tick): %w", err)
+	}
+	m.setUp = pg
+	return nil
 }
 
 // checkIsolation fences this primary when for IsolationTimeout it has reached neither
@@ -699,6 +728,9 @@ func (m *Manager) staticParams() map[string]string {
 	}
 	for k, v := range ServerParams() {
 		p[k] = v
+	}
+	if m.cfg.LogicalDecoding {
+		p["wal_level"] = "logical" // replica's and more
 	}
 	return p
 }

@@ -115,6 +115,21 @@ type EventsSpec struct {
 	// events to this Kafka.
 	// +optional
 	Kafka *KafkaSpec `json:"kafka,omitempty"`
+	// CDC opens every shard's journal to change data capture (Debezium and the like).
+	// +optional
+	CDC *CDCSpec `json:"cdc,omitempty"`
+}
+
+// CDCSpec is change data capture of the shards' journals.
+type CDCSpec struct {
+	// Enabled runs each shard's PostgreSQL with wal_level=logical (changing it rolls the
+	// shard's pods, primary last) and keeps on its primary a publication tally_cdc over
+	// the journal tables (transactions, entries, accounts, pending_transfers,
+	// inbound_transfers, reversals) and a login tally_cdc that may replicate and read
+	// those tables only (password in Secret <shard>-cdc). Logical replication slots do
+	// not follow a failover before PostgreSQL 17: a consumer must take a new snapshot
+	// after one (see the README).
+	Enabled bool `json:"enabled"`
 }
 
 // KafkaSpec is the Kafka the relay publishes to.

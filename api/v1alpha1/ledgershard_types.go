@@ -23,6 +23,10 @@ type LedgerShardSpec struct {
 	// connections they need.
 	// +optional
 	NetworkPolicies bool `json:"networkPolicies,omitempty"`
+	// CDC is the cluster's spec.events.cdc.enabled: logical decoding on, and the
+	// publication and login for change data capture kept on the primary.
+	// +optional
+	CDC bool `json:"cdc,omitempty"`
 	// TLS is the cluster's encryption in transit.
 	// +optional
 	TLS TLSSpec `json:"tls,omitempty"`

@@ -69,6 +69,9 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 	if c.Spec.NetworkPolicies {
 		u.Object["spec"].(map[string]any)["networkPolicies"] = true
 	}
+	if c.Spec.Events != nil && c.Spec.Events.CDC != nil && c.Spec.Events.CDC.Enabled {
+		u.Object["spec"].(map[string]any)["cdc"] = true
+	}
 	if c.Spec.TLS != (v1alpha1.TLSSpec{}) {
 		tlsSpec, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&c.Spec.TLS)
 		if err != nil {

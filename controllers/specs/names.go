@@ -42,6 +42,8 @@ const (
 	Replicator = "streaming_replica"
 	// MonitorUser is the operator's own login: it may only count accounts.
 	MonitorUser = "tally_operator"
+	// CDCUser is the change data capture login: it may replicate and read the journal.
+	CDCUser = "tally_cdc"
 	// RelayUser is the event relay's login: it may only read and publish the outbox.
 	RelayUser    = "tally_relayer"
 	PostgresPort = 5432
@@ -97,6 +99,9 @@ func SecretApp(shard string) string { return shard + "-app" }
 
 // SecretMonitor names the secret of the operator's login, which may only count accounts.
 func SecretMonitor(shard string) string { return shard + "-monitor" }
+
+// SecretCDC names the secret of the change data capture login.
+func SecretCDC(shard string) string { return shard + "-cdc" }
 
 // SecretRelay names the secret of the event relay's login.
 func SecretRelay(shard string) string { return shard + "-relay" }

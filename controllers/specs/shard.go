@@ -300,8 +300,16 @@ func podSpec(shard *v1alpha1.LedgerShard, instance string, pg Postgres) *corev1a
 		spec.Containers[0].WithVolumeMounts(corev1ac.VolumeMount().WithName("tls").WithMountPath(TLSMount).WithReadOnly(true)).
 			WithEnv(corev1ac.EnvVar().WithName("TALLY_TLS_DIR").WithValue(TLSMount))
 	}
+	if shard.Spec.CDC {
+		// In the pod's spec, so turning it on or off rolls the pods: wal_level needs a restart.
+		spec.Containers[0].WithEnv(secretEnv(CDCPasswordEnv, SecretCDC(shard.Name), corev1.BasicAuthPasswordKey))
+	}
 	return spec
 }
+
+// CDCPasswordEnv carries the change data capture login's password to the instance
+// manager; set, it turns change data capture on.
+const CDCPasswordEnv = "TALLY_CDC_PASSWORD"
 
 // PDBs keeps voluntary disruptions (node drains) from taking the primary, or more than one
 // replica at a time. A shard of one instance gets only the primary's budget.

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -24,6 +25,7 @@ import (
 	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/pki"
+	"github.com/tallyhq/tally/ledger/migrations"
 )
 
 // instanceShutdownGrace bounds the status server's shutdown.
@@ -64,6 +66,7 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	cdcPassword := os.Getenv(specs.CDCPasswordEnv)
 	var tlsFiles *instance.TLS
 	if dir := os.Getenv("TALLY_TLS_DIR"); dir != "" {
 		tlsFiles = &instance.TLS{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"), CAFile: filepath.Join(dir, "ca.crt")}
@@ -78,8 +81,11 @@ func runInstance(ctx context.Context, args []string, out io.Writer) error {
 		SuperuserPassword: superPw, ReplicationUser: specs.Replicator, ReplicationPassword: replPw,
 		Bootstrap: instance.Bootstrap{Database: specs.Database, AppUser: specs.AppUser, AppPassword: appPw},
 		Include:   filepath.Join(*configDir, "custom.conf"),
-		Locator:   shardLocator{c: kube, key: types.NamespacedName{Namespace: ns, Name: shard}},
-		Log:       log,
+		// change data capture, when the shard asks for it (spec.cdc: its login's password)
+		LogicalDecoding: cdcPassword != "",
+		PrimarySetup:    cdcSetup(cdcPassword),
+		Locator:         shardLocator{c: kube, key: types.NamespacedName{Namespace: ns, Name: shard}},
+		Log:             log,
 	})
 	if err != nil {
 		return err
@@ -223,4 +229,16 @@ func (l shardLocator) TargetPrimary(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("read LedgerShard %s: %w", l.key, err)
 	}
 	return shard.Status.TargetPrimary, nil
+}
+
+// cdcSetup keeps change data capture's publication and login on the primary (nil
+// without a password: change data capture off). Before the migration Job made the schema
+// it fails, and the instance manager tries again.
+func cdcSetup(password string) func(context.Context, *pgx.Conn) error {
+	if password == "" {
+		return nil
+	}
+	return func(ctx context.Context, conn *pgx.Conn) error {
+		return migrations.EnableCDC(ctx, conn, specs.CDCUser, password)
+	}
 }

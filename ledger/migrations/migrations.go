@@ -237,3 +237,35 @@ func Count() int32 {
 	}
 	return int32(len(names))
 }
+
+// CDCPublication is the publication change data capture reads (EnableCDC).
+const CDCPublication = "tally_cdc"
+
+// cdcTables are the journal's tables change data capture sees: what happened, never the
+// service's own bookkeeping (idempotency keys, the outbox).
+var cdcTables = []string{"tally.transactions", "tally.entries", "tally.accounts", "tally.pending_transfers",
+	"tally.inbound_transfers", "tally.reversals"}
+
+// EnableCDC makes login (with password) a login that may replicate (logical decoding)
+// and read the journal's tables, and nothing more, and keeps the publication
+// CDCPublication over those tables. It needs the schema applied and, to be used,
+// wal_level=logical. Every statement tolerates a rerun.
+func EnableCDC(ctx context.Context, conn *pgx.Conn, login, password string) error {
+	role := pgx.Identifier{login}.Sanitize()
+	tables := strings.Join(cdcTables, ", ")
+	for _, stmt := range []string{
+		`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = ` + quoteLiteral(login) + `) THEN CREATE ROLE ` + role + ` LOGIN REPLICATION; END IF; END $$`,
+		"GRANT USAGE ON SCHEMA tally TO " + role,
+		"GRANT SELECT ON " + tables + " TO " + role,
+		`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = ` + quoteLiteral(CDCPublication) + `) THEN CREATE PUBLICATION ` +
+			CDCPublication + ` FOR TABLE ` + tables + `; END IF; END $$`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("migrations: change data capture: %w", err)
+		}
+	}
+	if err := postgres.SetPassword(ctx, conn, login, password); err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	return nil
+}
