@@ -194,7 +194,7 @@ func TestClusterCreatesShardChildrenAndLedgerAfterMigrations(t *testing.T) {
 			t.Errorf("service %s selector %v", svc, s.Spec.Selector)
 		}
 	}
-	for _, name := range []string{specs.SecretSuperuser(shard), specs.SecretApp(shard), specs.SecretReplication(shard), specs.SecretRelay(shard)} {
+	for _, name := range []string{specs.SecretSuperuser(shard), specs.SecretApp(shard), specs.SecretReplication(shard), specs.SecretRelay(shard), specs.SecretCDC(shard)} {
 		var s corev1.Secret
 		waitFor(t, ns, name, &s)
 		if len(s.Data[corev1.BasicAuthPasswordKey]) != 32 || s.Type != corev1.SecretTypeBasicAuth {

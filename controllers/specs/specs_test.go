@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/tallyhq/tally/api/v1alpha1"
 )
@@ -191,5 +192,31 @@ func TestInstancesSpreadAcrossNodes(t *testing.T) {
 	anti = Pod(s, "pay-0-1", v1alpha1.RoleReplica).Spec.Affinity.PodAntiAffinity
 	if len(anti.RequiredDuringSchedulingIgnoredDuringExecution) != 1 || *anti.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "topology.kubernetes.io/zone" {
 		t.Errorf("required zone anti-affinity %+v", anti)
+	}
+}
+
+// spec.events.cdc reaches the shard, and the shard's pods get the CDC login's password
+// (which turns logical decoding on), so turning it on rolls them.
+func TestCDCReachesTheShardsPods(t *testing.T) {
+	c := &v1alpha1.LedgerCluster{ObjectMeta: metav1.ObjectMeta{Name: "pay", Namespace: "money"},
+		Spec: v1alpha1.LedgerClusterSpec{Shards: 1, Events: &v1alpha1.EventsSpec{CDC: &v1alpha1.CDCSpec{Enabled: true}}}}
+	u, err := Shard(c, 0, "tally:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Object["spec"].(map[string]any)["cdc"] != true {
+		t.Fatalf("shard spec %v", u.Object["spec"])
+	}
+	s := sampleShard()
+	before := PodSpecHash(s, "pay-0-1")
+	s.Spec.CDC = true
+	if PodSpecHash(s, "pay-0-1") == before {
+		t.Error("turning change data capture on must roll the pods")
+	}
+	env := Pod(s, "pay-0-1", v1alpha1.RolePrimary).Spec.Containers[0].Env
+	if !slices.ContainsFunc(env, func(e corev1ac.EnvVarApplyConfiguration) bool {
+		return *e.Name == CDCPasswordEnv && *e.ValueFrom.SecretKeyRef.Name == SecretCDC(s.Name)
+	}) {
+		t.Errorf("env %+v", env)
 	}
 }
