@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tallyhq/tally/internal/postgres"
 )
 
@@ -47,6 +49,12 @@ func startSolo(t *testing.T, loc Locator) (*Manager, *httptest.Server) {
 // startManager runs manager "a", with or without its dead peer "b".
 func startManager(t *testing.T, loc Locator, withPeer bool) (*Manager, *httptest.Server) {
 	t.Helper()
+	return startManagerWith(t, loc, withPeer, func(*Config) {})
+}
+
+// startManagerWith is startManager with its Config changed by change.
+func startManagerWith(t *testing.T, loc Locator, withPeer bool, change func(*Config)) (*Manager, *httptest.Server) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "tally-instance-")
 	if err != nil {
 		t.Fatal(err)
@@ -62,12 +70,14 @@ func startManager(t *testing.T, loc Locator, withPeer bool) (*Manager, *httptest
 	if withPeer {
 		members = append(members, Member{Name: "b", Host: "127.0.0.1", Port: deadPort, StatusURL: "http://127.0.0.1:" + strconv.Itoa(deadPort)})
 	}
-	m, err := New(Config{
+	cfg := Config{
 		Name: "a", DataDir: filepath.Join(dir, "pgdata"), Port: port, Token: "s3cret", Locator: loc,
 		Members: members,
 		Sync:    SyncRule{Method: SyncAny, Number: 1}, Tick: 100 * time.Millisecond, IsolationTimeout: time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	change(&cfg)
+	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +191,36 @@ func TestLonePrimaryStaysUpWithoutLocator(t *testing.T) {
 	time.Sleep(2 * time.Second) // twice the isolation timeout
 	if st := m.Status(ctx); !st.Running || st.Role != RolePrimary {
 		t.Fatalf("a lone primary fenced itself: %+v", st)
+	}
+}
+
+// With LogicalDecoding the server decodes logically; PrimarySetup is tried on the
+// primary each tick until it succeeds, then not again.
+func TestPrimarySetupRunsUntilItSucceeds(t *testing.T) {
+	var mu sync.Mutex
+	calls, failures := 0, 3
+	var walLevel string
+	m, _ := startManagerWith(t, &switchLocator{target: "a"}, false, func(c *Config) {
+		c.LogicalDecoding = true
+		c.Bootstrap.Database = "postgres"
+		c.PrimarySetup = func(ctx context.Context, conn *pgx.Conn) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if calls <= failures {
+				return errors.New("the schema is not there yet")
+			}
+			return conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel)
+		}
+	})
+	ctx := context.Background()
+	waitFor(t, "a primary", time.Minute, func() bool { return m.Status(ctx).Role == RolePrimary })
+	waitFor(t, "the setup to succeed", time.Minute, func() bool { mu.Lock(); defer mu.Unlock(); return walLevel != "" })
+	time.Sleep(time.Second) // ten ticks
+	mu.Lock()
+	defer mu.Unlock()
+	if walLevel != "logical" || calls != failures+1 {
+		t.Fatalf("wal_level %q, setup called %d times, want %d", walLevel, calls, failures+1)
 	}
 }
 
