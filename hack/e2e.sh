@@ -562,6 +562,31 @@ done
 [[ $active == 2 ]] || { echo "!! $active relays publish, want one per shard (2)"; false; }
 say "one relay publishes per shard, the other stands by"
 
+step "change data capture: logical decoding and the publication on every shard, rolled in under load; the relay follows the switchovers"
+load_start cdc "$SRC" "$DST"
+kubectl -n "$NS" patch ledgercluster e2e --type merge -p '{"spec":{"events":{"cdc":{"enabled":true}}}}' >/dev/null
+# every instance runs with the CDC login's password (so logical decoding), and each
+# shard's primary has the publication and the login
+cdc_ready() {
+  local s p pods
+  for s in e2e-0 e2e-1; do
+    pods=$(kubectl -n "$NS" get pods -l ledger.tally.dev/shard=$s,app.kubernetes.io/component=postgres \
+      -o jsonpath='{range .items[*]}{.metadata.name}={.spec.containers[?(@.name=="postgres")].env[*].name}{"\n"}{end}')
+    [[ -n $pods ]] && ! grep -v TALLY_CDC_PASSWORD <<<"$pods" >/dev/null || return 1
+    shard_ready "$s" || return 1
+    p=$(primary_of "$s")
+    [[ $(kubectl -n "$NS" exec "$p" -c postgres -- psql -h 127.0.0.1 -U postgres -d tally -tAc \
+      "SELECT current_setting('wal_level') || ' ' || (SELECT count(*) FROM pg_publication WHERE pubname = 'tally_cdc') || ' ' || (SELECT count(*) FROM pg_roles WHERE rolname = 'tally_cdc' AND rolreplication)") == "logical 1 1" ]] || return 1
+  done
+}
+until_true "logical decoding, the publication and the CDC login on every shard" 600 cdc_ready
+sleep 3
+load_stop
+check_acked cdc
+acked cdc >>"$work/events-want"
+until_true "every transfer acknowledged during the rollout to be an event in Kafka" 120 published
+say "wal_level=logical, publication tally_cdc and login tally_cdc on both shards' primaries; $(wc -l <"$work/events-want") acknowledged transfers all events"
+
 step "callers with JWTs: a user moves money between its own accounts only; a service has its token"
 (cd "$root" && go build -o "$work/jwt" ./hack/jwt)
 mkdir -p "$work/issuer" && "$work/jwt" keys "$work/issuer"
