@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/events"
 )
 
 // load posts small transfers from a funded account one after another until stopped,
@@ -105,4 +107,28 @@ func TestStoppedRelayLosesItsTurn(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	t.Logf("%d transfers posted", stopLoad())
 	f.checkAllDelivered(2 * time.Minute)
+}
+
+// TestAFailingRelayGivesUpItsTurn: a relay that takes the turn and then cannot publish
+// (here: pointed at the wrong shard) lets it go, so a sound one publishes.
+func TestAFailingRelayGivesUpItsTurn(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.account("a"), f.account("b")
+	f.post(f.store, "fund", usd(f.external, a, 10_00))
+	f.post(f.store, "pay", usd(a, b, 1_00))
+	producer, err := events.NewProducer(events.Kafka{Brokers: f.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = events.Run(ctx, events.Config{Shard: 1, DSN: f.db.RelayDSN(), Client: producer, Topic: topic, Log: testLog(t, "wrong")})
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(time.Second) // it has the turn, and fails
+	f.relay("sound", prometheus.NewRegistry())
+	f.checkAllDelivered(time.Minute)
 }

@@ -118,14 +118,13 @@ func turn(ctx context.Context, cfg Config, m shardMetrics) (bool, error) {
 	m.active.Set(1)
 
 	work, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		cancel(keepTurn(work, lock))
 	}()
-	defer wg.Wait()
+	defer func() { cancel(nil); wg.Wait() }() // before the lock's session closes
 
 	conn, err := pgx.Connect(work, cfg.DSN)
 	if err != nil {
