@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tallyhq/tally/internal/eventstest"
 	"github.com/tallyhq/tally/internal/pgtest"
@@ -554,4 +555,23 @@ func TestEventsWaitWhileKafkaIsAway(t *testing.T) {
 	eventually(t, time.Minute, "the backlog to drain", func() bool {
 		return metric(t, reg, "tally_events_backlog") == 0 && metric(t, reg, "tally_events_lag_seconds") == 0 && f.outboxRows() == 0
 	})
+}
+
+// consumeRaw reads the first n records of the topic as Kafka holds them.
+func (f *fixture) consumeRaw(n int) []*kgo.Record {
+	f.t.Helper()
+	c, err := kgo.NewClient(kgo.SeedBrokers(f.addrs...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < n && ctx.Err() == nil {
+		c.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			out = append(out, &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: r.Headers, Partition: r.Partition})
+		})
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -55,7 +56,7 @@ func Tail(ctx context.Context, k Kafka, o TailOptions, out io.Writer) (int, erro
 			return printed, nil
 		}
 		for _, e := range fetches.Errors() {
-			if e.Err != context.DeadlineExceeded && e.Err != context.Canceled {
+			if !errors.Is(e.Err, context.DeadlineExceeded) && !errors.Is(e.Err, context.Canceled) {
 				return printed, fmt.Errorf("events: read %s: %w", o.Topic, e.Err)
 			}
 		}
