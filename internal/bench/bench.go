@@ -110,10 +110,14 @@ type Config struct {
 	HotSlots int
 	// MinOps is how many operations each client completes at least, however long that
 	// takes past Duration: a run on a slow or busy machine still measures something.
-	MinOps   int
-	Batching batcher.Config // for the service and the store mode alike
-	Out      io.Writer      // the table
-	JSON     io.Writer      // one JSON object per result
+	MinOps int
+	// EventsRate and EventsFor pace the commit-to-Kafka run of the event modes:
+	// EventsRate transfers a second for EventsFor (defaults: 2,000/s for 10 s).
+	EventsRate int
+	EventsFor  time.Duration
+	Batching   batcher.Config // for the service and the store mode alike
+	Out        io.Writer      // the table
+	JSON       io.Writer      // one JSON object per result
 }
 
 // Result is one measured scenario.
@@ -228,7 +232,14 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	var latency *Result
 	if env.events != nil {
-		r, err := env.eventLatency(ctx, EventsRate, eventsLatencyD)
+		rate, d := cfg.EventsRate, cfg.EventsFor
+		if rate <= 0 {
+			rate = EventsRate
+		}
+		if d <= 0 {
+			d = eventsLatencyD
+		}
+		r, err := env.eventLatency(ctx, rate, d)
 		if err != nil {
 			return results, fmt.Errorf("bench: commit to Kafka: %w", err)
 		}
@@ -247,7 +258,11 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		printRedisTargets(cfg.Out, summary)
 		printEventsTargets(cfg.Out, summary, latency)
 	}
-	return append(results, medians...), nil
+	results = append(results, medians...)
+	if latency != nil {
+		results = append(results, *latency)
+	}
+	return results, nil
 }
 
 // inTurn is the order of the modes in a round: the reference first (each ratio is to

@@ -172,3 +172,34 @@ func TestModesTakeTurns(t *testing.T) {
 		t.Errorf("without a reference, round 2: %v", got)
 	}
 }
+
+// The event modes run beside ModeHTTP on its service, and the commit-to-Kafka run
+// measures something.
+func TestEventModesRun(t *testing.T) {
+	var table bytes.Buffer
+	results, err := Run(context.Background(), Config{
+		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, HotSlots: 4,
+		Scenarios: []string{Uniform, Hot, Reads}, Modes: []string{ModeHTTP, ModeHTTPNoOutbox, ModeHTTPEvents},
+		EventsRate: 100, EventsFor: time.Second, Out: &table,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// uniform and hot x (reference, http, http-no-outbox, http-events) + reads x http +
+	// the commit-to-Kafka run
+	if len(results) != 10 {
+		t.Fatalf("%d results:\n%s", len(results), table.String())
+	}
+	last := results[len(results)-1]
+	if last.Scenario != "commit-to-kafka" || last.Ops < 50 || last.P50ms <= 0 || last.Errors != 0 {
+		t.Errorf("commit to Kafka: %+v", last)
+	}
+	for _, r := range results[:len(results)-1] {
+		if r.Ops == 0 || r.Errors != 0 || r.Violations != 0 {
+			t.Errorf("%+v", r)
+		}
+	}
+	if !strings.Contains(table.String(), "outbox and relay publishing") {
+		t.Errorf("no events figures:\n%s", table.String())
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,7 +155,7 @@ func (ev *eventsEnv) relay(ctx context.Context) (stop func(), err error) {
 	go func() {
 		defer wg.Done()
 		_ = events.RunShards(runCtx, ev.relayDSNs, events.Config{Client: producer, Topic: eventsTopic,
-			Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	}()
 	var measuring atomic.Bool
 	lat := newHistogram()
@@ -325,6 +324,7 @@ func printEventsTargets(w io.Writer, results []Result, latency *Result) {
 		fmt.Fprintf(tw, "commit to Kafka p99 < 100 ms at %d transfers/s\t%s\tp50 %.1f ms, p99 %.1f ms, max %.0f ms at %.0f/s (%d failed)\t%s\n",
 			EventsRate, latency.Mode, latency.P50ms, latency.P99ms, latency.MaxMs, latency.PerSecond, latency.Errors,
 			yes(latency.P99ms < 100 && latency.PerSecond >= 0.95*EventsRate))
+		// (a run paced below EventsRate, as the tests' is, never meets the target)
 	}
 	tw.Flush()
 }
