@@ -111,7 +111,7 @@ func (e *env) eventsRound(ctx context.Context, mode string) (end func(), err err
 		}
 		return func() { _ = e.events.switchOutbox(context.WithoutCancel(ctx), "ENABLE") }, nil
 	case ModeHTTPEvents:
-		return e.events.relay(ctx)
+		return e.events.relay(ctx, false)
 	}
 	return func() {}, nil
 }
@@ -135,10 +135,11 @@ func (ev *eventsEnv) switchOutbox(ctx context.Context, how string) error {
 	return nil
 }
 
-// relay runs the shards' relays and a consumer that records each event's latency (from
-// its transaction's creation to the consumer) in ev.lat, once the outbox is drained of
-// what other modes' rounds wrote.
-func (ev *eventsEnv) relay(ctx context.Context) (stop func(), err error) {
+// relay runs the shards' relays, once the outbox is drained of what other modes' rounds
+// wrote, and with measure a consumer that records each event's latency (from the commit
+// that wrote it to the consumer) in ev.lat. (Without: a consumer is a downstream
+// system's cost, not Tally's.)
+func (ev *eventsEnv) relay(ctx context.Context, measure bool) (stop func(), err error) {
 	producer, err := events.NewProducer(events.Kafka{Brokers: ev.kafka.ListenAddrs()})
 	if err != nil {
 		return nil, err
@@ -162,7 +163,7 @@ func (ev *eventsEnv) relay(ctx context.Context) (stop func(), err error) {
 	go func() {
 		defer wg.Done()
 		seen := map[[2]int64]bool{}
-		for runCtx.Err() == nil {
+		for measure && runCtx.Err() == nil {
 			fetches := consumer.PollFetches(runCtx)
 			now := time.Now()
 			fetches.EachRecord(func(r *kgo.Record) {
@@ -232,7 +233,7 @@ func (ev *eventsEnv) drained(ctx context.Context, within time.Duration) error {
 // for d, with the relays running, and returns the achieved rate and each event's
 // latency from its transaction's creation to a consumer.
 func (e *env) eventLatency(ctx context.Context, rate int, d time.Duration) (Result, error) {
-	stop, err := e.events.relay(ctx)
+	stop, err := e.events.relay(ctx, true)
 	if err != nil {
 		return Result{}, err
 	}

@@ -132,3 +132,27 @@ func TestAFailingRelayGivesUpItsTurn(t *testing.T) {
 	f.relay("sound", prometheus.NewRegistry())
 	f.checkAllDelivered(time.Minute)
 }
+
+// TestAStoppedRelayLeavesNothingToRepeat: a relay stopped on purpose (a rolling update)
+// records what Kafka acknowledged, so the next one sends nothing twice.
+func TestAStoppedRelayLeavesNothingToRepeat(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.account("a"), f.account("b")
+	f.post(f.store, "fund", usd(f.external, a, 10_00))
+	stop := f.relay("first", prometheus.NewRegistry())
+	_, all := f.committed()
+	f.consume(time.Minute, haveSequences(all))
+	stop()
+	f.relay("second", prometheus.NewRegistry())
+	f.post(f.store, "pay", usd(a, b, 1_00))
+	_, all = f.committed()
+	got := f.consume(time.Minute, haveSequences(all))
+	seen := map[string]bool{}
+	for _, r := range got {
+		k := fmt.Sprint(r.Sequence, r.Account)
+		if seen[k] {
+			t.Errorf("event %d for %s published twice", r.Sequence, r.Account)
+		}
+		seen[k] = true
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -168,8 +169,12 @@ type publisher struct {
 	m         shardMetrics
 	conn      *pgx.Conn
 	ledger    uuid.UUID // the shard database's identity, which event ids derive from
-	published int64     // events published in this turn
+	published int64     // events published and recorded in this turn
 	measured  time.Time // when the lag and backlog were last measured
+	// acknowledged is the last sequence of the batch Kafka acknowledged and the next
+	// round records (nil: none), of acknowledgedEvents events.
+	acknowledged       *int64
+	acknowledgedEvents int
 }
 
 func newPublisher(ctx context.Context, cfg Config, m shardMetrics, conn *pgx.Conn) (*publisher, error) {
@@ -185,8 +190,18 @@ func newPublisher(ctx context.Context, cfg Config, m shardMetrics, conn *pgx.Con
 	return &publisher{cfg: cfg, m: m, conn: conn, ledger: ledger}, nil
 }
 
-// run publishes rounds until one fails.
+// run publishes rounds until one fails. Stopped, it records the batch Kafka acknowledged
+// last, so the next relay does not send it again.
 func (p *publisher) run(ctx context.Context) error {
+	defer func() {
+		if p.acknowledged != nil && p.conn != nil {
+			flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			if rows, err := p.conn.Query(flush, "SELECT sequence FROM tally.outbox_next($1, 0)", p.acknowledged); err == nil {
+				rows.Close()
+			}
+		}
+	}()
 	backoff := newBackoff()
 	for {
 		more, err := p.round(ctx)
@@ -217,26 +232,32 @@ func (p *publisher) run(ctx context.Context) error {
 
 var errKafka = errors.New("kafka")
 
-// round publishes the next batch of events (the one numbered before and not yet
-// acknowledged, or the next committed ones) and records that Kafka acknowledged it. It
-// reports whether it published a full batch (more may be waiting).
+// round records the batch Kafka acknowledged last (if any), publishes the next one (the
+// one numbered before and not yet acknowledged, or the next committed events) and
+// reports whether it was a full batch (more may be waiting).
 func (p *publisher) round(ctx context.Context) (bool, error) {
 	if time.Since(p.measured) >= time.Second {
 		if err := p.measure(ctx); err != nil {
 			return false, err
 		}
 	}
-	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data FROM tally.outbox_next($1)", p.cfg.Batch)
+	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data FROM tally.outbox_next($1, $2)", p.acknowledged, p.cfg.Batch)
 	if err != nil {
 		return false, fmt.Errorf("events: read the next events: %w", err)
 	}
 	batch, err := pgx.CollectRows(rows, pgx.RowToStructByPos[outboxRow])
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == lostTurn {
+		return false, ErrLostTurn
+	}
 	if err != nil {
 		return false, fmt.Errorf("events: read the next events: %w", err)
 	}
+	if p.acknowledged != nil {
+		p.published += int64(p.acknowledgedEvents)
+		p.acknowledged = nil
+	}
 	if len(batch) == 0 {
-		p.m.lag.Set(0)
-		p.m.backlog.Set(0)
 		return false, nil
 	}
 	var recs []*kgo.Record
@@ -254,18 +275,14 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: produce %d records: %w", errKafka, len(recs), err)
 	}
 	through := batch[len(batch)-1].Sequence
-	var moved bool
-	if err := p.conn.QueryRow(ctx, "SELECT tally.outbox_published($1)", through).Scan(&moved); err != nil {
-		return false, fmt.Errorf("events: record events %d to %d as published: %w", batch[0].Sequence, through, err)
-	}
-	if !moved {
-		return false, ErrLostTurn
-	}
-	p.published += int64(len(batch))
+	p.acknowledged, p.acknowledgedEvents = &through, len(batch) // recorded by the next round
 	p.m.published.Add(float64(len(batch)))
 	p.m.records.Add(float64(len(recs)))
 	return len(batch) == p.cfg.Batch, nil
 }
+
+// lostTurn is the SQLSTATE outbox_next raises for a batch another relay published.
+const lostTurn = "TLY01"
 
 // measure sets the lag and backlog metrics (once a second: counting a long backlog is
 // not free).

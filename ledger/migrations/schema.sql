@@ -668,10 +668,10 @@ END $$;
 
 
 --
--- Name: outbox_next(integer); Type: FUNCTION; Schema: tally; Owner: -
+-- Name: outbox_next(bigint, integer); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.outbox_next(p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
+CREATE FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$
@@ -681,6 +681,15 @@ DECLARE
 BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
   SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF p_acknowledged IS NOT NULL THEN
+    IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_acknowledged THEN
+      RAISE EXCEPTION 'another relay published this shard''s events meanwhile' USING ERRCODE = 'TLY01';
+    END IF;
+    DELETE FROM tally.outbox WHERE id = ANY (v_batch);
+    v_published := p_acknowledged;
+    v_batch := NULL;
+    UPDATE tally.outbox_progress SET published = v_published, published_at = now(), batch = NULL;
+  END IF;
   IF v_batch IS NULL THEN
     SELECT array_agg(f.id ORDER BY f.id) INTO v_batch
     FROM (SELECT o.id FROM tally.outbox o ORDER BY o.id LIMIT p_limit) f;
@@ -781,28 +790,6 @@ BEGIN
     WHERE n.state <> o.state ORDER BY n.id;
   END IF;
   RETURN NULL;
-END $$;
-
-
---
--- Name: outbox_published(bigint); Type: FUNCTION; Schema: tally; Owner: -
---
-
-CREATE FUNCTION tally.outbox_published(p_through bigint) RETURNS boolean
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog'
-    AS $$
-DECLARE
-  v_published bigint;
-  v_batch bigint[];
-BEGIN
-  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
-  IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_through THEN
-    RETURN false;
-  END IF;
-  DELETE FROM tally.outbox WHERE id = ANY (v_batch);
-  UPDATE tally.outbox_progress SET published = p_through, published_at = now(), batch = NULL;
-  RETURN true;
 END $$;
 
 
@@ -2872,11 +2859,11 @@ GRANT ALL ON FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting big
 
 
 --
--- Name: FUNCTION outbox_next(p_limit integer); Type: ACL; Schema: tally; Owner: -
+-- Name: FUNCTION outbox_next(p_acknowledged bigint, p_limit integer); Type: ACL; Schema: tally; Owner: -
 --
 
-REVOKE ALL ON FUNCTION tally.outbox_next(p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION tally.outbox_next(p_limit integer) TO tally_relay;
+REVOKE ALL ON FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer) TO tally_relay;
 
 
 --
@@ -2912,14 +2899,6 @@ GRANT UPDATE(resolved_by) ON TABLE tally.pending_transfers TO tally_app;
 --
 
 GRANT UPDATE(resolved_at) ON TABLE tally.pending_transfers TO tally_app;
-
-
---
--- Name: FUNCTION outbox_published(p_through bigint); Type: ACL; Schema: tally; Owner: -
---
-
-REVOKE ALL ON FUNCTION tally.outbox_published(p_through bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION tally.outbox_published(p_through bigint) TO tally_relay;
 
 
 --

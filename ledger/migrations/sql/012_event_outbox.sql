@@ -21,7 +21,8 @@
 -- Numbers are given a batch at a time and kept (outbox_progress.batch: the ids, in order,
 -- numbered from published + 1) until Kafka acknowledged the batch, so a relay that dies
 -- meanwhile is followed by one that publishes the very same events under the very same
--- numbers. Then the batch's rows go: one INSERT and one DELETE per event, nothing more.
+-- numbers. Then the batch's rows go: one INSERT and one DELETE per event, and one commit
+-- of the relay's per batch.
 
 CREATE TABLE tally.outbox (
   id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -138,11 +139,14 @@ CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_t
 CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.outbox_inbound_transfers();
 
--- outbox_next returns the batch of events to publish, numbered: the one numbered
--- before and not yet acknowledged, or else the first p_limit rows visible now (see
--- above). Each event comes with the accounts it concerns and its data
--- (a transaction's from the journal: postings as the API shows them).
-CREATE FUNCTION tally.outbox_next(p_limit integer)
+-- outbox_next records that Kafka acknowledged the batch ending with sequence
+-- p_acknowledged (NULL: nothing to record) and removes its rows, then returns the batch
+-- of events to publish, numbered: the one numbered before and not yet acknowledged, or
+-- else the first p_limit rows visible now (see above). One call, one commit, a round.
+-- Each event comes with the accounts it concerns and its data (a transaction's from the
+-- journal: postings as the API shows them). A relay whose batch another one published
+-- meanwhile (it lost its turn) gets SQLSTATE TLY01.
+CREATE FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer)
 RETURNS TABLE (sequence bigint, type text, subject uuid, occurred_at timestamptz, accounts uuid[], data jsonb)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
@@ -151,6 +155,15 @@ DECLARE
 BEGIN
   -- The row lock makes two relays that both believe they are the one take turns.
   SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
+  IF p_acknowledged IS NOT NULL THEN
+    IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_acknowledged THEN
+      RAISE EXCEPTION 'another relay published this shard''s events meanwhile' USING ERRCODE = 'TLY01';
+    END IF;
+    DELETE FROM tally.outbox WHERE id = ANY (v_batch);
+    v_published := p_acknowledged;
+    v_batch := NULL;
+    UPDATE tally.outbox_progress SET published = v_published, published_at = now(), batch = NULL;
+  END IF;
   IF v_batch IS NULL THEN
     SELECT array_agg(f.id ORDER BY f.id) INTO v_batch
     FROM (SELECT o.id FROM tally.outbox o ORDER BY o.id LIMIT p_limit) f;
@@ -184,24 +197,6 @@ BEGIN
   ORDER BY b.n;
 END $$;
 
--- outbox_published records that Kafka acknowledged the batch, whose last sequence is
--- p_through, and removes its rows. A relay that lost its turn (another one published the
--- batch meanwhile) learns it here (false) and stops.
-CREATE FUNCTION tally.outbox_published(p_through bigint) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE
-  v_published bigint;
-  v_batch bigint[];
-BEGIN
-  SELECT p.published, p.batch INTO v_published, v_batch FROM tally.outbox_progress p FOR UPDATE;
-  IF v_batch IS NULL OR v_published + cardinality(v_batch) <> p_through THEN
-    RETURN false;
-  END IF;
-  DELETE FROM tally.outbox WHERE id = ANY (v_batch);
-  UPDATE tally.outbox_progress SET published = p_through, published_at = now(), batch = NULL;
-  RETURN true;
-END $$;
-
 -- outbox_backlog is what the relay's metrics say: the highest sequence acknowledged, the
 -- events not yet acknowledged, and when the oldest of them was written (NULL: none).
 CREATE FUNCTION tally.outbox_backlog(OUT published bigint, OUT waiting bigint, OUT oldest timestamptz)
@@ -214,9 +209,7 @@ DO $$ BEGIN
     CREATE ROLE tally_relay NOLOGIN;
   END IF;
 END $$;
-REVOKE ALL ON FUNCTION tally.outbox_next(integer), tally.outbox_published(bigint), tally.outbox_backlog()
-  FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally.outbox_next(bigint, integer), tally.outbox_backlog() FROM PUBLIC;
 GRANT USAGE ON SCHEMA tally TO tally_relay;
-GRANT EXECUTE ON FUNCTION tally.outbox_next(integer), tally.outbox_published(bigint), tally.outbox_backlog()
-  TO tally_relay;
+GRANT EXECUTE ON FUNCTION tally.outbox_next(bigint, integer), tally.outbox_backlog() TO tally_relay;
 GRANT SELECT ON tally.shard, tally.ledger_identity TO tally_relay;
