@@ -547,7 +547,7 @@ echo "$shard1_tx" >>"$work/events-want"
 published() {
   kubectl -n "$NS" exec deploy/e2e-ledger -c ledger -- /tally events tail --brokers "e2e-kafka.$NS.svc:9092" --idle 3s \
     >"$work/events" 2>"$work/events-err" || return 1
-  grep '"type":"transaction.committed"' "$work/events" | grep -o '"data":{"id":"[^"]*"' | cut -d'"' -f6 | sort -u >"$work/events-got"
+  grep '"type":"transaction.committed"' "$work/events" | grep -o '"data":{"id": *"[^"]*"' | cut -d'"' -f6 | sort -u >"$work/events-got"
   [[ -z $(sort -u "$work/events-want" | comm -23 - "$work/events-got") ]]
 }
 until_true "every acknowledged transfer to be an event in Kafka" 120 published

@@ -241,7 +241,7 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 			return false, err
 		}
 	}
-	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data FROM tally.outbox_next($1, $2)", p.acknowledged, p.cfg.Batch)
+	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data::text FROM tally.outbox_next($1, $2)", p.acknowledged, p.cfg.Batch)
 	if err != nil {
 		return false, fmt.Errorf("events: read the next events: %w", err)
 	}
