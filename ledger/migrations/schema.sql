@@ -629,7 +629,6 @@ END $$;
 
 CREATE FUNCTION tally.outbox_amount(p_amount bigint, p_asset text) RETURNS text
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog'
     AS $$
   SELECT round(p_amount::numeric / 10::numeric ^ a.scale, a.scale)::text FROM tally.assets a WHERE a.code = p_asset
 $$;

@@ -82,8 +82,10 @@ BEGIN
 END $$;
 
 -- outbox_amount renders an amount in minor units in its asset's units, as the API does.
+-- (No SET clause, so PostgreSQL inlines it into its callers, which all set search_path;
+-- pg_catalog comes first in any search_path anyway.)
 CREATE FUNCTION tally.outbox_amount(p_amount bigint, p_asset text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql STABLE AS $$
   SELECT round(p_amount::numeric / 10::numeric ^ a.scale, a.scale)::text FROM tally.assets a WHERE a.code = p_asset
 $$;
 
