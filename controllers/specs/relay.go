@@ -21,6 +21,10 @@ const (
 	DefaultRelayReplicas = 2
 	// KafkaPasswordEnv carries the relay's SASL password (never in its arguments).
 	KafkaPasswordEnv = "TALLY_KAFKA_PASSWORD"
+	// RelayShardURLsEnv lists the relay's shard URLs, comma-separated, in shard order.
+	RelayShardURLsEnv = "TALLY_RELAY_SHARD_URLS"
+	// RelayPasswordEnv carries the relay login's password to the migration Job.
+	RelayPasswordEnv = "TALLY_RELAY_PASSWORD"
 	kafkaDir         = "/etc/tally/kafka"
 )
 
@@ -50,7 +54,7 @@ func RelayDeployment(c *v1alpha1.LedgerCluster, ls LedgerShards, operatorImage s
 	for i := range ls.Count {
 		env = append(env, secretEnv(fmt.Sprintf("SHARD%d_PASSWORD", i), SecretRelay(ShardName(c.Name, i)), corev1.BasicAuthPasswordKey))
 	}
-	env = append(env, corev1ac.EnvVar().WithName("TALLY_RELAY_SHARD_URLS").WithValue(shardURLsAs(c, RelayUser, ls.Count, ls.Verify)))
+	env = append(env, corev1ac.EnvVar().WithName(RelayShardURLsEnv).WithValue(shardURLsAs(c, RelayUser, ls.Count, ls.Verify)))
 	args := []string{"relay", "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
 		"--brokers=" + strings.Join(k.Brokers, ","), "--topic=" + topic}
 	var mounts []*corev1ac.VolumeMountApplyConfiguration

@@ -343,7 +343,7 @@ func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *b
 			"--monitor-login", MonitorUser, "--relay-login", RelayUser).
 		WithEnv(secretEnv("PGPASSWORD", SecretSuperuser(shard.Name), corev1.BasicAuthPasswordKey),
 			secretEnv("TALLY_MONITOR_PASSWORD", SecretMonitor(shard.Name), corev1.BasicAuthPasswordKey),
-			secretEnv("TALLY_RELAY_PASSWORD", SecretRelay(shard.Name), corev1.BasicAuthPasswordKey),
+			secretEnv(RelayPasswordEnv, SecretRelay(shard.Name), corev1.BasicAuthPasswordKey),
 			corev1ac.EnvVar().WithName("DATABASE_URL").WithValue(url))
 	pod := corev1ac.PodSpec().WithRestartPolicy(corev1.RestartPolicyNever).WithSecurityContext(restrictedPod(tallyUID))
 	if verifyTLS {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/localshard"
 	"github.com/tallyhq/tally/internal/postgres"
@@ -147,7 +148,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer stop()
 		extra += fmt.Sprintf("\nEvents: every shard's, relayed to an in-memory Kafka on %s (topic %s); watch them:\n  bin/tally events tail --brokers %s\n",
-			devKafka, defaultTopic, devKafka)
+			devKafka, specs.DefaultEventsTopic, devKafka)
 	}
 	ready := make(chan string, 1)
 	go func() {
@@ -358,7 +359,7 @@ curl -s $API/v1/accounts/$CAROL/balance; echo`
 // runDevEvents serves an in-memory Kafka on devKafka and relays every shard's events to
 // it, until the returned stop is called.
 func runDevEvents(ctx context.Context, superDSN func(db string) string, shards int, log *slog.Logger) (stop func(), err error) {
-	broker, err := startBroker(devKafka, devKafka, defaultTopic, 4)
+	broker, err := startBroker(devKafka, devKafka, specs.DefaultEventsTopic, 4)
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +376,7 @@ func runDevEvents(ctx context.Context, superDSN func(db string) string, shards i
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = events.RunShards(rctx, dsns, events.Config{Client: producer, Topic: defaultTopic, Log: log})
+		_ = events.RunShards(rctx, dsns, events.Config{Client: producer, Topic: specs.DefaultEventsTopic, Log: log})
 	}()
 	return func() { cancel(); <-done; producer.Close(); broker.Close() }, nil
 }

@@ -20,14 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/tallyhq/tally/controllers/specs"
 	"github.com/tallyhq/tally/ledger/events"
-)
-
-const (
-	relayShardURLsEnv = "TALLY_RELAY_SHARD_URLS"
-	// KafkaPasswordEnv holds the SASL password of --kafka-user.
-	KafkaPasswordEnv = "TALLY_KAFKA_PASSWORD"
-	defaultTopic     = "tally.events"
 )
 
 // kafkaFlags are the flags that say how to reach Kafka.
@@ -43,13 +37,13 @@ func addKafkaFlags(fs *flag.FlagSet) kafkaFlags {
 		caFile:   fs.String("kafka-ca-file", "", "PEM CA certificates Kafka's certificate must chain to (implies --kafka-tls)"),
 		certFile: fs.String("kafka-cert-file", "", "a client certificate (PEM) for Kafka's mutual TLS (implies --kafka-tls)"),
 		keyFile:  fs.String("kafka-key-file", "", "the key of --kafka-cert-file"),
-		sasl:     fs.String("kafka-sasl", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (the password from $"+KafkaPasswordEnv+")"),
+		sasl:     fs.String("kafka-sasl", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (the password from $"+specs.KafkaPasswordEnv+")"),
 		user:     fs.String("kafka-user", "", "the SASL user"),
 	}
 }
 
 func (f kafkaFlags) kafka() (events.Kafka, error) {
-	k := events.Kafka{SASL: *f.sasl, User: *f.user, Password: os.Getenv(KafkaPasswordEnv)}
+	k := events.Kafka{SASL: *f.sasl, User: *f.user, Password: os.Getenv(specs.KafkaPasswordEnv)}
 	for _, b := range strings.Split(*f.brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			k.Brokers = append(k.Brokers, b)
@@ -90,9 +84,9 @@ func (f kafkaFlags) kafka() (events.Kafka, error) {
 func runRelay(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("relay", out)
 	var urls stringList
-	fs.Var(&urls, "shard-url", "PostgreSQL URL of a shard's primary, as a member of tally_relay, repeated in shard order (default $"+relayShardURLsEnv+")")
+	fs.Var(&urls, "shard-url", "PostgreSQL URL of a shard's primary, as a member of tally_relay, repeated in shard order (default $"+specs.RelayShardURLsEnv+")")
 	kf := addKafkaFlags(fs)
-	topic := fs.String("topic", defaultTopic, "the topic events go to")
+	topic := fs.String("topic", specs.DefaultEventsTopic, "the topic events go to")
 	opsListen := fs.String("ops-listen", "127.0.0.1:9090", "address for /metrics and /healthz")
 	batch := fs.Int("batch", events.DefaultBatch, "most events per round")
 	poll := fs.Duration("poll", events.DefaultPoll, "how often an idle relay looks for new events")
@@ -100,9 +94,9 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	dsns := shardURLs(urls, relayShardURLsEnv)
+	dsns := shardURLs(urls, specs.RelayShardURLsEnv)
 	if len(dsns) == 0 {
-		return fmt.Errorf("give at least one --shard-url or set %s", relayShardURLsEnv)
+		return fmt.Errorf("give at least one --shard-url or set %s", specs.RelayShardURLsEnv)
 	}
 	k, err := kf.kafka()
 	if err != nil {
@@ -152,7 +146,7 @@ func runEventsTail(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("events tail", out)
 	kf := addKafkaFlags(fs)
 	var o events.TailOptions
-	fs.StringVar(&o.Topic, "topic", defaultTopic, "the topic to read")
+	fs.StringVar(&o.Topic, "topic", specs.DefaultEventsTopic, "the topic to read")
 	fs.DurationVar(&o.Idle, "idle", 0, "stop once no event came for this long (0: follow until interrupted)")
 	fs.IntVar(&o.Count, "count", 0, "stop after this many events (0: no limit)")
 	fs.BoolVar(&o.All, "all", false, "print redeliveries too (by default skipped: same shard and account, sequence not above the last printed)")
@@ -171,7 +165,7 @@ func runEventsBroker(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("events broker", out)
 	listen := fs.String("listen", "127.0.0.1:9092", "address to listen on")
 	advertise := fs.String("advertise", "", "host:port clients are told to reach this broker at (default --listen)")
-	topic := fs.String("topic", defaultTopic, "a topic to create at start")
+	topic := fs.String("topic", specs.DefaultEventsTopic, "a topic to create at start")
 	partitions := fs.Int("partitions", 4, "partitions of --topic")
 	if err := parse(fs, args); err != nil {
 		return err

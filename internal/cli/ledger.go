@@ -116,7 +116,6 @@ func readJWTKeys(cfg *auth.JWTConfig, jwksFile, hmacFile string) error {
 // monitorPasswordEnv holds the password of tally migrate --monitor-login.
 const (
 	monitorPasswordEnv = "TALLY_MONITOR_PASSWORD"
-	relayPasswordEnv   = "TALLY_RELAY_PASSWORD"
 )
 
 func runMigrate(ctx context.Context, args []string, out io.Writer) error {
@@ -125,16 +124,16 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	shard := fs.Int("shard", -1, "the shard index this database holds (required the first time)")
 	grant := fs.String("grant-login", "", "a login role to make a member of tally_app, the role the service uses")
 	monitor := fs.String("monitor-login", "", "a login role that may only count accounts (the operator's), its password from $"+monitorPasswordEnv)
-	relay := fs.String("relay-login", "", "a login role that may only read and publish the event outbox (the relay's), its password from $"+relayPasswordEnv)
+	relay := fs.String("relay-login", "", "a login role that may only read and publish the event outbox (the relay's), its password from $"+specs.RelayPasswordEnv)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	password, relayPassword := os.Getenv(monitorPasswordEnv), os.Getenv(relayPasswordEnv)
+	password, relayPassword := os.Getenv(monitorPasswordEnv), os.Getenv(specs.RelayPasswordEnv)
 	if *monitor != "" && password == "" {
 		return fmt.Errorf("--monitor-login needs its password in $%s", monitorPasswordEnv)
 	}
 	if *relay != "" && relayPassword == "" {
-		return fmt.Errorf("--relay-login needs its password in $%s", relayPasswordEnv)
+		return fmt.Errorf("--relay-login needs its password in $%s", specs.RelayPasswordEnv)
 	}
 	conn, err := connect(ctx, *url)
 	if err != nil {
