@@ -377,11 +377,7 @@ func printTargets(w io.Writer, results []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "\ntarget (%d clients)\tmode\tmeasured\tmet\n", clients)
 	line := func(target, mode string, value float64, unit string, met bool) {
-		verdict := "no"
-		if met {
-			verdict = "yes"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f%s\t%s\n", target, mode, value, unit, verdict)
+		fmt.Fprintf(tw, "%s\t%s\t%.2f%s\t%s\n", target, mode, value, unit, yes(met))
 	}
 	for _, mode := range []string{ModeWrk, ModeHTTP} {
 		if r, ok := find(Uniform, mode, accounts); ok {

@@ -288,44 +288,21 @@ func (e *env) eventLatency(ctx context.Context, rate int, d time.Duration) (Resu
 // printEventsTargets prints issue 19's figures: the outbox's cost, with and without a
 // relay publishing, and the latency from commit to Kafka at EventsRate.
 func printEventsTargets(w io.Writer, results []Result, latency *Result) {
-	clients := 0
-	for _, r := range results {
-		clients = max(clients, r.Clients)
-	}
-	perSecond := func(scenario, mode string) float64 {
-		for _, r := range results {
-			if r.Scenario == scenario && r.Mode == mode && r.Clients == clients {
-				return r.PerSecond
-			}
-		}
-		return 0
-	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	header := false
-	for _, t := range []struct{ target, scenario, mode string }{
-		{"uniform, outbox written (no relay) >= 0.9x outbox off", Uniform, ModeHTTP},
-		{"uniform, outbox and relay publishing >= 0.9x outbox off", Uniform, ModeHTTPEvents},
-		{"hot, outbox written (no relay) >= 0.9x outbox off", Hot, ModeHTTP},
-		{"hot, outbox and relay publishing >= 0.9x outbox off", Hot, ModeHTTPEvents},
-	} {
-		with, without := perSecond(t.scenario, t.mode), perSecond(t.scenario, ModeHTTPNoOutbox)
-		if with == 0 || without == 0 {
-			continue
-		}
-		if !header {
-			fmt.Fprintf(tw, "\nevents (issue 19), %d clients\tmode\tmeasured\tmet\n", clients)
-			header = true
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2fx (%.0f/s vs %.0f/s)\t%s\n", t.target, t.mode, with/without, with, without, yes(with/without >= 0.9))
-	}
+	header := printRatios(tw, "events (issue 19)", results, []ratioTarget{
+		{"uniform, outbox written (no relay) >= 0.9x outbox off", Uniform, ModeHTTP, ModeHTTPNoOutbox, 0.9},
+		{"uniform, outbox and relay publishing >= 0.9x outbox off", Uniform, ModeHTTPEvents, ModeHTTPNoOutbox, 0.9},
+		{"hot, outbox written (no relay) >= 0.9x outbox off", Hot, ModeHTTP, ModeHTTPNoOutbox, 0.9},
+		{"hot, outbox and relay publishing >= 0.9x outbox off", Hot, ModeHTTPEvents, ModeHTTPNoOutbox, 0.9},
+	})
 	if latency != nil {
 		if !header {
 			fmt.Fprintf(tw, "\nevents (issue 19)\tmode\tmeasured\tmet\n")
 		}
+		// (a run paced below EventsRate, as the tests' is, never meets the target)
 		fmt.Fprintf(tw, "commit to Kafka p99 < 100 ms at %d transfers/s\t%s\tp50 %.1f ms, p99 %.1f ms, max %.0f ms at %.0f/s (%d failed)\t%s\n",
 			EventsRate, latency.Mode, latency.P50ms, latency.P99ms, latency.MaxMs, latency.PerSecond, latency.Errors,
 			yes(latency.P99ms < 100 && latency.PerSecond >= 0.95*EventsRate))
-		// (a run paced below EventsRate, as the tests' is, never meets the target)
 	}
 	tw.Flush()
 }
