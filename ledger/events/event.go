@@ -1,6 +1,7 @@
 // Package events publishes what the ledger did to Kafka: the relay reads a shard's
-// outbox (rows its transactions wrote with the money, migration 012) in commit order and
-// produces one record per event and account, at least once, with stable ids.
+// outbox (rows its transactions wrote with the money, migration 012) in each account's
+// commit order and produces one record per event and account, at least once, with
+// stable ids.
 package events
 
 import (
@@ -22,15 +23,20 @@ type Event struct {
 	Version int `json:"version"`
 	// ID is stable across redeliveries: derived from the shard database's identity and
 	// the sequence. The copies of one event (one per account) share it.
-	ID       uuid.UUID `json:"id"`
-	Type     string    `json:"type"` // transaction.committed, account.opened, transfer.posted...
-	Shard    int       `json:"shard"`
-	Sequence int64     `json:"sequence"` // per shard, from 1, without gaps, in commit order
+	ID    uuid.UUID `json:"id"`
+	Type  string    `json:"type"` // transaction.committed, account.opened, transfer.posted...
+	Shard int       `json:"shard"`
+	// Sequence numbers a shard's events from 1 without gaps; any two events of one
+	// account are numbered in the order they committed.
+	Sequence int64 `json:"sequence"`
 	// Account is the account this copy is for, and the record's key: an event that
 	// concerns several accounts (a transaction's postings) is published once for each.
-	Account uuid.UUID       `json:"account"`
-	Time    time.Time       `json:"time"`
-	Data    json.RawMessage `json:"data"`
+	Account uuid.UUID `json:"account"`
+	// Time is when the database transaction that wrote the event began (an account's
+	// opening: when it was opened).
+	Time time.Time       `json:"time"`
+	Data json.RawMessage `json:"data"` // the subject as of the change
+
 }
 
 // outboxRow is an event as the outbox hands it to the relay (Data as PostgreSQL's text of
