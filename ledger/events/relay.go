@@ -241,11 +241,11 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 			return false, err
 		}
 	}
-	rows, err := p.conn.Query(ctx, "SELECT sequence, type, subject, occurred_at, accounts, data::text FROM tally.outbox_next($1, $2)", p.acknowledged, p.cfg.Batch)
+	rows, err := p.conn.Query(ctx, readNext, p.acknowledged, p.cfg.Batch)
 	if err != nil {
 		return false, fmt.Errorf("events: read the next events: %w", err)
 	}
-	batch, err := pgx.CollectRows(rows, pgx.RowToStructByPos[outboxRow])
+	lines, err := pgx.CollectRows(rows, pgx.RowToStructByPos[outboxLine])
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == lostTurn {
 		return false, ErrLostTurn
@@ -257,8 +257,12 @@ func (p *publisher) round(ctx context.Context) (bool, error) {
 		p.published += int64(p.acknowledgedEvents)
 		p.acknowledged = nil
 	}
-	if len(batch) == 0 {
+	if len(lines) == 0 {
 		return false, nil
+	}
+	batch, err := assemble(lines)
+	if err != nil {
+		return false, err
 	}
 	var recs []*kgo.Record
 	for i, row := range batch {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
+	"github.com/tallyhq/tally/ledger/document"
 	"github.com/tallyhq/tally/ledger/idemcache"
 	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
@@ -168,7 +169,7 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeProblem(w http.ResponseWriter, p ledger.Problem) {
-	body, _ := marshal(p)
+	body, _ := document.Marshal(p)
 	writeRaw(w, p.Status, "application/problem+json", body)
 }
 
@@ -180,7 +181,7 @@ func writeRaw(w http.ResponseWriter, status int, contentType string, body []byte
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	body, err := marshal(v)
+	body, err := document.Marshal(v)
 	if err != nil {
 		return err
 	}
@@ -625,7 +626,7 @@ func (a *API) post(w http.ResponseWriter, r *http.Request, kind string, postings
 	if err := a.mayMove(r.Context(), req.Postings); err != nil {
 		return err
 	}
-	canon, err := marshal(canonicalRequest{Kind: kind, Postings: req.Postings, Metadata: meta})
+	canon, err := document.Marshal(canonicalRequest{Kind: kind, Postings: req.Postings, Metadata: meta})
 	if err != nil {
 		return err
 	}
@@ -729,22 +730,10 @@ func parseAccountRef(field, s string) (shardset.Account, error) {
 // (rendered before the write), for its replays and for GET, from the journal: the same
 // bytes each time.
 func (a *API) renderTransaction(ctx context.Context, tx ledger.Transaction) ([]byte, error) {
-	meta, err := metadata.Canonical(tx.Metadata)
-	if err != nil {
-		return nil, err
-	}
-	v := transactionView{ID: tx.ID, Metadata: meta, CreatedAt: tx.CreatedAt.UTC(), Postings: make([]postingView, 0, len(tx.Postings))}
-	if tx.Reverses != (ledger.TransactionID{}) {
-		v.Reverses = &tx.Reverses
-	}
-	for _, p := range tx.Postings {
-		asset, err := a.set.Asset(ctx, p.Asset)
-		if err != nil {
-			return nil, err
-		}
-		v.Postings = append(v.Postings, postingView{FromAccount: p.From, ToAccount: p.To, Amount: money.Format(p.Amount, asset.Scale), Asset: p.Asset})
-	}
-	return marshal(v)
+	return document.Transaction(tx, func(code string) (int, error) {
+		asset, err := a.set.Asset(ctx, code)
+		return asset.Scale, err
+	})
 }
 
 func (a *API) getTransaction(w http.ResponseWriter, r *http.Request) error {

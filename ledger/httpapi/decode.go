@@ -85,14 +85,3 @@ func jsonKind(goKind string) string {
 		return goKind
 	}
 }
-
-// marshal is json.Marshal without HTML escaping, so stored bytes read as sent.
-func marshal(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/document"
 	"github.com/tallyhq/tally/ledger/metadata"
 	"github.com/tallyhq/tally/ledger/money"
 	"github.com/tallyhq/tally/ledger/shardset"
@@ -39,7 +40,7 @@ func (a *API) reserve(w http.ResponseWriter, r *http.Request, req transferReques
 	if err := a.mayMove(r.Context(), []shardset.PostingRequest{p}); err != nil {
 		return err
 	}
-	canon, err := marshal(struct {
+	canon, err := document.Marshal(struct {
 		Kind     string
 		Posting  shardset.PostingRequest
 		Timeout  int64
@@ -115,7 +116,7 @@ func (a *API) resolvePendingTransfer(how ledger.Resolution) func(http.ResponseWr
 				return ledger.Errorf(ledger.CodeInvalidAmount, "amount must be positive, got %q", req.Amount)
 			}
 		}
-		canon, err := marshal(struct {
+		canon, err := document.Marshal(struct {
 			Kind     ledger.Resolution
 			Pending  ledger.TransactionID
 			Amount   int64
@@ -166,7 +167,7 @@ func (a *API) reverseTransaction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	canon, err := marshal(struct {
+	canon, err := document.Marshal(struct {
 		Kind     string
 		Original ledger.TransactionID
 		Metadata json.RawMessage
@@ -271,7 +272,7 @@ func (a *API) renderPendingTransfer(ctx context.Context, pt ledger.PendingTransf
 		t := pt.ResolvedAt.UTC()
 		v.ResolvedBy, v.ResolvedAt = &pt.ResolvedBy, &t
 	}
-	return marshal(v)
+	return document.Marshal(v)
 }
 
 // decodeOptionalJSON is decodeJSON for requests whose every field is optional: an empty

@@ -89,21 +89,6 @@ type pendingTransferView struct {
 	CreatedAt    time.Time             `json:"created_at"`
 }
 
-type postingView struct {
-	FromAccount ledger.AccountID `json:"from_account"`
-	ToAccount   ledger.AccountID `json:"to_account"`
-	Amount      string           `json:"amount"`
-	Asset       string           `json:"asset"`
-}
-
-type transactionView struct {
-	ID        ledger.TransactionID  `json:"id"`
-	Postings  []postingView         `json:"postings"`
-	Reverses  *ledger.TransactionID `json:"reverses,omitempty"`
-	Metadata  json.RawMessage       `json:"metadata"`
-	CreatedAt time.Time             `json:"created_at"`
-}
-
 type entryView struct {
 	ID            string               `json:"id"`
 	TransactionID ledger.TransactionID `json:"transaction_id"`

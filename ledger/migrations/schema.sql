@@ -670,7 +670,7 @@ END $$;
 -- Name: outbox_next(bigint, integer); Type: FUNCTION; Schema: tally; Owner: -
 --
 
-CREATE FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb)
+CREATE FUNCTION tally.outbox_next(p_acknowledged bigint, p_limit integer) RETURNS TABLE(sequence bigint, type text, subject uuid, occurred_at timestamp with time zone, accounts uuid[], data jsonb, created_at timestamp with time zone, metadata jsonb, reverses uuid, posting smallint, account uuid, amount bigint, asset text, scale smallint)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog'
     AS $$
@@ -698,28 +698,15 @@ BEGIN
     UPDATE tally.outbox_progress SET batch = v_batch;
   END IF;
   RETURN QUERY
-  SELECT v_published + b.n, o.type, o.subject, o.occurred_at,
-         coalesce(o.accounts, t.accounts), coalesce(o.data, t.data)
+  SELECT v_published + b.n, o.type, o.subject, o.occurred_at, o.accounts, o.data,
+         tx.created_at, tx.metadata, r.transaction_id, e.posting, e.account_id, e.amount, e.asset, a.scale
   FROM unnest(v_batch) WITH ORDINALITY AS b(id, n)
   JOIN tally.outbox o ON o.id = b.id
-  LEFT JOIN LATERAL (
-    SELECT array_agg(DISTINCT p.from_account) || array_agg(DISTINCT p.to_account) AS accounts,
-           jsonb_build_object('id', tx.id, 'created_at', tx.created_at, 'metadata', tx.metadata,
-             'postings', jsonb_agg(jsonb_build_object('from_account', p.from_account, 'to_account', p.to_account,
-               'amount', tally.outbox_amount(p.amount::bigint, p.asset), 'asset', p.asset)
-               ORDER BY p.posting))
-           || coalesce((SELECT jsonb_build_object('reverses', r.transaction_id)
-                        FROM tally.reversals r WHERE r.reversal_id = tx.id), '{}') AS data
-    FROM tally.transactions tx
-    JOIN LATERAL (
-      -- a posting is one credit leg and one debit leg per slot drawn from
-      SELECT e.posting, (array_agg(e.account_id) FILTER (WHERE e.amount < 0))[1] AS from_account,
-             (array_agg(e.account_id) FILTER (WHERE e.amount > 0))[1] AS to_account,
-             sum(e.amount) FILTER (WHERE e.amount > 0) AS amount, min(e.asset) AS asset
-      FROM tally.entries e WHERE e.transaction_id = tx.id GROUP BY e.posting) p ON true
-    WHERE o.type = 'transaction.committed' AND tx.id = o.subject
-    GROUP BY tx.id) t ON true
-  ORDER BY b.n;
+  LEFT JOIN tally.transactions tx ON o.type = 'transaction.committed' AND tx.id = o.subject
+  LEFT JOIN tally.reversals r ON r.reversal_id = tx.id
+  LEFT JOIN tally.entries e ON e.transaction_id = tx.id
+  LEFT JOIN tally.assets a ON a.code = e.asset
+  ORDER BY b.n, e.posting, e.amount;
 END $$;
 
 
