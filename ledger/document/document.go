@@ -1,6 +1,5 @@
-// Package document writes the ledger's JSON documents that more than one part shows: a
-// transaction as the HTTP API answers with it and its event carries it, the same bytes
-// from both.
+// Package document is the ledger's JSON documents: what both APIs answer with (the gRPC
+// API's messages are made from them) and what events carry, one rendering of each.
 package document
 
 import (
@@ -25,38 +24,40 @@ func Marshal(v any) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-type posting struct {
+// Posting is one movement of a transaction.
+type Posting struct {
 	FromAccount ledger.AccountID `json:"from_account"`
 	ToAccount   ledger.AccountID `json:"to_account"`
 	Amount      string           `json:"amount"`
 	Asset       string           `json:"asset"`
 }
 
-type transaction struct {
+// Transaction is a transaction; reverses names the one it reverses, if any.
+type Transaction struct {
 	ID        ledger.TransactionID  `json:"id"`
-	Postings  []posting             `json:"postings"`
+	Postings  []Posting             `json:"postings"`
 	Reverses  *ledger.TransactionID `json:"reverses,omitempty"`
 	Metadata  json.RawMessage       `json:"metadata"`
 	CreatedAt time.Time             `json:"created_at"`
 }
 
-// Transaction writes tx with each posting's amount in its asset's units (scale says an
-// asset's scale), its metadata canonical and its time in UTC.
-func Transaction(tx ledger.Transaction, scale func(asset string) (int, error)) ([]byte, error) {
+// TransactionOf renders tx with each posting's amount in its asset's units (scale says
+// an asset's scale), its metadata canonical.
+func TransactionOf(tx ledger.Transaction, scale func(asset string) (int, error)) (Transaction, error) {
 	meta, err := metadata.Canonical(tx.Metadata)
 	if err != nil {
-		return nil, err
+		return Transaction{}, err
 	}
-	v := transaction{ID: tx.ID, Metadata: meta, CreatedAt: tx.CreatedAt.UTC(), Postings: make([]posting, 0, len(tx.Postings))}
+	v := Transaction{ID: tx.ID, Metadata: meta, CreatedAt: tx.CreatedAt.UTC(), Postings: make([]Posting, 0, len(tx.Postings))}
 	if tx.Reverses != (ledger.TransactionID{}) {
 		v.Reverses = &tx.Reverses
 	}
 	for _, p := range tx.Postings {
 		s, err := scale(p.Asset)
 		if err != nil {
-			return nil, err
+			return Transaction{}, err
 		}
-		v.Postings = append(v.Postings, posting{FromAccount: p.From, ToAccount: p.To, Amount: money.Format(p.Amount, s), Asset: p.Asset})
+		v.Postings = append(v.Postings, Posting{FromAccount: p.From, ToAccount: p.To, Amount: money.Format(p.Amount, s), Asset: p.Asset})
 	}
-	return Marshal(v)
+	return v, nil
 }

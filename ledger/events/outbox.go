@@ -111,7 +111,11 @@ func transactionEvent(entries []outboxLine) (outboxRow, error) {
 		}
 		tx.Postings = append(tx.Postings, p)
 	}
-	data, err := document.Transaction(tx, func(asset string) (int, error) { return scales[asset], nil })
+	doc, err := document.TransactionOf(tx, func(asset string) (int, error) { return scales[asset], nil })
+	if err != nil {
+		return fail("%v", err)
+	}
+	data, err := document.Marshal(doc)
 	if err != nil {
 		return fail("%v", err)
 	}

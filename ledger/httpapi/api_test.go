@@ -20,6 +20,7 @@ import (
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/service"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -45,7 +46,7 @@ func newClient(t *testing.T, shards int, authn *auth.Authenticator) *client {
 }
 
 // newClientOver serves the API over the given shard databases, in shard order.
-func newClientOver(t *testing.T, dbs []*pgtest.DB, authn *auth.Authenticator, configure ...func(*httpapi.API)) *client {
+func newClientOver(t *testing.T, dbs []*pgtest.DB, authn *auth.Authenticator, configure ...func(*service.Service, *httpapi.API)) *client {
 	t.Helper()
 	stores := make([]*store.Store, len(dbs))
 	fronts := make([]shardset.Front, len(dbs))
@@ -63,9 +64,11 @@ func newClientOver(t *testing.T, dbs []*pgtest.DB, authn *auth.Authenticator, co
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := httpapi.New(set, authn, httpapi.NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	svc := service.New(set, service.NewMetrics(prometheus.NewRegistry()), log)
+	api := httpapi.New(svc, authn, httpapi.NewMetrics(prometheus.NewRegistry()), log)
 	for _, c := range configure {
-		c(api)
+		c(svc, api)
 	}
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config = api.Server() // the limits the service runs with
@@ -731,7 +734,7 @@ func TestScalingShardsKeepsAssets(t *testing.T) {
 // instead of queueing without bound; the ones in flight finish.
 func TestConcurrentRequestLimit(t *testing.T) {
 	db := pgtest.NewShardDB(t, 0)
-	c := newClientOver(t, []*pgtest.DB{db}, nil, func(a *httpapi.API) { a.WithMaxConcurrentRequests(1) })
+	c := newClientOver(t, []*pgtest.DB{db}, nil, func(_ *service.Service, a *httpapi.API) { a.WithMaxConcurrentRequests(1) })
 	c.asset("USD", 2)
 	a := c.account("alice", "USD")
 	// Hold alice's balance row, so a transfer to her waits in the database.

@@ -15,6 +15,7 @@ import (
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/ratelimit"
+	"github.com/tallyhq/tally/ledger/service"
 )
 
 // The callers of the authorization tests: alice and bob are users, each owning the
@@ -248,7 +249,7 @@ func TestUsersTouchOnlyTheirOwn(t *testing.T) {
 // back by it.
 func TestRateLimits(t *testing.T) {
 	limiter := ratelimit.New(ratelimit.Config{Limits: map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 3, Period: time.Hour, Burst: 3}}})
-	c := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, tokens(t, roleTokens), func(a *httpapi.API) { a.WithRateLimiter(limiter) })
+	c := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, tokens(t, roleTokens), func(_ *service.Service, a *httpapi.API) { a.WithRateLimiter(limiter) })
 	c.token = tokenOf["root"]
 	c.asset("USD", 2)
 	c.account("alice", "USD")

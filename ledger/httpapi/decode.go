@@ -85,3 +85,17 @@ func jsonKind(goKind string) string {
 		return goKind
 	}
 }
+
+// decodeOptionalJSON is decodeJSON for requests whose every field is optional: an empty
+// body is an empty object.
+func decodeOptionalJSON(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
+	if err != nil {
+		return ledger.Errorf(ledger.CodeInvalidRequest, "reading the body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decodeJSON(r, v)
+}

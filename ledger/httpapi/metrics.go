@@ -5,14 +5,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/tallyhq/tally/ledger"
 )
 
 // Metrics are the API's Prometheus series.
 type Metrics struct {
-	requests     *prometheus.HistogramVec
-	transactions *prometheus.CounterVec
+	requests *prometheus.HistogramVec
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -23,12 +20,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Latency of API requests, from receipt to response, by route and status.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"route", "status"}),
-		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tally_transactions_total",
-			Help: "Transfer and transaction requests by kind, outcome (applied, replayed, rejected, error) and problem code.",
-		}, []string{"kind", "outcome", "code"}),
 	}
-	reg.MustRegister(m.requests, m.transactions)
+	reg.MustRegister(m.requests)
 	return m
 }
 
@@ -37,11 +30,4 @@ func (m *Metrics) observeRequest(route string, status int, d time.Duration) {
 		return
 	}
 	m.requests.WithLabelValues(route, strconv.Itoa(status)).Observe(d.Seconds())
-}
-
-func (m *Metrics) observeTransaction(kind, outcome string, code ledger.Code) {
-	if m == nil {
-		return
-	}
-	m.transactions.WithLabelValues(kind, outcome, string(code)).Inc()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/idemcache"
+	"github.com/tallyhq/tally/ledger/service"
 )
 
 // newCache is the idempotency fast path over the Redis server, its metrics in reg.
@@ -73,7 +74,7 @@ func TestReplaysThroughRedisFaults(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	db := pgtest.NewShardDB(t, 0)
 	cache := newCache(t, srv, reg)
-	c := newClientOver(t, []*pgtest.DB{db}, nil, func(api *httpapi.API) { api.WithIdempotencyCache(cache) })
+	c := newClientOver(t, []*pgtest.DB{db}, nil, func(svc *service.Service, _ *httpapi.API) { svc.WithIdempotencyCache(cache) })
 	name(t, c, cache)
 	c.asset("USD", 2)
 	from, to := c.account("alice", "USD"), c.account("bob", "USD")
@@ -186,7 +187,7 @@ func TestCacheNeverAnswersForAnotherDatabase(t *testing.T) {
 	srv := redistest.Start(t)
 	reg := prometheus.NewRegistry()
 	oldCache := newCache(t, srv, reg)
-	old := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, nil, func(api *httpapi.API) { api.WithIdempotencyCache(oldCache) })
+	old := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, nil, func(svc *service.Service, _ *httpapi.API) { svc.WithIdempotencyCache(oldCache) })
 	name(t, old, oldCache)
 	old.asset("USD", 2)
 	from := old.account("alice", "USD")
@@ -203,7 +204,7 @@ func TestCacheNeverAnswersForAnotherDatabase(t *testing.T) {
 	}
 
 	newCache := newCache(t, srv, prometheus.NewRegistry())
-	anew := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, nil, func(api *httpapi.API) { api.WithIdempotencyCache(newCache) })
+	anew := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0)}, nil, func(svc *service.Service, _ *httpapi.API) { svc.WithIdempotencyCache(newCache) })
 	name(t, anew, newCache)
 	anew.asset("USD", 2)
 	r := anew.transfer("k", "external", from, "5", "USD")
@@ -220,7 +221,7 @@ func TestEveryWriteReplaysFromRedis(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cache := newCache(t, srv, reg)
 	c := newClientOver(t, []*pgtest.DB{pgtest.NewShardDB(t, 0), pgtest.NewShardDB(t, 1)}, nil,
-		func(api *httpapi.API) { api.WithIdempotencyCache(cache) })
+		func(svc *service.Service, _ *httpapi.API) { svc.WithIdempotencyCache(cache) })
 	name(t, c, cache)
 	c.asset("USD", 2)
 	owners := c.ownerPerShard(2)

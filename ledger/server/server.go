@@ -33,6 +33,7 @@ import (
 	"github.com/tallyhq/tally/ledger/idemcache"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/ratelimit"
+	"github.com/tallyhq/tally/ledger/service"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
 )
@@ -214,7 +215,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	api := httpapi.New(set, authn, httpapi.NewMetrics(reg), cfg.Log)
+	svc := service.New(set, service.NewMetrics(reg), cfg.Log)
+	api := httpapi.New(svc, authn, httpapi.NewMetrics(reg), cfg.Log)
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
 	}
@@ -246,7 +248,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if rdb != nil && !cfg.NoIdempotencyCache {
 		cache := idemcache.New(idemcache.Config{Redis: rdb, Retention: cfg.IdempotencyRetention, Log: cfg.Log, Registerer: reg})
 		go identityLoop(cacheCtx, stores[0], cache, cfg.Log)
-		api.WithIdempotencyCache(cache)
+		svc.WithIdempotencyCache(cache)
 	}
 
 	apiLn, err := net.Listen("tcp", cfg.Listen)
