@@ -73,6 +73,15 @@ func (id AccountID) String() string { return uuid.UUID(id).String() }
 // MarshalText implements encoding.TextMarshaler.
 func (id AccountID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler, as ParseAccountID.
+func (id *AccountID) UnmarshalText(b []byte) error {
+	v, err := ParseAccountID(string(b))
+	if err == nil {
+		*id = v
+	}
+	return err
+}
+
 // TransactionID names a transaction; its shard is part of it.
 type TransactionID uuid.UUID
 
@@ -96,3 +105,12 @@ func (id TransactionID) String() string { return uuid.UUID(id).String() }
 
 // MarshalText implements encoding.TextMarshaler.
 func (id TransactionID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler, as ParseTransactionID.
+func (id *TransactionID) UnmarshalText(b []byte) error {
+	v, err := ParseTransactionID(string(b))
+	if err == nil {
+		*id = v
+	}
+	return err
+}

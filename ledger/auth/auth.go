@@ -7,6 +7,7 @@ package auth
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
@@ -127,18 +128,25 @@ func ParseTokens(r io.Reader) (*Tokens, error) {
 	return t, nil
 }
 
-// Authenticate returns the caller of the request, or an unauthorized error whose detail
-// says what to send (never why a token failed: that goes to the log, without the token).
+// Authenticate returns the caller of the HTTP request (Bearer on its Authorization
+// header).
 func (a *Authenticator) Authenticate(r *http.Request) (Caller, error) {
+	return a.Bearer(r.Context(), r.Header.Get("Authorization"), "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+}
+
+// Bearer returns the caller an Authorization value ("Bearer <token>") names, or an
+// unauthorized error whose detail says what to send (never why a token failed: that goes
+// to the log, without the token, with where, the request's attributes).
+func (a *Authenticator) Bearer(ctx context.Context, authorization string, where ...any) (Caller, error) {
 	if a == nil {
 		return AnonymousCaller, nil
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	token, ok := strings.CutPrefix(authorization, "Bearer ")
 	if !ok || token == "" {
 		return Caller{}, ledger.Errorf(ledger.CodeUnauthorized, "send Authorization: Bearer <token>")
 	}
 	if len(token) > maxTokenBytes {
-		return Caller{}, a.refuse(r, "token longer than %d bytes", maxTokenBytes)
+		return Caller{}, a.refuse(ctx, where, "token longer than %d bytes", maxTokenBytes)
 	}
 	sum := sha256.Sum256([]byte(token))
 	// Lookup by hash, then a constant-time compare of the hash, so timing reveals nothing
@@ -149,19 +157,18 @@ func (a *Authenticator) Authenticate(r *http.Request) (Caller, error) {
 		}
 	}
 	if a.jwt == nil {
-		return Caller{}, a.refuse(r, "not a known static token")
+		return Caller{}, a.refuse(ctx, where, "not a known static token")
 	}
-	c, err := a.jwt.Verify(r.Context(), token)
+	c, err := a.jwt.Verify(ctx, token)
 	if err != nil {
-		return Caller{}, a.refuse(r, "%v", err)
+		return Caller{}, a.refuse(ctx, where, "%v", err)
 	}
 	return c, nil
 }
 
-func (a *Authenticator) refuse(r *http.Request, format string, args ...any) error {
+func (a *Authenticator) refuse(ctx context.Context, where []any, format string, args ...any) error {
 	if a.log != nil {
-		a.log.WarnContext(r.Context(), "authentication failed", "reason", fmt.Sprintf(format, args...),
-			"remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+		a.log.WarnContext(ctx, "authentication failed", append([]any{"reason", fmt.Sprintf(format, args...)}, where...)...)
 	}
 	return ledger.Errorf(ledger.CodeUnauthorized, "the bearer token is not valid")
 }

@@ -148,6 +148,7 @@ const (
 	OpCloseAccount       Op = "CloseAccount"
 	OpGetBalance         Op = "GetBalance"
 	OpListEntries        Op = "ListEntries"
+	OpFollowEntries      Op = "FollowEntries"
 	OpTransfer           Op = "Transfer"        // a user: between its own accounts
 	OpPostTransaction    Op = "PostTransaction" // a user: between its own accounts
 	OpGetTransaction     Op = "GetTransaction"  // a user: one touching its accounts
@@ -156,6 +157,25 @@ const (
 	OpPostPending        Op = "PostPendingTransfer" // a user: between its own accounts
 	OpVoidPending        Op = "VoidPendingTransfer"
 )
+
+// Ops is every operation.
+func Ops() []Op {
+	return []Op{OpRegisterAsset, OpListAssets, OpGetAsset, OpCreateAccount, OpListAccounts, OpGetAccount,
+		OpFreezeAccount, OpUnfreezeAccount, OpCloseAccount, OpGetBalance, OpListEntries, OpFollowEntries,
+		OpTransfer, OpPostTransaction, OpGetTransaction, OpReverseTransaction, OpGetPendingTransfer,
+		OpPostPending, OpVoidPending}
+}
+
+// Reads reports whether the operation only reads (rate limits count reads and writes
+// apart).
+func (op Op) Reads() bool {
+	switch op {
+	case OpListAssets, OpGetAsset, OpListAccounts, OpGetAccount, OpGetBalance, OpListEntries, OpFollowEntries,
+		OpGetTransaction, OpGetPendingTransfer:
+		return true
+	}
+	return false
+}
 
 // Needs is the least role the operation needs: a user reads and moves money only with
 // its own accounts (the operation checks which); an operator also deposits, withdraws,
