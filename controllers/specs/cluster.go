@@ -145,12 +145,13 @@ func LedgerDeployment(c *v1alpha1.LedgerCluster, ls LedgerShards, operatorImage 
 	}
 	env = append(env, corev1ac.EnvVar().WithName("TALLY_SHARD_URLS").WithValue(ShardURLs(c, shards, verify)))
 	args := []string{"ledger", "serve",
-		"--listen=0.0.0.0:" + strconv.Itoa(APIPort), "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
+		"--listen=0.0.0.0:" + strconv.Itoa(APIPort), "--grpc-listen=0.0.0.0:" + strconv.Itoa(GRPCPort), "--ops-listen=0.0.0.0:" + strconv.Itoa(OpsPort),
 		"--idempotency-retention=" + l.IdempotencyRetention.Duration.String()}
 	args = append(args, batchingArgs(l.Batching)...)
 	container := corev1ac.Container().WithName("ledger").WithImage(l.Image).
 		WithCommand(TallyBinary).WithArgs(args...).WithEnv(env...).
 		WithPorts(corev1ac.ContainerPort().WithName("api").WithContainerPort(APIPort),
+			corev1ac.ContainerPort().WithName("grpc").WithContainerPort(GRPCPort),
 			corev1ac.ContainerPort().WithName("metrics").WithContainerPort(OpsPort)).
 		WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/readyz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(5)).
 		WithLivenessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromString("metrics"))).WithPeriodSeconds(10)).
@@ -240,13 +241,14 @@ func ledgerAuth(c *v1alpha1.LedgerCluster) ([]string, []*corev1ac.VolumeMountApp
 	return args, mounts, volumes
 }
 
-// LedgerService exposes the API and the metrics port.
+// LedgerService exposes the HTTP and gRPC APIs and the metrics port.
 func LedgerService(c *v1alpha1.LedgerCluster) *corev1ac.ServiceApplyConfiguration {
 	return corev1ac.Service(LedgerName(c.Name), c.Namespace).
 		WithLabels(ClusterLabels(c.Name, ComponentLedger)).WithOwnerReferences(clusterOwner(c)).
 		WithSpec(corev1ac.ServiceSpec().WithType(corev1.ServiceTypeClusterIP).WithSelector(LedgerSelector(c.Name)).
 			WithPorts(
 				corev1ac.ServicePort().WithName("api").WithPort(APIPort).WithTargetPort(intstr.FromString("api")),
+				corev1ac.ServicePort().WithName("grpc").WithPort(GRPCPort).WithTargetPort(intstr.FromString("grpc")),
 				corev1ac.ServicePort().WithName("metrics").WithPort(OpsPort).WithTargetPort(intstr.FromString("metrics")),
 			))
 }

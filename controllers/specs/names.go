@@ -51,6 +51,7 @@ const (
 	// StatusTokenKey is the key of the status API token in its Secret.
 	StatusTokenKey = "token"
 	APIPort        = 8080
+	GRPCPort       = 8081 // the ledger's gRPC API
 	OpsPort        = 9090
 )
 

@@ -546,7 +546,7 @@ func startService(ctx context.Context, cfg server.Config) (*service, error) {
 		return nil, err
 	}
 	ready := make(chan string, 1)
-	cfg.Listen, cfg.OpsListen, cfg.Ready = "127.0.0.1:0", "127.0.0.1:"+strconv.Itoa(opsPort), ready
+	cfg.Listen, cfg.OpsListen, cfg.GRPCListen, cfg.Ready = "127.0.0.1:0", "127.0.0.1:"+strconv.Itoa(opsPort), "127.0.0.1:0", ready
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	runCtx, stop := context.WithCancel(ctx)
 	s := &service{ops: cfg.OpsListen, stop: stop, done: make(chan error, 1)}

@@ -55,6 +55,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	shards := fs.Int("shards", 1, fmt.Sprintf("ledger shards, 1 to %d: one database each on the same PostgreSQL", devMaxShards))
 	listen := fs.String("listen", server.DefaultListen, "API address")
 	opsListen := fs.String("ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
+	grpcListen := fs.String("grpc-listen", server.DefaultGRPCListen, "gRPC API address")
 	printScript := fs.String("print-script", "", "only print the curl commands for the API at this host:port, and exit")
 	withEvents := fs.Bool("events", false, "also serve an in-memory Kafka on "+devKafka+" (tally events broker) and relay the shards' events to it")
 	if err := parse(fs, args); err != nil {
@@ -92,7 +93,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	addrs := []string{*listen, *opsListen}
+	addrs := []string{*listen, *opsListen, *grpcListen}
 	if *withEvents {
 		addrs = append(addrs, devKafka)
 	}
@@ -154,13 +155,13 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	go func() {
 		select {
 		case addr := <-ready:
-			fmt.Fprint(out, DevBanner(addr, *opsListen, dir, databaseURLs)+extra)
+			fmt.Fprint(out, DevBanner(addr, *opsListen, dir, databaseURLs)+DevGRPCExample(*grpcListen)+extra)
 		case <-ctx.Done():
 		}
 	}()
 	tuneGC()
 	err = server.Run(ctx, server.Config{
-		Listen: *listen, OpsListen: *opsListen, ShardDSNs: appDSNs,
+		Listen: *listen, OpsListen: *opsListen, GRPCListen: *grpcListen, ShardDSNs: appDSNs,
 		MaxConnsPerShard: server.DefaultMaxConnsPerShard, Log: log, Ready: ready,
 	})
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -327,6 +328,14 @@ Try it (paste into a shell):
 
 %[4]s
 `, addr, opsAddr, dataDir, DevCurlScript(addr, len(databaseURLs)), databases, verify)
+}
+
+// DevGRPCExample shows the gRPC API with grpcurl (server reflection lists the rest).
+func DevGRPCExample(addr string) string {
+	return fmt.Sprintf(`
+The same over gRPC (tally.ledger.v1.LedgerService; grpcurl -plaintext %[1]s list shows it all):
+  grpcurl -plaintext -d '{"code":"USD"}' %[1]s tally.ledger.v1.LedgerService/GetAsset
+`, addr)
 }
 
 // DevCurlScript registers USD, opens two accounts, deposits, transfers, and reads the

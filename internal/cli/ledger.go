@@ -32,6 +32,7 @@ func runLedgerServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(&urls, "shard-url", "PostgreSQL URL of a shard, repeated in shard order (default $"+shardURLsEnv+")")
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "API address")
 	fs.StringVar(&cfg.OpsListen, "ops-listen", server.DefaultOpsListen, "address for /metrics, /healthz and /readyz")
+	fs.StringVar(&cfg.GRPCListen, "grpc-listen", server.DefaultGRPCListen, "gRPC API address (TLS as --tls-cert-file says)")
 	fs.StringVar(&cfg.TokensFile, "tokens-file", "", "file of caller:token [roles=user,operator,admin] lines, for services")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve the API over HTTPS with this certificate (PEM; read again when it changes)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")

@@ -23,12 +23,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/tallyhq/tally/internal/pki"
 	"github.com/tallyhq/tally/internal/redisconn"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
 	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/grpcapi"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/idemcache"
 	"github.com/tallyhq/tally/ledger/migrations"
@@ -42,6 +45,7 @@ import (
 const (
 	DefaultListen               = "127.0.0.1:8080"
 	DefaultOpsListen            = "127.0.0.1:9090"
+	DefaultGRPCListen           = "127.0.0.1:8081"
 	DefaultIdempotencyRetention = 24 * time.Hour
 	DefaultMaxConnsPerShard     = 16
 	// spareConnsPerShard is how many connections of each shard's pool are left to the
@@ -65,6 +69,7 @@ const (
 type Config struct {
 	Listen     string   // API address
 	OpsListen  string   // metrics, /healthz and /readyz
+	GRPCListen string   // the gRPC API's address (same TLS as the HTTP API's)
 	ShardDSNs  []string // one per shard, in shard order
 	TokensFile string   // caller:token [roles=...] lines (ledger/auth)
 	// TLSCertFile and TLSKeyFile, when set, serve the API over HTTPS with that
@@ -97,6 +102,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.OpsListen == "" {
 		c.OpsListen = DefaultOpsListen
+	}
+	if c.GRPCListen == "" {
+		c.GRPCListen = DefaultGRPCListen
 	}
 	if c.IdempotencyRetention <= 0 {
 		c.IdempotencyRetention = DefaultIdempotencyRetention
@@ -217,6 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	svc := service.New(set, service.NewMetrics(reg), cfg.Log)
 	api := httpapi.New(svc, authn, httpapi.NewMetrics(reg), cfg.Log)
+	grpcAPI := grpcapi.New(svc, authn, cfg.Log)
 	if cfg.MaxConcurrentRequests > 0 {
 		api.WithMaxConcurrentRequests(cfg.MaxConcurrentRequests)
 	}
@@ -242,6 +251,7 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = limiter.Warm(warmCtx) // loads its script; a Redis not there yet was logged above
 		cancel()
 		api.WithRateLimiter(limiter)
+		grpcAPI.WithRateLimiter(limiter)
 	}
 	cacheCtx, stopCache := context.WithCancel(ctx)
 	defer stopCache()
@@ -260,31 +270,40 @@ func Run(ctx context.Context, cfg Config) error {
 		apiLn.Close()
 		return fmt.Errorf("server: listen %s: %w", cfg.OpsListen, err)
 	}
-	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+	grpcLn, err := net.Listen("tcp", cfg.GRPCListen)
+	if err != nil {
 		apiLn.Close()
 		opsLn.Close()
+		return fmt.Errorf("server: listen %s: %w", cfg.GRPCListen, err)
+	}
+	closeAll := func() { apiLn.Close(); opsLn.Close(); grpcLn.Close() }
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		closeAll()
 		return errors.New("server: HTTPS needs both a certificate and a key file")
 	}
+	var grpcOpts []grpc.ServerOption
 	if cfg.TLSCertFile != "" {
 		if _, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
-			apiLn.Close()
-			opsLn.Close()
+			closeAll()
 			return fmt.Errorf("server: the API's certificate: %w", err)
 		}
 		apiLn = tls.NewListener(apiLn, pki.ServerConfig(cfg.TLSCertFile, cfg.TLSKeyFile))
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(pki.ServerConfig(cfg.TLSCertFile, cfg.TLSKeyFile))))
 	}
 	apiSrv := api.Server()
 	opsSrv := &http.Server{Handler: opsHandler(reg, stores), ReadHeaderTimeout: 10 * time.Second}
+	grpcSrv, grpcHealth := grpcAPI.Server(reg, grpcOpts...)
 
 	go func() { errc <- apiSrv.Serve(apiLn) }()
 	go func() { errc <- opsSrv.Serve(opsLn) }()
+	go func() { errc <- grpcSrv.Serve(grpcLn) }()
 	cleanupCtx, stopCleanup := context.WithCancel(ctx)
 	defer stopCleanup()
 	go cleanupLoop(cleanupCtx, stores, cfg.IdempotencyRetention, cfg.Log)
 	go expiryLoop(cleanupCtx, set, cfg.Log)
 	go resumeLoop(cleanupCtx, set, cfg.Log)
 
-	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
+	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "grpc", grpcLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
 	if cfg.Ready != nil {
 		cfg.Ready <- apiLn.Addr().String()
 	}
@@ -296,8 +315,16 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg.Log.Info("shutting down: draining requests")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	grpcHealth.Shutdown() // NOT_SERVING
+	grpcDone := make(chan struct{})
+	go func() { grpcSrv.GracefulStop(); close(grpcDone) }()
 	errAPI := apiSrv.Shutdown(shutdownCtx)
 	errOps := opsSrv.Shutdown(shutdownCtx)
+	select {
+	case <-grpcDone:
+	case <-shutdownCtx.Done():
+		grpcSrv.Stop()
+	}
 	return errors.Join(errAPI, errOps)
 }
 

@@ -47,7 +47,7 @@ func serve(t *testing.T, cfg server.Config) (addr, ops string, stop func() error
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	ops = "127.0.0.1:" + freePort(t)
-	cfg.Listen, cfg.OpsListen, cfg.Ready = "127.0.0.1:0", ops, ready
+	cfg.Listen, cfg.OpsListen, cfg.GRPCListen, cfg.Ready = "127.0.0.1:0", ops, "127.0.0.1:0", ready
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() { done <- server.Run(ctx, cfg) }()
 	select {
@@ -167,12 +167,12 @@ func TestServeRunsTheDevScript(t *testing.T) {
 func TestServeRefusesWrongDatabase(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	empty := pgtest.NewEmptyDB(t)
-	err := server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", ShardDSNs: []string{empty.SuperDSN()}, Log: quiet})
+	err := server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", ShardDSNs: []string{empty.SuperDSN()}, Log: quiet})
 	if err == nil || !strings.Contains(err.Error(), "tally migrate") {
 		t.Errorf("unmigrated: %v", err)
 	}
 	shard1 := pgtest.NewShardDB(t, 1)
-	err = server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", ShardDSNs: []string{shard1.AppDSN()}, Log: quiet})
+	err = server.Run(context.Background(), server.Config{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", ShardDSNs: []string{shard1.AppDSN()}, Log: quiet})
 	if err == nil || !strings.Contains(err.Error(), "is shard 1 but is listed as shard 0") {
 		t.Errorf("wrong shard: %v", err)
 	}
