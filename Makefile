@@ -6,16 +6,22 @@ TOOLS         := $(CACHE)/bin
 STATICCHECK   := $(TOOLS)/staticcheck
 CONTROLLER_GEN := $(TOOLS)/controller-gen
 KUSTOMIZE     := $(TOOLS)/kustomize
+BUF           := $(TOOLS)/buf
+PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go
+PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc
 STATICCHECK_VERSION    := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
 KUSTOMIZE_VERSION      := v5.8.2
+BUF_VERSION            := v1.75.0
+PROTOC_GEN_GO_VERSION  := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 IMAGE         ?= ghcr.io/tallyhq/tally:dev
 BENCH_TIME    ?= 10s
 BENCH_ROUNDS  ?= 3
 BENCH_CLIENTS ?= 64
 BENCH_LARGE   ?= 1000000
 
-.PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests schema check-generated e2e e2e-local image clean
+.PHONY: all build test lint fmt dev bench fuzz deps envtest generate manifests schema proto check-generated check-proto e2e e2e-local image clean
 
 all: build
 
@@ -31,7 +37,7 @@ envtest:
 
 ## test: lint, generated files current, manifests render, then every test with the race
 ## detector against real PostgreSQL and a real kube-apiserver.
-test: deps lint check-generated envtest
+test: deps lint check-generated check-proto envtest
 	KUBEBUILDER_ASSETS=$$(hack/envtest-binaries.sh) $(GO) test -race -count=1 ./...
 
 $(STATICCHECK):
@@ -40,6 +46,13 @@ $(CONTROLLER_GEN):
 	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 $(KUSTOMIZE):
 	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+$(BUF):
+	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(PROTOC_GEN_GO):
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+PROTO_TOOLS := $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -65,6 +78,23 @@ manifests: $(CONTROLLER_GEN)
 ## every migration (make test fails when it is stale).
 schema:
 	$(GO) test -count=1 -run TestSchemaDumpIsCurrent ./ledger/migrations -update
+
+## proto: the gRPC API's Go code (ledger/grpcapi/ledgerv1) from proto/, with the pinned
+## plugins.
+proto: $(PROTO_TOOLS)
+	PATH=$(TOOLS):$$PATH $(BUF) generate
+
+## check-proto: buf lint; the generated Go current; no breaking change to the API since
+## the previous commit (where there is one).
+check-proto: $(PROTO_TOOLS)
+	$(BUF) lint
+	@before=$$(find ledger/grpcapi/ledgerv1 -type f | sort | xargs sha256sum); \
+	$(MAKE) --no-print-directory -s proto >/dev/null; \
+	after=$$(find ledger/grpcapi/ledgerv1 -type f | sort | xargs sha256sum); \
+	if [ "$$before" != "$$after" ]; then echo "generated gRPC code was stale: run make proto and commit"; exit 1; fi
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:proto 2>/dev/null; then \
+		$(BUF) breaking --against '.git#ref=HEAD~1'; \
+	else echo "check-proto: no previous commit with proto/ to check breaking changes against"; fi
 
 GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml charts/tally/crds charts/tally/files
 

@@ -24,14 +24,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/settest"
 	"github.com/tallyhq/tally/ledger/auth"
-	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/grpcapi"
 	"github.com/tallyhq/tally/ledger/grpcapi/ledgerv1"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/service"
-	"github.com/tallyhq/tally/ledger/shardset"
-	"github.com/tallyhq/tally/ledger/store"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -58,24 +56,10 @@ type fixture struct {
 func newFixture(t *testing.T, shards int) *fixture {
 	t.Helper()
 	f := &fixture{t: t}
-	stores := make([]*store.Store, shards)
-	fronts := make([]shardset.Front, shards)
-	for i := range stores {
-		db := pgtest.NewShardDB(t, i)
-		f.dbs = append(f.dbs, db)
-		stores[i] = store.New(db.AppPool(t, 20))
-		b, err := batcher.New(stores[i], batcher.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Start()
-		t.Cleanup(b.Stop)
-		fronts[i] = b
+	for i := range shards {
+		f.dbs = append(f.dbs, pgtest.NewShardDB(t, i))
 	}
-	set, err := shardset.New(stores, fronts, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := settest.Batched(t, f.dbs, 20)
 	tok, err := auth.ParseTokens(strings.NewReader(tokens))
 	if err != nil {
 		t.Fatal(err)

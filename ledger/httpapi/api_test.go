@@ -16,13 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/internal/settest"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/auth"
-	"github.com/tallyhq/tally/ledger/batcher"
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/service"
 	"github.com/tallyhq/tally/ledger/shardset"
-	"github.com/tallyhq/tally/ledger/store"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -48,22 +47,7 @@ func newClient(t *testing.T, shards int, authn *auth.Authenticator) *client {
 // newClientOver serves the API over the given shard databases, in shard order.
 func newClientOver(t *testing.T, dbs []*pgtest.DB, authn *auth.Authenticator, configure ...func(*service.Service, *httpapi.API)) *client {
 	t.Helper()
-	stores := make([]*store.Store, len(dbs))
-	fronts := make([]shardset.Front, len(dbs))
-	for i := range stores {
-		stores[i] = store.New(dbs[i].AppPool(t, 20))
-		b, err := batcher.New(stores[i], batcher.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Start()
-		t.Cleanup(b.Stop)
-		fronts[i] = b
-	}
-	set, err := shardset.New(stores, fronts, time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := settest.Batched(t, dbs, 20)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc := service.New(set, service.NewMetrics(prometheus.NewRegistry()), log)
 	api := httpapi.New(svc, authn, httpapi.NewMetrics(prometheus.NewRegistry()), log)
