@@ -123,7 +123,7 @@ dev: deps
 ## the Go benchmarks, then the time from losing a primary to the first acknowledged write.
 bench: deps build
 	$(BIN) bench --duration $(BENCH_TIME) --rounds $(BENCH_ROUNDS) --clients $(BENCH_CLIENTS) \
-	  --modes http,wrk,store,one-call,http-cache,http-limits,http-no-outbox,http-events --large-accounts $(BENCH_LARGE) --json bench.jsonl
+	  --modes http,wrk,store,one-call,http-cache,http-limits,http-no-outbox,http-events,grpc --large-accounts $(BENCH_LARGE) --json bench.jsonl
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./ledger/...
 	@echo "failover on a local three-instance shard (kill -9 of the primary under load; full log in bench-failover.log):"
 	@$(GO) test -count=1 -v -run 'TestKillPrimaryUnderLoad|TestSwitchoverUnderLoad' ./failover > bench-failover.log 2>&1; \

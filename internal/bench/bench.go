@@ -35,11 +35,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
 
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/grpcapi/ledgerv1"
 	"github.com/tallyhq/tally/ledger/migrations"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/shardset"
@@ -257,6 +259,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		printTargets(cfg.Out, summary)
 		printRedisTargets(cfg.Out, summary)
 		printEventsTargets(cfg.Out, summary, latency)
+		printGRPCTargets(cfg.Out, summary)
 	}
 	results = append(results, medians...)
 	if latency != nil {
@@ -433,6 +436,8 @@ type env struct {
 	services map[string]*service
 	redis    *redisServer // the Redis modes' own; nil without them
 	events   *eventsEnv   // the event modes' Kafka; nil without them
+	grpcConn *grpc.ClientConn
+	grpc     ledgerv1.LedgerServiceClient // the grpc mode's client; nil without it
 	http     *http.Client
 	accounts []ledger.AccountID
 	hot      ledger.AccountID
@@ -527,6 +532,9 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err := e.startEvents(ctx, cfg.Modes); err != nil {
 		return nil, err
 	}
+	if err := e.startGRPC(cfg.Modes); err != nil {
+		return nil, err
+	}
 	e.http = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * maxClients, MaxConnsPerHost: 2 * maxClients}}
 	ok = true
 	return e, nil
@@ -534,9 +542,9 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 
 // service is one running ledger service.
 type service struct {
-	api, ops string // addresses
-	stop     context.CancelFunc
-	done     chan error
+	api, ops, grpc string // addresses
+	stop           context.CancelFunc
+	done           chan error
 }
 
 // startService runs the ledger service with cfg on loopback ports.
@@ -545,11 +553,15 @@ func startService(ctx context.Context, cfg server.Config) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
+	grpcPort, err := postgres.FreePort()
+	if err != nil {
+		return nil, err
+	}
 	ready := make(chan string, 1)
-	cfg.Listen, cfg.OpsListen, cfg.GRPCListen, cfg.Ready = "127.0.0.1:0", "127.0.0.1:"+strconv.Itoa(opsPort), "127.0.0.1:0", ready
+	cfg.Listen, cfg.OpsListen, cfg.GRPCListen, cfg.Ready = "127.0.0.1:0", "127.0.0.1:"+strconv.Itoa(opsPort), "127.0.0.1:"+strconv.Itoa(grpcPort), ready
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	runCtx, stop := context.WithCancel(ctx)
-	s := &service{ops: cfg.OpsListen, stop: stop, done: make(chan error, 1)}
+	s := &service{ops: cfg.OpsListen, grpc: cfg.GRPCListen, stop: stop, done: make(chan error, 1)}
 	go func() { s.done <- server.Run(runCtx, cfg) }()
 	select {
 	case s.api = <-ready:
@@ -561,7 +573,10 @@ func startService(ctx context.Context, cfg server.Config) (*service, error) {
 }
 
 func (e *env) close() {
-	stopped := map[*service]bool{} // the event modes share ModeHTTP's
+	if e.grpcConn != nil {
+		e.grpcConn.Close()
+	}
+	stopped := map[*service]bool{} // the event and grpc modes share ModeHTTP's
 	for _, s := range e.services {
 		if !stopped[s] {
 			stopped[s] = true
@@ -734,6 +749,9 @@ type opFunc func(ctx context.Context, rng *rand.Rand) (rejected bool, err error)
 func (e *env) op(scenario, mode string, batchedSet *shardset.Set) opFunc {
 	if scenario == Replays {
 		return e.replayOp(mode)
+	}
+	if mode == ModeGRPC {
+		return e.grpcOp(scenario)
 	}
 	if scenario == Reads {
 		if viaHTTP(mode) {
@@ -1066,7 +1084,7 @@ func (e *env) batchStats(ctx context.Context, mode string, b *batcher.Batcher) (
 	switch mode {
 	case ModeStore:
 		return b.Stats(), nil
-	case ModeWrk:
+	case ModeWrk, ModeGRPC:
 		mode = ModeHTTP
 	case ModeHTTP, ModeHTTPCache, ModeHTTPLimits, ModeHTTPNoOutbox, ModeHTTPEvents:
 	default:

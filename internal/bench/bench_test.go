@@ -203,3 +203,28 @@ func TestEventModesRun(t *testing.T) {
 		t.Errorf("no events figures:\n%s", table.String())
 	}
 }
+
+// The grpc mode runs transfers and reads through the service's gRPC API, and its
+// figures are printed beside HTTP's.
+func TestGRPCModeRuns(t *testing.T) {
+	var table bytes.Buffer
+	results, err := Run(context.Background(), Config{
+		Duration: 300 * time.Millisecond, MinOps: 5, Clients: []int{4}, Accounts: 50, HotSlots: 4,
+		Scenarios: []string{Uniform, Reads}, Modes: []string{ModeHTTP, ModeGRPC}, Out: &table,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// uniform x (reference, http, grpc) + reads x (http, grpc)
+	if len(results) != 5 {
+		t.Fatalf("%d results:\n%s", len(results), table.String())
+	}
+	for _, r := range results {
+		if r.Ops == 0 || r.Errors != 0 || r.Violations != 0 || r.Rejected != 0 {
+			t.Errorf("%+v", r)
+		}
+	}
+	if !strings.Contains(table.String(), "uniform transfers over gRPC") {
+		t.Errorf("no gRPC figures:\n%s", table.String())
+	}
+}

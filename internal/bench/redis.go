@@ -67,6 +67,9 @@ func modesFor(scenario string, asked []string) []string {
 	if scenario != Uniform && scenario != Hot {
 		drop(viaEvents) // and the event modes too
 	}
+	if scenario != Uniform && scenario != Hot && scenario != Reads {
+		drop(func(m string) bool { return m == ModeGRPC }) // and gRPC
+	}
 	if scenario == Reads {
 		return modes
 	}

@@ -21,7 +21,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	clients := fs.String("clients", "16,64", "concurrent clients, comma-separated")
 	scenarios := fs.String("scenarios", strings.Join(bench.Scenarios, ","), "scenarios: "+strings.Join(bench.Scenarios, ", "))
-	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk), store (straight into the shard set) one-call (Tally's transaction function once per transfer, unbatched), http-cache (a service keeping answers in Redis), http-limits (a service with rate limits in Redis, none reached), http-no-outbox (the http service with the event outbox off) and/or http-events (the http service with a relay publishing its events to an in-process Kafka; adds a commit-to-Kafka latency run at 2,000 transfers/s); the reference ceiling always runs")
+	modes := fs.String("modes", "http,store", "http (through the API, Go client in this process), wrk (through the API, driven by wrk), store (straight into the shard set) one-call (Tally's transaction function once per transfer, unbatched), http-cache (a service keeping answers in Redis), http-limits (a service with rate limits in Redis, none reached), http-no-outbox (the http service with the event outbox off) and/or http-events (the http service with a relay publishing its events to an in-process Kafka; adds a commit-to-Kafka latency run at 2,000 transfers/s), grpc (the http service's gRPC API, Go client in this process); the reference ceiling always runs")
 	accounts := fs.Int("accounts", 10000, "accounts to spread uniform transfers over")
 	largeAccounts := fs.Int("large-accounts", 0, "if above --accounts, grow to this many accounts at the end and run uniform again at the largest client count")
 	hotSlots := fs.Int("hot-slots", 8, "balance slots of Tally's hot account (1: one balance row)")
@@ -58,7 +58,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	for _, m := range cfg.Modes {
-		if !slices.Contains([]string{bench.ModeHTTP, bench.ModeWrk, bench.ModeStore, bench.ModeOneCall, bench.ModeHTTPCache, bench.ModeHTTPLimits, bench.ModeHTTPNoOutbox, bench.ModeHTTPEvents}, m) {
+		if !slices.Contains([]string{bench.ModeHTTP, bench.ModeWrk, bench.ModeStore, bench.ModeOneCall, bench.ModeHTTPCache, bench.ModeHTTPLimits, bench.ModeHTTPNoOutbox, bench.ModeHTTPEvents, bench.ModeGRPC}, m) {
 			return fmt.Errorf("--modes: unknown mode %q", m)
 		}
 	}
