@@ -29,6 +29,7 @@ import (
 	"github.com/tallyhq/tally/ledger/grpcapi"
 	"github.com/tallyhq/tally/ledger/grpcapi/ledgerv1"
 	"github.com/tallyhq/tally/ledger/httpapi"
+	"github.com/tallyhq/tally/ledger/ratelimit"
 	"github.com/tallyhq/tally/ledger/service"
 )
 
@@ -53,7 +54,7 @@ type fixture struct {
 	http   string
 }
 
-func newFixture(t *testing.T, shards int) *fixture {
+func newFixture(t *testing.T, shards int, limiter ...*ratelimit.Limiter) *fixture {
 	t.Helper()
 	f := &fixture{t: t}
 	for i := range shards {
@@ -70,7 +71,12 @@ func newFixture(t *testing.T, shards int) *fixture {
 		t.Fatal(err)
 	}
 	svc := service.New(set, service.NewMetrics(prometheus.NewRegistry()), log)
-	srv, _ := grpcapi.New(svc, authn, log).Server(prometheus.NewRegistry())
+	grpcAPI, httpAPI := grpcapi.New(svc, authn, log), httpapi.New(svc, authn, httpapi.NewMetrics(prometheus.NewRegistry()), log)
+	for _, l := range limiter {
+		grpcAPI.WithRateLimiter(l)
+		httpAPI.WithRateLimiter(l)
+	}
+	srv, _ := grpcAPI.Server(prometheus.NewRegistry())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +89,7 @@ func newFixture(t *testing.T, shards int) *fixture {
 	}
 	t.Cleanup(func() { f.conn.Close() })
 	f.client = ledgerv1.NewLedgerServiceClient(f.conn)
-	hs := httptest.NewServer(httpapi.New(svc, authn, httpapi.NewMetrics(prometheus.NewRegistry()), log).Handler())
+	hs := httptest.NewServer(httpAPI.Handler())
 	t.Cleanup(hs.Close)
 	f.http = hs.URL
 	return f
@@ -394,4 +400,29 @@ func TestDeadlineLeavesNothingHalfDone(t *testing.T) {
 	if errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
+}
+
+// A caller's allowance is one across both APIs: writes over HTTP count against its gRPC
+// writes, and over it a call answers RESOURCE_EXHAUSTED rate_limited; its reads go on.
+func TestRateLimitsAcrossBothAPIs(t *testing.T) {
+	limiter := ratelimit.New(ratelimit.Config{Limits: map[ratelimit.Class]ratelimit.Limit{ratelimit.Writes: {Rate: 3, Period: time.Hour, Burst: 3}}})
+	f := newFixture(t, 1, limiter)
+	c, root := f.client, as("root")
+	must[*ledgerv1.RegisterAssetResponse](t, "register")(c.RegisterAsset(root, &ledgerv1.RegisterAssetRequest{Code: "USD", Scale: ptr[int32](2)}))
+	req, _ := http.NewRequest(http.MethodPost, f.http+"/v1/accounts", strings.NewReader(`{"owner":"alice","asset":"USD"}`))
+	req.Header.Set("Authorization", "Bearer "+tokenOf["root"])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("HTTP write: %d", resp.StatusCode)
+	}
+	a := must[*ledgerv1.CreateAccountResponse](t, "the third write")(c.CreateAccount(root, &ledgerv1.CreateAccountRequest{Owner: "alice", Asset: "USD"})).Account
+	_, err = c.CreateAccount(root, &ledgerv1.CreateAccountRequest{Owner: "alice", Asset: "USD"})
+	if code, reason := refusal(t, err); code != codes.ResourceExhausted || reason != "rate_limited" {
+		t.Errorf("the fourth write: %s %s (%v)", code, reason, err)
+	}
+	must[*ledgerv1.GetBalanceResponse](t, "a read")(c.GetBalance(root, &ledgerv1.GetBalanceRequest{AccountId: a.Id}))
 }

@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/pgtest"
@@ -22,6 +25,7 @@ import (
 	"github.com/tallyhq/tally/internal/postgres"
 	"github.com/tallyhq/tally/internal/redistest"
 	"github.com/tallyhq/tally/ledger/batcher"
+	"github.com/tallyhq/tally/ledger/grpcapi/ledgerv1"
 	"github.com/tallyhq/tally/ledger/server"
 	"github.com/tallyhq/tally/ledger/shardset"
 	"github.com/tallyhq/tally/ledger/store"
@@ -47,7 +51,10 @@ func serve(t *testing.T, cfg server.Config) (addr, ops string, stop func() error
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	ops = "127.0.0.1:" + freePort(t)
-	cfg.Listen, cfg.OpsListen, cfg.GRPCListen, cfg.Ready = "127.0.0.1:0", ops, "127.0.0.1:0", ready
+	cfg.Listen, cfg.OpsListen, cfg.Ready = "127.0.0.1:0", ops, ready
+	if cfg.GRPCListen == "" {
+		cfg.GRPCListen = "127.0.0.1:0"
+	}
 	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() { done <- server.Run(ctx, cfg) }()
 	select {
@@ -388,16 +395,30 @@ func postUntilServed(t *testing.T, what, url, body, key string) string {
 	}
 }
 
-// TestServesHTTPS: with a certificate the API is HTTPS only, and a renewed certificate
-// is served to new connections without a restart.
+// TestServesHTTPS: with a certificate the API is HTTPS only, the gRPC API TLS only, and
+// a renewed certificate is served to new connections without a restart.
 func TestServesHTTPS(t *testing.T) {
 	db := pgtest.NewDB(t)
 	files, err := pki.WriteFiles(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, _, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile})
+	grpcAddr := "127.0.0.1:" + freePort(t)
+	addr, _, stop := serve(t, server.Config{ShardDSNs: []string{db.AppDSN()}, TLSCertFile: files.CertFile, TLSKeyFile: files.KeyFile, GRPCListen: grpcAddr})
 	defer stop() //nolint:errcheck
+	for name, creds := range map[string]credentials.TransportCredentials{"TLS": credentials.NewTLS(pki.ClientConfig(files.CAFile)), "plaintext": insecure.NewCredentials()} {
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = ledgerv1.NewLedgerServiceClient(conn).ListAssets(ctx, &ledgerv1.ListAssetsRequest{})
+		cancel()
+		conn.Close()
+		if (err == nil) != (name == "TLS") {
+			t.Errorf("gRPC over %s: %v", name, err)
+		}
+	}
 	var served *big.Int
 	verify := pki.ClientConfig(files.CAFile)
 	check := verify.VerifyConnection
