@@ -73,10 +73,10 @@ type canonicalRequest struct {
 // checkKey checks an idempotency key, which every write needs.
 func checkKey(key string) error {
 	if key == "" {
-		return ledger.Errorf(ledger.CodeIdempotencyKeyRequired, "send an idempotency key (for example a UUID) so the request can be retried safely")
+		return ledger.Errorf(ledger.CodeIdempotencyKeyRequired, "send an idempotency key (over HTTP the Idempotency-Key header, over gRPC idempotency_key), for example a UUID, so the request can be retried safely")
 	}
 	if len(key) > ledger.MaxIdempotencyKey || !printableASCII(key) {
-		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key must be 1 to %d printable ASCII characters", ledger.MaxIdempotencyKey)
+		return ledger.Errorf(ledger.CodeInvalidRequest, "the idempotency key (Idempotency-Key) must be 1 to %d printable ASCII characters", ledger.MaxIdempotencyKey)
 	}
 	return nil
 }
