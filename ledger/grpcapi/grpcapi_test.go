@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -425,4 +426,161 @@ func TestRateLimitsAcrossBothAPIs(t *testing.T) {
 		t.Errorf("the fourth write: %s %s (%v)", code, reason, err)
 	}
 	must[*ledgerv1.GetBalanceResponse](t, "a read")(c.GetBalance(root, &ledgerv1.GetBalanceRequest{AccountId: a.Id}))
+}
+
+// A follower of a hot account (four balance slots) gets every entry posted while it
+// follows, once, though batches on different slots commit out of id order; resumed with
+// the last token it gets exactly those posted meanwhile; a user cannot follow another's.
+func TestFollowEntries(t *testing.T) {
+	f := newFixture(t, 1)
+	c, root, ops := f.client, as("root"), as("ops")
+	must[*ledgerv1.RegisterAssetResponse](t, "register")(c.RegisterAsset(root, &ledgerv1.RegisterAssetRequest{Code: "USD", Scale: ptr[int32](2)}))
+	hot := must[*ledgerv1.CreateAccountResponse](t, "open")(c.CreateAccount(ops, &ledgerv1.CreateAccountRequest{Owner: "shop", Asset: "USD", BalanceSlots: ptr[int32](4)})).Account
+	others := make([]string, 6)
+	for i := range others {
+		others[i] = must[*ledgerv1.CreateAccountResponse](t, "open")(c.CreateAccount(ops, &ledgerv1.CreateAccountRequest{Owner: "bob", Asset: "USD"})).Account.Id
+		must[*ledgerv1.TransferResponse](t, "fund")(c.Transfer(ops, &ledgerv1.TransferRequest{IdempotencyKey: "fund" + others[i], FromAccount: "external", ToAccount: others[i], Amount: "1000", Asset: "USD"}))
+	}
+	must[*ledgerv1.TransferResponse](t, "fund hot")(c.Transfer(ops, &ledgerv1.TransferRequest{IdempotencyKey: "fund-hot", FromAccount: "external", ToAccount: hot.Id, Amount: "1000", Asset: "USD"}))
+	before := map[string]bool{}
+	for _, e := range f.entries(hot.Id) {
+		before[e] = true
+	}
+
+	// A follower, its entries as they come.
+	type follower struct {
+		mu     sync.Mutex
+		ids    []string
+		token  string
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	follow := func(req *ledgerv1.FollowEntriesRequest) *follower {
+		ctx, cancel := context.WithCancel(ops)
+		fl := &follower{cancel: cancel, done: make(chan struct{})}
+		stream, err := c.FollowEntries(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			defer close(fl.done)
+			for {
+				m, err := stream.Recv()
+				if err != nil {
+					return
+				}
+				fl.mu.Lock()
+				fl.ids, fl.token = append(fl.ids, m.Entry.Id), m.ResumeToken
+				fl.mu.Unlock()
+			}
+		}()
+		return fl
+	}
+	// stop waits until the follower has as many entries as were posted (or a minute),
+	// and a little more for any it would send twice, then ends it.
+	stop := func(fl *follower, posted int) []string {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			fl.mu.Lock()
+			n := len(fl.ids)
+			fl.mu.Unlock()
+			if n >= posted || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		fl.cancel()
+		<-fl.done
+		return fl.ids
+	}
+	load := func(round string) {
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := range 15 {
+					other := others[(w+i)%len(others)]
+					from, to := other, hot.Id
+					if i%2 == 1 {
+						from, to = hot.Id, other
+					}
+					_, err := c.Transfer(ops, &ledgerv1.TransferRequest{IdempotencyKey: fmt.Sprint(round, w, "-", i), FromAccount: from, ToAccount: to, Amount: "1", Asset: "USD"})
+					if err != nil {
+						t.Errorf("transfer: %v", err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	want := func() map[string]bool {
+		out := map[string]bool{}
+		for _, e := range f.entries(hot.Id) {
+			if !before[e] {
+				out[e] = true
+			}
+		}
+		return out
+	}
+	// Nothing is in flight now, so after the latest entry's id is exact.
+	latest := ""
+	for e := range before {
+		if latest == "" || len(e) > len(latest) || len(e) == len(latest) && e > latest {
+			latest = e
+		}
+	}
+	first := follow(&ledgerv1.FollowEntriesRequest{AccountId: hot.Id, AfterEntryId: latest})
+	load("a")
+	wantFirst := want()
+	f.sameEntries("followed", stop(first, len(wantFirst)), wantFirst)
+
+	// Resumed with the token: exactly what was posted meanwhile.
+	load("b")
+	for e := range wantFirst {
+		before[e] = true
+	}
+	wantSecond := want()
+	second := follow(&ledgerv1.FollowEntriesRequest{AccountId: hot.Id, ResumeToken: first.token})
+	f.sameEntries("resumed", stop(second, len(wantSecond)), wantSecond)
+
+	stream, err := c.FollowEntries(as("alice"), &ledgerv1.FollowEntriesRequest{AccountId: hot.Id})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if code, reason := refusal(t, err); code != codes.NotFound || reason != "account_not_found" {
+		t.Errorf("alice follows the shop's account: %s %s", code, reason)
+	}
+}
+
+// entries are the ids of all the account's entries, through the list API.
+func (f *fixture) entries(account string) []string {
+	f.t.Helper()
+	var ids []string
+	token := ""
+	for {
+		page := must[*ledgerv1.ListEntriesResponse](f.t, "entries")(f.client.ListEntries(as("ops"), &ledgerv1.ListEntriesRequest{AccountId: account, PageSize: 200, PageToken: token}))
+		for _, e := range page.Entries {
+			ids = append(ids, e.Id)
+		}
+		if token = page.NextPageToken; token == "" {
+			return ids
+		}
+	}
+}
+
+func (f *fixture) sameEntries(what string, got []string, want map[string]bool) {
+	f.t.Helper()
+	seen := map[string]bool{}
+	for _, id := range got {
+		if seen[id] {
+			f.t.Errorf("%s: entry %s twice", what, id)
+		}
+		if !want[id] {
+			f.t.Errorf("%s: entry %s was not posted meanwhile", what, id)
+		}
+		seen[id] = true
+	}
+	if len(seen) != len(want) || len(want) == 0 {
+		f.t.Errorf("%s: %d entries, %d posted", what, len(seen), len(want))
+	}
 }

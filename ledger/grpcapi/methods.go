@@ -234,3 +234,11 @@ func (a *API) VoidPendingTransfer(ctx context.Context, req *ledgerv1.VoidPending
 	}
 	return &ledgerv1.VoidPendingTransferResponse{PendingTransfer: pendingTransferMessage(v), Replayed: ans.Replayed}, nil
 }
+
+// FollowEntries streams an account's entries as they are posted.
+func (a *API) FollowEntries(req *ledgerv1.FollowEntriesRequest, stream ledgerv1.LedgerService_FollowEntriesServer) error {
+	ctx := stream.Context()
+	return a.svc.FollowEntries(ctx, callerOf(ctx), req.AccountId, req.AfterEntryId, req.ResumeToken, func(e document.Entry, token string) error {
+		return stream.Send(&ledgerv1.FollowEntriesResponse{Entry: entryMessage(e), ResumeToken: token})
+	})
+}

@@ -373,6 +373,24 @@ func (s *Set) Entries(ctx context.Context, id ledger.AccountID, before int64, li
 	return st.Entries(ctx, id, before, limit)
 }
 
+// EntryMarks is where a follower of the account's entries starts (store.EntryMarks).
+func (s *Set) EntryMarks(ctx context.Context, id ledger.AccountID) (map[int]int64, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return nil, err
+	}
+	return st.EntryMarks(ctx, id)
+}
+
+// EntriesAfter lists the account's entries after marks (store.EntriesAfter).
+func (s *Set) EntriesAfter(ctx context.Context, id ledger.AccountID, marks map[int]int64, limit int) ([]ledger.Entry, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return nil, err
+	}
+	return st.EntriesAfter(ctx, id, marks, limit)
+}
+
 // Transaction reads one transaction.
 func (s *Set) Transaction(ctx context.Context, id ledger.TransactionID) (ledger.Transaction, error) {
 	if id.Shard() >= len(s.shards) {

@@ -587,17 +587,72 @@ func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before in
 	if err != nil {
 		return nil, wrap("list entries", err)
 	}
-	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ledger.Entry, error) {
-		var e ledger.Entry
-		var tx, acc [16]byte
-		err := r.Scan(&e.ID, &tx, &e.Posting, &acc, &e.Asset, &e.Amount, &e.BalanceAfter, &e.Slot, &e.CreatedAt)
-		e.TransactionID, e.AccountID = ledger.TransactionID(tx), ledger.AccountID(acc)
-		return e, err
-	})
+	entries, err := pgx.CollectRows(rows, scanEntry)
 	if err != nil {
 		return nil, wrap("list entries", err)
 	}
 	return entries, nil
+}
+
+// EntryMarks is where a follower of the account's entries starts to see only those
+// posted from now on: for each of its balance slots (0 for an account of one slot), the
+// id of its latest entry (0: none yet).
+func (s *Store) EntryMarks(ctx context.Context, account ledger.AccountID) (map[int]int64, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT b.slot, coalesce((SELECT max(e.id) FROM tally.entries e
+		                         WHERE e.account_id = b.account_id AND coalesce(e.slot, 0) = b.slot), 0)
+		FROM tally.balances b WHERE b.account_id = $1`, [16]byte(account))
+	if err != nil {
+		return nil, wrap("mark entries", err)
+	}
+	marks := map[int]int64{}
+	var slot int
+	var id int64
+	if _, err := pgx.ForEachRow(rows, []any{&slot, &id}, func() error { marks[slot] = id; return nil }); err != nil {
+		return nil, wrap("mark entries", err)
+	}
+	if len(marks) == 0 {
+		return nil, ledger.Errorf(ledger.CodeAccountNotFound, "account %s does not exist", account)
+	}
+	return marks, nil
+}
+
+// EntriesAfter lists the account's entries after marks, oldest first: for each balance
+// slot in marks (0 for an account of one slot), those with an id above its mark, at most
+// limit of each. Within one slot ids follow the order the entries committed, because
+// every writer holds the slot's balance row from before it numbers its entries until it
+// commits; across slots they do not (two batches on two slots of a hot account commit
+// in either order), which is why a follower keeps a mark per slot.
+func (s *Store) EntriesAfter(ctx context.Context, account ledger.AccountID, marks map[int]int64, limit int) ([]ledger.Entry, error) {
+	slots, after := make([]int16, 0, len(marks)), make([]int64, 0, len(marks))
+	for slot, id := range marks {
+		slots, after = append(slots, int16(slot)), append(after, id)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, coalesce(e.slot, 0), t.created_at
+		FROM unnest($2::smallint[], $3::bigint[]) m(slot, after)
+		CROSS JOIN LATERAL (
+		  SELECT * FROM tally.entries x
+		  WHERE x.account_id = $1 AND coalesce(x.slot, 0) = m.slot AND x.id > m.after
+		  ORDER BY x.account_id, x.id LIMIT $4) e
+		JOIN tally.transactions t ON t.id = e.transaction_id
+		ORDER BY e.id`, [16]byte(account), slots, after, limit)
+	if err != nil {
+		return nil, wrap("follow entries", err)
+	}
+	entries, err := pgx.CollectRows(rows, scanEntry)
+	if err != nil {
+		return nil, wrap("follow entries", err)
+	}
+	return entries, nil
+}
+
+func scanEntry(r pgx.CollectableRow) (ledger.Entry, error) {
+	var e ledger.Entry
+	var tx, acc [16]byte
+	err := r.Scan(&e.ID, &tx, &e.Posting, &acc, &e.Asset, &e.Amount, &e.BalanceAfter, &e.Slot, &e.CreatedAt)
+	e.TransactionID, e.AccountID = ledger.TransactionID(tx), ledger.AccountID(acc)
+	return e, err
 }
 
 // idempotencyCleanupBatch bounds how many records one cleanup statement deletes, so it

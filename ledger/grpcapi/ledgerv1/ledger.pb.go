@@ -1781,12 +1781,15 @@ func (x *ListEntriesResponse) GetNextPageToken() string {
 	return ""
 }
 
-// FollowEntriesRequest asks for an account's entries after the entry after_entry_id
-// (empty: only those posted from now on).
+// FollowEntriesRequest asks for an account's entries after resume_token (from an
+// earlier response), else after the entry after_entry_id (exact for an account of one
+// balance slot; for a slotted account, entries of other slots that committed later with
+// lower ids are missed: resume with the token), else only those posted from now on.
 type FollowEntriesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	AfterEntryId  string                 `protobuf:"bytes,2,opt,name=after_entry_id,json=afterEntryId,proto3" json:"after_entry_id,omitempty"`
+	ResumeToken   string                 `protobuf:"bytes,3,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1835,10 +1838,19 @@ func (x *FollowEntriesRequest) GetAfterEntryId() string {
 	return ""
 }
 
-// FollowEntriesResponse is one entry, in the order they were posted.
+func (x *FollowEntriesRequest) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+// FollowEntriesResponse is one entry, in the order they were posted to its balance slot,
+// and the token to resume after it.
 type FollowEntriesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	ResumeToken   string                 `protobuf:"bytes,2,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1878,6 +1890,13 @@ func (x *FollowEntriesResponse) GetEntry() *Entry {
 		return x.Entry
 	}
 	return nil
+}
+
+func (x *FollowEntriesResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
 }
 
 // TransferRequest is a transfer under an idempotency key.
@@ -2867,13 +2886,15 @@ const file_tally_ledger_v1_ledger_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"o\n" +
 	"\x13ListEntriesResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.tally.ledger.v1.EntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"[\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"~\n" +
 	"\x14FollowEntriesRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12$\n" +
-	"\x0eafter_entry_id\x18\x02 \x01(\tR\fafterEntryId\"E\n" +
+	"\x0eafter_entry_id\x18\x02 \x01(\tR\fafterEntryId\x12!\n" +
+	"\fresume_token\x18\x03 \x01(\tR\vresumeToken\"h\n" +
 	"\x15FollowEntriesResponse\x12,\n" +
-	"\x05entry\x18\x01 \x01(\v2\x16.tally.ledger.v1.EntryR\x05entry\"\x89\x02\n" +
+	"\x05entry\x18\x01 \x01(\v2\x16.tally.ledger.v1.EntryR\x05entry\x12!\n" +
+	"\fresume_token\x18\x02 \x01(\tR\vresumeToken\"\x89\x02\n" +
 	"\x0fTransferRequest\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\ffrom_account\x18\x02 \x01(\tR\vfromAccount\x12\x1d\n" +
