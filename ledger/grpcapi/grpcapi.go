@@ -12,6 +12,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -85,7 +86,7 @@ func (a *API) admit(ctx context.Context, method string) (context.Context, error)
 			class = ratelimit.Reads
 		}
 		if d := a.limiter.Allow(ctx, c.Name, class); d.Limit.Rate != 0 && !d.Allowed {
-			return ctx, ledger.Errorf(ledger.CodeRateLimited, "%s are limited to %s per caller; retry after %s", class, d.Limit, d.RetryAfter)
+			return ctx, ledger.Errorf(ledger.CodeRateLimited, "%s are limited to %s per caller; retry after %s", class, d.Limit, d.RetryAfter.Round(time.Millisecond))
 		}
 	}
 	return context.WithValue(ctx, callerKey{}, c), nil
