@@ -48,9 +48,6 @@ func (s *Service) WithIdempotencyCache(c *idemcache.Cache) *Service {
 	return s
 }
 
-// Set is the shard set the operations run on.
-func (s *Service) Set() *shardset.Set { return s.set }
-
 // Answer is an operation's answer: an HTTP status and its JSON document (a problem
 // document from 400 on: a refusal the ledger recorded under the idempotency key).
 type Answer struct {
