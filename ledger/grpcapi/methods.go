@@ -2,7 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 
 	"github.com/tallyhq/tally/ledger"
@@ -146,30 +145,23 @@ func (a *API) Transfer(ctx context.Context, req *ledgerv1.TransferRequest) (*led
 	ans, err := a.svc.Transfer(ctx, callerOf(ctx), req.IdempotencyKey, service.Transfer{
 		Posting:  service.Posting{FromAccount: req.FromAccount, ToAccount: req.ToAccount, Amount: req.Amount, Asset: req.Asset},
 		Metadata: rawMetadata(req.Metadata), Pending: req.Pending, TimeoutSeconds: req.TimeoutSeconds})
+	// One read of either document a transfer answers with: a pending transfer (reserved,
+	// or between shards) has a state, a transaction has not.
+	doc, err := documentOf[struct {
+		document.PendingTransfer
+		Postings []document.Posting    `json:"postings"`
+		Reverses *ledger.TransactionID `json:"reverses"`
+	}](ans, err)
 	if err != nil {
 		return nil, err
 	}
 	out := &ledgerv1.TransferResponse{Replayed: ans.Replayed, InFlight: ans.Status == http.StatusAccepted}
-	// A pending transfer (reserved, or between shards) has a state; a transaction has not.
-	var shape struct {
-		State string `json:"state"`
+	if doc.State != "" {
+		out.Result = &ledgerv1.TransferResponse_PendingTransfer{PendingTransfer: pendingTransferMessage(doc.PendingTransfer)}
+	} else {
+		out.Result = &ledgerv1.TransferResponse_Transaction{Transaction: transactionMessage(document.Transaction{
+			ID: doc.ID, Postings: doc.Postings, Reverses: doc.Reverses, Metadata: doc.Metadata, CreatedAt: doc.CreatedAt})}
 	}
-	if !ans.Refused() {
-		_ = json.Unmarshal(ans.Body, &shape)
-	}
-	if shape.State != "" {
-		v, err := documentOf[document.PendingTransfer](ans, nil)
-		if err != nil {
-			return nil, err
-		}
-		out.Result = &ledgerv1.TransferResponse_PendingTransfer{PendingTransfer: pendingTransferMessage(v)}
-		return out, nil
-	}
-	v, err := documentOf[document.Transaction](ans, nil)
-	if err != nil {
-		return nil, err
-	}
-	out.Result = &ledgerv1.TransferResponse_Transaction{Transaction: transactionMessage(v)}
 	return out, nil
 }
 
