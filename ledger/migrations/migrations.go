@@ -248,7 +248,8 @@ var cdcTables = []string{"tally.transactions", "tally.entries", "tally.accounts"
 
 // EnableCDC makes login (with password) a login that may replicate (logical decoding)
 // and read the journal's tables, and nothing more, and keeps the publication
-// CDCPublication over those tables. It needs the schema applied and, to be used,
+// CDCPublication over those tables (the journal's changes named after its parent tables,
+// whatever partition they land in). It needs the schema applied and, to be used,
 // wal_level=logical. Every statement tolerates a rerun.
 func EnableCDC(ctx context.Context, conn *pgx.Conn, login, password string) error {
 	role := pgx.Identifier{login}.Sanitize()
@@ -258,7 +259,7 @@ func EnableCDC(ctx context.Context, conn *pgx.Conn, login, password string) erro
 		"GRANT USAGE ON SCHEMA tally TO " + role,
 		"GRANT SELECT ON " + tables + " TO " + role,
 		`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = ` + quoteLiteral(CDCPublication) + `) THEN CREATE PUBLICATION ` +
-			CDCPublication + ` FOR TABLE ` + tables + `; END IF; END $$`,
+			CDCPublication + ` FOR TABLE ` + tables + ` WITH (publish_via_partition_root = true); END IF; END $$`,
 	} {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("migrations: change data capture: %w", err)

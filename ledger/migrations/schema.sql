@@ -311,6 +311,31 @@ $$;
 
 
 --
+-- Name: check_journal_references(); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.check_journal_references() RETURNS trigger
+    LANGUAGE plpgsql
+    SET jit TO 'off'
+    AS $_$
+DECLARE
+  v_col text;
+  v_id  uuid;
+BEGIN
+  FOREACH v_col IN ARRAY TG_ARGV LOOP
+    EXECUTE format('SELECT n.%1$I FROM new_rows n WHERE n.%1$I IS NOT NULL
+                    AND NOT EXISTS (SELECT FROM tally.transactions t WHERE t.id = n.%1$I) LIMIT 1', v_col)
+      INTO v_id;
+    IF v_id IS NOT NULL THEN
+      RAISE EXCEPTION 'tally: %.% names transaction %, which is not in the journal', TG_TABLE_NAME, v_col, v_id
+        USING ERRCODE = 'foreign_key_violation';
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END $_$;
+
+
+--
 -- Name: check_new_entries(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -551,6 +576,46 @@ CREATE FUNCTION tally.count_accounts() RETURNS bigint
 
 
 --
+-- Name: ensure_partitions(interval); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.ensure_partitions(p_ahead interval DEFAULT '3 mons'::interval) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_width interval := (SELECT partition_width FROM tally.journal_settings);
+  v_from  timestamptz;
+  v_to    timestamptz;
+  v_made  integer := 0;
+  v_sfx   text;
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtext('tally.ensure_partitions')) THEN
+    RETURN 0;
+  END IF;
+  LOOP
+    SELECT max(ends) INTO v_from FROM tally.journal_partitions;
+    EXIT WHEN v_from > now() + p_ahead;
+    IF v_made = 0 THEN
+      PERFORM tally.lock_for_ddl('{tally.transactions, tally.entries}', '5 seconds');
+    END IF;
+    v_to := v_from + v_width;
+    v_sfx := 'p' || to_char(v_from AT TIME ZONE 'UTC', 'YYYYMMDD');
+    EXECUTE format('CREATE TABLE tally.%I PARTITION OF tally.transactions FOR VALUES FROM (%L) TO (%L)',
+                   'transactions_' || v_sfx, tally.uuid_at(v_from), tally.uuid_at(v_to));
+    EXECUTE format('CREATE TABLE tally.%I PARTITION OF tally.entries FOR VALUES FROM (%L) TO (%L)',
+                   'entries_' || v_sfx, tally.uuid_at(v_from), tally.uuid_at(v_to));
+    EXECUTE format('ALTER TABLE tally.%I ADD PRIMARY KEY (id)', 'entries_' || v_sfx);
+    INSERT INTO tally.journal_partitions (starts, ends, suffix) VALUES (v_from, v_to, v_sfx);
+    v_made := v_made + 1;
+  END LOOP;
+  RETURN v_made;
+EXCEPTION WHEN lock_not_available THEN
+  RETURN -1;
+END $$;
+
+
+--
 -- Name: holding_account(text, uuid); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -583,6 +648,35 @@ $$;
 CREATE FUNCTION tally.id_shard(id uuid) RETURNS integer
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$ SELECT (get_byte(uuid_send(id), 9) << 8) | get_byte(uuid_send(id), 10) $$;
+
+
+--
+-- Name: lock_for_ddl(regclass[], interval); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.lock_for_ddl(p_tables regclass[], p_patience interval DEFAULT '00:02:00'::interval) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  v_until timestamptz := clock_timestamp() + p_patience;
+  v_t     regclass;
+BEGIN
+  PERFORM set_config('lock_timeout', '100ms', true);
+  LOOP
+    BEGIN
+      FOREACH v_t IN ARRAY p_tables LOOP
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_t);
+      END LOOP;
+      EXIT;
+    EXCEPTION WHEN lock_not_available THEN
+      IF clock_timestamp() > v_until THEN
+        RAISE EXCEPTION 'tally: could not lock % for % (busy)', p_tables, p_patience USING ERRCODE = 'lock_not_available';
+      END IF;
+      PERFORM pg_sleep(random() * 0.05);
+    END;
+  END LOOP;
+  PERFORM set_config('lock_timeout', '0', true);
+END $$;
 
 
 --
@@ -1998,6 +2092,31 @@ $$;
 
 
 --
+-- Name: uuid_at(timestamp with time zone); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.uuid_at(p_at timestamp with time zone) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (SELECT ((((substr(h.h, 1, 8) || '-'::text) || substr(h.h, 9, 4)) || '-0000-0000-000000000000'::text))::uuid AS uuid FROM lpad(to_hex((floor((EXTRACT(epoch FROM uuid_at.p_at) * (1000)::numeric)))::bigint), 12, '0'::text) h(h));
+
+
+--
+-- Name: FUNCTION uuid_at(p_at timestamp with time zone); Type: COMMENT; Schema: tally; Owner: -
+--
+
+COMMENT ON FUNCTION tally.uuid_at(p_at timestamp with time zone) IS 'The smallest UUIDv7 made at or after p_at (to the millisecond): partition bounds and time ranges over transaction ids.';
+
+
+--
+-- Name: uuid_time(uuid); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.uuid_time(p_id uuid) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN to_timestamp((((((('x'::text || lpad(substr(replace((p_id)::text, '-'::text, ''::text), 1, 12), 16, '0'::text)))::bit(64))::bigint)::numeric / 1000.0))::double precision);
+
+
+--
 -- Name: accounts; Type: TABLE; Schema: tally; Owner: -
 --
 
@@ -2072,7 +2191,8 @@ CREATE TABLE tally.entries (
     CONSTRAINT entries_amount_check CHECK ((amount <> 0)),
     CONSTRAINT entries_posting_check CHECK ((posting >= 0)),
     CONSTRAINT entries_slot_check CHECK (((slot >= 1) AND (slot <= 64)))
-);
+)
+PARTITION BY RANGE (transaction_id);
 
 
 --
@@ -2130,6 +2250,36 @@ CREATE TABLE tally.inbound_transfers (
     CONSTRAINT inbound_transfers_amount_check CHECK ((amount > 0)),
     CONSTRAINT inbound_transfers_outcome CHECK ((((state = 'applied'::text) = (transaction_id IS NOT NULL)) AND ((state = 'refused'::text) = (problem IS NOT NULL)))),
     CONSTRAINT inbound_transfers_state_check CHECK ((state = ANY (ARRAY['applied'::text, 'refused'::text])))
+);
+
+
+--
+-- Name: journal_partitions; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.journal_partitions (
+    starts timestamp with time zone NOT NULL,
+    ends timestamp with time zone NOT NULL,
+    suffix text NOT NULL,
+    state text DEFAULT 'attached'::text NOT NULL,
+    archive jsonb,
+    CONSTRAINT journal_partitions_check CHECK ((starts < ends)),
+    CONSTRAINT journal_partitions_check1 CHECK (((state = 'archived'::text) = (archive IS NOT NULL))),
+    CONSTRAINT journal_partitions_state_check CHECK ((state = ANY (ARRAY['attached'::text, 'archived'::text]))),
+    CONSTRAINT journal_partitions_suffix_check CHECK ((suffix ~ '^(history|p[0-9]{8})$'::text))
+);
+
+
+--
+-- Name: journal_settings; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.journal_settings (
+    only_row boolean DEFAULT true NOT NULL,
+    partition_width interval DEFAULT '1 mon'::interval NOT NULL,
+    first_bound timestamp with time zone DEFAULT (date_trunc('month'::text, now(), 'UTC'::text) + '2 mons'::interval) NOT NULL,
+    CONSTRAINT journal_settings_only_row_check CHECK (only_row),
+    CONSTRAINT journal_settings_partition_width_check CHECK (((partition_width >= '1 day'::interval) AND (partition_width <= '1 year'::interval)))
 );
 
 
@@ -2221,7 +2371,8 @@ CREATE TABLE tally.transactions (
     metadata jsonb DEFAULT '{}'::jsonb,
     created_at timestamp with time zone NOT NULL,
     CONSTRAINT transactions_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text))
-);
+)
+PARTITION BY RANGE (id);
 
 
 --
@@ -2273,14 +2424,6 @@ ALTER TABLE ONLY tally.balances
 
 
 --
--- Name: entries entries_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.entries
-    ADD CONSTRAINT entries_pkey PRIMARY KEY (id);
-
-
---
 -- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -2302,6 +2445,38 @@ ALTER TABLE ONLY tally.inbound_transfers
 
 ALTER TABLE ONLY tally.inbound_transfers
     ADD CONSTRAINT inbound_transfers_transaction_id_key UNIQUE (transaction_id);
+
+
+--
+-- Name: journal_partitions journal_partitions_ends_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.journal_partitions
+    ADD CONSTRAINT journal_partitions_ends_key UNIQUE (ends);
+
+
+--
+-- Name: journal_partitions journal_partitions_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.journal_partitions
+    ADD CONSTRAINT journal_partitions_pkey PRIMARY KEY (starts);
+
+
+--
+-- Name: journal_partitions journal_partitions_suffix_key; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.journal_partitions
+    ADD CONSTRAINT journal_partitions_suffix_key UNIQUE (suffix);
+
+
+--
+-- Name: journal_settings journal_settings_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.journal_settings
+    ADD CONSTRAINT journal_settings_pkey PRIMARY KEY (only_row);
 
 
 --
@@ -2408,21 +2583,21 @@ CREATE UNIQUE INDEX accounts_one_holding_per_asset ON tally.accounts USING btree
 -- Name: entries_by_account; Type: INDEX; Schema: tally; Owner: -
 --
 
-CREATE INDEX entries_by_account ON tally.entries USING btree (account_id, id);
+CREATE INDEX entries_by_account ON ONLY tally.entries USING btree (account_id, id);
 
 
 --
 -- Name: entries_by_slot; Type: INDEX; Schema: tally; Owner: -
 --
 
-CREATE INDEX entries_by_slot ON tally.entries USING btree (account_id, slot, id) WHERE (slot IS NOT NULL);
+CREATE INDEX entries_by_slot ON ONLY tally.entries USING btree (account_id, slot, id) WHERE (slot IS NOT NULL);
 
 
 --
 -- Name: entries_by_transaction; Type: INDEX; Schema: tally; Owner: -
 --
 
-CREATE INDEX entries_by_transaction ON tally.entries USING btree (transaction_id);
+CREATE INDEX entries_by_transaction ON ONLY tally.entries USING btree (transaction_id);
 
 
 --
@@ -2601,6 +2776,13 @@ CREATE TRIGGER inbound_transfers_outbox AFTER INSERT ON tally.inbound_transfers 
 
 
 --
+-- Name: inbound_transfers inbound_transfers_reference_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER inbound_transfers_reference_journal AFTER INSERT ON tally.inbound_transfers REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_journal_references('transaction_id');
+
+
+--
 -- Name: pending_transfers pending_transfers_no_delete; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -2629,6 +2811,20 @@ CREATE TRIGGER pending_transfers_outbox_resolved AFTER UPDATE ON tally.pending_t
 
 
 --
+-- Name: pending_transfers pending_transfers_reference_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_reference_journal AFTER INSERT ON tally.pending_transfers REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_journal_references('id', 'resolved_by');
+
+
+--
+-- Name: pending_transfers pending_transfers_resolution_in_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER pending_transfers_resolution_in_journal AFTER UPDATE ON tally.pending_transfers REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_journal_references('resolved_by');
+
+
+--
 -- Name: pending_transfers pending_transfers_resolve_once; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -2647,6 +2843,13 @@ CREATE TRIGGER reversals_append_only BEFORE DELETE OR UPDATE ON tally.reversals 
 --
 
 CREATE TRIGGER reversals_no_truncate BEFORE TRUNCATE ON tally.reversals FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
+-- Name: reversals reversals_reference_journal; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER reversals_reference_journal AFTER INSERT ON tally.reversals REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tally.check_journal_references('transaction_id', 'reversal_id');
 
 
 --
@@ -2694,14 +2897,6 @@ ALTER TABLE ONLY tally.balances
 
 
 --
--- Name: inbound_transfers inbound_transfers_transaction_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.inbound_transfers
-    ADD CONSTRAINT inbound_transfers_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES tally.transactions(id);
-
-
---
 -- Name: pending_transfers pending_transfers_from_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -2710,43 +2905,11 @@ ALTER TABLE ONLY tally.pending_transfers
 
 
 --
--- Name: pending_transfers pending_transfers_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.pending_transfers
-    ADD CONSTRAINT pending_transfers_id_fkey FOREIGN KEY (id) REFERENCES tally.transactions(id);
-
-
---
--- Name: pending_transfers pending_transfers_resolved_by_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.pending_transfers
-    ADD CONSTRAINT pending_transfers_resolved_by_fkey FOREIGN KEY (resolved_by) REFERENCES tally.transactions(id);
-
-
---
 -- Name: pending_transfers pending_transfers_to_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
 --
 
 ALTER TABLE ONLY tally.pending_transfers
     ADD CONSTRAINT pending_transfers_to_account_asset_fkey FOREIGN KEY (to_account, asset) REFERENCES tally.accounts(id, asset);
-
-
---
--- Name: reversals reversals_reversal_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.reversals
-    ADD CONSTRAINT reversals_reversal_id_fkey FOREIGN KEY (reversal_id) REFERENCES tally.transactions(id);
-
-
---
--- Name: reversals reversals_transaction_id_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
---
-
-ALTER TABLE ONLY tally.reversals
-    ADD CONSTRAINT reversals_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES tally.transactions(id);
 
 
 --
@@ -2823,6 +2986,14 @@ GRANT ALL ON FUNCTION tally.count_accounts() TO tally_monitor;
 
 
 --
+-- Name: FUNCTION ensure_partitions(p_ahead interval); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.ensure_partitions(p_ahead interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.ensure_partitions(p_ahead interval) TO tally_app;
+
+
+--
 -- Name: FUNCTION holding_account(p_asset text, p_new_id uuid); Type: ACL; Schema: tally; Owner: -
 --
 
@@ -2834,6 +3005,13 @@ GRANT ALL ON FUNCTION tally.holding_account(p_asset text, p_new_id uuid) TO tall
 --
 
 GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
+
+
+--
+-- Name: FUNCTION lock_for_ddl(p_tables regclass[], p_patience interval); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.lock_for_ddl(p_tables regclass[], p_patience interval) FROM PUBLIC;
 
 
 --
@@ -3067,6 +3245,20 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE tally.idempotency_keys TO tally_app;
 --
 
 GRANT SELECT,INSERT ON TABLE tally.inbound_transfers TO tally_app;
+
+
+--
+-- Name: TABLE journal_partitions; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.journal_partitions TO tally_app;
+
+
+--
+-- Name: TABLE journal_settings; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.journal_settings TO tally_app;
 
 
 --
