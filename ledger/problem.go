@@ -47,6 +47,7 @@ const (
 	CodeUnauthorized            Code = "unauthorized"
 	CodeForbidden               Code = "forbidden"
 	CodeRateLimited             Code = "rate_limited"
+	CodeHistoryArchived         Code = "history_archived"
 	CodeUnavailable             Code = "unavailable"
 	CodeInternal                Code = "internal"
 )
@@ -128,6 +129,8 @@ func info(c Code) codeInfo {
 		return codeInfo{http.StatusForbidden, "Not allowed for the caller's role"}
 	case CodeRateLimited:
 		return codeInfo{http.StatusTooManyRequests, "Too many requests"}
+	case CodeHistoryArchived:
+		return codeInfo{http.StatusGone, "History archived"}
 	case CodeUnavailable:
 		return codeInfo{http.StatusServiceUnavailable, "Service unavailable"}
 	default:

@@ -25,6 +25,7 @@ func TestCodeOfEveryLedgerCode(t *testing.T) {
 		codes.Unauthenticated:   {ledger.CodeUnauthorized},
 		codes.PermissionDenied:  {ledger.CodeForbidden},
 		codes.ResourceExhausted: {ledger.CodeRateLimited},
+		codes.OutOfRange:        {ledger.CodeHistoryArchived},
 		codes.Unavailable:       {ledger.CodeUnavailable},
 		codes.Internal:          {ledger.CodeInternal},
 	}

@@ -188,6 +188,8 @@ func CodeOf(code ledger.Code, httpStatus int) codes.Code {
 		return codes.NotFound
 	case 409, 422:
 		return codes.FailedPrecondition
+	case 410:
+		return codes.OutOfRange
 	case 429:
 		return codes.ResourceExhausted
 	case 503:

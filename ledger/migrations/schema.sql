@@ -154,6 +154,37 @@ $$;
 
 
 --
+-- Name: balance_at(uuid, timestamp with time zone); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.balance_at(p_account uuid, p_at timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET jit TO 'off'
+    AS $$
+DECLARE
+  v_horizon timestamptz;
+  v_cp      timestamptz;
+  v_base    bigint;
+  v_moved   bigint;
+BEGIN
+  SELECT min(p.starts) INTO v_horizon FROM tally.journal_partitions p WHERE p.state = 'attached';
+  IF p_at < v_horizon THEN
+    RAISE EXCEPTION 'tally: history before % is archived', v_horizon
+      USING ERRCODE = 'TLY02', DETAIL = v_horizon::text;
+  END IF;
+  SELECT max(c.at) INTO v_cp FROM tally.checkpoints c WHERE c.at <= p_at;
+  SELECT coalesce(sum(last.posted), 0) INTO v_base
+  FROM (SELECT DISTINCT ON (c.slot) c.posted FROM tally.balance_checkpoints c
+        WHERE c.account_id = p_account AND c.at <= v_cp ORDER BY c.slot, c.at DESC) last;
+  SELECT coalesce(sum(e.amount), 0) INTO v_moved FROM tally.entries e
+  WHERE e.account_id = p_account
+    AND e.transaction_id >= coalesce(tally.uuid_at(v_cp), '00000000-0000-0000-0000-000000000000')
+    AND e.transaction_id < tally.uuid_at(p_at + interval '1 millisecond');
+  RETURN v_base + v_moved;
+END $$;
+
+
+--
 -- Name: check_account_has_balance(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -442,7 +473,16 @@ DECLARE
   v_id    uuid;
   v_asset text;
   v_total numeric;
+  v_seal  timestamptz;
 BEGIN
+  SELECT max(c.at) INTO v_seal FROM tally.checkpoints c;
+  IF v_seal IS NOT NULL THEN
+    SELECT n.id INTO v_id FROM new_transactions n WHERE n.id < tally.uuid_at(v_seal) LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'tally: transaction % was made at %, before the checkpoint at %: the journal before it is sealed',
+        v_id, tally.uuid_time(v_id), v_seal USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
   -- One index probe per transaction: the sums of its entries per asset. No entries at
   -- all leaves bool_or NULL, which counts as unbalanced.
   SELECT n.id INTO v_id
@@ -676,6 +716,50 @@ BEGIN
     END;
   END LOOP;
   PERFORM set_config('lock_timeout', '0', true);
+END $$;
+
+
+--
+-- Name: make_checkpoints(interval); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.make_checkpoints(p_grace interval DEFAULT '01:00:00'::interval) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_prev  timestamptz;
+  v_at    timestamptz;
+  v_made  integer := 0;
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtext('tally.make_checkpoints')) THEN
+    RETURN 0;
+  END IF;
+  LOOP
+    SELECT max(at) INTO v_prev FROM tally.checkpoints;
+    SELECT min(p.ends) INTO v_at FROM tally.journal_partitions p
+    WHERE p.ends > coalesce(v_prev, '-infinity') AND p.ends <= now() - p_grace;
+    EXIT WHEN v_at IS NULL;
+    -- One statement: the checkpoint row and its slots' rows, the previous checkpoint plus
+    -- the partition's entries.
+    WITH changed AS (
+      SELECT s.account_id, s.slot, coalesce(prev.posted, 0) + s.total AS posted,
+             coalesce(prev.transactions, 0) + s.n AS transactions
+      FROM (SELECT e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount)::bigint AS total,
+                   count(DISTINCT e.transaction_id) AS n
+            FROM tally.entries e
+            WHERE e.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
+              AND e.transaction_id < tally.uuid_at(v_at)
+            GROUP BY 1, 2) s
+      LEFT JOIN LATERAL (SELECT c.posted, c.transactions FROM tally.balance_checkpoints c
+                         WHERE c.account_id = s.account_id AND c.slot = s.slot
+                         ORDER BY c.at DESC LIMIT 1) prev ON true),
+    checkpoint AS (INSERT INTO tally.checkpoints (at, slots) SELECT v_at, count(*) FROM changed)
+    INSERT INTO tally.balance_checkpoints (account_id, slot, at, posted, transactions)
+    SELECT account_id, slot, v_at, posted, transactions FROM changed;
+    v_made := v_made + 1;
+  END LOOP;
+  RETURN v_made;
 END $$;
 
 
@@ -2097,7 +2181,7 @@ $$;
 
 CREATE FUNCTION tally.uuid_at(p_at timestamp with time zone) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN (SELECT ((((substr(h.h, 1, 8) || '-'::text) || substr(h.h, 9, 4)) || '-0000-0000-000000000000'::text))::uuid AS uuid FROM lpad(to_hex((floor((EXTRACT(epoch FROM uuid_at.p_at) * (1000)::numeric)))::bigint), 12, '0'::text) h(h));
+    RETURN (SELECT ((((substr(h.h, 1, 8) || '-'::text) || substr(h.h, 9, 4)) || '-0000-0000-000000000000'::text))::uuid AS uuid FROM lpad(to_hex((GREATEST((0)::numeric, LEAST(floor((EXTRACT(epoch FROM GREATEST(uuid_at.p_at, '1970-01-01 00:00:00+00'::timestamp with time zone)) * (1000)::numeric)), ('281474976710655'::bigint)::numeric)))::bigint), 12, '0'::text) h(h));
 
 
 --
@@ -2159,6 +2243,21 @@ CREATE TABLE tally.assets (
 
 
 --
+-- Name: balance_checkpoints; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.balance_checkpoints (
+    account_id uuid NOT NULL,
+    slot smallint NOT NULL,
+    at timestamp with time zone NOT NULL,
+    posted bigint NOT NULL,
+    transactions bigint NOT NULL,
+    CONSTRAINT balance_checkpoints_slot_check CHECK (((slot >= 0) AND (slot <= 64))),
+    CONSTRAINT balance_checkpoints_transactions_check CHECK ((transactions > 0))
+);
+
+
+--
 -- Name: balances; Type: TABLE; Schema: tally; Owner: -
 --
 
@@ -2173,6 +2272,19 @@ CREATE TABLE tally.balances (
     CONSTRAINT balances_version_check CHECK ((version >= 0))
 )
 WITH (fillfactor='70');
+
+
+--
+-- Name: checkpoints; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.checkpoints (
+    at timestamp with time zone NOT NULL,
+    made_at timestamp with time zone DEFAULT now() NOT NULL,
+    slots bigint NOT NULL,
+    CONSTRAINT checkpoints_at_check CHECK (isfinite(at)),
+    CONSTRAINT checkpoints_slots_check CHECK ((slots >= 0))
+);
 
 
 --
@@ -2416,11 +2528,27 @@ ALTER TABLE ONLY tally.assets
 
 
 --
+-- Name: balance_checkpoints balance_checkpoints_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.balance_checkpoints
+    ADD CONSTRAINT balance_checkpoints_pkey PRIMARY KEY (account_id, slot, at);
+
+
+--
 -- Name: balances balances_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
 --
 
 ALTER TABLE ONLY tally.balances
     ADD CONSTRAINT balances_pkey PRIMARY KEY (account_id, slot);
+
+
+--
+-- Name: checkpoints checkpoints_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.checkpoints
+    ADD CONSTRAINT checkpoints_pkey PRIMARY KEY (at);
 
 
 --
@@ -2692,6 +2820,20 @@ CREATE TRIGGER assets_immutable BEFORE DELETE OR UPDATE ON tally.assets FOR EACH
 
 
 --
+-- Name: balance_checkpoints balance_checkpoints_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balance_checkpoints_append_only BEFORE DELETE OR UPDATE ON tally.balance_checkpoints FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: balance_checkpoints balance_checkpoints_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER balance_checkpoints_no_truncate BEFORE TRUNCATE ON tally.balance_checkpoints FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
+
+
+--
 -- Name: balances balances_inserted_match_journal; Type: TRIGGER; Schema: tally; Owner: -
 --
 
@@ -2717,6 +2859,20 @@ CREATE TRIGGER balances_no_truncate BEFORE TRUNCATE ON tally.balances FOR EACH S
 --
 
 CREATE TRIGGER balances_updated_match_journal AFTER UPDATE ON tally.balances REFERENCING NEW TABLE AS changed_balances FOR EACH STATEMENT EXECUTE FUNCTION tally.check_balances_match_journal();
+
+
+--
+-- Name: checkpoints checkpoints_append_only; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER checkpoints_append_only BEFORE DELETE OR UPDATE ON tally.checkpoints FOR EACH ROW EXECUTE FUNCTION tally.reject_change();
+
+
+--
+-- Name: checkpoints checkpoints_no_truncate; Type: TRIGGER; Schema: tally; Owner: -
+--
+
+CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON tally.checkpoints FOR EACH STATEMENT EXECUTE FUNCTION tally.reject_truncate();
 
 
 --
@@ -2889,6 +3045,14 @@ ALTER TABLE ONLY tally.accounts
 
 
 --
+-- Name: balance_checkpoints balance_checkpoints_at_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.balance_checkpoints
+    ADD CONSTRAINT balance_checkpoints_at_fkey FOREIGN KEY (at) REFERENCES tally.checkpoints(at);
+
+
+--
 -- Name: balances balances_account_id_floor_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -2933,6 +3097,13 @@ GRANT ALL ON FUNCTION tally.apply_inbound(p_id uuid, p_to uuid, p_amount bigint,
 --
 
 GRANT ALL ON FUNCTION tally.apply_inbound_batch(p_ids uuid[], p_to uuid[], p_amount bigint[], p_asset text[], p_tx uuid[], p_created timestamp with time zone[], p_metadata jsonb[], p_clearing_ids uuid[]) TO tally_app;
+
+
+--
+-- Name: FUNCTION balance_at(p_account uuid, p_at timestamp with time zone); Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT ALL ON FUNCTION tally.balance_at(p_account uuid, p_at timestamp with time zone) TO tally_app;
 
 
 --
@@ -3012,6 +3183,14 @@ GRANT ALL ON FUNCTION tally.id_shard(id uuid) TO tally_app;
 --
 
 REVOKE ALL ON FUNCTION tally.lock_for_ddl(p_tables regclass[], p_patience interval) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION make_checkpoints(p_grace interval); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.make_checkpoints(p_grace interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.make_checkpoints(p_grace interval) TO tally_app;
 
 
 --
@@ -3206,6 +3385,13 @@ GRANT SELECT,INSERT ON TABLE tally.assets TO tally_app;
 
 
 --
+-- Name: TABLE balance_checkpoints; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.balance_checkpoints TO tally_app;
+
+
+--
 -- Name: TABLE balances; Type: ACL; Schema: tally; Owner: -
 --
 
@@ -3224,6 +3410,13 @@ GRANT UPDATE(posted) ON TABLE tally.balances TO tally_app;
 --
 
 GRANT UPDATE(version) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: TABLE checkpoints; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.checkpoints TO tally_app;
 
 
 --

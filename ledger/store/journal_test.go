@@ -1,0 +1,206 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tallyhq/tally/internal/pgtest"
+	"github.com/tallyhq/tally/ledger"
+	"github.com/tallyhq/tally/ledger/migrations"
+	"github.com/tallyhq/tally/ledger/store"
+)
+
+// A transfer lands in its month's partition, partitions are made three months ahead,
+// and making them again makes none.
+func TestJournalIsPartitionedByMonth(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	a, b := f.account("a", 0), f.account("b", 0)
+	f.post("fund", usd(f.external, a, 100))
+	pay := request(t, "pay", usd(a, b, 40))
+	f.post2(pay)
+	super := f.db.SuperConn(t)
+	var transactions, entries string
+	if err := super.QueryRow(ctx, `SELECT (SELECT tableoid::regclass::text FROM tally.transactions WHERE id = $1),
+	                                      (SELECT DISTINCT tableoid::regclass::text FROM tally.entries WHERE transaction_id = $1)`,
+		[16]byte(pay.Transaction.ID)).Scan(&transactions, &entries); err != nil {
+		t.Fatal(err)
+	}
+	// A database made this month keeps this month and the next in "history" (the bound
+	// is the month after next), so the transfer is there.
+	if transactions != "tally.transactions_history" || entries != "tally.entries_history" {
+		t.Errorf("transfer in %s and %s, want the history partitions", transactions, entries)
+	}
+	var last time.Time
+	var n int
+	if err := super.QueryRow(ctx, "SELECT max(ends), count(*) FROM tally.journal_partitions").Scan(&last, &n); err != nil {
+		t.Fatal(err)
+	}
+	if last.Before(time.Now().Add(store.PartitionsAhead)) || n < 2 {
+		t.Errorf("%d partitions up to %s, want at least %s ahead", n, last, store.PartitionsAhead)
+	}
+	if made, err := f.store.EnsurePartitions(ctx, store.PartitionsAhead); err != nil || made != 0 {
+		t.Errorf("ensure again: made %d, %v", made, err)
+	}
+	if made, err := f.store.EnsurePartitions(ctx, 200*24*time.Hour); err != nil || made < 2 {
+		t.Errorf("ensure 200 days ahead: made %d, %v", made, err)
+	}
+	// Each partition is a month, and the journal's parents route a transaction made in
+	// one of them there.
+	var first time.Time
+	var sfx string
+	if err := super.QueryRow(ctx, "SELECT starts, suffix FROM tally.journal_partitions WHERE starts > '-infinity' ORDER BY starts LIMIT 1").Scan(&first, &sfx); err != nil {
+		t.Fatal(err)
+	}
+	if first.UTC().Day() != 1 || first.UTC().Hour() != 0 {
+		t.Errorf("first monthly partition starts %s", first)
+	}
+	later := transactionMadeAt(t, first.Add(36*time.Hour))
+	if err := super.QueryRow(ctx, "SELECT tally.uuid_at($1) <= $2 AND tally.uuid_time($2) = $3",
+		first.Add(36*time.Hour), [16]byte(later), first.Add(36*time.Hour).Truncate(time.Millisecond)).Scan(new(bool)); err != nil {
+		t.Fatal(err)
+	}
+	req := request(t, "future", usd(b, a, 1))
+	req.Transaction.ID = later
+	if out := f.post2(req); out.Status != 201 {
+		t.Fatalf("transfer made in a later partition: %d %s", out.Status, out.Body)
+	}
+	if err := super.QueryRow(ctx, "SELECT tableoid::regclass::text FROM tally.entries WHERE transaction_id = $1 LIMIT 1", [16]byte(later)).Scan(&entries); err != nil {
+		t.Fatal(err)
+	}
+	if entries != "tally.entries_"+sfx {
+		t.Errorf("later transfer's entries in %s, want tally.entries_%s", entries, sfx)
+	}
+	f.verify()
+}
+
+// transactionMadeAt is a transaction id for shard 0 as if made at the given moment.
+func transactionMadeAt(t testing.TB, at time.Time) ledger.TransactionID {
+	t.Helper()
+	id, err := ledger.NewTransactionID(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := at.UnixMilli()
+	for i := range 6 {
+		id[i] = byte(ms >> (8 * (5 - i)))
+	}
+	return id
+}
+
+func (f *fixture) post2(r store.Request) ledger.Outcome {
+	f.t.Helper()
+	out, err := f.store.PostTransaction(context.Background(), r)
+	if err != nil {
+		f.t.Fatalf("post %s: %v", r.Key, err)
+	}
+	return out
+}
+
+// The migration to a partitioned journal on a populated database: every row is still
+// there and in the history partition, every invariant holds, references into the
+// journal are still checked, and the ledger goes on.
+func TestPartitioningAPopulatedDatabase(t *testing.T) {
+	pgtest.NewDB(t) // the service's login role exists once a template was made
+	db := pgtest.NewEmptyDB(t)
+	ctx := context.Background()
+	super := db.SuperConn(t)
+	const before = 13 // the last schema with one table per journal kind
+	if _, err := migrations.ApplyTo(ctx, super, before); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.SetShard(ctx, super, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.GrantLogin(ctx, super, pgtest.AppRole); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, db: db, store: store.New(db.AppPool(t, 4))}
+	extID, _ := ledger.NewAccountID(0)
+	var err error
+	if _, f.external, _, err = f.store.RegisterAsset(ctx, "USD", 2, extID); err != nil {
+		t.Fatal(err)
+	}
+	accounts := make([]ledger.AccountID, 50)
+	for i := range accounts {
+		accounts[i] = f.account(fmt.Sprint("o", i), 0)
+		f.post(fmt.Sprint("fund", i), usd(f.external, accounts[i], 100000))
+	}
+	const batches, perBatch = 40, 50
+	for n := range batches {
+		reqs := make([]store.Request, perBatch)
+		for i := range reqs {
+			from, to := accounts[(n+i)%len(accounts)], accounts[(n+2*i+1)%len(accounts)]
+			if from == to {
+				to = accounts[(n+2*i+2)%len(accounts)]
+			}
+			reqs[i] = request(t, fmt.Sprint("b", n, "-", i), usd(from, to, int64(1+i)))
+		}
+		if _, err := f.store.PostBatch(ctx, reqs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	toReverse := request(t, "to-reverse", usd(accounts[0], accounts[1], 7))
+	f.post2(toReverse)
+	reversed := toReverse.Transaction.ID
+	rid, _ := ledger.NewTransactionID(0)
+	if out, err := f.store.Reverse(ctx, store.Step{Caller: "test", Key: "reverse", ID: rid, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}, reversed); err != nil || out.Status != 201 {
+		t.Fatalf("reverse: %v %+v", err, out)
+	}
+	count := func() (tx, en int64) {
+		t.Helper()
+		if err := super.QueryRow(ctx, "SELECT (SELECT count(*) FROM tally.transactions), (SELECT count(*) FROM tally.entries)").Scan(&tx, &en); err != nil {
+			t.Fatal(err)
+		}
+		return tx, en
+	}
+	tx0, en0 := count()
+	balance0 := f.balance(accounts[3])
+
+	start := time.Now()
+	if _, err := migrations.Apply(ctx, super); err != nil {
+		t.Fatalf("partition: %v", err)
+	}
+	t.Logf("migrated %d transactions and %d entries in %s", tx0, en0, time.Since(start))
+	if tx, en := count(); tx != tx0 || en != en0 {
+		t.Errorf("after partitioning %d transactions and %d entries, before %d and %d", tx, en, tx0, en0)
+	}
+	var outside int64
+	if err := super.QueryRow(ctx, `SELECT (SELECT count(*) FROM ONLY tally.transactions_history) - $1
+	                                    + (SELECT count(*) FROM ONLY tally.entries_history) - $2`, tx0, en0).Scan(&outside); err != nil || outside != 0 {
+		t.Errorf("rows outside the history partition: %d %v", outside, err)
+	}
+	if got := f.balance(accounts[3]); got != balance0 {
+		t.Errorf("balance %d, before %d", got, balance0)
+	}
+	f.verify()
+	// The service goes on: money moves, a reversal still names its transaction.
+	f.post("after", usd(accounts[3], accounts[4], 5))
+	if got := f.balance(accounts[3]); got != balance0-5 {
+		t.Errorf("balance %d after paying 5 from %d", got, balance0)
+	}
+	again, _ := ledger.NewTransactionID(0)
+	if out, err := f.store.Reverse(ctx, store.Step{Caller: "test", Key: "reverse-again", ID: again, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}, reversed); err != nil || out.Status == 201 {
+		t.Errorf("a second reversal: %v %+v", err, out)
+	}
+	// The foreign keys' promise, kept by the triggers that replace them.
+	missing, _ := ledger.NewTransactionID(0)
+	_, err = super.Exec(ctx, "INSERT INTO tally.reversals (transaction_id, reversal_id) VALUES ($1, $2)", [16]byte(missing), [16]byte(reversed))
+	if code := pgCode(err); code != "23503" {
+		t.Errorf("a reversal naming a missing transaction: %v", err)
+	}
+	f.verify()
+}
+
+// pgCode is the SQLSTATE of a PostgreSQL error, or "".
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errorsAs(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
