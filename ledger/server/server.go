@@ -52,6 +52,9 @@ const (
 	// API's unbatched queries beyond the batcher's writers and readers.
 	spareConnsPerShard = 4
 	cleanupInterval    = time.Minute
+	// journalInterval is how often partitions ahead and checkpoints are looked after:
+	// there is work once a partition's width.
+	journalInterval = time.Hour
 	// expiryInterval is how often each replica looks for pending transfers whose time is
 	// up; timeouts are whole seconds.
 	expiryInterval = time.Second
@@ -302,6 +305,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go cleanupLoop(cleanupCtx, stores, cfg.IdempotencyRetention, cfg.Log)
 	go expiryLoop(cleanupCtx, set, cfg.Log)
 	go resumeLoop(cleanupCtx, set, cfg.Log)
+	go journalLoop(cleanupCtx, stores, cfg.Log)
 
 	cfg.Log.Info("ledger serving", "api", apiLn.Addr().String(), "grpc", grpcLn.Addr().String(), "ops", opsLn.Addr().String(), "shards", len(stores))
 	if cfg.Ready != nil {
@@ -569,6 +573,35 @@ func cleanupLoop(ctx context.Context, stores []*store.Store, retention time.Dura
 				log.Warn("idempotency cleanup failed", "shard", i, "err", err)
 			} else if n > 0 {
 				log.Info("expired idempotency records removed", "shard", i, "count", n)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// journalLoop keeps each shard's journal partitioned ahead and checkpointed, when the
+// service starts and every journalInterval; every replica runs it, and the database lets
+// one do the work at a time.
+func journalLoop(ctx context.Context, stores []*store.Store, log *slog.Logger) {
+	t := time.NewTicker(journalInterval)
+	defer t.Stop()
+	for {
+		for i, st := range stores {
+			if n, err := st.EnsurePartitions(ctx, store.PartitionsAhead); err != nil && ctx.Err() == nil {
+				log.Warn("making the journal's partitions failed", "shard", i, "err", err)
+			} else if n > 0 {
+				log.Info("journal partitions made", "shard", i, "count", n)
+			} else if n < 0 {
+				log.Info("the journal was too busy to add partitions; trying again next time", "shard", i)
+			}
+			if n, err := st.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil && ctx.Err() == nil {
+				log.Warn("checkpointing balances failed", "shard", i, "err", err)
+			} else if n > 0 {
+				log.Info("balances checkpointed", "shard", i, "boundaries", n)
 			}
 		}
 		select {

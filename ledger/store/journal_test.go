@@ -204,3 +204,108 @@ func pgCode(err error) string {
 	}
 	return ""
 }
+
+// dailyPartitionsSince re-partitions an empty journal into "history" before t0 and
+// partitions a day wide from t0 on, so boundaries lie in the past.
+func dailyPartitionsSince(t *testing.T, f *fixture, t0 time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	super := f.db.SuperConn(t)
+	if _, err := super.Exec(ctx, fmt.Sprintf(`DO $$ DECLARE r record; BEGIN
+		FOR r IN SELECT suffix FROM tally.journal_partitions LOOP
+		  EXECUTE format('DROP TABLE tally.%%I, tally.%%I', 'transactions_' || r.suffix, 'entries_' || r.suffix);
+		END LOOP;
+		DELETE FROM tally.journal_partitions;
+		UPDATE tally.journal_settings SET partition_width = '1 day';
+		EXECUTE format('CREATE TABLE tally.transactions_history PARTITION OF tally.transactions FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
+		EXECUTE format('CREATE TABLE tally.entries_history PARTITION OF tally.entries FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
+		INSERT INTO tally.journal_partitions (starts, ends, suffix) VALUES ('-infinity', %[1]s, 'history');
+		END $$`, "'"+t0.Format(time.RFC3339)+"'::timestamptz")); err != nil {
+		t.Fatal(err)
+	}
+	if made, err := f.store.EnsurePartitions(ctx, 24*time.Hour); err != nil || made < 5 {
+		t.Fatalf("daily partitions: %d %v", made, err)
+	}
+}
+
+// Checkpoints at each boundary past its grace hold each slot's sum before it; a
+// balance at any moment is the checkpoint plus the entries after it; the journal before
+// the latest checkpoint is sealed; and before the horizon the answer is "archived".
+func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	t0 := now.Truncate(24*time.Hour).Add(-4 * 24 * time.Hour)
+	dailyPartitionsSince(t, f, t0)
+	a, b := f.account("a", 0), f.account("b", 0)
+	f.post("fund", usd(f.external, a, 1000)) // made now
+	type move struct {
+		at     time.Time
+		amount int64 // into a, from b (b is funded first)
+	}
+	moves := []move{{t0.Add(-time.Hour), 10}, {t0.Add(time.Hour), 20}, {t0.Add(25 * time.Hour), 40}, {t0.Add(49 * time.Hour), 80}, {t0.Add(73 * time.Hour), 160}}
+	f.post("fund-b", usd(f.external, b, 1000))
+	for i, m := range moves {
+		r := request(t, fmt.Sprint("m", i), usd(b, a, m.amount))
+		r.Transaction.ID = transactionMadeAt(t, m.at)
+		if out := f.post2(r); out.Status != 201 {
+			t.Fatalf("move %d: %d %s", i, out.Status, out.Body)
+		}
+	}
+	// Boundaries t0 .. t0+4d; those an hour past are checkpointed.
+	want := 0
+	for d := 0; d <= 4; d++ {
+		if !t0.Add(time.Duration(d) * 24 * time.Hour).After(now.Add(-store.CheckpointGrace)) {
+			want++
+		}
+	}
+	if made, err := f.store.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil || made != want {
+		t.Fatalf("checkpoints made %d, want %d: %v", made, want, err)
+	}
+	if made, err := f.store.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil || made != 0 {
+		t.Errorf("checkpoints made again: %d %v", made, err)
+	}
+	// a's balance at a moment: the moves made by then (the funding is made now).
+	sumBy := func(at time.Time) int64 {
+		var s int64
+		for _, m := range moves {
+			if !m.at.After(at) {
+				s += m.amount
+			}
+		}
+		return s
+	}
+	for _, at := range []time.Time{t0.Add(-2 * time.Hour), t0.Add(-time.Hour), t0, t0.Add(time.Hour).Add(-time.Millisecond),
+		t0.Add(30 * time.Hour), t0.Add(49 * time.Hour), t0.Add(80 * time.Hour), now.Add(-time.Minute)} {
+		got, err := f.store.BalanceAt(ctx, a, at)
+		if err != nil || got != sumBy(at) {
+			t.Errorf("balance at %s: %d %v, want %d", at, got, err, sumBy(at))
+		}
+	}
+	if got, err := f.store.BalanceAt(ctx, a, now.Add(time.Minute)); err != nil || got != f.balance(a) {
+		t.Errorf("balance a minute from now: %d %v, want today's %d", got, err, f.balance(a))
+	}
+	// The checkpoint rows themselves.
+	var posted, txs int64
+	if err := f.db.SuperConn(t).QueryRow(ctx, `SELECT posted, transactions FROM tally.balance_checkpoints
+		WHERE account_id = $1 AND at = $2`, [16]byte(a), t0.Add(48*time.Hour)).Scan(&posted, &txs); err != nil || posted != 70 || txs != 3 {
+		t.Errorf("a's checkpoint at t0+2d: %d over %d transactions, %v; want 70 over 3", posted, txs, err)
+	}
+	// Sealed: nothing made before the latest checkpoint joins the journal.
+	late := request(t, "late", usd(b, a, 1))
+	late.Transaction.ID = transactionMadeAt(t, t0.Add(2*time.Hour))
+	if out, err := f.store.PostTransaction(ctx, late); err == nil && out.Status == 201 {
+		t.Errorf("a transaction made before the latest checkpoint was written")
+	}
+	// Before the horizon: archived, said so.
+	if _, err := f.db.SuperConn(t).Exec(ctx, `UPDATE tally.journal_partitions SET state = 'archived', archive = '{}' WHERE suffix = 'history'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.BalanceAt(ctx, a, t0.Add(-time.Minute)); codeOrEmpty(err) != ledger.CodeHistoryArchived {
+		t.Errorf("balance before the horizon: %v", err)
+	}
+	if got, err := f.store.BalanceAt(ctx, a, t0.Add(time.Hour)); err != nil || got != 30 {
+		t.Errorf("balance after the horizon: %d %v", got, err)
+	}
+	f.verify()
+}
