@@ -235,7 +235,7 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	f := newFixture(t, 4)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	t0 := now.Truncate(24*time.Hour).Add(-4 * 24 * time.Hour)
+	t0 := now.Truncate(24 * time.Hour).Add(-4 * 24 * time.Hour)
 	dailyPartitionsSince(t, f, t0)
 	a, b := f.account("a", 0), f.account("b", 0)
 	f.post("fund", usd(f.external, a, 1000)) // made now
