@@ -255,8 +255,10 @@ CREATE FUNCTION tally.check_balances_match_journal() RETURNS trigger
     SET jit TO 'off'
     AS $$
 DECLARE
-  v_bad record;
+  v_bad  record;
+  v_from uuid;
 BEGIN
+  SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
   IF TG_OP = 'INSERT' THEN
     SELECT c.account_id, c.slot, a.balance_slots INTO v_bad
     FROM changed_balances c JOIN tally.accounts a ON a.id = c.account_id
@@ -270,14 +272,19 @@ BEGIN
   SELECT c.account_id, c.slot, c.posted, coalesce(last.balance_after, 0) AS journal INTO v_bad
   FROM changed_balances c
   LEFT JOIN LATERAL (
-    (SELECT e.balance_after FROM tally.entries e
-     WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL
-     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
-    UNION ALL
-    (SELECT e.balance_after FROM tally.entries e
-     WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot
-     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
-    LIMIT 1) last ON true
+    SELECT p.balance_after FROM (
+      (SELECT e.id, e.balance_after FROM tally.entries e
+       WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL AND e.transaction_id >= v_from
+       ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+      UNION ALL
+      (SELECT e.id, e.balance_after FROM tally.entries e
+       WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot AND e.transaction_id >= v_from
+       ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+      UNION ALL
+      (SELECT k.last_entry, k.last_balance_after FROM tally.balance_checkpoints k
+       WHERE k.account_id = c.account_id AND k.slot = c.slot
+       ORDER BY k.account_id DESC, k.slot DESC, k.at DESC LIMIT 1)) p
+    ORDER BY p.id DESC LIMIT 1) last ON true
   WHERE c.posted <> coalesce(last.balance_after, 0)
   LIMIT 1;
   IF FOUND THEN
@@ -379,7 +386,11 @@ DECLARE
   v_bad  record;
   v_xmin xid;
   v_cmin cid;
+  v_from uuid;
 BEGIN
+  -- Previous entries are looked up from the latest checkpoint on (see above).
+  SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
+
   -- Each posting is one credit leg and debit legs from one account, one per slot drawn,
   -- summing to zero in one asset.
   SELECT n.transaction_id, n.posting, count(*) AS legs, sum(n.amount) AS total, min(n.asset) AS asset, max(n.asset) AS other
@@ -425,14 +436,21 @@ BEGIN
                first_value(e.asset) OVER w AS lo, e.asset AS hi
         FROM new_entries e WINDOW w AS (PARTITION BY e.account_id, e.slot ORDER BY e.id)) n
   LEFT JOIN LATERAL (
-    (SELECT e.balance_after, e.asset FROM tally.entries e
-     WHERE n.k = 1 AND n.slot IS NULL AND e.account_id = n.account_id AND e.slot IS NULL AND e.id < n.id
-     ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
-    UNION ALL
-    (SELECT e.balance_after, e.asset FROM tally.entries e
-     WHERE n.k = 1 AND n.slot IS NOT NULL AND e.slot IS NOT NULL AND e.account_id = n.account_id AND e.slot = n.slot AND e.id < n.id
-     ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
-    LIMIT 1) before ON true
+    SELECT p.balance_after, p.asset FROM (
+      (SELECT e.id, e.balance_after, e.asset FROM tally.entries e
+       WHERE n.k = 1 AND n.slot IS NULL AND e.account_id = n.account_id AND e.slot IS NULL AND e.id < n.id
+         AND e.transaction_id >= v_from
+       ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
+      UNION ALL
+      (SELECT e.id, e.balance_after, e.asset FROM tally.entries e
+       WHERE n.k = 1 AND n.slot IS NOT NULL AND e.slot IS NOT NULL AND e.account_id = n.account_id AND e.slot = n.slot AND e.id < n.id
+         AND e.transaction_id >= v_from
+       ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
+      UNION ALL
+      (SELECT c.last_entry, c.last_balance_after, NULL FROM tally.balance_checkpoints c
+       WHERE n.k = 1 AND c.account_id = n.account_id AND c.slot = coalesce(n.slot, 0)
+       ORDER BY c.account_id DESC, c.slot DESC, c.at DESC LIMIT 1)) p
+    ORDER BY p.id DESC LIMIT 1) before ON true
   LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
                      WHERE n.k = 1 AND before.asset IS NULL AND a.id = n.account_id LIMIT 1) a ON true
   LEFT JOIN LATERAL (SELECT b.posted FROM tally.balances b
@@ -742,21 +760,29 @@ BEGIN
     EXIT WHEN v_at IS NULL;
     -- One statement: the checkpoint row and its slots' rows, the previous checkpoint plus
     -- the partition's entries.
-    WITH changed AS (
-      SELECT s.account_id, s.slot, coalesce(prev.posted, 0) + s.total AS posted,
-             coalesce(prev.transactions, 0) + s.n AS transactions
-      FROM (SELECT e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount)::bigint AS total,
-                   count(DISTINCT e.transaction_id) AS n
-            FROM tally.entries e
-            WHERE e.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
-              AND e.transaction_id < tally.uuid_at(v_at)
-            GROUP BY 1, 2) s
-      LEFT JOIN LATERAL (SELECT c.posted, c.transactions FROM tally.balance_checkpoints c
-                         WHERE c.account_id = s.account_id AND c.slot = s.slot
+    WITH moved AS (
+      SELECT e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount)::bigint AS total,
+             count(DISTINCT e.transaction_id) AS n, max(e.id) AS last_id
+      FROM tally.entries e
+      WHERE e.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
+        AND e.transaction_id < tally.uuid_at(v_at)
+      GROUP BY 1, 2),
+    changed AS (
+      SELECT m.account_id, m.slot, coalesce(prev.posted, 0) + m.total AS posted,
+             coalesce(prev.transactions, 0) + m.n AS transactions,
+             CASE WHEN prev.last_entry > m.last_id THEN prev.last_entry ELSE m.last_id END AS last_entry,
+             CASE WHEN prev.last_entry > m.last_id THEN prev.last_balance_after
+                  ELSE (SELECT x.balance_after FROM tally.entries x
+                        WHERE x.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
+                          AND x.transaction_id < tally.uuid_at(v_at) AND x.id = m.last_id) END AS last_balance_after
+      FROM moved m
+      LEFT JOIN LATERAL (SELECT c.posted, c.transactions, c.last_entry, c.last_balance_after
+                         FROM tally.balance_checkpoints c
+                         WHERE c.account_id = m.account_id AND c.slot = m.slot
                          ORDER BY c.at DESC LIMIT 1) prev ON true),
     checkpoint AS (INSERT INTO tally.checkpoints (at, slots) SELECT v_at, count(*) FROM changed)
-    INSERT INTO tally.balance_checkpoints (account_id, slot, at, posted, transactions)
-    SELECT account_id, slot, v_at, posted, transactions FROM changed;
+    INSERT INTO tally.balance_checkpoints (account_id, slot, at, posted, transactions, last_entry, last_balance_after)
+    SELECT account_id, slot, v_at, posted, transactions, last_entry, last_balance_after FROM changed;
     v_made := v_made + 1;
   END LOOP;
   RETURN v_made;
@@ -2252,6 +2278,8 @@ CREATE TABLE tally.balance_checkpoints (
     at timestamp with time zone NOT NULL,
     posted bigint NOT NULL,
     transactions bigint NOT NULL,
+    last_entry bigint NOT NULL,
+    last_balance_after bigint NOT NULL,
     CONSTRAINT balance_checkpoints_slot_check CHECK (((slot >= 0) AND (slot <= 64))),
     CONSTRAINT balance_checkpoints_transactions_check CHECK ((transactions > 0))
 );

@@ -187,6 +187,7 @@ func TestServeRefusesWrongDatabase(t *testing.T) {
 
 // TestMigrateAndVerifyCommands runs the CLI the way an operator's Job would.
 func TestMigrateAndVerifyCommands(t *testing.T) {
+	pgtest.NewDB(t) // the service's login role exists once a template was made
 	db := pgtest.NewEmptyDB(t)
 	var out strings.Builder
 	ctx := context.Background()
@@ -222,6 +223,11 @@ func TestMigrateAndVerifyCommands(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "01a20ccb-8be0-72d1-ad00-00342cb369ae slot 0: balance 500, entries sum to 0") {
 		t.Errorf("verify output: %s", out.String())
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"verify", "--incremental", "--database-url", db.AppDSN()}, &out, &out); code != 1 ||
+		!strings.Contains(out.String(), "balance 500, entries sum to 0") {
+		t.Errorf("incremental verify on a corrupt ledger exited %d: %s", code, out.String())
 	}
 	if code := cli.Run(ctx, []string{"migrate", "--database-url", db.SuperDSN(), "--shard", "1"}, &out, &out); code == 0 {
 		t.Error("migrate let a database change shard")

@@ -237,8 +237,11 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	now := time.Now().UTC()
 	t0 := now.Truncate(24 * time.Hour).Add(-4 * 24 * time.Hour)
 	dailyPartitionsSince(t, f, t0)
-	a, b := f.account("a", 0), f.account("b", 0)
+	a, b, c := f.account("a", 0), f.account("b", 0), f.account("c", 0)
 	f.post("fund", usd(f.external, a, 1000)) // made now
+	fundC := request(t, "fund-c", usd(f.external, c, 500))
+	fundC.Transaction.ID = transactionMadeAt(t, t0.Add(-2*time.Hour))
+	f.post2(fundC)
 	type move struct {
 		at     time.Time
 		amount int64 // into a, from b (b is funded first)
@@ -297,8 +300,15 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	if out, err := f.store.PostTransaction(ctx, late); err == nil && out.Status == 201 {
 		t.Errorf("a transaction made before the latest checkpoint was written")
 	}
-	// Before the horizon: archived, said so.
-	if _, err := f.db.SuperConn(t).Exec(ctx, `UPDATE tally.journal_partitions SET state = 'archived', archive = '{}' WHERE suffix = 'history'`); err != nil {
+	// Archive the history partition as retention will (detached and dropped here), and
+	// the ledger goes on: an account whose every entry is gone pays from its checkpoint,
+	// and both verifies stand on the checkpoints.
+	super := f.db.SuperConn(t)
+	if _, err := super.Exec(ctx, `
+		ALTER TABLE tally.transactions DETACH PARTITION tally.transactions_history;
+		ALTER TABLE tally.entries DETACH PARTITION tally.entries_history;
+		DROP TABLE tally.transactions_history, tally.entries_history;
+		UPDATE tally.journal_partitions SET state = 'archived', archive = '{}' WHERE suffix = 'history'`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.store.BalanceAt(ctx, a, t0.Add(-time.Minute)); codeOrEmpty(err) != ledger.CodeHistoryArchived {
@@ -307,5 +317,45 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	if got, err := f.store.BalanceAt(ctx, a, t0.Add(time.Hour)); err != nil || got != 30 {
 		t.Errorf("balance after the horizon: %d %v", got, err)
 	}
+	if out := f.post("c-pays", usd(c, b, 5)); out.Status != 201 {
+		t.Fatalf("an account whose entries are archived pays: %d %s", out.Status, out.Body)
+	}
+	if got := f.balance(c); got != 495 {
+		t.Errorf("c holds %d, want 495", got)
+	}
 	f.verify()
+	if vs, err := f.store.VerifyIncremental(ctx); err != nil || len(vs) > 0 {
+		t.Errorf("incremental verify: %v %v", vs, err)
+	}
+	// Both verifies have teeth: a checkpoint after the horizon made wrong is found by the
+	// full one, and the one everything stands on by both.
+	tamper := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := super.Exec(ctx, "SET session_replication_role = replica"); err != nil {
+			t.Fatal(err)
+		}
+		defer super.Exec(ctx, "RESET session_replication_role") //nolint:errcheck // the next statement fails if it did
+		if _, err := super.Exec(ctx, sql, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tamper(`UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1 AND at = $2`, [16]byte(a), t0.Add(48*time.Hour))
+	if vs, _ := f.store.Verify(ctx); !reports(vs, "checkpoints agree with the journal") {
+		t.Errorf("full verify missed a wrong checkpoint: %v", vs)
+	}
+	tamper(`UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1`, [16]byte(c))
+	for name, verify := range map[string]func(context.Context) ([]store.Violation, error){"full": f.store.Verify, "incremental": f.store.VerifyIncremental} {
+		if vs, _ := verify(ctx); !reports(vs, "balance equals sum of entries") {
+			t.Errorf("%s verify missed a wrong base checkpoint: %v", name, vs)
+		}
+	}
+}
+
+func reports(vs []store.Violation, check string) bool {
+	for _, v := range vs {
+		if v.Check == check {
+			return true
+		}
+	}
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,35 +24,59 @@ func (v Violation) String() string { return v.Check + ": " + v.Detail }
 // maxViolationsPerCheck bounds the report: a broken ledger can have millions of bad rows.
 const maxViolationsPerCheck = 20
 
-// check is one invariant: a query returning one text row per violation.
+// check is one invariant: a query returning one text row per violation. Queries see the
+// scope as $1, the first transaction id they read (the nil UUID for all of them), and $2,
+// the checkpoint that stands for everything before it (NULL for none); seed is that
+// checkpoint's row for each account slot (see migration 015).
 type check struct {
 	name  string
 	query string
 }
 
-// checks recompute everything from the journal. Each query returns a description of each
-// violation it finds; an empty result means the invariant holds.
+// scope is prepended to every check: it names $1 and $2 with their types, and seed.
+const scope = `WITH scope AS (SELECT $1::uuid AS since, $2::timestamptz AS base),
+	seed AS (SELECT DISTINCT ON (account_id, slot) account_id, slot, posted, transactions, last_entry, last_balance_after
+	         FROM tally.balance_checkpoints WHERE at <= $2 ORDER BY account_id, slot, at DESC) `
+
+// checks recompute everything in scope from the journal, standing on the checkpoint for
+// what came before. Each query returns a description of each violation it finds; an
+// empty result means the invariant holds.
 var checks = []check{
 	{"balance equals sum of entries", `
-		SELECT format('account %s slot %s: balance %s, entries sum to %s', b.account_id, b.slot, b.posted, coalesce(e.total, 0))
+		SELECT format('account %s slot %s: balance %s, entries sum to %s', b.account_id, b.slot, b.posted, coalesce(s.posted, 0) + coalesce(e.total, 0))
 		FROM tally.balances b
-		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, sum(amount) AS total FROM tally.entries GROUP BY 1, 2) e USING (account_id, slot)
-		WHERE b.posted <> coalesce(e.total, 0)`},
+		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, sum(amount) AS total FROM tally.entries
+		           WHERE transaction_id >= $1 GROUP BY 1, 2) e USING (account_id, slot)
+		LEFT JOIN seed s USING (account_id, slot)
+		WHERE b.posted <> coalesce(s.posted, 0) + coalesce(e.total, 0)`},
 	{"balance version counts its transactions", `
-		SELECT format('account %s slot %s: version %s, %s transactions', b.account_id, b.slot, b.version, coalesce(e.n, 0))
+		SELECT format('account %s slot %s: version %s, %s transactions', b.account_id, b.slot, b.version, coalesce(s.transactions, 0) + coalesce(e.n, 0))
 		FROM tally.balances b
-		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, count(DISTINCT transaction_id) AS n FROM tally.entries GROUP BY 1, 2) e USING (account_id, slot)
-		WHERE b.version <> coalesce(e.n, 0)`},
+		LEFT JOIN (SELECT account_id, coalesce(slot, 0) AS slot, count(DISTINCT transaction_id) AS n FROM tally.entries
+		           WHERE transaction_id >= $1 GROUP BY 1, 2) e USING (account_id, slot)
+		LEFT JOIN seed s USING (account_id, slot)
+		WHERE b.version <> coalesce(s.transactions, 0) + coalesce(e.n, 0)`},
+	// Each entry continues the one before it by id. In scope, that is the previous entry
+	// in scope, or the checkpoint's last entry when that comes between; an entry whose id
+	// is below the checkpoint's last entry (made after the boundary, written a moment
+	// before an entry made before it) was checked against its neighbours when written.
 	{"running balances are consistent", `
-		SELECT format('entry %s of account %s slot %s: balance_after %s, running sum %s', id, account_id, slot, balance_after, running)
-		FROM (SELECT id, account_id, slot, balance_after,
-		             sum(amount) OVER (PARTITION BY account_id, slot ORDER BY id) AS running
-		      FROM tally.entries) e
-		WHERE balance_after <> running`},
+		SELECT format('entry %s of account %s slot %s: balance_after %s, previous %s plus amount %s', e.id, e.account_id, e.slot, e.balance_after,
+		              CASE WHEN s.last_entry IS NOT NULL AND (e.prev_id IS NULL OR e.prev_id < s.last_entry) THEN s.last_balance_after
+		                   ELSE coalesce(e.prev, 0) END, e.amount)
+		FROM (SELECT id, account_id, slot, amount, balance_after,
+		             lag(balance_after) OVER w AS prev, lag(id) OVER w AS prev_id
+		      FROM tally.entries WHERE transaction_id >= $1
+		      WINDOW w AS (PARTITION BY account_id, slot ORDER BY id)) e
+		LEFT JOIN seed s ON s.account_id = e.account_id AND s.slot = coalesce(e.slot, 0)
+		WHERE CASE WHEN s.last_entry IS NOT NULL AND e.id < s.last_entry THEN false
+		           WHEN s.last_entry IS NOT NULL AND (e.prev_id IS NULL OR e.prev_id < s.last_entry)
+		             THEN e.balance_after <> s.last_balance_after + e.amount
+		           ELSE e.balance_after <> coalesce(e.prev, 0) + e.amount END`},
 	{"every entry is on one of its account's slots", `
 		SELECT format('entry %s of account %s is on slot %s, which has no balance row', e.id, e.account_id, e.slot)
 		FROM tally.entries e LEFT JOIN tally.balances b ON b.account_id = e.account_id AND b.slot = coalesce(e.slot, 0)
-		WHERE b.account_id IS NULL`},
+		WHERE e.transaction_id >= $1 AND b.account_id IS NULL`},
 	{"no balance below its floor", `
 		SELECT format('account %s: balance %s below floor %s', account_id, posted, floor)
 		FROM tally.balances WHERE posted < floor`},
@@ -66,16 +91,16 @@ var checks = []check{
 		                                    ELSE ARRAY(SELECT s::smallint FROM generate_series(1, a.balance_slots) s) END`},
 	{"transaction sums to zero per asset", `
 		SELECT format('transaction %s: %s sums to %s', transaction_id, asset, sum(amount))
-		FROM tally.entries GROUP BY transaction_id, asset HAVING sum(amount) <> 0`},
+		FROM tally.entries WHERE transaction_id >= $1 GROUP BY transaction_id, asset HAVING sum(amount) <> 0`},
 	{"posting is one credit and debits from one account, one per slot", `
 		SELECT format('transaction %s posting %s: %s legs summing to %s', transaction_id, posting, count(*), sum(amount))
-		FROM tally.entries GROUP BY transaction_id, posting
+		FROM tally.entries WHERE transaction_id >= $1 GROUP BY transaction_id, posting
 		HAVING count(*) FILTER (WHERE amount > 0) <> 1 OR count(DISTINCT account_id) FILTER (WHERE amount < 0) <> 1
 		    OR count(*) FILTER (WHERE amount < 0) <> count(DISTINCT coalesce(slot, 0)) FILTER (WHERE amount < 0)
 		    OR sum(amount) <> 0 OR count(DISTINCT asset) <> 1`},
 	{"transaction has entries", `
 		SELECT format('transaction %s has no entries', t.id)
-		FROM tally.transactions t WHERE NOT EXISTS (SELECT 1 FROM tally.entries e WHERE e.transaction_id = t.id)`},
+		FROM tally.transactions t WHERE t.id >= $1 AND NOT EXISTS (SELECT 1 FROM tally.entries e WHERE e.transaction_id = t.id)`},
 	{"entry names its transaction and account", `
 		SELECT format('entry %s names %s %s, which does not exist', e.id,
 		              CASE WHEN t.id IS NULL THEN 'transaction' ELSE 'account' END,
@@ -83,17 +108,17 @@ var checks = []check{
 		FROM tally.entries e
 		LEFT JOIN tally.transactions t ON t.id = e.transaction_id
 		LEFT JOIN tally.accounts a ON a.id = e.account_id
-		WHERE t.id IS NULL OR a.id IS NULL`},
+		WHERE e.transaction_id >= $1 AND (t.id IS NULL OR a.id IS NULL)`},
 	{"entry asset matches account", `
 		SELECT format('entry %s: asset %s on account %s holding %s', e.id, e.asset, e.account_id, a.asset)
-		FROM tally.entries e JOIN tally.accounts a ON a.id = e.account_id WHERE e.asset <> a.asset`},
+		FROM tally.entries e JOIN tally.accounts a ON a.id = e.account_id WHERE e.transaction_id >= $1 AND e.asset <> a.asset`},
 	{"money is conserved per asset", `
 		SELECT format('asset %s: balances sum to %s', a.asset, sum(b.posted))
 		FROM tally.balances b JOIN tally.accounts a ON a.id = b.account_id
 		GROUP BY a.asset HAVING sum(b.posted) <> 0`},
 	{"ids belong to this shard", `
 		SELECT format('%s %s belongs to shard %s, this is shard %s', what, id, tally.id_shard(id), s.shard_index)
-		FROM (SELECT 'account' AS what, id FROM tally.accounts UNION ALL SELECT 'transaction', id FROM tally.transactions) x
+		FROM (SELECT 'account' AS what, id FROM tally.accounts UNION ALL SELECT 'transaction', id FROM tally.transactions WHERE id >= $1) x
 		CROSS JOIN tally.shard s WHERE tally.id_shard(x.id) <> s.shard_index`},
 	{"each holding account holds exactly its asset's pending transfers", `
 		SELECT format('holding account %s of %s holds %s, its pending transfers %s', a.id, a.asset, coalesce(b.held, 0), coalesce(p.pending, 0))
@@ -113,41 +138,90 @@ var checks = []check{
 		CROSS JOIN LATERAL (
 		  SELECT 'the reservation moved ' || coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) || ' into holding and '
 		         || coalesce(-sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) || ' from the source' AS what
-		  FROM tally.entries e WHERE e.transaction_id = p.id
-		  HAVING coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) <> p.amount
-		      OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) <> -p.amount
-		      OR count(*) FILTER (WHERE e.account_id NOT IN (h.id, p.from_account)) > 0
+		  FROM tally.entries e WHERE p.id >= $1 AND e.transaction_id = p.id
+		  HAVING p.id >= $1
+		     AND (coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) <> p.amount
+		          OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) <> -p.amount
+		          OR count(*) FILTER (WHERE e.account_id NOT IN (h.id, p.from_account)) > 0)
 		  UNION ALL
 		  SELECT 'the resolution moved ' || coalesce(-sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) || ' out of holding, '
 		         || coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.to_account), 0) || ' to the destination'
-		  FROM tally.entries e WHERE p.resolved_by IS NOT NULL AND e.transaction_id = p.resolved_by
-		  HAVING p.resolved_by IS NOT NULL
+		  FROM tally.entries e WHERE p.resolved_by >= $1 AND e.transaction_id = p.resolved_by
+		  HAVING p.resolved_by >= $1
 		     AND (coalesce(sum(e.amount) FILTER (WHERE e.account_id = h.id), 0) <> -p.amount
 		          OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.to_account), 0) <> coalesce(p.posted_amount, 0)
 		          OR coalesce(sum(e.amount) FILTER (WHERE e.account_id = p.from_account), 0) <> p.amount - coalesce(p.posted_amount, 0))) m`},
 	{"a reversal mirrors what it reverses", `
 		SELECT format('transaction %s is reversed by %s, which does not undo it', r.transaction_id, r.reversal_id)
 		FROM tally.reversals r
-		WHERE EXISTS (SELECT account_id, asset, sum(amount) FROM tally.entries
+		WHERE r.transaction_id >= $1 AND r.reversal_id >= $1
+		  AND EXISTS (SELECT account_id, asset, sum(amount) FROM tally.entries
 		              WHERE transaction_id IN (r.transaction_id, r.reversal_id)
 		              GROUP BY account_id, asset HAVING sum(amount) <> 0)`},
 	{"closed accounts are empty", `
 		SELECT format('closed account %s holds %s', a.id, sum(b.posted))
 		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed'
 		GROUP BY a.id HAVING sum(b.posted) <> 0`},
+	// Every checkpoint after the base is the one before it plus its partition's entries,
+	// with rows for exactly the slots that moved.
+	{"checkpoints agree with the journal", `
+		, periods AS (SELECT at, lag(at) OVER (ORDER BY at) AS prev FROM tally.checkpoints),
+		moved AS (SELECT p.at, e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount) AS total,
+		                 count(DISTINCT e.transaction_id) AS n, max(e.id) AS last_id
+		          FROM periods p JOIN tally.entries e
+		            ON e.transaction_id >= coalesce(tally.uuid_at(p.prev), '00000000-0000-0000-0000-000000000000')
+		           AND e.transaction_id < tally.uuid_at(p.at)
+		          WHERE p.at > coalesce($2, '-infinity') AND e.transaction_id >= $1
+		          GROUP BY 1, 2, 3),
+		rows AS (SELECT account_id, slot, at, posted, transactions, last_entry,
+		                lag(posted) OVER w AS prev_posted, lag(transactions) OVER w AS prev_transactions, lag(last_entry) OVER w AS prev_last
+		         FROM tally.balance_checkpoints WINDOW w AS (PARTITION BY account_id, slot ORDER BY at))
+		SELECT format('checkpoint %s, account %s slot %s: %s', at, account_id, slot,
+		              CASE WHEN r.posted IS NULL THEN 'no row, though it moved'
+		                   WHEN m.total IS NULL THEN 'a row, though it did not move'
+		                   ELSE format('%s over %s transactions, the journal says %s over %s', r.posted, r.transactions,
+		                               coalesce(r.prev_posted, 0) + m.total, coalesce(r.prev_transactions, 0) + m.n) END)
+		FROM (SELECT * FROM rows WHERE at > coalesce($2, '-infinity')) r FULL JOIN moved m USING (at, account_id, slot)
+		WHERE r.posted IS NULL OR m.total IS NULL OR r.posted <> coalesce(r.prev_posted, 0) + m.total
+		   OR r.transactions <> coalesce(r.prev_transactions, 0) + m.n OR r.last_entry <> greatest(r.prev_last, m.last_id)`},
 }
 
-// Verify recomputes every balance from the journal and checks every invariant in one
-// repeatable-read snapshot, so a running ledger can be verified without stopping it.
+// Verify checks every invariant in one repeatable-read snapshot, so a running ledger can
+// be verified without stopping it: every balance recomputed from the journal (standing on
+// the checkpoint at the retention horizon once older partitions are archived), every
+// transaction, and every checkpoint since.
 func (s *Store) Verify(ctx context.Context) ([]Violation, error) {
+	return s.verify(ctx, `SELECT max(c.at) FROM tally.checkpoints c
+		WHERE c.at <= (SELECT min(p.starts) FROM tally.journal_partitions p WHERE p.state = 'attached')`)
+}
+
+// VerifyIncremental checks what changed since the latest checkpoint: every balance is
+// the checkpoint plus the entries since, and every transaction since is checked; the
+// checkpoints themselves are the full Verify's to check.
+func (s *Store) VerifyIncremental(ctx context.Context) ([]Violation, error) {
+	return s.verify(ctx, `SELECT max(at) FROM tally.checkpoints`)
+}
+
+// verify runs the checks over the journal from the checkpoint base selects (none: all).
+func (s *Store) verify(ctx context.Context, base string) ([]Violation, error) {
 	tx, err := s.pool.BeginTx(ctx, pgxTxReadOnlySnapshot)
 	if err != nil {
 		return nil, wrap("verify: begin", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	var at *time.Time
+	if err := tx.QueryRow(ctx, base).Scan(&at); err != nil {
+		return nil, wrap("verify: base checkpoint", err)
+	}
+	since := [16]byte{}
+	if at != nil {
+		if err := tx.QueryRow(ctx, "SELECT tally.uuid_at($1)", *at).Scan(&since); err != nil {
+			return nil, wrap("verify: base checkpoint", err)
+		}
+	}
 	var found []Violation
 	for _, c := range checks {
-		rows, err := tx.Query(ctx, c.query+fmt.Sprintf(" LIMIT %d", maxViolationsPerCheck))
+		rows, err := tx.Query(ctx, scope+c.query+fmt.Sprintf(" LIMIT %d", maxViolationsPerCheck), since, at)
 		if err != nil {
 			return nil, wrap("verify: "+c.name, err)
 		}
