@@ -77,6 +77,15 @@ func BalanceOf(b ledger.Balance) Balance {
 		PendingCredits: money.Format(b.Incoming, b.Scale), Version: b.Version}
 }
 
+// BalanceAt is an account's posted balance as of a moment: every transaction made at or
+// before at. Pending amounts are not history, so it has none.
+type BalanceAt struct {
+	AccountID ledger.AccountID `json:"account_id"`
+	Asset     string           `json:"asset"`
+	Balance   string           `json:"balance"`
+	At        time.Time        `json:"at"`
+}
+
 // PendingTransfer is a two-phase transfer. Its id is the transaction that reserved the
 // amount; resolved_by is the one that posted, voided or expired it.
 type PendingTransfer struct {

@@ -22,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/internal/settest"
@@ -200,6 +201,10 @@ func TestEveryMethod(t *testing.T) {
 	bal := must[*ledgerv1.GetBalanceResponse](t, "balance")(c.GetBalance(alice, &ledgerv1.GetBalanceRequest{AccountId: a.Id})).Balance
 	if bal.Balance != "100.00" || bal.Available != "90.00" || bal.PendingDebits != "10.00" {
 		t.Errorf("balance: %v", bal)
+	}
+	later := timestamppb.New(time.Now().Add(time.Second))
+	if at := must[*ledgerv1.GetBalanceResponse](t, "balance at")(c.GetBalance(alice, &ledgerv1.GetBalanceRequest{AccountId: a.Id, At: later})).BalanceAt; at == nil || at.Balance != "100.00" || at.Asset != "USD" || !at.At.AsTime().Equal(later.AsTime()) {
+		t.Errorf("balance at a moment: %v", at)
 	}
 	if got := must[*ledgerv1.PostPendingTransferResponse](t, "post pending")(c.PostPendingTransfer(alice, &ledgerv1.PostPendingTransferRequest{IdempotencyKey: "post", Id: p1.Id, Amount: "4.5"})); got.PendingTransfer.State != "posted" || got.PendingTransfer.PostedAmount != "4.50" {
 		t.Errorf("posted: %v", got)

@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/document"
@@ -120,6 +121,14 @@ func (a *API) CloseAccount(ctx context.Context, req *ledgerv1.CloseAccountReques
 
 // GetBalance answers an account's balance.
 func (a *API) GetBalance(ctx context.Context, req *ledgerv1.GetBalanceRequest) (*ledgerv1.GetBalanceResponse, error) {
+	if req.At != nil {
+		v, err := documentOf[document.BalanceAt](a.svc.GetBalanceAt(ctx, callerOf(ctx), req.AccountId, req.At.AsTime().Format(time.RFC3339Nano)))
+		if err != nil {
+			return nil, err
+		}
+		return &ledgerv1.GetBalanceResponse{BalanceAt: &ledgerv1.BalanceAt{AccountId: v.AccountID.String(), Asset: v.Asset,
+			Balance: v.Balance, At: timestamp(v.At)}}, nil
+	}
 	v, err := documentOf[document.Balance](a.svc.GetBalance(ctx, callerOf(ctx), req.AccountId))
 	if err != nil {
 		return nil, err

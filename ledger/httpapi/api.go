@@ -274,6 +274,10 @@ func (a *API) setStatus(status ledger.Status) handler {
 }
 
 func (a *API) getBalance(w http.ResponseWriter, r *http.Request, c auth.Caller) error {
+	if at := r.URL.Query(); at.Has("at") {
+		ans, err := a.svc.GetBalanceAt(r.Context(), c, r.PathValue("id"), at.Get("at"))
+		return write(w, ans, err)
+	}
 	ans, err := a.svc.GetBalance(r.Context(), c, r.PathValue("id"))
 	return write(w, ans, err)
 }

@@ -153,6 +153,47 @@ func (c *client) balance(id string) string {
 	return c.must(200, c.do("GET", "/v1/accounts/"+id+"/balance", "")).field("balance")
 }
 
+// A balance as of a moment counts the transactions made by then.
+func TestBalanceAtAMoment(t *testing.T) {
+	c := newClient(t, 1, nil)
+	c.asset("USD", 2)
+	a, b := c.account("alice", "USD"), c.account("bob", "USD")
+	before := time.Now().UTC()
+	time.Sleep(2 * time.Millisecond) // balances at a moment count whole milliseconds
+	c.must(201, c.transfer("in", "external", a, "12.50", "USD"))
+	between := time.Now().UTC()
+	time.Sleep(2 * time.Millisecond)
+	c.must(201, c.transfer("pay", a, b, "2.25", "USD"))
+	at := func(id string, t time.Time) response {
+		return c.do("GET", "/v1/accounts/"+id+"/balance?at="+t.Format(time.RFC3339Nano), "")
+	}
+	for _, tc := range []struct {
+		at   time.Time
+		want string
+	}{{before, "0.00"}, {between, "12.50"}, {time.Now().Add(time.Second), "10.25"}} {
+		r := c.must(200, at(a, tc.at))
+		if r.field("balance") != tc.want || r.field("asset") != "USD" || r.field("at") != tc.at.Format(time.RFC3339Nano) {
+			t.Errorf("balance at %s: %s, want %s", tc.at, r.body, tc.want)
+		}
+	}
+	// A balance counts what pending transfers reserved, now and as of a moment.
+	hold := c.must(201, c.do("POST", "/v1/transfers", fmt.Sprintf(`{"from_account":%q,"to_account":%q,"amount":"1","asset":"USD","pending":true}`, a, b),
+		"Idempotency-Key", "hold")).field("id")
+	held := time.Now().UTC()
+	time.Sleep(2 * time.Millisecond)
+	c.must(201, c.do("POST", "/v1/transfers/"+hold+"/post", `{}`, "Idempotency-Key", "settle"))
+	if now, then := c.balance(a), c.must(200, at(a, held)).field("balance"); now != "9.25" || then != "10.25" {
+		t.Errorf("balance with a transfer reserved then posted: %s now, %s while reserved; want 9.25 and 10.25", now, then)
+	}
+	if r := c.do("GET", "/v1/accounts/"+a+"/balance?at=yesterday", ""); r.code() != ledger.CodeInvalidRequest {
+		t.Errorf("at=yesterday: %d %s", r.status, r.body)
+	}
+	missing, _ := ledger.NewAccountID(0)
+	if r := at(missing.String(), between); r.code() != ledger.CodeAccountNotFound {
+		t.Errorf("missing account's balance at a moment: %d %s", r.status, r.body)
+	}
+}
+
 func TestAssets(t *testing.T) {
 	c := newClient(t, 1, nil)
 	r := c.must(201, c.do("POST", "/v1/assets", `{"code":"USD","scale":2}`))

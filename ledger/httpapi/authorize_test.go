@@ -191,10 +191,11 @@ func TestUsersTouchOnlyTheirOwn(t *testing.T) {
 	c.must(201, c.transfer("mine", carol1, carol2, "10", "USD"))
 	c.must(200, c.do("GET", "/v1/transactions/"+deposit, "")) // the operator's deposit touches her account
 	for name, r := range map[string]response{
-		"pay another's account":  c.transfer("theirs", carol1, dave, "1", "USD"),
-		"take from another's":    c.transfer("take", dave, carol1, "1", "USD"),
-		"read another's balance": c.do("GET", "/v1/accounts/"+dave+"/balance", ""),
-		"read a made-up account": c.do("GET", "/v1/accounts/"+"01a23a80-069d-7862-af00-0191ce5aea2e", ""),
+		"pay another's account":       c.transfer("theirs", carol1, dave, "1", "USD"),
+		"take from another's":         c.transfer("take", dave, carol1, "1", "USD"),
+		"read another's balance":      c.do("GET", "/v1/accounts/"+dave+"/balance", ""),
+		"read another's past balance": c.do("GET", "/v1/accounts/"+dave+"/balance?at=2026-01-01T00:00:00Z", ""),
+		"read a made-up account":      c.do("GET", "/v1/accounts/"+"01a23a80-069d-7862-af00-0191ce5aea2e", ""),
 	} {
 		if r.status != 404 || r.code() != "account_not_found" {
 			t.Errorf("%s: %d %s", name, r.status, r.body)

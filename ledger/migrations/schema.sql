@@ -162,10 +162,12 @@ CREATE FUNCTION tally.balance_at(p_account uuid, p_at timestamp with time zone) 
     SET jit TO 'off'
     AS $$
 DECLARE
-  v_horizon timestamptz;
-  v_cp      timestamptz;
-  v_base    bigint;
-  v_moved   bigint;
+  v_horizon  timestamptz;
+  v_until    uuid := tally.uuid_at(p_at + interval '1 millisecond');
+  v_cp       timestamptz;
+  v_base     bigint;
+  v_moved    bigint;
+  v_reserved bigint;
 BEGIN
   SELECT min(p.starts) INTO v_horizon FROM tally.journal_partitions p WHERE p.state = 'attached';
   IF p_at < v_horizon THEN
@@ -179,8 +181,10 @@ BEGIN
   SELECT coalesce(sum(e.amount), 0) INTO v_moved FROM tally.entries e
   WHERE e.account_id = p_account
     AND e.transaction_id >= coalesce(tally.uuid_at(v_cp), '00000000-0000-0000-0000-000000000000')
-    AND e.transaction_id < tally.uuid_at(p_at + interval '1 millisecond');
-  RETURN v_base + v_moved;
+    AND e.transaction_id < v_until;
+  SELECT coalesce(sum(p.amount), 0) INTO v_reserved FROM tally.pending_transfers p
+  WHERE p.from_account = p_account AND p.id < v_until AND (p.resolved_by IS NULL OR p.resolved_by >= v_until);
+  RETURN v_base + v_moved + v_reserved;
 END $$;
 
 
@@ -2761,6 +2765,13 @@ CREATE INDEX entries_by_transaction ON ONLY tally.entries USING btree (transacti
 --
 
 CREATE INDEX idempotency_keys_by_age ON tally.idempotency_keys USING btree (created_at);
+
+
+--
+-- Name: pending_transfers_by_source; Type: INDEX; Schema: tally; Owner: -
+--
+
+CREATE INDEX pending_transfers_by_source ON tally.pending_transfers USING btree (from_account, id);
 
 
 --

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -335,6 +336,31 @@ func (s *Service) GetBalance(ctx context.Context, c auth.Caller, id string) (Ans
 		return Answer{}, err
 	}
 	return ok(document.BalanceOf(b))
+}
+
+// GetBalanceAt answers an account's posted balance as of at, an RFC 3339 time (a user:
+// its own account's).
+func (s *Service) GetBalanceAt(ctx context.Context, c auth.Caller, id, at string) (Answer, error) {
+	aid, err := accountID(id)
+	if err != nil {
+		return Answer{}, err
+	}
+	when, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		return Answer{}, ledger.Errorf(ledger.CodeInvalidRequest, "at must be an RFC 3339 time such as 2026-12-01T00:00:00Z")
+	}
+	if err := s.mayUse(ctx, c, aid); err != nil {
+		return Answer{}, err
+	}
+	acc, err := s.set.Account(ctx, aid)
+	if err != nil {
+		return Answer{}, err
+	}
+	posted, err := s.set.BalanceAt(ctx, aid, when)
+	if err != nil {
+		return Answer{}, err
+	}
+	return ok(document.BalanceAt{AccountID: aid, Asset: acc.Asset, Balance: money.Format(posted, acc.Scale), At: when.UTC()})
 }
 
 // ListEntries lists an account's entries, newest first, limit (0: the default) at a

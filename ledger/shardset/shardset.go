@@ -364,6 +364,16 @@ func (s *Set) Balance(ctx context.Context, id ledger.AccountID) (ledger.Balance,
 	return s.fronts[id.Shard()].Balance(ctx, id)
 }
 
+// BalanceAt is an account's posted balance counting the transactions made at or before at
+// (store.BalanceAt).
+func (s *Set) BalanceAt(ctx context.Context, id ledger.AccountID, at time.Time) (int64, error) {
+	st, err := s.shard(id.Shard())
+	if err != nil {
+		return 0, err
+	}
+	return st.BalanceAt(ctx, id, at)
+}
+
 // Entries lists an account's entries newest first, below the given entry id.
 func (s *Set) Entries(ctx context.Context, id ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
 	st, err := s.shard(id.Shard())

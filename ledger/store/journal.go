@@ -29,7 +29,7 @@ func (s *Store) EnsurePartitions(ctx context.Context, ahead time.Duration) (int,
 }
 
 // MakeCheckpoints checkpoints every account slot's balance at each partition boundary
-// at least grace in the past that has none yet (migration 015), and returns how many
+// at least grace in the past that has none yet (migration 014), and returns how many
 // boundaries it checkpointed.
 func (s *Store) MakeCheckpoints(ctx context.Context, grace time.Duration) (int, error) {
 	var made int

@@ -27,7 +27,7 @@ const maxViolationsPerCheck = 20
 // check is one invariant: a query returning one text row per violation. Queries see the
 // scope as $1, the first transaction id they read (the nil UUID for all of them), and $2,
 // the checkpoint that stands for everything before it (NULL for none); seed is that
-// checkpoint's row for each account slot (see migration 015).
+// checkpoint's row for each account slot (see migration 014).
 type check struct {
 	name  string
 	query string

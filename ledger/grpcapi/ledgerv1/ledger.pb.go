@@ -1576,10 +1576,13 @@ func (x *CloseAccountResponse) GetAccount() *Account {
 	return nil
 }
 
-// GetBalanceRequest names an account.
+// GetBalanceRequest names an account and, for its balance as of a moment, the moment.
 type GetBalanceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	AccountId string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// at, when set, asks for the posted balance counting every transaction made at or
+	// before it; before the retention horizon the answer is OUT_OF_RANGE (archived).
+	At            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,10 +1624,18 @@ func (x *GetBalanceRequest) GetAccountId() string {
 	return ""
 }
 
-// GetBalanceResponse is its balance.
+func (x *GetBalanceRequest) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+// GetBalanceResponse is its balance now, or as of the moment asked for.
 type GetBalanceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Balance       *Balance               `protobuf:"bytes,1,opt,name=balance,proto3" json:"balance,omitempty"`
+	BalanceAt     *BalanceAt             `protobuf:"bytes,2,opt,name=balance_at,json=balanceAt,proto3" json:"balance_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1666,6 +1677,83 @@ func (x *GetBalanceResponse) GetBalance() *Balance {
 	return nil
 }
 
+func (x *GetBalanceResponse) GetBalanceAt() *BalanceAt {
+	if x != nil {
+		return x.BalanceAt
+	}
+	return nil
+}
+
+// BalanceAt is an account's posted balance as of a moment. Pending amounts are not
+// history, so it has none.
+type BalanceAt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	Asset         string                 `protobuf:"bytes,2,opt,name=asset,proto3" json:"asset,omitempty"`
+	Balance       string                 `protobuf:"bytes,3,opt,name=balance,proto3" json:"balance,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceAt) Reset() {
+	*x = BalanceAt{}
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceAt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceAt) ProtoMessage() {}
+
+func (x *BalanceAt) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceAt.ProtoReflect.Descriptor instead.
+func (*BalanceAt) Descriptor() ([]byte, []int) {
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *BalanceAt) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *BalanceAt) GetAsset() string {
+	if x != nil {
+		return x.Asset
+	}
+	return ""
+}
+
+func (x *BalanceAt) GetBalance() string {
+	if x != nil {
+		return x.Balance
+	}
+	return ""
+}
+
+func (x *BalanceAt) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 // ListEntriesRequest asks for an account's entries, newest first, page_size (0: 50; at
 // most 200) at a time after page_token.
 type ListEntriesRequest struct {
@@ -1679,7 +1767,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1779,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1792,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListEntriesRequest) GetAccountId() string {
@@ -1739,7 +1827,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1839,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1852,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1796,7 +1884,7 @@ type FollowEntriesRequest struct {
 
 func (x *FollowEntriesRequest) Reset() {
 	*x = FollowEntriesRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1896,7 @@ func (x *FollowEntriesRequest) String() string {
 func (*FollowEntriesRequest) ProtoMessage() {}
 
 func (x *FollowEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1909,7 @@ func (x *FollowEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowEntriesRequest.ProtoReflect.Descriptor instead.
 func (*FollowEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FollowEntriesRequest) GetAccountId() string {
@@ -1857,7 +1945,7 @@ type FollowEntriesResponse struct {
 
 func (x *FollowEntriesResponse) Reset() {
 	*x = FollowEntriesResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1957,7 @@ func (x *FollowEntriesResponse) String() string {
 func (*FollowEntriesResponse) ProtoMessage() {}
 
 func (x *FollowEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1970,7 @@ func (x *FollowEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowEntriesResponse.ProtoReflect.Descriptor instead.
 func (*FollowEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FollowEntriesResponse) GetEntry() *Entry {
@@ -1916,7 +2004,7 @@ type TransferRequest struct {
 
 func (x *TransferRequest) Reset() {
 	*x = TransferRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2016,7 @@ func (x *TransferRequest) String() string {
 func (*TransferRequest) ProtoMessage() {}
 
 func (x *TransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2029,7 @@ func (x *TransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
 func (*TransferRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransferRequest) GetIdempotencyKey() string {
@@ -2018,7 +2106,7 @@ type TransferResponse struct {
 
 func (x *TransferResponse) Reset() {
 	*x = TransferResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2118,7 @@ func (x *TransferResponse) String() string {
 func (*TransferResponse) ProtoMessage() {}
 
 func (x *TransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2131,7 @@ func (x *TransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferResponse.ProtoReflect.Descriptor instead.
 func (*TransferResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TransferResponse) GetResult() isTransferResponse_Result {
@@ -2114,7 +2202,7 @@ type PostTransactionRequest struct {
 
 func (x *PostTransactionRequest) Reset() {
 	*x = PostTransactionRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2214,7 @@ func (x *PostTransactionRequest) String() string {
 func (*PostTransactionRequest) ProtoMessage() {}
 
 func (x *PostTransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2227,7 @@ func (x *PostTransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostTransactionRequest.ProtoReflect.Descriptor instead.
 func (*PostTransactionRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PostTransactionRequest) GetIdempotencyKey() string {
@@ -2174,7 +2262,7 @@ type PostTransactionResponse struct {
 
 func (x *PostTransactionResponse) Reset() {
 	*x = PostTransactionResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2274,7 @@ func (x *PostTransactionResponse) String() string {
 func (*PostTransactionResponse) ProtoMessage() {}
 
 func (x *PostTransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2287,7 @@ func (x *PostTransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostTransactionResponse.ProtoReflect.Descriptor instead.
 func (*PostTransactionResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PostTransactionResponse) GetTransaction() *Transaction {
@@ -2226,7 +2314,7 @@ type GetTransactionRequest struct {
 
 func (x *GetTransactionRequest) Reset() {
 	*x = GetTransactionRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2326,7 @@ func (x *GetTransactionRequest) String() string {
 func (*GetTransactionRequest) ProtoMessage() {}
 
 func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2339,7 @@ func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTransactionRequest.ProtoReflect.Descriptor instead.
 func (*GetTransactionRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetTransactionRequest) GetId() string {
@@ -2271,7 +2359,7 @@ type GetTransactionResponse struct {
 
 func (x *GetTransactionResponse) Reset() {
 	*x = GetTransactionResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2371,7 @@ func (x *GetTransactionResponse) String() string {
 func (*GetTransactionResponse) ProtoMessage() {}
 
 func (x *GetTransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2384,7 @@ func (x *GetTransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTransactionResponse.ProtoReflect.Descriptor instead.
 func (*GetTransactionResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetTransactionResponse) GetTransaction() *Transaction {
@@ -2318,7 +2406,7 @@ type ReverseTransactionRequest struct {
 
 func (x *ReverseTransactionRequest) Reset() {
 	*x = ReverseTransactionRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2418,7 @@ func (x *ReverseTransactionRequest) String() string {
 func (*ReverseTransactionRequest) ProtoMessage() {}
 
 func (x *ReverseTransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2431,7 @@ func (x *ReverseTransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReverseTransactionRequest.ProtoReflect.Descriptor instead.
 func (*ReverseTransactionRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReverseTransactionRequest) GetIdempotencyKey() string {
@@ -2378,7 +2466,7 @@ type ReverseTransactionResponse struct {
 
 func (x *ReverseTransactionResponse) Reset() {
 	*x = ReverseTransactionResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2478,7 @@ func (x *ReverseTransactionResponse) String() string {
 func (*ReverseTransactionResponse) ProtoMessage() {}
 
 func (x *ReverseTransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2491,7 @@ func (x *ReverseTransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReverseTransactionResponse.ProtoReflect.Descriptor instead.
 func (*ReverseTransactionResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReverseTransactionResponse) GetTransaction() *Transaction {
@@ -2430,7 +2518,7 @@ type GetPendingTransferRequest struct {
 
 func (x *GetPendingTransferRequest) Reset() {
 	*x = GetPendingTransferRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[39]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2530,7 @@ func (x *GetPendingTransferRequest) String() string {
 func (*GetPendingTransferRequest) ProtoMessage() {}
 
 func (x *GetPendingTransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[39]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2543,7 @@ func (x *GetPendingTransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPendingTransferRequest.ProtoReflect.Descriptor instead.
 func (*GetPendingTransferRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetPendingTransferRequest) GetId() string {
@@ -2475,7 +2563,7 @@ type GetPendingTransferResponse struct {
 
 func (x *GetPendingTransferResponse) Reset() {
 	*x = GetPendingTransferResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[40]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2575,7 @@ func (x *GetPendingTransferResponse) String() string {
 func (*GetPendingTransferResponse) ProtoMessage() {}
 
 func (x *GetPendingTransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[40]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2588,7 @@ func (x *GetPendingTransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPendingTransferResponse.ProtoReflect.Descriptor instead.
 func (*GetPendingTransferResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{40}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetPendingTransferResponse) GetPendingTransfer() *PendingTransfer {
@@ -2524,7 +2612,7 @@ type PostPendingTransferRequest struct {
 
 func (x *PostPendingTransferRequest) Reset() {
 	*x = PostPendingTransferRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[41]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2624,7 @@ func (x *PostPendingTransferRequest) String() string {
 func (*PostPendingTransferRequest) ProtoMessage() {}
 
 func (x *PostPendingTransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[41]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2637,7 @@ func (x *PostPendingTransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostPendingTransferRequest.ProtoReflect.Descriptor instead.
 func (*PostPendingTransferRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{41}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PostPendingTransferRequest) GetIdempotencyKey() string {
@@ -2591,7 +2679,7 @@ type PostPendingTransferResponse struct {
 
 func (x *PostPendingTransferResponse) Reset() {
 	*x = PostPendingTransferResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[42]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2691,7 @@ func (x *PostPendingTransferResponse) String() string {
 func (*PostPendingTransferResponse) ProtoMessage() {}
 
 func (x *PostPendingTransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[42]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2704,7 @@ func (x *PostPendingTransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostPendingTransferResponse.ProtoReflect.Descriptor instead.
 func (*PostPendingTransferResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{42}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PostPendingTransferResponse) GetPendingTransfer() *PendingTransfer {
@@ -2645,7 +2733,7 @@ type VoidPendingTransferRequest struct {
 
 func (x *VoidPendingTransferRequest) Reset() {
 	*x = VoidPendingTransferRequest{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[43]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2745,7 @@ func (x *VoidPendingTransferRequest) String() string {
 func (*VoidPendingTransferRequest) ProtoMessage() {}
 
 func (x *VoidPendingTransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[43]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2758,7 @@ func (x *VoidPendingTransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VoidPendingTransferRequest.ProtoReflect.Descriptor instead.
 func (*VoidPendingTransferRequest) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{43}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *VoidPendingTransferRequest) GetIdempotencyKey() string {
@@ -2705,7 +2793,7 @@ type VoidPendingTransferResponse struct {
 
 func (x *VoidPendingTransferResponse) Reset() {
 	*x = VoidPendingTransferResponse{}
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[44]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2805,7 @@ func (x *VoidPendingTransferResponse) String() string {
 func (*VoidPendingTransferResponse) ProtoMessage() {}
 
 func (x *VoidPendingTransferResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[44]
+	mi := &file_tally_ledger_v1_ledger_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2818,7 @@ func (x *VoidPendingTransferResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VoidPendingTransferResponse.ProtoReflect.Descriptor instead.
 func (*VoidPendingTransferResponse) Descriptor() ([]byte, []int) {
-	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{44}
+	return file_tally_ledger_v1_ledger_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *VoidPendingTransferResponse) GetPendingTransfer() *PendingTransfer {
@@ -2872,12 +2960,21 @@ const file_tally_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x13CloseAccountRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x14CloseAccountResponse\x122\n" +
-	"\aaccount\x18\x01 \x01(\v2\x18.tally.ledger.v1.AccountR\aaccount\"2\n" +
+	"\aaccount\x18\x01 \x01(\v2\x18.tally.ledger.v1.AccountR\aaccount\"^\n" +
 	"\x11GetBalanceRequest\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x01 \x01(\tR\taccountId\"H\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x83\x01\n" +
 	"\x12GetBalanceResponse\x122\n" +
-	"\abalance\x18\x01 \x01(\v2\x18.tally.ledger.v1.BalanceR\abalance\"o\n" +
+	"\abalance\x18\x01 \x01(\v2\x18.tally.ledger.v1.BalanceR\abalance\x129\n" +
+	"\n" +
+	"balance_at\x18\x02 \x01(\v2\x1a.tally.ledger.v1.BalanceAtR\tbalanceAt\"\x86\x01\n" +
+	"\tBalanceAt\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x14\n" +
+	"\x05asset\x18\x02 \x01(\tR\x05asset\x12\x18\n" +
+	"\abalance\x18\x03 \x01(\tR\abalance\x12*\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"o\n" +
 	"\x12ListEntriesRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
@@ -2984,7 +3081,7 @@ func file_tally_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_tally_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_tally_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_tally_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_tally_ledger_v1_ledger_proto_goTypes = []any{
 	(*Asset)(nil),                       // 0: tally.ledger.v1.Asset
 	(*Account)(nil),                     // 1: tally.ledger.v1.Account
@@ -3013,34 +3110,35 @@ var file_tally_ledger_v1_ledger_proto_goTypes = []any{
 	(*CloseAccountResponse)(nil),        // 24: tally.ledger.v1.CloseAccountResponse
 	(*GetBalanceRequest)(nil),           // 25: tally.ledger.v1.GetBalanceRequest
 	(*GetBalanceResponse)(nil),          // 26: tally.ledger.v1.GetBalanceResponse
-	(*ListEntriesRequest)(nil),          // 27: tally.ledger.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),         // 28: tally.ledger.v1.ListEntriesResponse
-	(*FollowEntriesRequest)(nil),        // 29: tally.ledger.v1.FollowEntriesRequest
-	(*FollowEntriesResponse)(nil),       // 30: tally.ledger.v1.FollowEntriesResponse
-	(*TransferRequest)(nil),             // 31: tally.ledger.v1.TransferRequest
-	(*TransferResponse)(nil),            // 32: tally.ledger.v1.TransferResponse
-	(*PostTransactionRequest)(nil),      // 33: tally.ledger.v1.PostTransactionRequest
-	(*PostTransactionResponse)(nil),     // 34: tally.ledger.v1.PostTransactionResponse
-	(*GetTransactionRequest)(nil),       // 35: tally.ledger.v1.GetTransactionRequest
-	(*GetTransactionResponse)(nil),      // 36: tally.ledger.v1.GetTransactionResponse
-	(*ReverseTransactionRequest)(nil),   // 37: tally.ledger.v1.ReverseTransactionRequest
-	(*ReverseTransactionResponse)(nil),  // 38: tally.ledger.v1.ReverseTransactionResponse
-	(*GetPendingTransferRequest)(nil),   // 39: tally.ledger.v1.GetPendingTransferRequest
-	(*GetPendingTransferResponse)(nil),  // 40: tally.ledger.v1.GetPendingTransferResponse
-	(*PostPendingTransferRequest)(nil),  // 41: tally.ledger.v1.PostPendingTransferRequest
-	(*PostPendingTransferResponse)(nil), // 42: tally.ledger.v1.PostPendingTransferResponse
-	(*VoidPendingTransferRequest)(nil),  // 43: tally.ledger.v1.VoidPendingTransferRequest
-	(*VoidPendingTransferResponse)(nil), // 44: tally.ledger.v1.VoidPendingTransferResponse
-	(*timestamppb.Timestamp)(nil),       // 45: google.protobuf.Timestamp
+	(*BalanceAt)(nil),                   // 27: tally.ledger.v1.BalanceAt
+	(*ListEntriesRequest)(nil),          // 28: tally.ledger.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),         // 29: tally.ledger.v1.ListEntriesResponse
+	(*FollowEntriesRequest)(nil),        // 30: tally.ledger.v1.FollowEntriesRequest
+	(*FollowEntriesResponse)(nil),       // 31: tally.ledger.v1.FollowEntriesResponse
+	(*TransferRequest)(nil),             // 32: tally.ledger.v1.TransferRequest
+	(*TransferResponse)(nil),            // 33: tally.ledger.v1.TransferResponse
+	(*PostTransactionRequest)(nil),      // 34: tally.ledger.v1.PostTransactionRequest
+	(*PostTransactionResponse)(nil),     // 35: tally.ledger.v1.PostTransactionResponse
+	(*GetTransactionRequest)(nil),       // 36: tally.ledger.v1.GetTransactionRequest
+	(*GetTransactionResponse)(nil),      // 37: tally.ledger.v1.GetTransactionResponse
+	(*ReverseTransactionRequest)(nil),   // 38: tally.ledger.v1.ReverseTransactionRequest
+	(*ReverseTransactionResponse)(nil),  // 39: tally.ledger.v1.ReverseTransactionResponse
+	(*GetPendingTransferRequest)(nil),   // 40: tally.ledger.v1.GetPendingTransferRequest
+	(*GetPendingTransferResponse)(nil),  // 41: tally.ledger.v1.GetPendingTransferResponse
+	(*PostPendingTransferRequest)(nil),  // 42: tally.ledger.v1.PostPendingTransferRequest
+	(*PostPendingTransferResponse)(nil), // 43: tally.ledger.v1.PostPendingTransferResponse
+	(*VoidPendingTransferRequest)(nil),  // 44: tally.ledger.v1.VoidPendingTransferRequest
+	(*VoidPendingTransferResponse)(nil), // 45: tally.ledger.v1.VoidPendingTransferResponse
+	(*timestamppb.Timestamp)(nil),       // 46: google.protobuf.Timestamp
 }
 var file_tally_ledger_v1_ledger_proto_depIdxs = []int32{
-	45, // 0: tally.ledger.v1.Account.created_at:type_name -> google.protobuf.Timestamp
-	45, // 1: tally.ledger.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
+	46, // 0: tally.ledger.v1.Account.created_at:type_name -> google.protobuf.Timestamp
+	46, // 1: tally.ledger.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
 	4,  // 2: tally.ledger.v1.Transaction.postings:type_name -> tally.ledger.v1.Posting
-	45, // 3: tally.ledger.v1.Transaction.created_at:type_name -> google.protobuf.Timestamp
-	45, // 4: tally.ledger.v1.PendingTransfer.expires_at:type_name -> google.protobuf.Timestamp
-	45, // 5: tally.ledger.v1.PendingTransfer.resolved_at:type_name -> google.protobuf.Timestamp
-	45, // 6: tally.ledger.v1.PendingTransfer.created_at:type_name -> google.protobuf.Timestamp
+	46, // 3: tally.ledger.v1.Transaction.created_at:type_name -> google.protobuf.Timestamp
+	46, // 4: tally.ledger.v1.PendingTransfer.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 5: tally.ledger.v1.PendingTransfer.resolved_at:type_name -> google.protobuf.Timestamp
+	46, // 6: tally.ledger.v1.PendingTransfer.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: tally.ledger.v1.RegisterAssetResponse.asset:type_name -> tally.ledger.v1.Asset
 	0,  // 8: tally.ledger.v1.ListAssetsResponse.assets:type_name -> tally.ledger.v1.Asset
 	0,  // 9: tally.ledger.v1.GetAssetResponse.asset:type_name -> tally.ledger.v1.Asset
@@ -3050,61 +3148,64 @@ var file_tally_ledger_v1_ledger_proto_depIdxs = []int32{
 	1,  // 13: tally.ledger.v1.FreezeAccountResponse.account:type_name -> tally.ledger.v1.Account
 	1,  // 14: tally.ledger.v1.UnfreezeAccountResponse.account:type_name -> tally.ledger.v1.Account
 	1,  // 15: tally.ledger.v1.CloseAccountResponse.account:type_name -> tally.ledger.v1.Account
-	2,  // 16: tally.ledger.v1.GetBalanceResponse.balance:type_name -> tally.ledger.v1.Balance
-	3,  // 17: tally.ledger.v1.ListEntriesResponse.entries:type_name -> tally.ledger.v1.Entry
-	3,  // 18: tally.ledger.v1.FollowEntriesResponse.entry:type_name -> tally.ledger.v1.Entry
-	5,  // 19: tally.ledger.v1.TransferResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	6,  // 20: tally.ledger.v1.TransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	4,  // 21: tally.ledger.v1.PostTransactionRequest.postings:type_name -> tally.ledger.v1.Posting
-	5,  // 22: tally.ledger.v1.PostTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	5,  // 23: tally.ledger.v1.GetTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	5,  // 24: tally.ledger.v1.ReverseTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	6,  // 25: tally.ledger.v1.GetPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	6,  // 26: tally.ledger.v1.PostPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	6,  // 27: tally.ledger.v1.VoidPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	7,  // 28: tally.ledger.v1.LedgerService.RegisterAsset:input_type -> tally.ledger.v1.RegisterAssetRequest
-	9,  // 29: tally.ledger.v1.LedgerService.ListAssets:input_type -> tally.ledger.v1.ListAssetsRequest
-	11, // 30: tally.ledger.v1.LedgerService.GetAsset:input_type -> tally.ledger.v1.GetAssetRequest
-	13, // 31: tally.ledger.v1.LedgerService.CreateAccount:input_type -> tally.ledger.v1.CreateAccountRequest
-	15, // 32: tally.ledger.v1.LedgerService.ListAccounts:input_type -> tally.ledger.v1.ListAccountsRequest
-	17, // 33: tally.ledger.v1.LedgerService.GetAccount:input_type -> tally.ledger.v1.GetAccountRequest
-	19, // 34: tally.ledger.v1.LedgerService.FreezeAccount:input_type -> tally.ledger.v1.FreezeAccountRequest
-	21, // 35: tally.ledger.v1.LedgerService.UnfreezeAccount:input_type -> tally.ledger.v1.UnfreezeAccountRequest
-	23, // 36: tally.ledger.v1.LedgerService.CloseAccount:input_type -> tally.ledger.v1.CloseAccountRequest
-	25, // 37: tally.ledger.v1.LedgerService.GetBalance:input_type -> tally.ledger.v1.GetBalanceRequest
-	27, // 38: tally.ledger.v1.LedgerService.ListEntries:input_type -> tally.ledger.v1.ListEntriesRequest
-	29, // 39: tally.ledger.v1.LedgerService.FollowEntries:input_type -> tally.ledger.v1.FollowEntriesRequest
-	31, // 40: tally.ledger.v1.LedgerService.Transfer:input_type -> tally.ledger.v1.TransferRequest
-	33, // 41: tally.ledger.v1.LedgerService.PostTransaction:input_type -> tally.ledger.v1.PostTransactionRequest
-	35, // 42: tally.ledger.v1.LedgerService.GetTransaction:input_type -> tally.ledger.v1.GetTransactionRequest
-	37, // 43: tally.ledger.v1.LedgerService.ReverseTransaction:input_type -> tally.ledger.v1.ReverseTransactionRequest
-	39, // 44: tally.ledger.v1.LedgerService.GetPendingTransfer:input_type -> tally.ledger.v1.GetPendingTransferRequest
-	41, // 45: tally.ledger.v1.LedgerService.PostPendingTransfer:input_type -> tally.ledger.v1.PostPendingTransferRequest
-	43, // 46: tally.ledger.v1.LedgerService.VoidPendingTransfer:input_type -> tally.ledger.v1.VoidPendingTransferRequest
-	8,  // 47: tally.ledger.v1.LedgerService.RegisterAsset:output_type -> tally.ledger.v1.RegisterAssetResponse
-	10, // 48: tally.ledger.v1.LedgerService.ListAssets:output_type -> tally.ledger.v1.ListAssetsResponse
-	12, // 49: tally.ledger.v1.LedgerService.GetAsset:output_type -> tally.ledger.v1.GetAssetResponse
-	14, // 50: tally.ledger.v1.LedgerService.CreateAccount:output_type -> tally.ledger.v1.CreateAccountResponse
-	16, // 51: tally.ledger.v1.LedgerService.ListAccounts:output_type -> tally.ledger.v1.ListAccountsResponse
-	18, // 52: tally.ledger.v1.LedgerService.GetAccount:output_type -> tally.ledger.v1.GetAccountResponse
-	20, // 53: tally.ledger.v1.LedgerService.FreezeAccount:output_type -> tally.ledger.v1.FreezeAccountResponse
-	22, // 54: tally.ledger.v1.LedgerService.UnfreezeAccount:output_type -> tally.ledger.v1.UnfreezeAccountResponse
-	24, // 55: tally.ledger.v1.LedgerService.CloseAccount:output_type -> tally.ledger.v1.CloseAccountResponse
-	26, // 56: tally.ledger.v1.LedgerService.GetBalance:output_type -> tally.ledger.v1.GetBalanceResponse
-	28, // 57: tally.ledger.v1.LedgerService.ListEntries:output_type -> tally.ledger.v1.ListEntriesResponse
-	30, // 58: tally.ledger.v1.LedgerService.FollowEntries:output_type -> tally.ledger.v1.FollowEntriesResponse
-	32, // 59: tally.ledger.v1.LedgerService.Transfer:output_type -> tally.ledger.v1.TransferResponse
-	34, // 60: tally.ledger.v1.LedgerService.PostTransaction:output_type -> tally.ledger.v1.PostTransactionResponse
-	36, // 61: tally.ledger.v1.LedgerService.GetTransaction:output_type -> tally.ledger.v1.GetTransactionResponse
-	38, // 62: tally.ledger.v1.LedgerService.ReverseTransaction:output_type -> tally.ledger.v1.ReverseTransactionResponse
-	40, // 63: tally.ledger.v1.LedgerService.GetPendingTransfer:output_type -> tally.ledger.v1.GetPendingTransferResponse
-	42, // 64: tally.ledger.v1.LedgerService.PostPendingTransfer:output_type -> tally.ledger.v1.PostPendingTransferResponse
-	44, // 65: tally.ledger.v1.LedgerService.VoidPendingTransfer:output_type -> tally.ledger.v1.VoidPendingTransferResponse
-	47, // [47:66] is the sub-list for method output_type
-	28, // [28:47] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	46, // 16: tally.ledger.v1.GetBalanceRequest.at:type_name -> google.protobuf.Timestamp
+	2,  // 17: tally.ledger.v1.GetBalanceResponse.balance:type_name -> tally.ledger.v1.Balance
+	27, // 18: tally.ledger.v1.GetBalanceResponse.balance_at:type_name -> tally.ledger.v1.BalanceAt
+	46, // 19: tally.ledger.v1.BalanceAt.at:type_name -> google.protobuf.Timestamp
+	3,  // 20: tally.ledger.v1.ListEntriesResponse.entries:type_name -> tally.ledger.v1.Entry
+	3,  // 21: tally.ledger.v1.FollowEntriesResponse.entry:type_name -> tally.ledger.v1.Entry
+	5,  // 22: tally.ledger.v1.TransferResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	6,  // 23: tally.ledger.v1.TransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	4,  // 24: tally.ledger.v1.PostTransactionRequest.postings:type_name -> tally.ledger.v1.Posting
+	5,  // 25: tally.ledger.v1.PostTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	5,  // 26: tally.ledger.v1.GetTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	5,  // 27: tally.ledger.v1.ReverseTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	6,  // 28: tally.ledger.v1.GetPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	6,  // 29: tally.ledger.v1.PostPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	6,  // 30: tally.ledger.v1.VoidPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	7,  // 31: tally.ledger.v1.LedgerService.RegisterAsset:input_type -> tally.ledger.v1.RegisterAssetRequest
+	9,  // 32: tally.ledger.v1.LedgerService.ListAssets:input_type -> tally.ledger.v1.ListAssetsRequest
+	11, // 33: tally.ledger.v1.LedgerService.GetAsset:input_type -> tally.ledger.v1.GetAssetRequest
+	13, // 34: tally.ledger.v1.LedgerService.CreateAccount:input_type -> tally.ledger.v1.CreateAccountRequest
+	15, // 35: tally.ledger.v1.LedgerService.ListAccounts:input_type -> tally.ledger.v1.ListAccountsRequest
+	17, // 36: tally.ledger.v1.LedgerService.GetAccount:input_type -> tally.ledger.v1.GetAccountRequest
+	19, // 37: tally.ledger.v1.LedgerService.FreezeAccount:input_type -> tally.ledger.v1.FreezeAccountRequest
+	21, // 38: tally.ledger.v1.LedgerService.UnfreezeAccount:input_type -> tally.ledger.v1.UnfreezeAccountRequest
+	23, // 39: tally.ledger.v1.LedgerService.CloseAccount:input_type -> tally.ledger.v1.CloseAccountRequest
+	25, // 40: tally.ledger.v1.LedgerService.GetBalance:input_type -> tally.ledger.v1.GetBalanceRequest
+	28, // 41: tally.ledger.v1.LedgerService.ListEntries:input_type -> tally.ledger.v1.ListEntriesRequest
+	30, // 42: tally.ledger.v1.LedgerService.FollowEntries:input_type -> tally.ledger.v1.FollowEntriesRequest
+	32, // 43: tally.ledger.v1.LedgerService.Transfer:input_type -> tally.ledger.v1.TransferRequest
+	34, // 44: tally.ledger.v1.LedgerService.PostTransaction:input_type -> tally.ledger.v1.PostTransactionRequest
+	36, // 45: tally.ledger.v1.LedgerService.GetTransaction:input_type -> tally.ledger.v1.GetTransactionRequest
+	38, // 46: tally.ledger.v1.LedgerService.ReverseTransaction:input_type -> tally.ledger.v1.ReverseTransactionRequest
+	40, // 47: tally.ledger.v1.LedgerService.GetPendingTransfer:input_type -> tally.ledger.v1.GetPendingTransferRequest
+	42, // 48: tally.ledger.v1.LedgerService.PostPendingTransfer:input_type -> tally.ledger.v1.PostPendingTransferRequest
+	44, // 49: tally.ledger.v1.LedgerService.VoidPendingTransfer:input_type -> tally.ledger.v1.VoidPendingTransferRequest
+	8,  // 50: tally.ledger.v1.LedgerService.RegisterAsset:output_type -> tally.ledger.v1.RegisterAssetResponse
+	10, // 51: tally.ledger.v1.LedgerService.ListAssets:output_type -> tally.ledger.v1.ListAssetsResponse
+	12, // 52: tally.ledger.v1.LedgerService.GetAsset:output_type -> tally.ledger.v1.GetAssetResponse
+	14, // 53: tally.ledger.v1.LedgerService.CreateAccount:output_type -> tally.ledger.v1.CreateAccountResponse
+	16, // 54: tally.ledger.v1.LedgerService.ListAccounts:output_type -> tally.ledger.v1.ListAccountsResponse
+	18, // 55: tally.ledger.v1.LedgerService.GetAccount:output_type -> tally.ledger.v1.GetAccountResponse
+	20, // 56: tally.ledger.v1.LedgerService.FreezeAccount:output_type -> tally.ledger.v1.FreezeAccountResponse
+	22, // 57: tally.ledger.v1.LedgerService.UnfreezeAccount:output_type -> tally.ledger.v1.UnfreezeAccountResponse
+	24, // 58: tally.ledger.v1.LedgerService.CloseAccount:output_type -> tally.ledger.v1.CloseAccountResponse
+	26, // 59: tally.ledger.v1.LedgerService.GetBalance:output_type -> tally.ledger.v1.GetBalanceResponse
+	29, // 60: tally.ledger.v1.LedgerService.ListEntries:output_type -> tally.ledger.v1.ListEntriesResponse
+	31, // 61: tally.ledger.v1.LedgerService.FollowEntries:output_type -> tally.ledger.v1.FollowEntriesResponse
+	33, // 62: tally.ledger.v1.LedgerService.Transfer:output_type -> tally.ledger.v1.TransferResponse
+	35, // 63: tally.ledger.v1.LedgerService.PostTransaction:output_type -> tally.ledger.v1.PostTransactionResponse
+	37, // 64: tally.ledger.v1.LedgerService.GetTransaction:output_type -> tally.ledger.v1.GetTransactionResponse
+	39, // 65: tally.ledger.v1.LedgerService.ReverseTransaction:output_type -> tally.ledger.v1.ReverseTransactionResponse
+	41, // 66: tally.ledger.v1.LedgerService.GetPendingTransfer:output_type -> tally.ledger.v1.GetPendingTransferResponse
+	43, // 67: tally.ledger.v1.LedgerService.PostPendingTransfer:output_type -> tally.ledger.v1.PostPendingTransferResponse
+	45, // 68: tally.ledger.v1.LedgerService.VoidPendingTransfer:output_type -> tally.ledger.v1.VoidPendingTransferResponse
+	50, // [50:69] is the sub-list for method output_type
+	31, // [31:50] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tally_ledger_v1_ledger_proto_init() }
@@ -3115,7 +3216,7 @@ func file_tally_ledger_v1_ledger_proto_init() {
 	file_tally_ledger_v1_ledger_proto_msgTypes[1].OneofWrappers = []any{}
 	file_tally_ledger_v1_ledger_proto_msgTypes[7].OneofWrappers = []any{}
 	file_tally_ledger_v1_ledger_proto_msgTypes[13].OneofWrappers = []any{}
-	file_tally_ledger_v1_ledger_proto_msgTypes[32].OneofWrappers = []any{
+	file_tally_ledger_v1_ledger_proto_msgTypes[33].OneofWrappers = []any{
 		(*TransferResponse_Transaction)(nil),
 		(*TransferResponse_PendingTransfer)(nil),
 	}
@@ -3125,7 +3226,7 @@ func file_tally_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_ledger_v1_ledger_proto_rawDesc), len(file_tally_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
