@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -102,6 +103,16 @@ func (id TransactionID) Shard() int { return int(id[9])<<8 | int(id[10]) }
 
 // String is the canonical text form.
 func (id TransactionID) String() string { return uuid.UUID(id).String() }
+
+// Time is when the id was made, to the millisecond (its UUIDv7 timestamp), which is
+// where the journal keeps the transaction.
+func (id TransactionID) Time() time.Time {
+	var ms int64
+	for _, b := range id[:6] {
+		ms = ms<<8 | int64(b)
+	}
+	return time.UnixMilli(ms)
+}
 
 // MarshalText implements encoding.TextMarshaler.
 func (id TransactionID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }

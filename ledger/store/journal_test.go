@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/tallyhq/tally/internal/journaltest"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
 	"github.com/tallyhq/tally/ledger/migrations"
@@ -59,7 +60,7 @@ func TestJournalIsPartitionedByMonth(t *testing.T) {
 	if first.UTC().Day() != 1 || first.UTC().Hour() != 0 {
 		t.Errorf("first monthly partition starts %s", first)
 	}
-	later := transactionMadeAt(t, first.Add(36*time.Hour))
+	later := journaltest.TransactionMadeAt(t, 0, first.Add(36*time.Hour))
 	if err := super.QueryRow(ctx, "SELECT tally.uuid_at($1) <= $2 AND tally.uuid_time($2) = $3",
 		first.Add(36*time.Hour), [16]byte(later), first.Add(36*time.Hour).Truncate(time.Millisecond)).Scan(new(bool)); err != nil {
 		t.Fatal(err)
@@ -76,20 +77,6 @@ func TestJournalIsPartitionedByMonth(t *testing.T) {
 		t.Errorf("later transfer's entries in %s, want tally.entries_%s", entries, sfx)
 	}
 	f.verify()
-}
-
-// transactionMadeAt is a transaction id for shard 0 as if made at the given moment.
-func transactionMadeAt(t testing.TB, at time.Time) ledger.TransactionID {
-	t.Helper()
-	id, err := ledger.NewTransactionID(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms := at.UnixMilli()
-	for i := range 6 {
-		id[i] = byte(ms >> (8 * (5 - i)))
-	}
-	return id
 }
 
 func (f *fixture) post2(r store.Request) ledger.Outcome {
@@ -205,29 +192,6 @@ func pgCode(err error) string {
 	return ""
 }
 
-// dailyPartitionsSince re-partitions an empty journal into "history" before t0 and
-// partitions a day wide from t0 on, so boundaries lie in the past.
-func dailyPartitionsSince(t *testing.T, f *fixture, t0 time.Time) {
-	t.Helper()
-	ctx := context.Background()
-	super := f.db.SuperConn(t)
-	if _, err := super.Exec(ctx, fmt.Sprintf(`DO $$ DECLARE r record; BEGIN
-		FOR r IN SELECT suffix FROM tally.journal_partitions LOOP
-		  EXECUTE format('DROP TABLE tally.%%I, tally.%%I', 'transactions_' || r.suffix, 'entries_' || r.suffix);
-		END LOOP;
-		DELETE FROM tally.journal_partitions;
-		UPDATE tally.journal_settings SET partition_width = '1 day';
-		EXECUTE format('CREATE TABLE tally.transactions_history PARTITION OF tally.transactions FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
-		EXECUTE format('CREATE TABLE tally.entries_history PARTITION OF tally.entries FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
-		INSERT INTO tally.journal_partitions (starts, ends, suffix) VALUES ('-infinity', %[1]s, 'history');
-		END $$`, "'"+t0.Format(time.RFC3339)+"'::timestamptz")); err != nil {
-		t.Fatal(err)
-	}
-	if made, err := f.store.EnsurePartitions(ctx, 24*time.Hour); err != nil || made < 5 {
-		t.Fatalf("daily partitions: %d %v", made, err)
-	}
-}
-
 // Checkpoints at each boundary past its grace hold each slot's sum before it; a
 // balance at any moment is the checkpoint plus the entries after it; the journal before
 // the latest checkpoint is sealed; and before the horizon the answer is "archived".
@@ -236,11 +200,11 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC()
 	t0 := now.Truncate(24 * time.Hour).Add(-4 * 24 * time.Hour)
-	dailyPartitionsSince(t, f, t0)
+	journaltest.DailyPartitionsSince(t, f.db.SuperConn(t), t0)
 	a, b, c := f.account("a", 0), f.account("b", 0), f.account("c", 0)
 	f.post("fund", usd(f.external, a, 1000)) // made now
 	fundC := request(t, "fund-c", usd(f.external, c, 500))
-	fundC.Transaction.ID = transactionMadeAt(t, t0.Add(-2*time.Hour))
+	fundC.Transaction.ID = journaltest.TransactionMadeAt(t, 0, t0.Add(-2*time.Hour))
 	f.post2(fundC)
 	type move struct {
 		at     time.Time
@@ -250,7 +214,7 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	f.post("fund-b", usd(f.external, b, 1000))
 	for i, m := range moves {
 		r := request(t, fmt.Sprint("m", i), usd(b, a, m.amount))
-		r.Transaction.ID = transactionMadeAt(t, m.at)
+		r.Transaction.ID = journaltest.TransactionMadeAt(t, 0, m.at)
 		if out := f.post2(r); out.Status != 201 {
 			t.Fatalf("move %d: %d %s", i, out.Status, out.Body)
 		}
@@ -296,7 +260,7 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	}
 	// Sealed: nothing made before the latest checkpoint joins the journal.
 	late := request(t, "late", usd(b, a, 1))
-	late.Transaction.ID = transactionMadeAt(t, t0.Add(2*time.Hour))
+	late.Transaction.ID = journaltest.TransactionMadeAt(t, 0, t0.Add(2*time.Hour))
 	if out, err := f.store.PostTransaction(ctx, late); err == nil && out.Status == 201 {
 		t.Errorf("a transaction made before the latest checkpoint was written")
 	}

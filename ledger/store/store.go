@@ -538,6 +538,9 @@ func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledge
 		FROM tally.transactions t LEFT JOIN tally.reversals r ON r.reversal_id = t.id
 		WHERE t.id = $1`, [16]byte(id)).Scan(&meta, &tx.CreatedAt, &reverses)
 	if errors.Is(err, pgx.ErrNoRows) {
+		if horizon, archived, herr := s.Horizon(ctx); herr == nil && archived && id.Time().Before(horizon) {
+			return tx, ledger.Errorf(ledger.CodeHistoryArchived, "transaction %s was made before %s, the retention horizon: it is archived", id, horizon.UTC().Format(time.RFC3339))
+		}
 		return tx, ledger.Errorf(ledger.CodeTransactionNotFound, "transaction %s does not exist", id)
 	}
 	if err != nil {

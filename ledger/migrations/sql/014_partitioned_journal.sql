@@ -623,3 +623,33 @@ DO $$ BEGIN
   END IF;
 END $$;
 CREATE INDEX CONCURRENTLY IF NOT EXISTS pending_transfers_by_source ON tally.pending_transfers (from_account, id);
+
+-- Archival (spec.retention): once a partition's rows are in an archive that was written
+-- and checked (ledger/archive), the partition is detached and dropped here, oldest first
+-- and only after its end was checkpointed (so the checks and balances that stand on the
+-- checkpoint lose nothing), and the registry keeps what the archive is. The owner runs it;
+-- nobody else may.
+CREATE OR REPLACE FUNCTION tally.drop_archived_partition(p_suffix text, p_archive jsonb) RETURNS void
+  LANGUAGE plpgsql AS $$
+DECLARE
+  v_part tally.journal_partitions;
+BEGIN
+  SELECT * INTO v_part FROM tally.journal_partitions WHERE suffix = p_suffix FOR UPDATE;
+  IF NOT FOUND OR v_part.state <> 'attached' THEN
+    RAISE EXCEPTION 'tally: no attached partition %', p_suffix USING ERRCODE = 'undefined_object';
+  END IF;
+  IF EXISTS (SELECT FROM tally.journal_partitions p WHERE p.state = 'attached' AND p.starts < v_part.starts) THEN
+    RAISE EXCEPTION 'tally: partition % is not the oldest attached; archive older ones first', p_suffix
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  IF NOT EXISTS (SELECT FROM tally.checkpoints c WHERE c.at = v_part.ends) THEN
+    RAISE EXCEPTION 'tally: partition % has no checkpoint at its end (%); checkpoints come first', p_suffix, v_part.ends
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  PERFORM tally.lock_for_ddl('{tally.transactions, tally.entries}');
+  EXECUTE format('ALTER TABLE tally.transactions DETACH PARTITION tally.%I', 'transactions_' || p_suffix);
+  EXECUTE format('ALTER TABLE tally.entries DETACH PARTITION tally.%I', 'entries_' || p_suffix);
+  EXECUTE format('DROP TABLE tally.%I, tally.%I', 'transactions_' || p_suffix, 'entries_' || p_suffix);
+  UPDATE tally.journal_partitions SET state = 'archived', archive = p_archive WHERE suffix = p_suffix;
+END $$;
+REVOKE ALL ON FUNCTION tally.drop_archived_partition(text, jsonb) FROM PUBLIC;
