@@ -37,6 +37,8 @@ func commands() []command {
 		{"relay", "publish the shards' events to Kafka (the transactional outbox relay)", runRelay},
 		{"events tail", "print the events a relay published, from a Kafka topic", runEventsTail},
 		{"events broker", "serve an in-memory Kafka broker (kfake) to try events with; not for production", runEventsBroker},
+		{"archive run", "archive a shard's journal partitions past its retention to files, then drop them", runArchive},
+		{"archive restore", "load an archived partition into a database and verify it there", runArchiveRestore},
 		{"copy-binary", "copy this binary to a path (the PostgreSQL pods' init container)", runCopyBinary},
 	}
 }

@@ -202,6 +202,13 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// ReadManifest reads the archive at path and returns its manifest, having checked every
+// member against it.
+func ReadManifest(path string) (Manifest, error) {
+	m, _, err := read(path, func(string, io.Reader) (int64, error) { return 0, nil })
+	return m, err
+}
+
 // slot names an account's balance slot in an archive's rows.
 type slot struct{ account, slot string }
 

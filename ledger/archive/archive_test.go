@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tallyhq/tally/internal/cli"
 	"github.com/tallyhq/tally/internal/journaltest"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/ledger"
@@ -133,6 +135,17 @@ func TestArchiveRoundTrip(t *testing.T) {
 	}
 	if entries != 2*(2+3*2) {
 		t.Errorf("%d entries archived, want %d", entries, 2*(2+3*2))
+	}
+	// The commands: archive run finds nothing more; archive restore verifies a file.
+	var out strings.Builder
+	if code := cli.Run(ctx, []string{"archive", "run", "--database-url", db.SuperDSN(), "--dir", dir, "--keep-months", "1"}, &out, &out); code != 0 ||
+		!strings.Contains(out.String(), "nothing to archive") {
+		t.Errorf("tally archive run: %d %s", code, out.String())
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"archive", "restore", "--file", done[2].File, "--database-url", pgtest.NewEmptyDB(t).SuperDSN()}, &out, &out); code != 0 ||
+		!strings.Contains(out.String(), "ok: partition "+done[2].Partition) {
+		t.Errorf("tally archive restore: %d %s", code, out.String())
 	}
 	// Verify has teeth: an amount changed in a restored archive is found.
 	if _, err := elsewhere.Exec(ctx, `UPDATE restored_history.entries SET amount = amount + 1, balance_after = balance_after + 1

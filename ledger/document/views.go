@@ -146,6 +146,9 @@ type Entry struct {
 type Page[T any] struct {
 	Data       []T    `json:"data"`
 	NextCursor string `json:"next_cursor,omitempty"`
+	// ArchivedBefore, on the last page of a history, says that what came before it is
+	// archived (the retention horizon), not that nothing did.
+	ArchivedBefore *time.Time `json:"archived_before,omitempty"`
 }
 
 // EntryOf renders an entry of an asset of that scale.

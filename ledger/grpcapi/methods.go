@@ -143,6 +143,9 @@ func (a *API) ListEntries(ctx context.Context, req *ledgerv1.ListEntriesRequest)
 		return nil, err
 	}
 	out := &ledgerv1.ListEntriesResponse{NextPageToken: v.NextCursor}
+	if v.ArchivedBefore != nil {
+		out.ArchivedBefore = timestamp(*v.ArchivedBefore)
+	}
 	for _, e := range v.Data {
 		out.Entries = append(out.Entries, entryMessage(e))
 	}

@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tallyhq/tally/internal/journaltest"
 	"github.com/tallyhq/tally/internal/pgtest"
 	"github.com/tallyhq/tally/internal/settest"
 	"github.com/tallyhq/tally/ledger"
@@ -22,6 +24,7 @@ import (
 	"github.com/tallyhq/tally/ledger/httpapi"
 	"github.com/tallyhq/tally/ledger/service"
 	"github.com/tallyhq/tally/ledger/shardset"
+	"github.com/tallyhq/tally/ledger/store"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -191,6 +194,46 @@ func TestBalanceAtAMoment(t *testing.T) {
 	missing, _ := ledger.NewAccountID(0)
 	if r := at(missing.String(), between); r.code() != ledger.CodeAccountNotFound {
 		t.Errorf("missing account's balance at a moment: %d %s", r.status, r.body)
+	}
+}
+
+// Reads before the retention horizon say the history is archived: a transaction, a
+// balance at a moment, and the end of an account's entries.
+func TestReadsBeforeTheHorizonSayArchived(t *testing.T) {
+	ctx := context.Background()
+	db := pgtest.NewShardDB(t, 0)
+	t0 := time.Now().UTC().Truncate(24 * time.Hour).Add(-2 * 24 * time.Hour)
+	journaltest.DailyPartitionsSince(t, db.SuperConn(t), t0)
+	pool, err := pgxpool.New(ctx, db.SuperDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	owner := store.New(pool)
+	if _, err := owner.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.DropArchivedPartition(ctx, "history", []byte(`{"file":"history.tar.gz"}`)); err != nil {
+		t.Fatal(err)
+	}
+	c := newClientOver(t, []*pgtest.DB{db}, nil)
+	c.asset("USD", 2)
+	a := c.account("alice", "USD")
+	c.must(201, c.transfer("in", "external", a, "3", "USD"))
+	page := c.must(200, c.do("GET", "/v1/accounts/"+a+"/entries", ""))
+	if got := page.field("archived_before"); got != t0.Format(time.RFC3339) {
+		t.Errorf("entries' last page: %s, want archived_before %s", page.body, t0.Format(time.RFC3339))
+	}
+	old := journaltest.TransactionMadeAt(t, 0, t0.Add(-time.Hour))
+	if r := c.do("GET", "/v1/transactions/"+old.String(), ""); r.status != 410 || r.code() != ledger.CodeHistoryArchived {
+		t.Errorf("a transaction before the horizon: %d %s", r.status, r.body)
+	}
+	if r := c.do("GET", "/v1/accounts/"+a+"/balance?at="+t0.Add(-time.Hour).Format(time.RFC3339), ""); r.status != 410 || r.code() != ledger.CodeHistoryArchived {
+		t.Errorf("a balance before the horizon: %d %s", r.status, r.body)
+	}
+	recent := journaltest.TransactionMadeAt(t, 0, t0.Add(time.Hour))
+	if r := c.do("GET", "/v1/transactions/"+recent.String(), ""); r.code() != ledger.CodeTransactionNotFound {
+		t.Errorf("a missing transaction after the horizon: %d %s", r.status, r.body)
 	}
 }
 

@@ -400,5 +400,15 @@ func (s *Service) ListEntries(ctx context.Context, c auth.Caller, id string, lim
 		}
 		p.Data = append(p.Data, document.EntryOf(e, asset.Scale))
 	}
+	if p.NextCursor == "" {
+		horizon, archived, err := s.set.Horizon(ctx, aid.Shard())
+		if err != nil {
+			return Answer{}, err
+		}
+		if archived {
+			h := horizon.UTC()
+			p.ArchivedBefore = &h
+		}
+	}
 	return ok(p)
 }

@@ -374,6 +374,16 @@ func (s *Set) BalanceAt(ctx context.Context, id ledger.AccountID, at time.Time) 
 	return st.BalanceAt(ctx, id, at)
 }
 
+// Horizon is the shard's retention horizon: history before it is archived (ok false:
+// none is).
+func (s *Set) Horizon(ctx context.Context, shard int) (time.Time, bool, error) {
+	st, err := s.shard(shard)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	return st.Horizon(ctx)
+}
+
 // Entries lists an account's entries newest first, below the given entry id.
 func (s *Set) Entries(ctx context.Context, id ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
 	st, err := s.shard(id.Shard())

@@ -1816,13 +1816,15 @@ func (x *ListEntriesRequest) GetPageToken() string {
 	return ""
 }
 
-// ListEntriesResponse is a page of entries; next_page_token asks for the next.
+// ListEntriesResponse is a page of entries; next_page_token asks for the next. On the
+// last page, archived_before says that history before it is archived, not absent.
 type ListEntriesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Entries        []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	NextPageToken  string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	ArchivedBefore *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=archived_before,json=archivedBefore,proto3" json:"archived_before,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ListEntriesResponse) Reset() {
@@ -1867,6 +1869,13 @@ func (x *ListEntriesResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListEntriesResponse) GetArchivedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ArchivedBefore
+	}
+	return nil
 }
 
 // FollowEntriesRequest asks for an account's entries after resume_token (from an
@@ -2980,10 +2989,11 @@ const file_tally_ledger_v1_ledger_proto_rawDesc = "" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"o\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xb4\x01\n" +
 	"\x13ListEntriesResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.tally.ledger.v1.EntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"~\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12C\n" +
+	"\x0farchived_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0earchivedBefore\"~\n" +
 	"\x14FollowEntriesRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12$\n" +
@@ -3153,59 +3163,60 @@ var file_tally_ledger_v1_ledger_proto_depIdxs = []int32{
 	27, // 18: tally.ledger.v1.GetBalanceResponse.balance_at:type_name -> tally.ledger.v1.BalanceAt
 	46, // 19: tally.ledger.v1.BalanceAt.at:type_name -> google.protobuf.Timestamp
 	3,  // 20: tally.ledger.v1.ListEntriesResponse.entries:type_name -> tally.ledger.v1.Entry
-	3,  // 21: tally.ledger.v1.FollowEntriesResponse.entry:type_name -> tally.ledger.v1.Entry
-	5,  // 22: tally.ledger.v1.TransferResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	6,  // 23: tally.ledger.v1.TransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	4,  // 24: tally.ledger.v1.PostTransactionRequest.postings:type_name -> tally.ledger.v1.Posting
-	5,  // 25: tally.ledger.v1.PostTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	5,  // 26: tally.ledger.v1.GetTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	5,  // 27: tally.ledger.v1.ReverseTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
-	6,  // 28: tally.ledger.v1.GetPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	6,  // 29: tally.ledger.v1.PostPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	6,  // 30: tally.ledger.v1.VoidPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
-	7,  // 31: tally.ledger.v1.LedgerService.RegisterAsset:input_type -> tally.ledger.v1.RegisterAssetRequest
-	9,  // 32: tally.ledger.v1.LedgerService.ListAssets:input_type -> tally.ledger.v1.ListAssetsRequest
-	11, // 33: tally.ledger.v1.LedgerService.GetAsset:input_type -> tally.ledger.v1.GetAssetRequest
-	13, // 34: tally.ledger.v1.LedgerService.CreateAccount:input_type -> tally.ledger.v1.CreateAccountRequest
-	15, // 35: tally.ledger.v1.LedgerService.ListAccounts:input_type -> tally.ledger.v1.ListAccountsRequest
-	17, // 36: tally.ledger.v1.LedgerService.GetAccount:input_type -> tally.ledger.v1.GetAccountRequest
-	19, // 37: tally.ledger.v1.LedgerService.FreezeAccount:input_type -> tally.ledger.v1.FreezeAccountRequest
-	21, // 38: tally.ledger.v1.LedgerService.UnfreezeAccount:input_type -> tally.ledger.v1.UnfreezeAccountRequest
-	23, // 39: tally.ledger.v1.LedgerService.CloseAccount:input_type -> tally.ledger.v1.CloseAccountRequest
-	25, // 40: tally.ledger.v1.LedgerService.GetBalance:input_type -> tally.ledger.v1.GetBalanceRequest
-	28, // 41: tally.ledger.v1.LedgerService.ListEntries:input_type -> tally.ledger.v1.ListEntriesRequest
-	30, // 42: tally.ledger.v1.LedgerService.FollowEntries:input_type -> tally.ledger.v1.FollowEntriesRequest
-	32, // 43: tally.ledger.v1.LedgerService.Transfer:input_type -> tally.ledger.v1.TransferRequest
-	34, // 44: tally.ledger.v1.LedgerService.PostTransaction:input_type -> tally.ledger.v1.PostTransactionRequest
-	36, // 45: tally.ledger.v1.LedgerService.GetTransaction:input_type -> tally.ledger.v1.GetTransactionRequest
-	38, // 46: tally.ledger.v1.LedgerService.ReverseTransaction:input_type -> tally.ledger.v1.ReverseTransactionRequest
-	40, // 47: tally.ledger.v1.LedgerService.GetPendingTransfer:input_type -> tally.ledger.v1.GetPendingTransferRequest
-	42, // 48: tally.ledger.v1.LedgerService.PostPendingTransfer:input_type -> tally.ledger.v1.PostPendingTransferRequest
-	44, // 49: tally.ledger.v1.LedgerService.VoidPendingTransfer:input_type -> tally.ledger.v1.VoidPendingTransferRequest
-	8,  // 50: tally.ledger.v1.LedgerService.RegisterAsset:output_type -> tally.ledger.v1.RegisterAssetResponse
-	10, // 51: tally.ledger.v1.LedgerService.ListAssets:output_type -> tally.ledger.v1.ListAssetsResponse
-	12, // 52: tally.ledger.v1.LedgerService.GetAsset:output_type -> tally.ledger.v1.GetAssetResponse
-	14, // 53: tally.ledger.v1.LedgerService.CreateAccount:output_type -> tally.ledger.v1.CreateAccountResponse
-	16, // 54: tally.ledger.v1.LedgerService.ListAccounts:output_type -> tally.ledger.v1.ListAccountsResponse
-	18, // 55: tally.ledger.v1.LedgerService.GetAccount:output_type -> tally.ledger.v1.GetAccountResponse
-	20, // 56: tally.ledger.v1.LedgerService.FreezeAccount:output_type -> tally.ledger.v1.FreezeAccountResponse
-	22, // 57: tally.ledger.v1.LedgerService.UnfreezeAccount:output_type -> tally.ledger.v1.UnfreezeAccountResponse
-	24, // 58: tally.ledger.v1.LedgerService.CloseAccount:output_type -> tally.ledger.v1.CloseAccountResponse
-	26, // 59: tally.ledger.v1.LedgerService.GetBalance:output_type -> tally.ledger.v1.GetBalanceResponse
-	29, // 60: tally.ledger.v1.LedgerService.ListEntries:output_type -> tally.ledger.v1.ListEntriesResponse
-	31, // 61: tally.ledger.v1.LedgerService.FollowEntries:output_type -> tally.ledger.v1.FollowEntriesResponse
-	33, // 62: tally.ledger.v1.LedgerService.Transfer:output_type -> tally.ledger.v1.TransferResponse
-	35, // 63: tally.ledger.v1.LedgerService.PostTransaction:output_type -> tally.ledger.v1.PostTransactionResponse
-	37, // 64: tally.ledger.v1.LedgerService.GetTransaction:output_type -> tally.ledger.v1.GetTransactionResponse
-	39, // 65: tally.ledger.v1.LedgerService.ReverseTransaction:output_type -> tally.ledger.v1.ReverseTransactionResponse
-	41, // 66: tally.ledger.v1.LedgerService.GetPendingTransfer:output_type -> tally.ledger.v1.GetPendingTransferResponse
-	43, // 67: tally.ledger.v1.LedgerService.PostPendingTransfer:output_type -> tally.ledger.v1.PostPendingTransferResponse
-	45, // 68: tally.ledger.v1.LedgerService.VoidPendingTransfer:output_type -> tally.ledger.v1.VoidPendingTransferResponse
-	50, // [50:69] is the sub-list for method output_type
-	31, // [31:50] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	46, // 21: tally.ledger.v1.ListEntriesResponse.archived_before:type_name -> google.protobuf.Timestamp
+	3,  // 22: tally.ledger.v1.FollowEntriesResponse.entry:type_name -> tally.ledger.v1.Entry
+	5,  // 23: tally.ledger.v1.TransferResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	6,  // 24: tally.ledger.v1.TransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	4,  // 25: tally.ledger.v1.PostTransactionRequest.postings:type_name -> tally.ledger.v1.Posting
+	5,  // 26: tally.ledger.v1.PostTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	5,  // 27: tally.ledger.v1.GetTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	5,  // 28: tally.ledger.v1.ReverseTransactionResponse.transaction:type_name -> tally.ledger.v1.Transaction
+	6,  // 29: tally.ledger.v1.GetPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	6,  // 30: tally.ledger.v1.PostPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	6,  // 31: tally.ledger.v1.VoidPendingTransferResponse.pending_transfer:type_name -> tally.ledger.v1.PendingTransfer
+	7,  // 32: tally.ledger.v1.LedgerService.RegisterAsset:input_type -> tally.ledger.v1.RegisterAssetRequest
+	9,  // 33: tally.ledger.v1.LedgerService.ListAssets:input_type -> tally.ledger.v1.ListAssetsRequest
+	11, // 34: tally.ledger.v1.LedgerService.GetAsset:input_type -> tally.ledger.v1.GetAssetRequest
+	13, // 35: tally.ledger.v1.LedgerService.CreateAccount:input_type -> tally.ledger.v1.CreateAccountRequest
+	15, // 36: tally.ledger.v1.LedgerService.ListAccounts:input_type -> tally.ledger.v1.ListAccountsRequest
+	17, // 37: tally.ledger.v1.LedgerService.GetAccount:input_type -> tally.ledger.v1.GetAccountRequest
+	19, // 38: tally.ledger.v1.LedgerService.FreezeAccount:input_type -> tally.ledger.v1.FreezeAccountRequest
+	21, // 39: tally.ledger.v1.LedgerService.UnfreezeAccount:input_type -> tally.ledger.v1.UnfreezeAccountRequest
+	23, // 40: tally.ledger.v1.LedgerService.CloseAccount:input_type -> tally.ledger.v1.CloseAccountRequest
+	25, // 41: tally.ledger.v1.LedgerService.GetBalance:input_type -> tally.ledger.v1.GetBalanceRequest
+	28, // 42: tally.ledger.v1.LedgerService.ListEntries:input_type -> tally.ledger.v1.ListEntriesRequest
+	30, // 43: tally.ledger.v1.LedgerService.FollowEntries:input_type -> tally.ledger.v1.FollowEntriesRequest
+	32, // 44: tally.ledger.v1.LedgerService.Transfer:input_type -> tally.ledger.v1.TransferRequest
+	34, // 45: tally.ledger.v1.LedgerService.PostTransaction:input_type -> tally.ledger.v1.PostTransactionRequest
+	36, // 46: tally.ledger.v1.LedgerService.GetTransaction:input_type -> tally.ledger.v1.GetTransactionRequest
+	38, // 47: tally.ledger.v1.LedgerService.ReverseTransaction:input_type -> tally.ledger.v1.ReverseTransactionRequest
+	40, // 48: tally.ledger.v1.LedgerService.GetPendingTransfer:input_type -> tally.ledger.v1.GetPendingTransferRequest
+	42, // 49: tally.ledger.v1.LedgerService.PostPendingTransfer:input_type -> tally.ledger.v1.PostPendingTransferRequest
+	44, // 50: tally.ledger.v1.LedgerService.VoidPendingTransfer:input_type -> tally.ledger.v1.VoidPendingTransferRequest
+	8,  // 51: tally.ledger.v1.LedgerService.RegisterAsset:output_type -> tally.ledger.v1.RegisterAssetResponse
+	10, // 52: tally.ledger.v1.LedgerService.ListAssets:output_type -> tally.ledger.v1.ListAssetsResponse
+	12, // 53: tally.ledger.v1.LedgerService.GetAsset:output_type -> tally.ledger.v1.GetAssetResponse
+	14, // 54: tally.ledger.v1.LedgerService.CreateAccount:output_type -> tally.ledger.v1.CreateAccountResponse
+	16, // 55: tally.ledger.v1.LedgerService.ListAccounts:output_type -> tally.ledger.v1.ListAccountsResponse
+	18, // 56: tally.ledger.v1.LedgerService.GetAccount:output_type -> tally.ledger.v1.GetAccountResponse
+	20, // 57: tally.ledger.v1.LedgerService.FreezeAccount:output_type -> tally.ledger.v1.FreezeAccountResponse
+	22, // 58: tally.ledger.v1.LedgerService.UnfreezeAccount:output_type -> tally.ledger.v1.UnfreezeAccountResponse
+	24, // 59: tally.ledger.v1.LedgerService.CloseAccount:output_type -> tally.ledger.v1.CloseAccountResponse
+	26, // 60: tally.ledger.v1.LedgerService.GetBalance:output_type -> tally.ledger.v1.GetBalanceResponse
+	29, // 61: tally.ledger.v1.LedgerService.ListEntries:output_type -> tally.ledger.v1.ListEntriesResponse
+	31, // 62: tally.ledger.v1.LedgerService.FollowEntries:output_type -> tally.ledger.v1.FollowEntriesResponse
+	33, // 63: tally.ledger.v1.LedgerService.Transfer:output_type -> tally.ledger.v1.TransferResponse
+	35, // 64: tally.ledger.v1.LedgerService.PostTransaction:output_type -> tally.ledger.v1.PostTransactionResponse
+	37, // 65: tally.ledger.v1.LedgerService.GetTransaction:output_type -> tally.ledger.v1.GetTransactionResponse
+	39, // 66: tally.ledger.v1.LedgerService.ReverseTransaction:output_type -> tally.ledger.v1.ReverseTransactionResponse
+	41, // 67: tally.ledger.v1.LedgerService.GetPendingTransfer:output_type -> tally.ledger.v1.GetPendingTransferResponse
+	43, // 68: tally.ledger.v1.LedgerService.PostPendingTransfer:output_type -> tally.ledger.v1.PostPendingTransferResponse
+	45, // 69: tally.ledger.v1.LedgerService.VoidPendingTransfer:output_type -> tally.ledger.v1.VoidPendingTransferResponse
+	51, // [51:70] is the sub-list for method output_type
+	32, // [32:51] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_tally_ledger_v1_ledger_proto_init() }
