@@ -32,7 +32,7 @@ func TestNetworkPolicyFollowsTheSpec(t *testing.T) {
 		return rule.Ports[0].Port.IntVal, from
 	}
 	for i, want := range []string{
-		fmt.Sprint(specs.PostgresPort, []string{"postgres", "ledger", "relay", "migration", "operator"}),
+		fmt.Sprint(specs.PostgresPort, []string{"postgres", "ledger", "relay", "migration", "archive", "operator"}),
 		fmt.Sprint(specs.StatusPort, []string{"postgres", "operator"}),
 	} {
 		if port, from := components(np.Spec.Ingress[i]); fmt.Sprint(port, from) != want {

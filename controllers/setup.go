@@ -51,7 +51,7 @@ func CacheOptions() cache.Options {
 	by := cache.ByObject{Label: managed}
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Pod{}: by, &corev1.Secret{}: by, &corev1.PersistentVolumeClaim{}: by, &corev1.Service{}: by,
-		&corev1.ConfigMap{}: by, &corev1.ServiceAccount{}: by, &appsv1.Deployment{}: by, &batchv1.Job{}: by,
+		&corev1.ConfigMap{}: by, &corev1.ServiceAccount{}: by, &appsv1.Deployment{}: by, &batchv1.Job{}: by, &batchv1.CronJob{}: by,
 		&policyv1.PodDisruptionBudget{}: by, &rbacv1.Role{}: by, &rbacv1.RoleBinding{}: by, &networkingv1.NetworkPolicy{}: by,
 	}}
 }

@@ -101,6 +101,7 @@ type shardState struct {
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=cert-manager.io,resources=certificates,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
@@ -148,6 +149,7 @@ func (r *ShardReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		{"retire", r.reconcileRetire},
 		{"disruption budgets", r.reconcilePDBs},
 		{"migrations", r.reconcileMigrations},
+		{"archive", r.reconcileArchive},
 		{"accounts", r.reconcileAccounts},
 	}
 	for _, step := range steps {
@@ -371,6 +373,24 @@ func jobCondition(job *batchv1.Job, t batchv1.JobConditionType) bool {
 	return false
 }
 
+// reconcileArchive keeps the shard's archiver (spec.retention): its volume and its
+// CronJob, once the schema has what archival needs. Without retention the CronJob goes
+// and the volume, which may hold the only copy of old history, stays.
+func (r *ShardReconciler) reconcileArchive(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
+	if shard.Spec.Retention == nil {
+		cj := &batchv1.CronJob{}
+		cj.Name, cj.Namespace = specs.ArchiveName(shard.Name), shard.Namespace
+		return client.IgnoreNotFound(r.Delete(ctx, cj))
+	}
+	if err := apply(ctx, r.Client, specs.ArchivePVC(shard)); err != nil {
+		return err
+	}
+	if st.schemaVersion < migrations.Count() {
+		return nil
+	}
+	return apply(ctx, r.Client, specs.ArchiveCronJob(shard, st.servingTLS(shard)))
+}
+
 // reconcileAccounts refreshes the informational account count of a migrated shard.
 func (r *ShardReconciler) reconcileAccounts(ctx context.Context, shard *v1alpha1.LedgerShard, st *shardState) error {
 	if r.Accounts == nil || st.migration != v1alpha1.ReasonMigrationsCurrent {
@@ -466,7 +486,7 @@ func (r *ShardReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1alpha1.LedgerShard{}).
 		Owns(&corev1.Pod{}).Owns(&corev1.PersistentVolumeClaim{}).Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).Owns(&corev1.ConfigMap{}).Owns(&policyv1.PodDisruptionBudget{}).
-		Owns(&batchv1.Job{}).Owns(&networkingv1.NetworkPolicy{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
+		Owns(&batchv1.Job{}).Owns(&batchv1.CronJob{}).Owns(&networkingv1.NetworkPolicy{}).Owns(&corev1.ServiceAccount{}).Owns(&rbacv1.Role{}).Owns(&rbacv1.RoleBinding{}).
 		Named("ledgershard").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)

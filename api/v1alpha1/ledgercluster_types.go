@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -53,6 +54,13 @@ type LedgerClusterSpec struct {
 	// +optional
 	NetworkPolicies bool `json:"networkPolicies,omitempty"`
 
+	// Retention keeps the journal in the databases for a number of months: older
+	// partitions are archived to files on a volume per shard (compressed, checked, and
+	// only then dropped from the database) by a CronJob per shard. Balances stay whole
+	// (checkpoints); reads of history before the horizon answer that it is archived.
+	// +optional
+	Retention *RetentionSpec `json:"retention,omitempty"`
+
 	// DeletionPolicy says what deleting the cluster or one of its shards does to the
 	// shards' volumes and credentials. Retain (the default) keeps them, owned by nothing,
 	// so no delete in any propagation mode erases a journal, and a cluster re-created
@@ -61,6 +69,31 @@ type LedgerClusterSpec struct {
 	// (Degraded/DeletionBlocked) unless the policy is Delete.
 	// +optional
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// RetentionSpec is how long the journal stays in the database, and where older
+// partitions go.
+type RetentionSpec struct {
+	// Months of journal partitions kept in the database after they end.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1200
+	Months int32 `json:"months"`
+	// Schedule is when the archiver runs, in cron syntax (default "23 3 * * *", daily).
+	// +optional
+	// +kubebuilder:validation:MinLength=9
+	Schedule string `json:"schedule,omitempty"`
+	// Storage is each shard's archive volume: kept, like the shard's data, when the
+	// shard or cluster is deleted unless deletionPolicy is Delete.
+	Storage ArchiveStorage `json:"storage"`
+}
+
+// ArchiveStorage is the volume archives are written to.
+type ArchiveStorage struct {
+	// Size of each shard's archive volume.
+	Size resource.Quantity `json:"size"`
+	// StorageClass of the volume; empty uses the cluster's default.
+	// +optional
+	StorageClass *string `json:"storageClass,omitempty"`
 }
 
 // TLSSpec is the cluster's encryption in transit.

@@ -30,6 +30,9 @@ type LedgerShardSpec struct {
 	// TLS is the cluster's encryption in transit.
 	// +optional
 	TLS TLSSpec `json:"tls,omitempty"`
+	// Retention is the cluster's: the shard's archiver CronJob and volume.
+	// +optional
+	Retention *RetentionSpec `json:"retention,omitempty"`
 	// DeletionPolicy is the cluster's: whether the shard's volumes and credentials are
 	// kept (Retain, the default) or go with the shard (Delete).
 	// +optional

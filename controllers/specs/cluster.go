@@ -72,6 +72,13 @@ func Shard(c *v1alpha1.LedgerCluster, index int32, tallyImage string) (*unstruct
 	if c.Spec.Events != nil && c.Spec.Events.CDC != nil && c.Spec.Events.CDC.Enabled {
 		u.Object["spec"].(map[string]any)["cdc"] = true
 	}
+	if c.Spec.Retention != nil {
+		retention, err := runtime.DefaultUnstructuredConverter.ToUnstructured(c.Spec.Retention)
+		if err != nil {
+			return nil, fmt.Errorf("specs: convert retention spec: %w", err)
+		}
+		u.Object["spec"].(map[string]any)["retention"] = retention
+	}
 	if c.Spec.TLS != (v1alpha1.TLSSpec{}) {
 		tlsSpec, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&c.Spec.TLS)
 		if err != nil {

@@ -32,6 +32,7 @@ const (
 	ComponentLedger    = "ledger"
 	ComponentMigration = "migration"
 	ComponentRelay     = "relay"
+	ComponentArchive   = "archive" // a shard's archiver: its CronJob, Jobs, pods and volume
 )
 
 // Well-known names inside every shard database.
@@ -124,6 +125,9 @@ func PDBReplicas(shard string) string { return shard + "-replicas" }
 func MigrationJobName(shard string, version int32) string {
 	return shard + "-migrate-v" + strconv.Itoa(int(version))
 }
+
+// ArchiveName names a shard's archiver CronJob and its volume.
+func ArchiveName(shard string) string { return shard + "-archive" }
 
 // LedgerName names the ledger service's Deployment and Service.
 func LedgerName(cluster string) string { return cluster + "-ledger" }

@@ -20,8 +20,8 @@ func OperatorLabels() map[string]string {
 
 // ShardNetworkPolicy lets into the shard's PostgreSQL pods only what needs them:
 // PostgreSQL from the shard's instances (replication, rewinds), the cluster's ledger
-// and event relay pods, the shard's migration Jobs and the operator; the status API from the shard's
-// instances and the operator. operatorNamespace is where the operator runs (empty: any
+// and event relay pods, the shard's migration and archiver Jobs and the operator; the
+// status API from the shard's instances and the operator. operatorNamespace is where the operator runs (empty: any
 // namespace, for an operator that does not know its own). The kubelet's probes come
 // from the node, which NetworkPolicies never block.
 func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *networkingv1ac.NetworkPolicyApplyConfiguration {
@@ -32,6 +32,7 @@ func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *
 	ledger := pods(LedgerSelector(shard.Spec.Cluster))
 	relay := pods(RelaySelector(shard.Spec.Cluster))
 	migrations := pods(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentMigration})
+	archiver := pods(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentArchive})
 	namespaces := metav1ac.LabelSelector()
 	if operatorNamespace != "" {
 		namespaces = namespaces.WithMatchLabels(map[string]string{corev1.LabelMetadataName: operatorNamespace})
@@ -47,7 +48,7 @@ func ShardNetworkPolicy(shard *v1alpha1.LedgerShard, operatorNamespace string) *
 			WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{LabelShard: shard.Name, LabelComponent: ComponentPostgres})).
 			WithPolicyTypes(networkingv1.PolicyTypeIngress).
 			WithIngress(
-				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(PostgresPort)).WithFrom(instances, ledger, relay, migrations, operator),
+				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(PostgresPort)).WithFrom(instances, ledger, relay, migrations, archiver, operator),
 				networkingv1ac.NetworkPolicyIngressRule().WithPorts(port(StatusPort)).WithFrom(instances, operator),
 			))
 }

@@ -331,13 +331,19 @@ func PDBs(shard *v1alpha1.LedgerShard) []*policyv1ac.PodDisruptionBudgetApplyCon
 	return pdbs
 }
 
+// superuserURL reaches the shard's primary as the superuser, whose password a container
+// has in $PGPASSWORD.
+func superuserURL(shard *v1alpha1.LedgerShard, verifyTLS bool) string {
+	return fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(shard.Name, verifyTLS))
+}
+
 // MigrationJob runs `tally migrate` from the shard's tally image against its primary,
 // through the -rw service, as the schema owner; with verifyTLS it requires TLS and
 // verifies the server against the cluster CA.
 func MigrationJob(shard *v1alpha1.LedgerShard, version int32, verifyTLS bool) *batchv1ac.JobApplyConfiguration {
 	labels := ShardLabels(shard, ComponentMigration)
 	labels[LabelSchema] = strconv.Itoa(int(version))
-	url := fmt.Sprintf("postgres://%s:$(PGPASSWORD)@%s.%s.svc:%d/%s?%s", Superuser, ServiceRW(shard.Name), shard.Namespace, PostgresPort, Database, sslParams(shard.Name, verifyTLS))
+	url := superuserURL(shard, verifyTLS)
 	migrate := corev1ac.Container().WithName("migrate").WithImage(shard.Spec.Image).WithSecurityContext(restrictedContainer()).
 		WithCommand(TallyBinary, "migrate", "--shard", strconv.Itoa(int(shard.Spec.Index)), "--grant-login", AppUser,
 			"--monitor-login", MonitorUser, "--relay-login", RelayUser).

@@ -86,6 +86,10 @@ func TestShardObjectsGolden(t *testing.T) {
 	golden(t, "pdbs", PDBs(s))
 	golden(t, "config", PostgresConfig(s))
 	golden(t, "migration-job", MigrationJob(s, 2, true))
+	retained := sampleShard()
+	retained.Spec.Retention = &v1alpha1.RetentionSpec{Months: 13, Storage: v1alpha1.ArchiveStorage{Size: resource.MustParse("50Gi")}}
+	golden(t, "archive-cronjob", ArchiveCronJob(retained, true))
+	golden(t, "archive-pvc", ArchivePVC(retained))
 	one := sampleShard()
 	one.Spec.Postgres.Instances = i32(1)
 	if n := len(PDBs(one)); n != 1 {
