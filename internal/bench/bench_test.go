@@ -228,3 +228,25 @@ func TestGRPCModeRuns(t *testing.T) {
 		t.Errorf("no gRPC figures:\n%s", table.String())
 	}
 }
+
+// TestScaleGeneratesAVerifiedLedger runs bench-scale small: the generated journals pass
+// verify in full and from the latest checkpoint, and every measurement answers.
+func TestScaleGeneratesAVerifiedLedger(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	var out strings.Builder
+	rs, err := RunScale(context.Background(), ScaleConfig{Accounts: 500, Entries: 6000, SmallAccounts: 50, SmallEntries: 400,
+		Months: 3, Clients: 4, Duration: 300 * time.Millisecond, Rate: 40, Out: &out})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, r := range rs {
+		if r.Violations > 0 || r.Errors > 0 || r.Transfers == 0 || r.BalanceP50 == 0 || r.HistoryP50 == 0 || r.PacedRate == 0 || r.BytesPerEntry == 0 {
+			t.Errorf("%s: %+v\n%s", r.Database, r, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), "paced transfer p99") {
+		t.Errorf("no comparison printed:\n%s", out.String())
+	}
+}

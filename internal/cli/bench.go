@@ -96,3 +96,45 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	_, err := bench.Run(ctx, cfg)
 	return err
 }
+
+// runBenchScale generates a large and a small ledger database by COPY and measures both
+// the same way (make bench-scale).
+func runBenchScale(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("bench scale", out)
+	accounts := fs.Int("accounts", 10_000_000, "accounts in the large database")
+	entries := fs.Int("entries", 100_000_000, "journal entries in the large database (two per transaction)")
+	smallAccounts := fs.Int("small-accounts", 10_000, "accounts in the small database")
+	smallEntries := fs.Int("small-entries", 100_000, "journal entries in the small database")
+	months := fs.Int("months", 12, "monthly partitions the history is spread over")
+	clients := fs.Int("clients", 64, "concurrent clients of each closed-loop measurement")
+	duration := fs.Duration("duration", 20*time.Second, "how long each measurement runs")
+	rate := fs.Int("rate", 2000, "transfers a second of the paced run")
+	jsonPath := fs.String("json", "", "also write one JSON object per database to this file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *accounts < 2 || *smallAccounts < 2 || *months < 1 || *clients < 1 || *rate < 1 {
+		return fmt.Errorf("--accounts and --small-accounts must be 2 or more, --months, --clients and --rate 1 or more")
+	}
+	tuneGC()
+	cfg := bench.ScaleConfig{Accounts: *accounts, Entries: *entries, SmallAccounts: *smallAccounts, SmallEntries: *smallEntries,
+		Months: *months, Clients: *clients, Duration: *duration, Rate: *rate, Out: out}
+	if *jsonPath != "" {
+		f, err := os.Create(*jsonPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.JSON = f
+	}
+	rs, err := bench.RunScale(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if r.Errors > 0 || r.Violations > 0 {
+			return ErrFailed
+		}
+	}
+	return nil
+}

@@ -32,6 +32,7 @@ func commands() []command {
 		{"verify", "recompute every balance from the journal and check every invariant", runVerify},
 		{"dev", "run PostgreSQL and the ledger locally, on 127.0.0.1:8080", runDev},
 		{"manager", "run the Kubernetes operator (LedgerCluster and LedgerShard controllers)", runManager},
+		{"bench scale", "generate a 10-million-account ledger by COPY and measure it beside a small one", runBenchScale},
 		{"bench", "measure transfer and read throughput against a PostgreSQL it starts", runBench},
 		{"instance run", "run the PostgreSQL instance manager (the main process of each PostgreSQL pod)", runInstance},
 		{"relay", "publish the shards' events to Kafka (the transactional outbox relay)", runRelay},

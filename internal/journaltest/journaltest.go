@@ -1,6 +1,6 @@
-// Package journaltest sets a test database's journal in the past: partitions a day wide
-// that have already ended, and transaction ids made at chosen moments, so checkpoints
-// and archival have boundaries to work on.
+// Package journaltest sets a journal in the past: partitions that have already ended, and
+// transaction ids made at chosen moments, so checkpoints and archival have boundaries to
+// work on (tests, and the history bench-scale generates).
 package journaltest
 
 import (
@@ -18,25 +18,35 @@ import (
 // "history" before t0 and partitions a day wide from t0 until a day from now.
 func DailyPartitionsSince(t testing.TB, super *pgx.Conn, t0 time.Time) {
 	t.Helper()
-	ctx := context.Background()
+	if err := Repartition(context.Background(), super, t0, "1 day"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Repartition re-partitions an empty journal, through a superuser conn, into "history"
+// before t0 and partitions of the given width (a PostgreSQL interval) from t0 until
+// one width from now: a journal whose partitions lie in the past, for tests and for
+// bench-scale's generated history.
+func Repartition(ctx context.Context, super *pgx.Conn, t0 time.Time, width string) error {
 	bound := "'" + t0.UTC().Format(time.RFC3339) + "'::timestamptz"
 	if _, err := super.Exec(ctx, fmt.Sprintf(`DO $$ DECLARE r record; BEGIN
 		FOR r IN SELECT suffix FROM tally.journal_partitions LOOP
 		  EXECUTE format('DROP TABLE tally.%%I, tally.%%I', 'transactions_' || r.suffix, 'entries_' || r.suffix);
 		END LOOP;
 		DELETE FROM tally.journal_partitions;
-		UPDATE tally.journal_settings SET partition_width = '1 day';
+		UPDATE tally.journal_settings SET partition_width = %[2]s;
 		EXECUTE format('CREATE TABLE tally.transactions_history PARTITION OF tally.transactions FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
 		EXECUTE format('CREATE TABLE tally.entries_history PARTITION OF tally.entries FOR VALUES FROM (MINVALUE) TO (%%L)', tally.uuid_at(%[1]s));
 		ALTER TABLE tally.entries_history ADD PRIMARY KEY (id);
 		INSERT INTO tally.journal_partitions (starts, ends, suffix) VALUES ('-infinity', %[1]s, 'history');
-		END $$`, bound)); err != nil {
-		t.Fatal(err)
+		END $$`, bound, "'"+width+"'::interval")); err != nil {
+		return fmt.Errorf("journaltest: repartition: %w", err)
 	}
 	var made int
-	if err := super.QueryRow(ctx, "SELECT tally.ensure_partitions('1 day')").Scan(&made); err != nil || made < 1 {
-		t.Fatalf("daily partitions: %d %v", made, err)
+	if err := super.QueryRow(ctx, "SELECT tally.ensure_partitions($1::interval)", width).Scan(&made); err != nil || made < 1 {
+		return fmt.Errorf("journaltest: partitions of %s: made %d: %w", width, made, err)
 	}
+	return nil
 }
 
 // TransactionMadeAt is a transaction id for the shard as if made at the given moment.
