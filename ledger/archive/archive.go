@@ -99,7 +99,7 @@ func Write(ctx context.Context, st *store.Store, p store.Partition, dir string) 
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return m, fmt.Errorf("archive: %w", err)
 	}
-	scratch, err := os.MkdirTemp(dir, ".export-")
+	scratch, err := os.MkdirTemp(dir, ".export-") // on the archive volume: the members can be large
 	if err != nil {
 		return m, fmt.Errorf("archive: %w", err)
 	}
@@ -130,6 +130,10 @@ func Write(ctx context.Context, st *store.Store, p store.Partition, dir string) 
 		return m, fmt.Errorf("archive: manifest: %w", err)
 	}
 	tmp := m.File + ".tmp"
+	// A run that stopped part-way left its temporary file; this run writes it anew.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return m, fmt.Errorf("archive: %w", err)
+	}
 	if err := writeTarGz(tmp, manifest, scratch); err != nil {
 		os.Remove(tmp)
 		return m, err

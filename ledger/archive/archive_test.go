@@ -82,6 +82,14 @@ func TestArchiveRoundTrip(t *testing.T) {
 
 	dir := t.TempDir()
 	before := t0.Add(48 * time.Hour)
+	// A run that stopped while writing left its temporary file behind.
+	identity, err := st.Identity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, identity+"-history.tar.gz.tmp"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	done, err := archive.Run(ctx, owner, dir, before, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("archive: %v", err)
