@@ -163,15 +163,16 @@ var checks = []check{
 		FROM tally.accounts a JOIN tally.balances b ON b.account_id = a.id WHERE a.status = 'closed'
 		GROUP BY a.id HAVING sum(b.posted) <> 0`},
 	// Every checkpoint after the base is the one before it plus its partition's entries,
-	// with rows for exactly the slots that moved.
+	// with rows for exactly the slots that moved. Checkpoints are made at partition ends,
+	// one partition at a time, so each entry's period is its partition: one read of the
+	// journal, grouped by partition.
 	{"checkpoints agree with the journal", `
-		, periods AS (SELECT at, lag(at) OVER (ORDER BY at) AS prev FROM tally.checkpoints),
-		moved AS (SELECT p.at, e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount) AS total,
+		, moved AS (SELECT p.ends AS at, e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount) AS total,
 		                 count(DISTINCT e.transaction_id) AS n, max(e.id) AS last_id
-		          FROM periods p JOIN tally.entries e
-		            ON e.transaction_id >= coalesce(tally.uuid_at(p.prev), '00000000-0000-0000-0000-000000000000')
-		           AND e.transaction_id < tally.uuid_at(p.at)
-		          WHERE p.at > coalesce($2, '-infinity') AND e.transaction_id >= $1
+		          FROM tally.entries e
+		          JOIN tally.journal_partitions p ON e.tableoid = ('tally.entries_' || p.suffix)::regclass
+		          WHERE p.state = 'attached' AND p.ends > coalesce($2, '-infinity') AND e.transaction_id >= $1
+		            AND EXISTS (SELECT FROM tally.checkpoints c WHERE c.at = p.ends)
 		          GROUP BY 1, 2, 3),
 		rows AS (SELECT account_id, slot, at, posted, transactions, last_entry,
 		                lag(posted) OVER w AS prev_posted, lag(transactions) OVER w AS prev_transactions, lag(last_entry) OVER w AS prev_last
