@@ -50,33 +50,52 @@ func TestJournalIsPartitionedByMonth(t *testing.T) {
 	if made, err := f.store.EnsurePartitions(ctx, 200*24*time.Hour); err != nil || made < 2 {
 		t.Errorf("ensure 200 days ahead: made %d, %v", made, err)
 	}
-	// Each partition is a month, and the journal's parents route a transaction made in
-	// one of them there.
+	// Each partition is a month.
 	var first time.Time
-	var sfx string
-	if err := super.QueryRow(ctx, "SELECT starts, suffix FROM tally.journal_partitions WHERE starts > '-infinity' ORDER BY starts LIMIT 1").Scan(&first, &sfx); err != nil {
+	if err := super.QueryRow(ctx, "SELECT starts FROM tally.journal_partitions WHERE starts > '-infinity' ORDER BY starts LIMIT 1").Scan(&first); err != nil {
 		t.Fatal(err)
 	}
 	if first.UTC().Day() != 1 || first.UTC().Hour() != 0 {
 		t.Errorf("first monthly partition starts %s", first)
 	}
-	later := journaltest.TransactionMadeAt(t, 0, first.Add(36*time.Hour))
-	if err := super.QueryRow(ctx, "SELECT tally.uuid_at($1) <= $2 AND tally.uuid_time($2) = $3",
-		first.Add(36*time.Hour), [16]byte(later), first.Add(36*time.Hour).Truncate(time.Millisecond)).Scan(new(bool)); err != nil {
-		t.Fatal(err)
-	}
-	req := request(t, "future", usd(b, a, 1))
-	req.Transaction.ID = later
-	if out := f.post2(req); out.Status != 201 {
-		t.Fatalf("transfer made in a later partition: %d %s", out.Status, out.Body)
-	}
-	if err := super.QueryRow(ctx, "SELECT tableoid::regclass::text FROM tally.entries WHERE transaction_id = $1 LIMIT 1", [16]byte(later)).Scan(&entries); err != nil {
-		t.Fatal(err)
-	}
-	if entries != "tally.entries_"+sfx {
-		t.Errorf("later transfer's entries in %s, want tally.entries_%s", entries, sfx)
+	// Nothing made more than a day ahead of the database's clock is written: the
+	// running-balance checks never read the partitions made ahead.
+	ahead := request(t, "ahead", usd(b, a, 1))
+	ahead.Transaction.ID = journaltest.TransactionMadeAt(t, 0, time.Now().Add(25*time.Hour))
+	if out, err := f.store.PostTransaction(ctx, ahead); err == nil && out.Status == 201 {
+		t.Errorf("a transaction made a day ahead was written")
 	}
 	f.verify()
+
+	// On a journal partitioned monthly since two months ago, a transaction made last
+	// month lands in last month's partition.
+	g := newFixture(t, 4)
+	now := time.Now().UTC()
+	lastMonth := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).AddDate(0, -1, 0)
+	if err := journaltest.Repartition(ctx, g.db.SuperConn(t), lastMonth.AddDate(0, -1, 0), "1 month"); err != nil {
+		t.Fatal(err)
+	}
+	c, d := g.account("c", 0), g.account("d", 0)
+	g.post("fund", usd(g.external, c, 100))
+	made := lastMonth.Add(36 * time.Hour)
+	later := journaltest.TransactionMadeAt(t, 0, made)
+	var bounds bool
+	if err := super.QueryRow(ctx, "SELECT tally.uuid_at($1) <= $2 AND tally.uuid_time($2) = $3",
+		made, [16]byte(later), made.Truncate(time.Millisecond)).Scan(&bounds); err != nil || !bounds {
+		t.Errorf("uuid_at and uuid_time of %s: %v %v", made, bounds, err)
+	}
+	req := request(t, "last-month", usd(c, d, 1))
+	req.Transaction.ID = later
+	if out := g.post2(req); out.Status != 201 {
+		t.Fatalf("transfer made last month: %d %s", out.Status, out.Body)
+	}
+	if err := g.db.SuperConn(t).QueryRow(ctx, "SELECT tableoid::regclass::text FROM tally.entries WHERE transaction_id = $1 LIMIT 1", [16]byte(later)).Scan(&entries); err != nil {
+		t.Fatal(err)
+	}
+	if want := "tally.entries_p" + lastMonth.Format("20060102"); entries != want {
+		t.Errorf("last month's transfer's entries in %s, want %s", entries, want)
+	}
+	g.verify()
 }
 
 func (f *fixture) post2(r store.Request) ledger.Outcome {
