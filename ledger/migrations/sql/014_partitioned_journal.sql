@@ -408,13 +408,6 @@ BEGIN
         v_id, tally.uuid_time(v_id), v_seal USING ERRCODE = 'check_violation';
     END IF;
   END IF;
-  -- Nor anything made more than a day ahead of this clock: the running-balance checks
-  -- do not look there.
-  SELECT n.id INTO v_id FROM new_transactions n WHERE n.id >= tally.uuid_at(now() + interval '1 day') LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION 'tally: transaction % was made at %, more than a day ahead of the database''s clock',
-      v_id, tally.uuid_time(v_id) USING ERRCODE = 'check_violation';
-  END IF;
   -- One index probe per transaction: the sums of its entries per asset. No entries at
   -- all leaves bool_or NULL, which counts as unbalanced.
   SELECT n.id INTO v_id
@@ -484,11 +477,8 @@ DECLARE
   v_xmin xid;
   v_cmin cid;
   v_from uuid;
-  v_until uuid := tally.uuid_at(now() + interval '1 day');
 BEGIN
-  -- Previous entries are looked up from the latest checkpoint on (see above), and before
-  -- a day from now, which no transaction is made after (the transactions' check): the
-  -- partitions made ahead are not read.
+  -- Previous entries are looked up from the latest checkpoint on (see above).
   SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
 
   -- Each posting is one credit leg and debit legs from one account, one per slot drawn,
@@ -539,12 +529,12 @@ BEGIN
     SELECT p.balance_after, p.asset FROM (
       (SELECT e.id, e.balance_after, e.asset FROM tally.entries e
        WHERE n.k = 1 AND n.slot IS NULL AND e.account_id = n.account_id AND e.slot IS NULL AND e.id < n.id
-         AND e.transaction_id >= v_from AND e.transaction_id < v_until
+         AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
       UNION ALL
       (SELECT e.id, e.balance_after, e.asset FROM tally.entries e
        WHERE n.k = 1 AND n.slot IS NOT NULL AND e.slot IS NOT NULL AND e.account_id = n.account_id AND e.slot = n.slot AND e.id < n.id
-         AND e.transaction_id >= v_from AND e.transaction_id < v_until
+         AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
       UNION ALL
       (SELECT c.last_entry, c.last_balance_after, NULL FROM tally.balance_checkpoints c
@@ -585,7 +575,6 @@ CREATE OR REPLACE FUNCTION tally.check_balances_match_journal() RETURNS trigger
 DECLARE
   v_bad  record;
   v_from uuid;
-  v_until uuid := tally.uuid_at(now() + interval '1 day');
 BEGIN
   SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
   IF TG_OP = 'INSERT' THEN
@@ -603,11 +592,11 @@ BEGIN
   LEFT JOIN LATERAL (
     SELECT p.balance_after FROM (
       (SELECT e.id, e.balance_after FROM tally.entries e
-       WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL AND e.transaction_id >= v_from AND e.transaction_id < v_until
+       WHERE c.slot = 0 AND e.account_id = c.account_id AND e.slot IS NULL AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.id DESC LIMIT 1)
       UNION ALL
       (SELECT e.id, e.balance_after FROM tally.entries e
-       WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot AND e.transaction_id >= v_from AND e.transaction_id < v_until
+       WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
       UNION ALL
       (SELECT k.last_entry, k.last_balance_after FROM tally.balance_checkpoints k
