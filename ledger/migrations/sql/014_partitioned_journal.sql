@@ -355,13 +355,15 @@ BEGIN
     WHERE p.ends > coalesce(v_prev, '-infinity') AND p.ends <= now() - p_grace;
     EXIT WHEN v_at IS NULL;
     -- One statement: the checkpoint row and its slots' rows, the previous checkpoint plus
-    -- the partition's entries.
+    -- the partition's entries. The bounds are written into the statement, so PostgreSQL
+    -- reads the one partition when it plans it (as variables they were looked for in
+    -- every partition, once per slot).
+    EXECUTE format($q$
     WITH moved AS (
       SELECT e.account_id, coalesce(e.slot, 0)::smallint AS slot, sum(e.amount)::bigint AS total,
              count(DISTINCT e.transaction_id) AS n, max(e.id) AS last_id
       FROM tally.entries e
-      WHERE e.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
-        AND e.transaction_id < tally.uuid_at(v_at)
+      WHERE e.transaction_id >= %1$L AND e.transaction_id < %2$L
       GROUP BY 1, 2),
     changed AS (
       SELECT m.account_id, m.slot, coalesce(prev.posted, 0) + m.total AS posted,
@@ -369,16 +371,16 @@ BEGIN
              CASE WHEN prev.last_entry > m.last_id THEN prev.last_entry ELSE m.last_id END AS last_entry,
              CASE WHEN prev.last_entry > m.last_id THEN prev.last_balance_after
                   ELSE (SELECT x.balance_after FROM tally.entries x
-                        WHERE x.transaction_id >= coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000')
-                          AND x.transaction_id < tally.uuid_at(v_at) AND x.id = m.last_id) END AS last_balance_after
+                        WHERE x.transaction_id >= %1$L AND x.transaction_id < %2$L AND x.id = m.last_id) END AS last_balance_after
       FROM moved m
       LEFT JOIN LATERAL (SELECT c.posted, c.transactions, c.last_entry, c.last_balance_after
                          FROM tally.balance_checkpoints c
                          WHERE c.account_id = m.account_id AND c.slot = m.slot
                          ORDER BY c.at DESC LIMIT 1) prev ON true),
-    checkpoint AS (INSERT INTO tally.checkpoints (at, slots) SELECT v_at, count(*) FROM changed)
+    checkpoint AS (INSERT INTO tally.checkpoints (at, slots) SELECT $1, count(*) FROM changed)
     INSERT INTO tally.balance_checkpoints (account_id, slot, at, posted, transactions, last_entry, last_balance_after)
-    SELECT account_id, slot, v_at, posted, transactions, last_entry, last_balance_after FROM changed;
+    SELECT account_id, slot, $1, posted, transactions, last_entry, last_balance_after FROM changed
+    $q$, coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000'), tally.uuid_at(v_at)) USING v_at;
     v_made := v_made + 1;
   END LOOP;
   RETURN v_made;
