@@ -778,6 +778,7 @@ END $$;
 CREATE FUNCTION tally.make_checkpoints(p_grace interval DEFAULT '01:00:00'::interval) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $_$
 DECLARE
   v_prev  timestamptz;
@@ -819,6 +820,7 @@ BEGIN
     INSERT INTO tally.balance_checkpoints (account_id, slot, at, posted, transactions, last_entry, last_balance_after)
     SELECT account_id, slot, $1, posted, transactions, last_entry, last_balance_after FROM changed
     $q$, coalesce(tally.uuid_at(v_prev), '00000000-0000-0000-0000-000000000000'), tally.uuid_at(v_at)) USING v_at;
+    ANALYZE tally.balance_checkpoints;
     v_made := v_made + 1;
   END LOOP;
   RETURN v_made;
