@@ -807,7 +807,12 @@ func (e *env) httpDo(ctx context.Context, method, path, body string, headers map
 
 // httpDoAt sends a request to the mode's service: true if it was refused (4xx).
 func (e *env) httpDoAt(ctx context.Context, mode, method, path, body string, headers map[string]string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+e.services[mode].api+path, strings.NewReader(body))
+	return httpCall(ctx, e.http, method, "http://"+e.services[mode].api+path, body, headers)
+}
+
+// httpCall sends a request: true if it was refused (4xx), an error for 5xx.
+func httpCall(ctx context.Context, client *http.Client, method, url, body string, headers map[string]string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return false, err
 	}
@@ -817,7 +822,7 @@ func (e *env) httpDoAt(ctx context.Context, mode, method, path, body string, hea
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := e.http.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return false, err
 	}

@@ -177,6 +177,9 @@ func scaleDatabase(ctx context.Context, pg *postgres.Server, admin *pgx.Conn, cf
 		if msg := drive(ctx, run, op, cfg.Clients, 0, &res); msg != "" {
 			return res, errors.New(msg)
 		}
+		if res.Rejected > 0 { // nothing here should be refused: a refusal is a harness bug
+			return res, fmt.Errorf("%d requests refused", res.Rejected)
+		}
 		return res, nil
 	}
 	balance, err := measure(get("/v1/accounts/{id}/balance"))
@@ -232,33 +235,6 @@ func scaleDatabase(ctx context.Context, pg *postgres.Server, admin *pgx.Conn, cf
 	return r, nil
 }
 
-func httpCall(ctx context.Context, client *http.Client, method, url, body string, headers map[string]string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
-	if err != nil {
-		return false, err
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false, err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	switch {
-	case resp.StatusCode < 300:
-		return false, nil
-	case resp.StatusCode < 500:
-		return true, fmt.Errorf("HTTP %d for %s %s", resp.StatusCode, method, url)
-	default:
-		return false, fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-}
-
 // drivePaced starts op at rate a second for d, whatever the answers take (an open loop,
 // so a slow answer cannot slow the arrivals), and measures each from when it was due.
 func drivePaced(ctx context.Context, op opFunc, rate int, d time.Duration) Result {
@@ -273,7 +249,7 @@ func drivePaced(ctx context.Context, op opFunc, rate int, d time.Duration) Resul
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
 			for at := range due {
-				if _, err := op(ctx, rng); err != nil {
+				if rejected, err := op(ctx, rng); err != nil || rejected {
 					errs.Add(1)
 				}
 				mu.Lock()
