@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tallyhq/tally/instance"
 	"github.com/tallyhq/tally/internal/journaltest"
@@ -39,6 +40,9 @@ type ScaleConfig struct {
 	Duration                    time.Duration // each measurement
 	Rate                        int           // transfers a second of the paced run
 	Out, JSON                   io.Writer
+	// Keep, when set, is a directory the PostgreSQL data goes to and stays in after the
+	// run, so the generated databases can be looked into (pg_ctl start -D Keep/data).
+	Keep string
 }
 
 // ScaleResult is one database's figures.
@@ -73,11 +77,17 @@ const scaleFunding = 1_000_000
 // RunScale generates both databases, measures each, prints the comparison and returns the
 // results, small first.
 func RunScale(ctx context.Context, cfg ScaleConfig) ([]ScaleResult, error) {
-	dir, err := os.MkdirTemp("", "tally-bench-scale-")
-	if err != nil {
+	dir := cfg.Keep
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "tally-bench-scale-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -98,54 +108,97 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]ScaleResult, error) {
 	if _, err := admin.Exec(ctx, "CREATE ROLE tally_service LOGIN"); err != nil {
 		return nil, err
 	}
-	var out []ScaleResult
-	for _, db := range []struct {
+	// Both databases are generated before either is measured, and the generator's writes
+	// are flushed by a checkpoint, so the two are measured alike: on one PostgreSQL whose
+	// memory holds both, neither paying for the load's dirty pages or its first writes
+	// after a checkpoint. A small database measured alone, before the large one exists,
+	// would have the server's memory to itself.
+	var dbs []*scaleDB
+	defer func() {
+		for _, db := range dbs {
+			db.close(ctx)
+		}
+	}()
+	for _, size := range []struct {
 		name              string
 		accounts, entries int
 	}{{"small", cfg.SmallAccounts, cfg.SmallEntries}, {"large", cfg.Accounts, cfg.Entries}} {
-		fmt.Fprintf(cfg.Out, "generating %s: %d accounts, %d entries over %d months...\n", db.name, db.accounts, db.entries, cfg.Months)
-		r, err := scaleDatabase(ctx, pg, admin, cfg, db.name, db.accounts, db.entries)
+		fmt.Fprintf(cfg.Out, "generating %s: %d accounts, %d entries over %d months...\n", size.name, size.accounts, size.entries, cfg.Months)
+		db, err := generateDatabase(ctx, pg, admin, cfg, size.name, size.accounts, size.entries)
+		if db != nil {
+			dbs = append(dbs, db)
+		}
 		if err != nil {
-			return out, fmt.Errorf("%s database: %w", db.name, err)
+			return nil, fmt.Errorf("%s database: %w", size.name, err)
+		}
+		fmt.Fprintf(cfg.Out, "%s: generated in %.0f s\n", size.name, db.r.GenerateSec)
+	}
+	if _, err := admin.Exec(ctx, "CHECKPOINT"); err != nil {
+		return nil, fmt.Errorf("checkpoint after generating: %w", err)
+	}
+	var out []ScaleResult
+	for _, db := range dbs {
+		r, err := db.measure(ctx, cfg)
+		if err != nil {
+			return out, fmt.Errorf("%s database: %w", db.r.Database, err)
 		}
 		out = append(out, r)
 		if cfg.JSON != nil {
 			_ = json.NewEncoder(cfg.JSON).Encode(r)
 		}
-		fmt.Fprintf(cfg.Out, "%s: generated in %.0f s, measured\n", db.name, r.GenerateSec)
+		fmt.Fprintf(cfg.Out, "%s: measured\n", db.r.Database)
 	}
 	printScale(cfg.Out, out)
 	return out, nil
 }
 
-// scaleDatabase generates one database and measures it through the service.
-func scaleDatabase(ctx context.Context, pg *postgres.Server, admin *pgx.Conn, cfg ScaleConfig, name string, accounts, entries int) (ScaleResult, error) {
-	r := ScaleResult{Database: name, Accounts: accounts, Entries: entries}
+// scaleDB is one generated database, ready to be measured.
+type scaleDB struct {
+	r      ScaleResult
+	super  *pgx.Conn
+	pool   *pgxpool.Pool
+	st     *store.Store
+	appDSN string
+	gen    generated
+}
+
+func (db *scaleDB) close(ctx context.Context) {
+	if db.pool != nil {
+		db.pool.Close()
+	}
+	db.super.Close(ctx)
+}
+
+// generateDatabase creates one database, sets its schema up and generates its ledger.
+func generateDatabase(ctx context.Context, pg *postgres.Server, admin *pgx.Conn, cfg ScaleConfig, name string, accounts, entries int) (*scaleDB, error) {
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return r, err
+		return nil, err
 	}
 	super, err := pgx.Connect(ctx, pg.DSN(name))
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer super.Close(ctx)
+	db := &scaleDB{r: ScaleResult{Database: name, Accounts: accounts, Entries: entries}, super: super}
 	if _, err := migrations.Setup(ctx, super, 0, "tally_service"); err != nil {
-		return r, err
+		return db, err
 	}
-	appDSN := strings.Replace(pg.DSN(name), postgres.Superuser+"@", "tally_service@", 1)
-	pool, err := benchPool(ctx, appDSN, cfg.Clients)
-	if err != nil {
-		return r, err
+	db.appDSN = strings.Replace(pg.DSN(name), postgres.Superuser+"@", "tally_service@", 1)
+	if db.pool, err = benchPool(ctx, db.appDSN, cfg.Clients); err != nil {
+		return db, err
 	}
-	defer pool.Close()
-	st := store.New(pool)
+	db.st = store.New(db.pool)
 	start := time.Now()
-	gen, err := generate(ctx, pg.DSN(name), super, st, accounts, entries, cfg.Months)
-	if err != nil {
-		return r, fmt.Errorf("generate: %w", err)
+	if db.gen, err = generate(ctx, pg.DSN(name), super, db.st, accounts, entries, cfg.Months); err != nil {
+		return db, fmt.Errorf("generate: %w", err)
 	}
-	r.GenerateSec = time.Since(start).Seconds()
+	db.r.GenerateSec = time.Since(start).Seconds()
+	return db, nil
+}
 
+// measure measures one generated database through the service.
+func (db *scaleDB) measure(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
+	r, gen, st, super, appDSN := db.r, db.gen, db.st, db.super, db.appDSN
+	accounts, entries := r.Accounts, r.Entries
 	svc, err := startService(ctx, server.Config{ShardDSNs: []string{appDSN}, MaxConnsPerShard: int32(cfg.Clients + 4)})
 	if err != nil {
 		return r, err
@@ -168,7 +221,9 @@ func scaleDatabase(ctx context.Context, pg *postgres.Server, admin *pgx.Conn, cf
 			map[string]string{"Idempotency-Key": key})
 	}
 	measure := func(op opFunc) (Result, error) {
-		warm, stop := context.WithTimeout(ctx, 2*time.Second)
+		// Warmed as long as measured, so each database's working set is read in as far
+		// as memory holds it, as in one that has been serving.
+		warm, stop := context.WithTimeout(ctx, cfg.Duration)
 		drive(ctx, warm, op, cfg.Clients, 0, &Result{})
 		stop()
 		var res Result
