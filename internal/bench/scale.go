@@ -40,6 +40,9 @@ type ScaleConfig struct {
 	Duration                    time.Duration // each measurement
 	Rate                        int           // transfers a second of the paced run
 	Out, JSON                   io.Writer
+	// SharedBuffers is PostgreSQL's shared_buffers for the run ("" keeps the benches'
+	// production sizing).
+	SharedBuffers string
 	// Keep, when set, is a directory the PostgreSQL data goes to and stays in after the
 	// run, so the generated databases can be looked into (pg_ctl start -D Keep/data).
 	Keep string
@@ -95,11 +98,15 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]ScaleResult, error) {
 	maps.Copy(params, productionSizing)
 	params["max_connections"] = strconv.Itoa(2*cfg.Clients + 50)
 	params["maintenance_work_mem"] = "1GB"
+	if cfg.SharedBuffers != "" {
+		params["shared_buffers"] = cfg.SharedBuffers
+	}
 	pg, err := postgres.Start(ctx, postgres.Config{DataDir: filepath.Join(dir, "data"), Params: params})
 	if err != nil {
 		return nil, err
 	}
 	defer pg.Stop() //nolint:errcheck // the directory goes too
+	fmt.Fprintf(cfg.Out, "PostgreSQL %s, shared_buffers %s\n", dir, params["shared_buffers"])
 	admin, err := pgx.Connect(ctx, pg.DSN("postgres"))
 	if err != nil {
 		return nil, err

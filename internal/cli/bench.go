@@ -110,6 +110,7 @@ func runBenchScale(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 20*time.Second, "how long each measurement runs")
 	rate := fs.Int("rate", 2000, "transfers a second of the paced run")
 	jsonPath := fs.String("json", "", "also write one JSON object per database to this file")
+	sharedBuffers := fs.String("shared-buffers", "", "PostgreSQL's shared_buffers (default: the benches' 1GB)")
 	keep := fs.String("keep", "", "leave the generated PostgreSQL data in this directory, to look into after the run")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -119,7 +120,7 @@ func runBenchScale(ctx context.Context, args []string, out io.Writer) error {
 	}
 	tuneGC()
 	cfg := bench.ScaleConfig{Accounts: *accounts, Entries: *entries, SmallAccounts: *smallAccounts, SmallEntries: *smallEntries,
-		Months: *months, Clients: *clients, Duration: *duration, Rate: *rate, Out: out, Keep: *keep}
+		Months: *months, Clients: *clients, Duration: *duration, Rate: *rate, Out: out, Keep: *keep, SharedBuffers: *sharedBuffers}
 	if *jsonPath != "" {
 		f, err := os.Create(*jsonPath)
 		if err != nil {

@@ -707,6 +707,65 @@ EXCEPTION WHEN lock_not_available THEN
 END $$;
 
 
+SET default_tablespace = '';
+
+--
+-- Name: entries; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.entries (
+    id bigint NOT NULL,
+    transaction_id uuid NOT NULL,
+    posting smallint NOT NULL,
+    account_id uuid NOT NULL,
+    asset text NOT NULL,
+    amount bigint NOT NULL,
+    balance_after bigint NOT NULL,
+    slot smallint,
+    CONSTRAINT entries_amount_check CHECK ((amount <> 0)),
+    CONSTRAINT entries_posting_check CHECK ((posting >= 0)),
+    CONSTRAINT entries_slot_check CHECK (((slot >= 1) AND (slot <= 64)))
+)
+PARTITION BY RANGE (transaction_id);
+
+
+--
+-- Name: entries_page(uuid, bigint, integer); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.entries_page(p_account uuid, p_before bigint, p_limit integer) RETURNS SETOF tally.entries
+    LANGUAGE plpgsql STABLE ROWS 50
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  v_from  timestamptz := (SELECT min(c.at) FROM (SELECT at FROM tally.checkpoints ORDER BY at DESC LIMIT 2) c);
+  v_rows  tally.entries[];
+  v_older bigint; -- the greatest id the partitions before v_from hold for the account
+BEGIN
+  IF p_limit IS NULL OR p_limit < 1 THEN
+    RAISE EXCEPTION 'tally: a page holds at least one entry, not %', p_limit USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF v_from IS NOT NULL THEN
+    v_rows := ARRAY(
+      SELECT e FROM tally.entries e
+      WHERE e.account_id = p_account AND e.id < p_before AND e.transaction_id >= tally.uuid_at(v_from)
+      ORDER BY e.account_id DESC, e.id DESC LIMIT p_limit);
+    IF cardinality(v_rows) = p_limit THEN
+      SELECT max(k.last_entry) INTO v_older FROM tally.balance_checkpoints k
+      WHERE k.account_id = p_account AND k.at <= v_from;
+      IF v_older IS NULL OR v_older < v_rows[p_limit].id THEN
+        RETURN QUERY SELECT x.* FROM unnest(v_rows) x;
+        RETURN;
+      END IF;
+    END IF;
+  END IF;
+  RETURN QUERY SELECT e.* FROM tally.entries e
+    WHERE e.account_id = p_account AND e.id < p_before
+    ORDER BY e.account_id DESC, e.id DESC LIMIT p_limit;
+END $$;
+
+
 --
 -- Name: holding_account(text, uuid); Type: FUNCTION; Schema: tally; Owner: -
 --
@@ -951,8 +1010,6 @@ BEGIN
   ORDER BY b.n, e.posting, e.amount;
 END $$;
 
-
-SET default_tablespace = '';
 
 SET default_table_access_method = heap;
 
@@ -2354,26 +2411,6 @@ CREATE TABLE tally.checkpoints (
 
 
 --
--- Name: entries; Type: TABLE; Schema: tally; Owner: -
---
-
-CREATE TABLE tally.entries (
-    id bigint NOT NULL,
-    transaction_id uuid NOT NULL,
-    posting smallint NOT NULL,
-    account_id uuid NOT NULL,
-    asset text NOT NULL,
-    amount bigint NOT NULL,
-    balance_after bigint NOT NULL,
-    slot smallint,
-    CONSTRAINT entries_amount_check CHECK ((amount <> 0)),
-    CONSTRAINT entries_posting_check CHECK ((posting >= 0)),
-    CONSTRAINT entries_slot_check CHECK (((slot >= 1) AND (slot <= 64)))
-)
-PARTITION BY RANGE (transaction_id);
-
-
---
 -- Name: entries_id_seq; Type: SEQUENCE; Schema: tally; Owner: -
 --
 
@@ -3245,6 +3282,21 @@ GRANT ALL ON FUNCTION tally.ensure_partitions(p_ahead interval) TO tally_app;
 
 
 --
+-- Name: TABLE entries; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE tally.entries TO tally_app;
+
+
+--
+-- Name: FUNCTION entries_page(p_account uuid, p_before bigint, p_limit integer); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.entries_page(p_account uuid, p_before bigint, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.entries_page(p_account uuid, p_before bigint, p_limit integer) TO tally_app;
+
+
+--
 -- Name: FUNCTION holding_account(p_asset text, p_new_id uuid); Type: ACL; Schema: tally; Owner: -
 --
 
@@ -3497,13 +3549,6 @@ GRANT UPDATE(version) ON TABLE tally.balances TO tally_app;
 --
 
 GRANT SELECT ON TABLE tally.checkpoints TO tally_app;
-
-
---
--- Name: TABLE entries; Type: ACL; Schema: tally; Owner: -
---
-
-GRANT SELECT,INSERT ON TABLE tally.entries TO tally_app;
 
 
 --

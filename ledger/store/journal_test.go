@@ -3,9 +3,11 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tallyhq/tally/internal/journaltest"
@@ -334,4 +336,123 @@ func reports(vs []store.Violation, check string) bool {
 		}
 	}
 	return false
+}
+
+// An account's history pages come newest first and whole whatever the partitions, even
+// where a transaction made just before a boundary committed after ones made just after
+// it; and a page that the newest partitions fill reads no older partition.
+func TestHistoryPagesReadRecentPartitionsFirst(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	t0 := time.Now().UTC().Truncate(24 * time.Hour).Add(-4 * 24 * time.Hour)
+	super := f.db.SuperConn(t)
+	journaltest.DailyPartitionsSince(t, super, t0)
+	a, b, c := f.account("a", 0), f.account("b", 0), f.account("c", 0)
+	madeAt := func(key string, at time.Time, p ledger.Posting) {
+		t.Helper()
+		r := request(t, key, p)
+		r.Transaction.ID = journaltest.TransactionMadeAt(t, 0, at)
+		if out := f.post2(r); out.Status != 201 {
+			t.Fatalf("%s: %d %s", key, out.Status, out.Body)
+		}
+	}
+	madeAt("fund-b", t0.Add(-2*time.Hour), usd(f.external, b, 10_000))
+	for d := range 3 {
+		for i := range 3 {
+			at := t0.Add(time.Duration(d)*24*time.Hour + time.Duration(i+1)*time.Hour)
+			madeAt(fmt.Sprintf("a-%d-%d", d, i), at, usd(b, a, int64(10*d+i+1)))
+			madeAt(fmt.Sprintf("c-%d-%d", d, i), at, usd(b, c, int64(10*d+i+1)))
+		}
+	}
+	// d's newest entries are yesterday's, which a page reads first (the checkpoint
+	// before the latest is yesterday's start, but in the hour after midnight), and the
+	// newest of all was made a millisecond before yesterday began but committed after.
+	d := f.account("d", 0)
+	for i := range 3 {
+		madeAt(fmt.Sprint("d-", i), t0.Add(3*24*time.Hour+time.Duration(i+1)*time.Hour), usd(b, d, 1))
+	}
+	madeAt("d-crossing", t0.Add(3*24*time.Hour-time.Millisecond), usd(b, d, 100))
+	// c's newest entries are made now, in the partitions a page reads first.
+	for i := range 3 {
+		f.post(fmt.Sprint("c-now-", i), usd(b, c, 1))
+	}
+	// Made a millisecond before day 2 began, committed after day 2's: the highest entry
+	// id of a's history lies in day 1's partition.
+	madeAt("a-crossing", t0.Add(48*time.Hour-time.Millisecond), usd(b, a, 100))
+	if _, err := f.store.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, acc := range []ledger.AccountID{a, b, c, d} {
+		rows, err := super.Query(ctx, "SELECT id FROM tally.entries WHERE account_id = $1 ORDER BY id DESC", [16]byte(acc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, limit := range []int{1, 2, 3, 4, 50} {
+			var got []int64
+			for before := int64(0); ; {
+				page, err := f.store.Entries(ctx, acc, before, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range page {
+					got = append(got, e.ID)
+				}
+				if len(page) < limit {
+					break
+				}
+				before = page[len(page)-1].ID
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("account %s in pages of %d: %v, want %v", acc, limit, got, want)
+			}
+		}
+	}
+
+	// c's newest three entries are today's: a page of two reads no partition from before
+	// the checkpoint before the latest (yesterday's or, in the hour after midnight, the
+	// day before's).
+	// pg_stat_get_xact_numscans counts this backend's index and table scans not yet
+	// reported (this transaction's, and maybe earlier ones'), so what a read adds to it
+	// is what the read scanned.
+	scansBefore := func(q string, args ...any) int64 {
+		t.Helper()
+		tx, err := super.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck // read only
+		count := func() int64 {
+			var scans int64
+			if err := tx.QueryRow(ctx, `SELECT coalesce(sum(pg_stat_get_xact_numscans(i.indexrelid) + pg_stat_get_xact_numscans(i.indrelid)), -1)
+				FROM tally.journal_partitions p JOIN pg_index i ON i.indrelid = ('tally.entries_' || p.suffix)::regclass
+				WHERE p.starts < $1`, t0.Add(48*time.Hour)).Scan(&scans); err != nil || scans < 0 {
+				t.Fatalf("count scans: %d %v", scans, err)
+			}
+			return scans
+		}
+		start := count()
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
+			t.Fatal(err)
+		}
+		return count() - start
+	}
+	if n := scansBefore("SELECT * FROM tally.entries_page($1, 9223372036854775807, 2)", [16]byte(c)); n != 0 {
+		t.Errorf("a page of two of c's entries scanned older partitions %d times", n)
+	}
+	// The same page read as one query over the journal reads every partition: the
+	// counter above sees what it should.
+	if n := scansBefore("SELECT * FROM tally.entries WHERE account_id = $1 ORDER BY account_id DESC, id DESC LIMIT 2", [16]byte(c)); n < 1 {
+		t.Errorf("one query over the journal scanned the older partitions %d times", n)
+	}
+	// The crossing entries come first on their accounts' newest pages.
+	for _, acc := range []ledger.AccountID{a, d} {
+		if page, err := f.store.Entries(ctx, acc, 0, 2); err != nil || len(page) != 2 || page[0].Amount != 100 {
+			t.Errorf("%s's newest page: %+v %v, want the crossing entry first", acc, page, err)
+		}
+	}
 }

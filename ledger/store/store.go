@@ -574,7 +574,8 @@ func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledge
 }
 
 // Entries lists an account's journal entries newest first, starting below the given
-// entry id (0 starts at the newest).
+// entry id (0 starts at the newest). tally.entries_page reads the journal's partitions
+// newest first and stops once no older one can hold an entry of the page (migration 015).
 func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
 	if _, err := s.Account(ctx, account); err != nil {
 		return nil, err
@@ -583,10 +584,10 @@ func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before in
 		before = 1<<63 - 1
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, coalesce(e.slot, 0), t.created_at
-		FROM tally.entries e JOIN tally.transactions t ON t.id = e.transaction_id
-		WHERE e.account_id = $1 AND e.id < $2
-		ORDER BY e.account_id DESC, e.id DESC LIMIT $3`, [16]byte(account), before, limit)
+		SELECT e.id, e.transaction_id, e.posting, e.account_id, e.asset, e.amount, e.balance_after, coalesce(e.slot, 0),
+		       (SELECT t.created_at FROM tally.transactions t WHERE t.id = e.transaction_id) -- by key: a join would hash them all
+		FROM tally.entries_page($1, $2, $3) e
+		ORDER BY e.id DESC`, [16]byte(account), before, limit)
 	if err != nil {
 		return nil, wrap("list entries", err)
 	}
