@@ -105,7 +105,7 @@ func RunScale(ctx context.Context, cfg ScaleConfig) ([]ScaleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer pg.Stop() //nolint:errcheck // the directory goes too
+	defer pg.Stop() //nolint:errcheck // the directory goes too, unless kept
 	fmt.Fprintf(cfg.Out, "PostgreSQL %s, shared_buffers %s\n", dir, params["shared_buffers"])
 	admin, err := pgx.Connect(ctx, pg.DSN("postgres"))
 	if err != nil {

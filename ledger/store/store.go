@@ -574,8 +574,8 @@ func (s *Store) Transaction(ctx context.Context, id ledger.TransactionID) (ledge
 }
 
 // Entries lists an account's journal entries newest first, starting below the given
-// entry id (0 starts at the newest). tally.entries_page reads the journal's partitions
-// newest first and stops once no older one can hold an entry of the page (migration 015).
+// entry id (0 starts at the newest). tally.entries_page reads the recent partitions when
+// they hold the page, and the whole journal only when they do not (migration 015).
 func (s *Store) Entries(ctx context.Context, account ledger.AccountID, before int64, limit int) ([]ledger.Entry, error) {
 	if _, err := s.Account(ctx, account); err != nil {
 		return nil, err
