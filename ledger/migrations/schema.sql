@@ -189,6 +189,58 @@ END $$;
 
 
 --
+-- Name: carry_checkpoints(integer); Type: FUNCTION; Schema: tally; Owner: -
+--
+
+CREATE FUNCTION tally.carry_checkpoints(p_batch integer DEFAULT 1000) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+DECLARE
+  v_latest timestamptz := (SELECT max(at) FROM tally.checkpoints);
+  v_carry  tally.checkpoint_carry;
+  v_last   record;
+BEGIN
+  IF p_batch < 1 THEN
+    RAISE EXCEPTION 'tally: carry_checkpoints needs a batch of at least one row, not %', p_batch
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT * INTO v_carry FROM tally.checkpoint_carry FOR UPDATE;
+  IF v_carry.through IS NOT DISTINCT FROM v_latest THEN
+    RETURN true;
+  END IF;
+  IF v_carry.target IS DISTINCT FROM v_latest THEN
+    v_carry.after_account := '00000000-0000-0000-0000-000000000000';
+    v_carry.after_slot := -1;
+  END IF;
+  WITH batch AS (
+    SELECT b.account_id, b.slot FROM tally.balances b
+    WHERE (b.account_id, b.slot) > (v_carry.after_account, v_carry.after_slot)
+    ORDER BY b.account_id, b.slot LIMIT p_batch
+    FOR NO KEY UPDATE),
+  latest AS (
+    SELECT x.account_id, x.slot, k.at, k.last_entry, k.last_balance_after
+    FROM batch x
+    CROSS JOIN LATERAL (SELECT k.at, k.last_entry, k.last_balance_after FROM tally.balance_checkpoints k
+                        WHERE k.account_id = x.account_id AND k.slot = x.slot AND k.at <= v_latest
+                        ORDER BY k.account_id DESC, k.slot DESC, k.at DESC LIMIT 1) k),
+  carried AS (
+    UPDATE tally.balances b
+    SET checkpoint_at = l.at, checkpoint_entry = l.last_entry, checkpoint_balance = l.last_balance_after
+    FROM latest l
+    WHERE b.account_id = l.account_id AND b.slot = l.slot AND b.checkpoint_at IS DISTINCT FROM l.at)
+  SELECT x.account_id, x.slot INTO v_last FROM batch x ORDER BY x.account_id DESC, x.slot DESC LIMIT 1;
+  IF v_last.account_id IS NULL THEN
+    UPDATE tally.checkpoint_carry SET through = v_latest, target = NULL, after_account = NULL, after_slot = NULL;
+    RETURN true;
+  END IF;
+  UPDATE tally.checkpoint_carry SET target = v_latest, after_account = v_last.account_id, after_slot = v_last.slot;
+  RETURN false;
+END $$;
+
+
+--
 -- Name: check_account_has_balance(); Type: FUNCTION; Schema: tally; Owner: -
 --
 
@@ -259,10 +311,11 @@ CREATE FUNCTION tally.check_balances_match_journal() RETURNS trigger
     SET jit TO 'off'
     AS $$
 DECLARE
-  v_bad  record;
-  v_from uuid;
+  v_bad     record;
+  v_latest  timestamptz := (SELECT max(c.at) FROM tally.checkpoints c);
+  v_from    uuid := coalesce(tally.uuid_at(v_latest), '00000000-0000-0000-0000-000000000000');
+  v_carried boolean := (SELECT k.through IS NOT DISTINCT FROM v_latest FROM tally.checkpoint_carry k);
 BEGIN
-  SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
   IF TG_OP = 'INSERT' THEN
     SELECT c.account_id, c.slot, a.balance_slots INTO v_bad
     FROM changed_balances c JOIN tally.accounts a ON a.id = c.account_id
@@ -285,8 +338,10 @@ BEGIN
        WHERE c.slot > 0 AND e.slot IS NOT NULL AND e.account_id = c.account_id AND e.slot = c.slot AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
       UNION ALL
+      SELECT c.checkpoint_entry, c.checkpoint_balance WHERE c.checkpoint_entry IS NOT NULL
+      UNION ALL
       (SELECT k.last_entry, k.last_balance_after FROM tally.balance_checkpoints k
-       WHERE k.account_id = c.account_id AND k.slot = c.slot
+       WHERE NOT v_carried AND k.account_id = c.account_id AND k.slot = c.slot
        ORDER BY k.account_id DESC, k.slot DESC, k.at DESC LIMIT 1)) p
     ORDER BY p.id DESC LIMIT 1) last ON true
   WHERE c.posted <> coalesce(last.balance_after, 0)
@@ -387,14 +442,13 @@ CREATE FUNCTION tally.check_new_entries() RETURNS trigger
     SET jit TO 'off'
     AS $$
 DECLARE
-  v_bad  record;
-  v_xmin xid;
-  v_cmin cid;
-  v_from uuid;
+  v_bad     record;
+  v_xmin    xid;
+  v_cmin    cid;
+  v_latest  timestamptz := (SELECT max(c.at) FROM tally.checkpoints c);
+  v_from    uuid := coalesce(tally.uuid_at(v_latest), '00000000-0000-0000-0000-000000000000');
+  v_carried boolean := (SELECT k.through IS NOT DISTINCT FROM v_latest FROM tally.checkpoint_carry k);
 BEGIN
-  -- Previous entries are looked up from the latest checkpoint on (see above).
-  SELECT coalesce(tally.uuid_at(max(c.at)), '00000000-0000-0000-0000-000000000000') INTO v_from FROM tally.checkpoints c;
-
   -- Each posting is one credit leg and debit legs from one account, one per slot drawn,
   -- summing to zero in one asset.
   SELECT n.transaction_id, n.posting, count(*) AS legs, sum(n.amount) AS total, min(n.asset) AS asset, max(n.asset) AS other
@@ -430,7 +484,10 @@ BEGIN
   -- Each entry, in one pass over the statement's entries by account, slot and id (as 003,
   -- per slot): it continues its slot's running balance; it names an account that exists
   -- and holds the entry's asset; and a slot's last new entry is what its balance row says
-  -- (a slot the account does not have has no row, so no entry can land there).
+  -- (a slot the account does not have has no row, so no entry can land there). The
+  -- previous entry is the highest id among the slot's entries since the latest
+  -- checkpoint and its checkpoint: carried on its balance row, or while a carry is under
+  -- way, its latest row in balance_checkpoints.
   SELECT n.account_id, n.slot, n.asset, n.amount, n.balance_after, coalesce(n.prev, before.balance_after, 0) AS prev,
          n.k, n.last, n.lo, n.hi, coalesce(before.asset, a.asset) AS holds, b.posted
   INTO v_bad
@@ -451,8 +508,11 @@ BEGIN
          AND e.transaction_id >= v_from
        ORDER BY e.account_id DESC, e.slot DESC, e.id DESC LIMIT 1)
       UNION ALL
+      (SELECT c.checkpoint_entry, c.checkpoint_balance, NULL FROM tally.balances c
+       WHERE n.k = 1 AND c.account_id = n.account_id AND c.slot = coalesce(n.slot, 0) AND c.checkpoint_entry IS NOT NULL)
+      UNION ALL
       (SELECT c.last_entry, c.last_balance_after, NULL FROM tally.balance_checkpoints c
-       WHERE n.k = 1 AND c.account_id = n.account_id AND c.slot = coalesce(n.slot, 0)
+       WHERE n.k = 1 AND NOT v_carried AND c.account_id = n.account_id AND c.slot = coalesce(n.slot, 0)
        ORDER BY c.account_id DESC, c.slot DESC, c.at DESC LIMIT 1)) p
     ORDER BY p.id DESC LIMIT 1) before ON true
   LEFT JOIN LATERAL (SELECT a.asset FROM tally.accounts a
@@ -2390,11 +2450,52 @@ CREATE TABLE tally.balances (
     posted bigint DEFAULT 0 NOT NULL,
     version bigint DEFAULT 0 NOT NULL,
     slot smallint DEFAULT 0 NOT NULL,
+    checkpoint_at timestamp with time zone,
+    checkpoint_entry bigint,
+    checkpoint_balance bigint,
     CONSTRAINT balance_above_floor CHECK ((posted >= floor)),
+    CONSTRAINT balances_checkpoint_whole CHECK ((((checkpoint_at IS NULL) = (checkpoint_entry IS NULL)) AND ((checkpoint_at IS NULL) = (checkpoint_balance IS NULL)))),
     CONSTRAINT balances_slot_check CHECK (((slot >= 0) AND (slot <= 64))),
     CONSTRAINT balances_version_check CHECK ((version >= 0))
 )
 WITH (fillfactor='70');
+
+
+--
+-- Name: COLUMN balances.checkpoint_at; Type: COMMENT; Schema: tally; Owner: -
+--
+
+COMMENT ON COLUMN tally.balances.checkpoint_at IS 'The slot''s latest checkpoint, carried by tally.carry_checkpoints (null: none carried yet).';
+
+
+--
+-- Name: COLUMN balances.checkpoint_entry; Type: COMMENT; Schema: tally; Owner: -
+--
+
+COMMENT ON COLUMN tally.balances.checkpoint_entry IS 'The checkpoint''s last entry for the slot (balance_checkpoints.last_entry).';
+
+
+--
+-- Name: COLUMN balances.checkpoint_balance; Type: COMMENT; Schema: tally; Owner: -
+--
+
+COMMENT ON COLUMN tally.balances.checkpoint_balance IS 'That entry''s running balance (balance_checkpoints.last_balance_after).';
+
+
+--
+-- Name: checkpoint_carry; Type: TABLE; Schema: tally; Owner: -
+--
+
+CREATE TABLE tally.checkpoint_carry (
+    only_row boolean DEFAULT true NOT NULL,
+    through timestamp with time zone,
+    target timestamp with time zone,
+    after_account uuid,
+    after_slot smallint,
+    CONSTRAINT checkpoint_carry_check CHECK (((after_account IS NULL) = (after_slot IS NULL))),
+    CONSTRAINT checkpoint_carry_check1 CHECK (((after_account IS NULL) OR (target IS NOT NULL))),
+    CONSTRAINT checkpoint_carry_only_row_check CHECK (only_row)
+);
 
 
 --
@@ -2644,6 +2745,14 @@ ALTER TABLE ONLY tally.balance_checkpoints
 
 ALTER TABLE ONLY tally.balances
     ADD CONSTRAINT balances_pkey PRIMARY KEY (account_id, slot);
+
+
+--
+-- Name: checkpoint_carry checkpoint_carry_pkey; Type: CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.checkpoint_carry
+    ADD CONSTRAINT checkpoint_carry_pkey PRIMARY KEY (only_row);
 
 
 --
@@ -3171,6 +3280,30 @@ ALTER TABLE ONLY tally.balances
 
 
 --
+-- Name: balances balances_checkpoint_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.balances
+    ADD CONSTRAINT balances_checkpoint_fkey FOREIGN KEY (account_id, slot, checkpoint_at) REFERENCES tally.balance_checkpoints(account_id, slot, at);
+
+
+--
+-- Name: checkpoint_carry checkpoint_carry_target_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.checkpoint_carry
+    ADD CONSTRAINT checkpoint_carry_target_fkey FOREIGN KEY (target) REFERENCES tally.checkpoints(at);
+
+
+--
+-- Name: checkpoint_carry checkpoint_carry_through_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
+--
+
+ALTER TABLE ONLY tally.checkpoint_carry
+    ADD CONSTRAINT checkpoint_carry_through_fkey FOREIGN KEY (through) REFERENCES tally.checkpoints(at);
+
+
+--
 -- Name: pending_transfers pending_transfers_from_account_asset_fkey; Type: FK CONSTRAINT; Schema: tally; Owner: -
 --
 
@@ -3214,6 +3347,14 @@ GRANT ALL ON FUNCTION tally.apply_inbound_batch(p_ids uuid[], p_to uuid[], p_amo
 --
 
 GRANT ALL ON FUNCTION tally.balance_at(p_account uuid, p_at timestamp with time zone) TO tally_app;
+
+
+--
+-- Name: FUNCTION carry_checkpoints(p_batch integer); Type: ACL; Schema: tally; Owner: -
+--
+
+REVOKE ALL ON FUNCTION tally.carry_checkpoints(p_batch integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION tally.carry_checkpoints(p_batch integer) TO tally_app;
 
 
 --
@@ -3527,7 +3668,21 @@ GRANT SELECT ON TABLE tally.balance_checkpoints TO tally_app;
 -- Name: TABLE balances; Type: ACL; Schema: tally; Owner: -
 --
 
-GRANT SELECT,INSERT ON TABLE tally.balances TO tally_app;
+GRANT SELECT ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: COLUMN balances.account_id; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT INSERT(account_id) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: COLUMN balances.floor; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT INSERT(floor) ON TABLE tally.balances TO tally_app;
 
 
 --
@@ -3542,6 +3697,20 @@ GRANT UPDATE(posted) ON TABLE tally.balances TO tally_app;
 --
 
 GRANT UPDATE(version) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: COLUMN balances.slot; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT INSERT(slot) ON TABLE tally.balances TO tally_app;
+
+
+--
+-- Name: TABLE checkpoint_carry; Type: ACL; Schema: tally; Owner: -
+--
+
+GRANT SELECT ON TABLE tally.checkpoint_carry TO tally_app;
 
 
 --

@@ -31,13 +31,23 @@ func (s *Store) EnsurePartitions(ctx context.Context, ahead time.Duration) (int,
 	return made, nil
 }
 
+// carryBatch is how many balance rows one carry transaction locks: small enough that a
+// transfer waiting on one of them waits milliseconds.
+const carryBatch = 1000
+
 // MakeCheckpoints checkpoints every account slot's balance at each partition boundary
-// at least grace in the past that has none yet (migration 014), and returns how many
-// boundaries it checkpointed.
+// at least grace in the past that has none yet (migration 014), carries the latest
+// checkpoint onto the balance rows, a batch per transaction (migration 016), and returns
+// how many boundaries it checkpointed.
 func (s *Store) MakeCheckpoints(ctx context.Context, grace time.Duration) (int, error) {
 	var made int
 	if err := s.pool.QueryRow(ctx, "SELECT tally.make_checkpoints($1)", grace).Scan(&made); err != nil {
 		return 0, wrap("make checkpoints", err)
+	}
+	for done := false; !done; {
+		if err := s.pool.QueryRow(ctx, "SELECT tally.carry_checkpoints($1)", carryBatch).Scan(&done); err != nil {
+			return made, wrap("carry checkpoints", err)
+		}
 	}
 	return made, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,26 +308,170 @@ func TestCheckpointsAndBalancesAtAMoment(t *testing.T) {
 	}
 	// Both verifies have teeth: a checkpoint after the horizon made wrong is found by the
 	// full one, and the one everything stands on by both.
-	tamper := func(sql string, args ...any) {
-		t.Helper()
-		if _, err := super.Exec(ctx, "SET session_replication_role = replica"); err != nil {
-			t.Fatal(err)
-		}
-		defer super.Exec(ctx, "RESET session_replication_role") //nolint:errcheck // the next statement fails if it did
-		if _, err := super.Exec(ctx, sql, args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tamper(`UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1 AND at = $2`, [16]byte(a), t0.Add(48*time.Hour))
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1 AND at = $2`, [16]byte(a), t0.Add(48*time.Hour))
 	if vs, _ := f.store.Verify(ctx); !reports(vs, "checkpoints agree with the journal") {
 		t.Errorf("full verify missed a wrong checkpoint: %v", vs)
 	}
-	tamper(`UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1`, [16]byte(c))
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET posted = posted + 1 WHERE account_id = $1`, [16]byte(c))
 	for name, verify := range map[string]func(context.Context) ([]store.Violation, error){"full": f.store.Verify, "incremental": f.store.VerifyIncremental} {
 		if vs, _ := verify(ctx); !reports(vs, "balance equals sum of entries") {
 			t.Errorf("%s verify missed a wrong base checkpoint: %v", name, vs)
 		}
 	}
+}
+
+// tamper runs sql with the schema's triggers off, as someone with the server's files could.
+func tamper(t *testing.T, super *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := super.Exec(ctx, "SET session_replication_role = replica"); err != nil {
+		t.Fatal(err)
+	}
+	defer super.Exec(ctx, "RESET session_replication_role") //nolint:errcheck // the next statement fails if it did
+	if _, err := super.Exec(ctx, sql, args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Each balance row carries its slot's latest checkpoint, a batch of rows per carry, and
+// that (not the checkpoint history) is what a transfer's running-balance check stands
+// on, except while a carry is under way. Only the carry writes it.
+func TestTransfersStandOnTheCheckpointTheirBalanceCarries(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	super := f.db.SuperConn(t)
+	t0 := time.Now().UTC().Truncate(24 * time.Hour).Add(-3 * 24 * time.Hour)
+	journaltest.DailyPartitionsSince(t, super, t0)
+	to := f.account("to", 0)
+	quiet := make([]ledger.AccountID, 4) // funded before t0, untouched since
+	for i := range quiet {
+		quiet[i] = f.account(fmt.Sprint("quiet-", i), 0)
+		r := request(t, fmt.Sprint("fund-", i), usd(f.external, quiet[i], 100))
+		r.Transaction.ID = journaltest.TransactionMadeAt(t, 0, t0.Add(-2*time.Hour))
+		f.post2(r)
+	}
+	r := request(t, "moved", usd(quiet[3], to, 1))
+	r.Transaction.ID = journaltest.TransactionMadeAt(t, 0, t0.Add(25*time.Hour))
+	f.post2(r)
+	if made, err := f.store.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil || made == 0 {
+		t.Fatalf("checkpoints made %d: %v", made, err)
+	}
+	// Every row carries its slot's latest checkpoint, and the carry is done.
+	carried := func() (wrong, some int) {
+		t.Helper()
+		if err := super.QueryRow(ctx, `
+			SELECT count(*) FILTER (WHERE (b.checkpoint_at, b.checkpoint_entry, b.checkpoint_balance)
+			                        IS DISTINCT FROM (k.at, k.last_entry, k.last_balance_after)),
+			       count(b.checkpoint_at)
+			FROM tally.balances b LEFT JOIN LATERAL (
+			  SELECT k.at, k.last_entry, k.last_balance_after FROM tally.balance_checkpoints k
+			  WHERE k.account_id = b.account_id AND k.slot = b.slot ORDER BY k.at DESC LIMIT 1) k ON true`).Scan(&wrong, &some); err != nil {
+			t.Fatal(err)
+		}
+		return wrong, some
+	}
+	through := func() (done bool) {
+		t.Helper()
+		if err := super.QueryRow(ctx, `SELECT through IS NOT DISTINCT FROM (SELECT max(at) FROM tally.checkpoints)
+			FROM tally.checkpoint_carry`).Scan(&done); err != nil {
+			t.Fatal(err)
+		}
+		return done
+	}
+	if wrong, some := carried(); wrong != 0 || some < 6 || !through() {
+		t.Fatalf("after checkpointing, %d rows carry a checkpoint not their latest, %d carry one, carried through: %v", wrong, some, through())
+	}
+	pays := func(key string, from ledger.AccountID) bool {
+		t.Helper()
+		out, err := f.store.PostTransaction(ctx, request(t, key, usd(from, to, 5)))
+		return err == nil && out.Status == 201
+	}
+	// The checkpoint history made wrong (and later than the carried one) does not stop a
+	// transfer; the carried checkpoint made wrong does.
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_entry = last_entry + 1, last_balance_after = last_balance_after + 7
+		WHERE account_id = $1`, [16]byte(quiet[0]))
+	if !pays("q0", quiet[0]) {
+		t.Error("a transfer read the checkpoint history, not the checkpoint its balance carries")
+	}
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_entry = last_entry - 1, last_balance_after = last_balance_after - 7
+		WHERE account_id = $1`, [16]byte(quiet[0]))
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_entry = last_entry + 1, last_balance_after = last_balance_after + 7
+		WHERE account_id = $1`, [16]byte(quiet[3]))
+	if _, err := super.Exec(ctx, "UPDATE tally.balances SET posted = posted WHERE account_id = $1", [16]byte(quiet[3])); err != nil {
+		t.Errorf("a balance row was checked against the checkpoint history, not the checkpoint it carries: %v", err)
+	}
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_entry = last_entry - 1, last_balance_after = last_balance_after - 7
+		WHERE account_id = $1`, [16]byte(quiet[3]))
+	tamper(t, super, `UPDATE tally.balances SET checkpoint_balance = checkpoint_balance + 7 WHERE account_id = $1`, [16]byte(quiet[1]))
+	if pays("q1", quiet[1]) {
+		t.Error("a transfer was checked against a wrong carried checkpoint and passed")
+	}
+	for name, verify := range map[string]func(context.Context) ([]store.Violation, error){"full": f.store.Verify, "incremental": f.store.VerifyIncremental} {
+		if vs, _ := verify(ctx); !reports(vs, "balances carry their latest checkpoint") {
+			t.Errorf("%s verify missed a wrong carried checkpoint: %v", name, vs)
+		}
+	}
+	tamper(t, super, `UPDATE tally.balances SET checkpoint_balance = checkpoint_balance - 7 WHERE account_id = $1`, [16]byte(quiet[1]))
+	// While a carry is under way (here: as just after the upgrade), the history is read.
+	tamper(t, super, `UPDATE tally.checkpoint_carry SET through = NULL`)
+	tamper(t, super, `UPDATE tally.balances SET checkpoint_at = NULL, checkpoint_entry = NULL, checkpoint_balance = NULL`)
+	f.verify() // nothing carried, and the carry not through: nothing wrong
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_balance_after = last_balance_after + 7 WHERE account_id = $1`, [16]byte(quiet[2]))
+	if pays("q2", quiet[2]) {
+		t.Error("with no checkpoint carried, a transfer did not read the checkpoint history")
+	}
+	tamper(t, super, `UPDATE tally.balance_checkpoints SET last_balance_after = last_balance_after - 7 WHERE account_id = $1`, [16]byte(quiet[2]))
+	if !pays("q2-again", quiet[2]) {
+		t.Error("with no checkpoint carried, a transfer failed")
+	}
+	// The carry, a row at a time: one call per balance row and one to finish. A new
+	// checkpoint made midway (here: the carry's target made older) starts it again.
+	var rows int
+	if err := super.QueryRow(ctx, "SELECT count(*) FROM tally.balances").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	app, err := pgx.Connect(ctx, f.db.AppDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	carry := func(most int) (calls int, done bool) {
+		t.Helper()
+		for ; !done && calls < most; calls++ {
+			if err := app.QueryRow(ctx, "SELECT tally.carry_checkpoints(1)").Scan(&done); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return calls, done
+	}
+	if _, done := carry(rows / 2); done {
+		t.Fatalf("the carry of %d rows ended after %d", rows, rows/2)
+	}
+	tamper(t, super, `UPDATE tally.checkpoint_carry SET target = (SELECT min(at) FROM tally.checkpoints)`)
+	if calls, done := carry(2 * rows); !done || calls != rows+1 {
+		t.Errorf("carried again in %d calls (done: %v), want %d: all %d rows and one to finish", calls, done, rows+1, rows)
+	}
+	if wrong, some := carried(); wrong != 0 || some < 6 || !through() {
+		t.Errorf("after the carry, %d rows carry a checkpoint not their latest, %d carry one, carried through: %v", wrong, some, through())
+	}
+	if calls, done := carry(2); calls != 1 || !done {
+		t.Errorf("a done carry took %d calls", calls)
+	}
+	if !pays("q2-carried", quiet[2]) || !pays("q1-again", quiet[1]) {
+		t.Error("an account stopped paying once carried")
+	}
+	// Only the carry writes a carried checkpoint, and it names a checkpoint row.
+	if _, err := app.Exec(ctx, "UPDATE tally.balances SET checkpoint_balance = 0 WHERE account_id = $1", [16]byte(quiet[3])); err == nil {
+		t.Error("the service wrote a carried checkpoint")
+	}
+	if _, err := app.Exec(ctx, "INSERT INTO tally.balances (account_id, floor, checkpoint_at, checkpoint_entry, checkpoint_balance) VALUES ($1, 0, now(), 1, 1)", [16]byte(quiet[3])); err == nil ||
+		!strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("the service inserted a carried checkpoint: %v", err)
+	}
+	if _, err := super.Exec(ctx, "UPDATE tally.balances SET checkpoint_at = checkpoint_at - interval '1 day' WHERE account_id = $1", [16]byte(quiet[3])); err == nil {
+		t.Error("a balance carried a checkpoint that does not exist")
+	}
+	f.verify()
 }
 
 func reports(vs []store.Violation, check string) bool {

@@ -185,6 +185,23 @@ var checks = []check{
 		FROM (SELECT * FROM rows WHERE at > coalesce($2, '-infinity')) r FULL JOIN moved m USING (at, account_id, slot)
 		WHERE r.posted IS NULL OR m.total IS NULL OR r.posted <> coalesce(r.prev_posted, 0) + m.total
 		   OR r.transactions <> coalesce(r.prev_transactions, 0) + m.n OR r.last_entry <> greatest(r.prev_last, m.last_id)`},
+	// A balance row's carried checkpoint (migration 016) is a true copy of a checkpoint
+	// row, and once the carry is through a checkpoint, no older than the slot's row there:
+	// the running-balance checks stand on it.
+	{"balances carry their latest checkpoint", `
+		, carry AS (SELECT through FROM tally.checkpoint_carry)
+		SELECT format('account %s slot %s carries checkpoint %s (entry %s, balance %s); %s', b.account_id, b.slot,
+		              b.checkpoint_at, b.checkpoint_entry, b.checkpoint_balance,
+		              CASE WHEN k.at IS NOT NULL AND (k.last_entry, k.last_balance_after) IS DISTINCT FROM (b.checkpoint_entry, b.checkpoint_balance)
+		                   THEN format('that checkpoint says entry %s, balance %s', k.last_entry, k.last_balance_after)
+		                   ELSE format('its latest is %s', l.at) END)
+		FROM tally.balances b CROSS JOIN carry
+		LEFT JOIN tally.balance_checkpoints k ON k.account_id = b.account_id AND k.slot = b.slot AND k.at = b.checkpoint_at
+		LEFT JOIN LATERAL (SELECT l.at FROM tally.balance_checkpoints l
+		                   WHERE l.account_id = b.account_id AND l.slot = b.slot AND l.at <= carry.through
+		                   ORDER BY l.at DESC LIMIT 1) l ON true
+		WHERE (k.at IS NOT NULL AND (k.last_entry, k.last_balance_after) IS DISTINCT FROM (b.checkpoint_entry, b.checkpoint_balance))
+		   OR (l.at IS NOT NULL AND (b.checkpoint_at IS NULL OR b.checkpoint_at < l.at))`},
 }
 
 // Verify checks every invariant in one repeatable-read snapshot, so a running ledger can
