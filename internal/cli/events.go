@@ -148,6 +148,7 @@ func runEventsTail(ctx context.Context, args []string, out io.Writer) error {
 	var o events.TailOptions
 	fs.StringVar(&o.Topic, "topic", specs.DefaultEventsTopic, "the topic to read")
 	fs.DurationVar(&o.Idle, "idle", 0, "stop once no event came for this long (0: follow until interrupted)")
+	fs.BoolVar(&o.ToEnd, "to-end", false, "stop once the topic is read up to where it ended when tail began")
 	fs.IntVar(&o.Count, "count", 0, "stop after this many events (0: no limit)")
 	fs.BoolVar(&o.All, "all", false, "print redeliveries too (by default skipped: same shard and account, sequence not above the last printed)")
 	if err := parse(fs, args); err != nil {

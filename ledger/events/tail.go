@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -17,6 +18,9 @@ type TailOptions struct {
 	Topic string
 	// Idle: stop once no record came for this long (0: follow until ctx ends).
 	Idle time.Duration
+	// ToEnd: stop once every partition is read up to where it ended when Tail began,
+	// however slowly the records arrive.
+	ToEnd bool
 	// Count: stop after printing this many events (0: no limit).
 	Count int
 	// All prints redeliveries too; by default a record whose sequence is not above the
@@ -38,6 +42,15 @@ func Tail(ctx context.Context, k Kafka, o TailOptions, out io.Writer) (int, erro
 		return 0, fmt.Errorf("events: kafka client: %w", err)
 	}
 	defer c.Close()
+	var behind map[int32]int64 // partition -> the offset it ended at, while not yet reached
+	if o.ToEnd {
+		if behind, err = endOffsets(ctx, c, o.Topic); err != nil {
+			return 0, err
+		}
+		if len(behind) == 0 {
+			return 0, nil // nothing to read
+		}
+	}
 	type stream struct {
 		ledger  string
 		account uuid.UUID
@@ -64,6 +77,9 @@ func Tail(ctx context.Context, k Kafka, o TailOptions, out io.Writer) (int, erro
 		var failed error
 		fetches.EachRecord(func(r *kgo.Record) {
 			n++
+			if end, ok := behind[r.Partition]; ok && r.Offset+1 >= end {
+				delete(behind, r.Partition)
+			}
 			if failed != nil || (o.Count > 0 && printed >= o.Count) {
 				return
 			}
@@ -86,10 +102,37 @@ func Tail(ctx context.Context, k Kafka, o TailOptions, out io.Writer) (int, erro
 		if failed != nil {
 			return printed, failed
 		}
-		if (o.Count > 0 && printed >= o.Count) || (idle && n == 0) {
+		if (o.Count > 0 && printed >= o.Count) || (idle && n == 0) || (o.ToEnd && len(behind) == 0) {
 			return printed, nil
 		}
 	}
+}
+
+// endOffsets says, for each partition of topic that holds records, the offset after its
+// last one.
+func endOffsets(ctx context.Context, c *kgo.Client, topic string) (map[int32]int64, error) {
+	adm := kadm.NewClient(c)
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("events: where %s starts: %w", topic, err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("events: where %s ends: %w", topic, err)
+	}
+	behind := map[int32]int64{}
+	ends.Each(func(e kadm.ListedOffset) {
+		if s, ok := starts.Lookup(topic, e.Partition); ok && e.Offset > s.Offset {
+			behind[e.Partition] = e.Offset
+		}
+	})
+	return behind, nil
 }
 
 func header(r *kgo.Record, key string) string {

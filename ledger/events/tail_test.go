@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"testing"
 	"time"
 
@@ -13,9 +14,16 @@ import (
 )
 
 // TestTailPrintsEachEventOnce: what the relay published, redelivered in part, is printed
-// once per event and account, in order; --all prints the redeliveries too.
+// once per event and account, in order; --all prints the redeliveries too; --to-end stops
+// at the end, not after a quiet spell a busy machine can mistake it for.
 func TestTailPrintsEachEventOnce(t *testing.T) {
 	f := newFixture(t)
+	// nothing published yet: --to-end has nothing to wait for
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if n, err := events.Tail(ctx, events.Kafka{Brokers: f.addrs}, events.TailOptions{Topic: topic, ToEnd: true}, io.Discard); err != nil || n != 0 || ctx.Err() != nil {
+		t.Fatalf("tail --to-end of an empty topic: %d printed, %v, waited %v", n, err, ctx.Err())
+	}
 	a, b := f.account("a"), f.account("b")
 	f.post(f.store, "fund", usd(f.external, a, 10_00))
 	f.post(f.store, "pay", usd(a, b, 1_00))
@@ -35,7 +43,7 @@ func TestTailPrintsEachEventOnce(t *testing.T) {
 	}
 	tail := func(o events.TailOptions) []events.Event {
 		var out bytes.Buffer
-		o.Topic, o.Idle = topic, 2*time.Second
+		o.Topic, o.ToEnd = topic, true
 		if _, err := events.Tail(context.Background(), events.Kafka{Brokers: f.addrs}, o, &out); err != nil {
 			t.Fatal(err)
 		}
