@@ -214,10 +214,14 @@ BEGIN
     v_carry.after_account := '00000000-0000-0000-0000-000000000000';
     v_carry.after_slot := -1;
   END IF;
-  WITH batch AS (
+  WITH span AS (
     SELECT b.account_id, b.slot FROM tally.balances b
     WHERE (b.account_id, b.slot) > (v_carry.after_account, v_carry.after_slot)
-    ORDER BY b.account_id, b.slot LIMIT p_batch
+    ORDER BY b.account_id, b.slot LIMIT p_batch),
+  batch AS (
+    SELECT b.account_id, b.slot FROM tally.balances b
+    WHERE (b.account_id, b.slot) IN (SELECT s.account_id, s.slot FROM span s)
+    ORDER BY b.slot <> 0, b.account_id, b.slot -- locked as sorted: the writers' order
     FOR NO KEY UPDATE),
   latest AS (
     SELECT x.account_id, x.slot, k.at, k.last_entry, k.last_balance_after
@@ -230,6 +234,7 @@ BEGIN
     SET checkpoint_at = l.at, checkpoint_entry = l.last_entry, checkpoint_balance = l.last_balance_after
     FROM latest l
     WHERE b.account_id = l.account_id AND b.slot = l.slot AND b.checkpoint_at IS DISTINCT FROM l.at)
+  -- read from batch: every row of the span is locked before the carry moves past it
   SELECT x.account_id, x.slot INTO v_last FROM batch x ORDER BY x.account_id DESC, x.slot DESC LIMIT 1;
   IF v_last.account_id IS NULL THEN
     UPDATE tally.checkpoint_carry SET through = v_latest, target = NULL, after_account = NULL, after_slot = NULL;

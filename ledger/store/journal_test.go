@@ -601,3 +601,74 @@ func TestHistoryPagesReadRecentPartitionsFirst(t *testing.T) {
 		}
 	}
 }
+
+// The carry locks balance rows in the one order every writer uses (slot-0 rows by account,
+// then slot rows by account and slot), so a writer holding an account of one slot and
+// reaching for a slotted account with a lower id waits for no one, and the carry goes on.
+func TestCarryLocksInTheWritersOrder(t *testing.T) {
+	f := newFixture(t, 4)
+	ctx := context.Background()
+	super := f.db.SuperConn(t)
+	t0 := time.Now().UTC().Truncate(24 * time.Hour).Add(-3 * 24 * time.Hour)
+	journaltest.DailyPartitionsSince(t, super, t0)
+	slotted := f.slotted("slotted", 2)
+	single := f.account("single", 0)
+	for string(single[:]) < string(slotted[:]) {
+		single = f.account("single", 0)
+	}
+	r := request(t, "fund", usd(f.external, single, 100))
+	r.Transaction.ID = journaltest.TransactionMadeAt(t, 0, t0.Add(-2*time.Hour))
+	f.post2(r)
+	if made, err := f.store.MakeCheckpoints(ctx, store.CheckpointGrace); err != nil || made == 0 {
+		t.Fatalf("checkpoints made %d: %v", made, err)
+	}
+	tamper(t, super, `UPDATE tally.checkpoint_carry SET through = NULL, target = NULL, after_account = NULL, after_slot = NULL`)
+
+	// a writer, in its order: the account of one slot, then the slotted one's slot
+	writer, err := pgx.Connect(ctx, f.db.AppDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(ctx)
+	wtx, err := writer.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wtx.Rollback(ctx) //nolint:errcheck // committed below unless the test failed
+	lock := func(id ledger.AccountID, slot int) error {
+		_, err := wtx.Exec(ctx, "SELECT 1 FROM tally.balances WHERE account_id = $1 AND slot = $2 FOR UPDATE", [16]byte(id), slot)
+		return err
+	}
+	if err := lock(single, 0); err != nil {
+		t.Fatal(err)
+	}
+	carried := make(chan error, 1)
+	go func() {
+		conn, err := pgx.Connect(ctx, f.db.AppDSN())
+		if err == nil {
+			defer conn.Close(ctx)
+			_, err = conn.Exec(ctx, "SELECT tally.carry_checkpoints(1000)")
+		}
+		carried <- err
+	}()
+	for waiting := 0; waiting == 0; {
+		select {
+		case err := <-carried:
+			t.Fatalf("the carry did not wait for the writer's lock: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if err := super.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%carry_checkpoints%'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lock(slotted, 1); err != nil {
+		t.Fatalf("the writer's second lock: %v", err)
+	}
+	if err := wtx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-carried; err != nil {
+		t.Errorf("the carry, once the writer committed: %v", err)
+	}
+}
